@@ -1,0 +1,215 @@
+"""The `fsl` command: parses options, builds a config and calls `fsl.experiment`. No logic here."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import click
+
+import fsl
+from fsl.errors import FslError
+
+SHOW = {"show_default": True}
+
+
+class FslGroup(click.Group):
+    """Reports usage and data errors as one line ("Error: ..."), no traceback; exit code 2 for
+    a bad parameter, 1 for unreadable data."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except FslError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+
+class AutoInt(click.ParamType):
+    """An integer, or 'auto' for the default derived from other options (MLproject passes 'auto')."""
+
+    name = "integer|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if value is None or isinstance(value, int) or value == "auto":
+            return None if value == "auto" else value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an integer or 'auto'", param, ctx)
+
+
+AUTO_INT = AutoInt()
+
+
+def _options(*decorators: Callable) -> Callable:
+    def apply(f: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+    return apply
+
+
+data_options = _options(
+    click.option("--data", default="synthetic", help="Data set: 'synthetic' (built in, no download) or a path."),
+    click.option("--image-size", type=AUTO_INT, default=None,
+                 help="Resize images to this side. [default: the data set's own: 32 for synthetic]"),
+)
+
+episode_options = _options(
+    click.option("--ways", default=5, help="Classes per training episode (the paper trains 30-way for 1-shot)."),
+    click.option("--shots", default=1, help="Support images per class in training episodes."),
+    click.option("--queries", default=15, help="Query images per class in training episodes."),
+    click.option("--test-ways", default=5, help="Classes per val/test episode."),
+    click.option("--test-shots", type=AUTO_INT, default=None, help="Support images per class in val/test episodes. "
+                 "[default: --shots]"),
+    click.option("--test-queries", default=15, help="Query images per class in val/test episodes."),
+)
+
+run_options = _options(
+    click.option("--seed", default=0, help="Seed of training episodes, initial weights and training noise."),
+    click.option("--val-seed", default=1, help="Seed of the fixed validation episodes."),
+    click.option("--test-seed", default=2, help="Seed of the fixed test episodes and test-time noise."),
+    click.option("--device", default="auto", help="auto = CUDA, else Apple MPS, else CPU; or cpu, cuda, cuda:N, mps."),
+    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+                 help="auto = bf16 autocast where the device has bf16 units (CUDA, AMX CPUs), else fp32."),
+    click.option("--experiment", default="fsl", help="MLflow experiment (ignored inside `mlflow run`)."),
+)
+
+training_options = _options(
+    data_options,
+    episode_options,
+    click.option("--distance", type=click.Choice(["l2", "cosine", "dot"]), default="l2",
+                 help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper."),
+    click.option("--epochs", default=20, help="Epochs; each ends with validation and keeps the best model."),
+    click.option("--episodes-per-epoch", default=500, help="Training episodes per epoch."),
+    click.option("--val-episodes", default=100, help="Fixed val episodes scored after each epoch."),
+    click.option("--test-episodes", default=600, help="Test episodes (600 as in the literature)."),
+    click.option("--lr", default=1e-3, help="Adam learning rate."),
+    click.option("--lr-step", default=2000, help="Halve the learning rate every this many episodes (as in the paper)."),
+    run_options,
+)
+
+hallucination_options = _options(
+    click.option("-M", "--hallucinations", "M", default=100, help="Hallucinated features per class per episode."),
+    click.option("--hallucinator", type=click.Choice(["wang", "improved"]), default="wang",
+                 help="wang: the original generator; improved: prototype-conditioned, residual, anti-collapse."),
+    click.option("--diversity-weight", default=1.0, help="Weight of the anti-collapse term (improved only)."),
+    click.option("--init", default=None, help="Start from a trained model: a checkpoint or an MLflow model URI."),
+)
+
+
+def _config(**options: Any):
+    from fsl.config import TrainConfig
+
+    return TrainConfig(**options)
+
+
+@click.group(cls=FslGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(fsl.__version__, prog_name="fsl")
+def cli() -> None:
+    """Few-shot image classification: Prototypical Networks and data hallucination, tracked in MLflow.
+
+    Runs land in MLflow's default store (sqlite:///mlflow.db, artifacts under mlruns/) unless
+    MLFLOW_TRACKING_URI says otherwise; `mlflow ui` shows them.
+    """
+
+
+@cli.command(context_settings=SHOW)
+@training_options
+def protonet(**options: Any) -> None:
+    """Train a Prototypical Network (Snell et al. 2017), then test it on --test-episodes episodes."""
+    from fsl.experiment import run_training
+
+    run_training(_config(**options), echo=click.echo)
+
+
+@cli.command(context_settings=SHOW)
+@training_options
+@hallucination_options
+def hallucinate(**options: Any) -> None:
+    """Train ProtoNet jointly with a feature hallucinator (Wang et al. 2018), then test it
+    with the generator on and off on the same episodes."""
+    from fsl.experiment import run_training
+
+    run_training(_config(**options), echo=click.echo)
+
+
+def _values(text: str, cast: Callable = str) -> list:
+    try:
+        return [cast(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"cannot read {text!r} as a comma-separated list: {exc}") from exc
+
+
+@cli.command("sweep-m", context_settings=SHOW)
+@training_options
+@hallucination_options
+@click.option("--values", default="0,10,50,100", help="Values of M, comma-separated.")
+def sweep_m(values: str, **options: Any) -> None:
+    """The M study: one hallucination model per M, nested runs under one parent with a
+    table and a plot of test accuracy ± CI against M."""
+    from fsl.experiment import run_sweep
+
+    ms = _values(values, int)
+    run_sweep(_config(**options), {"M": ms}, run_name="sweep-m", echo=click.echo)
+
+
+@cli.command(context_settings=SHOW)
+@training_options
+@hallucination_options
+@click.option("--param", "params", multiple=True, required=True,
+              help="A swept option and its values, e.g. --param shots=1,5 --param distance=l2,cosine.")
+@click.option("--method", type=click.Choice(["protonet", "hallucinate"]), default="protonet",
+              help="Train plain ProtoNets, or hallucination models.")
+@click.option("--shard", default=0, help="This process's share of the grid: points with index % --shards == --shard.")
+@click.option("--shards", default=1, help="How many processes share the grid.")
+def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, **options: Any) -> None:
+    """Train and test a grid of configurations as nested runs under one parent run."""
+    from fsl.config import TrainConfig
+    from fsl.experiment import run_sweep
+
+    if method == "protonet":
+        options["hallucinator"] = None
+    grid = {}
+    types = {name: f.type for name, f in TrainConfig.__dataclass_fields__.items()}
+    for item in params:
+        key, _, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if key == "hallucinations":
+            key = "M"
+        if key not in types or not text:
+            raise click.BadParameter(f"expected OPTION=V1,V2,... with a training option, got {item!r}",
+                                     param_hint="--param")
+        cast = float if "float" in str(types[key]) else int if "int" in str(types[key]) else str
+        grid[key] = _values(text, cast)
+    run_sweep(_config(**options), grid, shard=shard, shards=shards, echo=click.echo)
+
+
+@cli.command(context_settings=SHOW)
+@click.option("--model", "model_spec", required=True,
+              help="A checkpoint (.pt) or an MLflow URI: runs:/ID, runs:/ID/path.pt, models:/NAME@ALIAS.")
+@data_options
+@click.option("--test-ways", default=5, help="Classes per test episode.")
+@click.option("--test-shots", default=1, help="Support images per class.")
+@click.option("--test-queries", default=15, help="Query images per class.")
+@click.option("--test-episodes", default=600, help="Test episodes.")
+@run_options
+def evaluate(model_spec: str, **options: Any) -> None:
+    """Evaluate a saved model on new test episodes (one MLflow run)."""
+    from fsl.experiment import run_evaluation
+
+    run_evaluation(model_spec, _config(**options), echo=click.echo)
+
+
+def main() -> None:
+    cli(prog_name="fsl")

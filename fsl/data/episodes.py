@@ -1,0 +1,98 @@
+"""N-way K-shot Q-query episodes, sampled as index tensors from a `torch.Generator`.
+
+An episode never copies images: it is a set of row indices into a split's uint8 tensor, so on
+CUDA building one is a gather on the GPU. Labels inside an episode are 0..ways-1 in support
+order (class-major: the first `shots` support rows are class 0, and so on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fsl.data.store import ImageStore
+from fsl.errors import UsageError
+
+
+class EpisodeError(UsageError):
+    """An episode shape the split cannot provide; the message names the parameter and its range."""
+
+
+@dataclass(frozen=True)
+class EpisodeShape:
+    ways: int
+    shots: int
+    queries: int
+
+    def __str__(self) -> str:
+        return f"{self.ways}-way {self.shots}-shot {self.queries}-query"
+
+
+@dataclass
+class EpisodeIndices:
+    """E episodes at once. support: int64 [E, ways*shots]; query: int64 [E, ways*queries];
+    classes: int64 [E, ways], the split's class ids in episode-label order."""
+
+    support: torch.Tensor
+    query: torch.Tensor
+    classes: torch.Tensor
+    shape: EpisodeShape
+
+    def __len__(self) -> int:
+        return int(self.support.shape[0])
+
+    def slice(self, start: int, stop: int) -> "EpisodeIndices":
+        return EpisodeIndices(self.support[start:stop], self.query[start:stop], self.classes[start:stop], self.shape)
+
+    def support_labels(self) -> torch.Tensor:
+        """int64 [ways*shots]: 0..ways-1 in support order (the same for every episode)."""
+        return torch.arange(self.shape.ways).repeat_interleave(self.shape.shots)
+
+    def query_labels(self) -> torch.Tensor:
+        """int64 [ways*queries]: the true episode label of each query."""
+        return torch.arange(self.shape.ways).repeat_interleave(self.shape.queries)
+
+
+class EpisodeSampler:
+    """Draws episodes from one split. The same generator state gives the same episodes.
+
+    Sampling is vectorised: a padded [classes, max_images] table of row indices, a random key
+    per slot, and one argsort pick `shots + queries` distinct images per class without a
+    Python loop, so support and query never share an image.
+    """
+
+    def __init__(self, store: ImageStore, shape: EpisodeShape, split: str = "split",
+                 option_prefix: str = "") -> None:
+        counts = store.images_per_class()
+        for name, value in (("ways", shape.ways), ("shots", shape.shots), ("queries", shape.queries)):
+            if value < 1:
+                raise EpisodeError(f"--{option_prefix}{name} must be at least 1, got {value}")
+        if shape.ways > store.n_classes:
+            raise EpisodeError(f"--{option_prefix}ways must be between 1 and {store.n_classes} "
+                               f"(the {split} split has {store.n_classes} classes), got {shape.ways}")
+        need = shape.shots + shape.queries
+        smallest = int(counts.min())
+        if need > smallest:
+            cls = store.class_names[int(counts.argmin())]
+            raise EpisodeError(f"--{option_prefix}shots + --{option_prefix}queries must be at most {smallest} "
+                               f"(class {cls!r} of the {split} split has {smallest} images), got {need}")
+        self.shape = shape
+        labels = store.labels.cpu()
+        order = torch.argsort(labels, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(len(labels)) - starts[labels[order]]
+        self._table = torch.full((store.n_classes, int(counts.max())), -1, dtype=torch.long)
+        self._table[labels[order], slot] = order
+
+    def sample(self, generator: torch.Generator, n: int = 1) -> EpisodeIndices:
+        """Draw `n` episodes (indices on the CPU; move them with `.to(device)` to gather)."""
+        ways, shots, queries = self.shape.ways, self.shape.shots, self.shape.queries
+        n_classes, width = self._table.shape
+        classes = torch.rand(n, n_classes, generator=generator).argsort(dim=1)[:, :ways]
+        rows = self._table[classes]  # [n, ways, width]
+        keys = torch.rand(n, ways, width, generator=generator).masked_fill_(rows < 0, 2.0)
+        picked = rows.gather(2, keys.argsort(dim=2)[:, :, : shots + queries])
+        support = picked[:, :, :shots].reshape(n, ways * shots)
+        query = picked[:, :, shots:].reshape(n, ways * queries)
+        return EpisodeIndices(support, query, classes, self.shape)

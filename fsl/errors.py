@@ -1,0 +1,17 @@
+"""Errors that the CLI reports as one line, without a traceback."""
+
+
+class FslError(Exception):
+    """Base: a problem with what the user asked for, not a bug. `exit_code` is the CLI's."""
+
+    exit_code = 1
+
+
+class UsageError(FslError, ValueError):
+    """A parameter outside its allowed range; the message names the parameter (exit code 2)."""
+
+    exit_code = 2
+
+
+class DataError(FslError, ValueError):
+    """Input data that cannot be read; the message names the file or value (exit code 1)."""

@@ -1,0 +1,92 @@
+"""Evaluation on sampled episodes: per-episode accuracy, mean and 95% confidence interval."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fsl.data.episodes import EpisodeIndices, EpisodeSampler, EpisodeShape
+from fsl.data.store import ImageStore
+from fsl.models.classifier import FewShotClassifier
+from fsl.runtime import make_generator
+
+
+def mean_ci95(values: np.ndarray | list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% CI: 1.96 * std(ddof=1) / sqrt(n). NaN half-width for n < 2."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        raise ValueError("mean_ci95 needs at least one value")
+    half = 1.96 * arr.std(ddof=1) / math.sqrt(arr.size) if arr.size > 1 else float("nan")
+    return float(arr.mean()), float(half)
+
+
+@dataclass
+class EvalResult:
+    """accs: float64 [episodes], percent; mean and ci95 in percent."""
+
+    accs: np.ndarray
+    mean: float
+    ci95: float
+
+    @classmethod
+    def from_accs(cls, accs: np.ndarray) -> "EvalResult":
+        return cls(accs, *mean_ci95(accs))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.ci95:.2f}% over {len(self.accs)} episodes"
+
+
+def sample_episodes(store: ImageStore, shape: EpisodeShape, n: int, seed: int, split: str,
+                    option_prefix: str = "test_") -> EpisodeIndices:
+    """A fixed set of `n` episodes: the same seed gives the same episodes on any device."""
+    sampler = EpisodeSampler(store, shape, split=split, option_prefix=option_prefix)
+    return sampler.sample(make_generator(seed), n)
+
+
+@torch.no_grad()
+def episode_accuracies(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
+                       hallucinations: int | None = None, noise_seed: int = 0, batch: int = 0,
+                       progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Accuracy (percent) of each episode, float32 [E] on the model's device (no host sync).
+
+    Episodes are evaluated `batch` at a time in one encoder call; in eval mode BatchNorm uses
+    its running statistics, so batching does not change any result. The generator's noise comes
+    from a generator seeded with `noise_seed`: evaluating twice gives the same numbers.
+    """
+    was_training = model.training
+    model.eval()
+    device = model.device
+    shape = episodes.shape
+    images_per_episode = shape.ways * (shape.shots + shape.queries)
+    batch = batch or max(1, 4096 // images_per_episode)  # ~4k images per call fits any device
+    noise = make_generator(noise_seed, device)
+    support_labels = episodes.support_labels().to(device)
+    query_labels = episodes.query_labels().to(device)
+    accs = torch.empty(len(episodes), device=device)
+    try:
+        for start in range(0, len(episodes), batch):
+            chunk = episodes.slice(start, start + batch)
+            e = len(chunk)
+            logits = model.episode_logits(
+                store.images[chunk.support.to(store.images.device)],
+                support_labels.expand(e, -1),
+                store.images[chunk.query.to(store.images.device)],
+                shape.ways, hallucinations=hallucinations, noise=noise)
+            accs[start:start + e] = (logits.argmax(-1) == query_labels).float().mean(-1) * 100
+            if progress:
+                progress(e)
+    finally:
+        model.train(was_training)
+    return accs
+
+
+def evaluate(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
+             hallucinations: int | None = None, noise_seed: int = 0,
+             progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Per-episode accuracies with mean ± 95% CI, all in percent."""
+    accs = episode_accuracies(model, store, episodes, hallucinations, noise_seed, progress=progress)
+    return EvalResult.from_accs(accs.double().cpu().numpy())

@@ -1,0 +1,262 @@
+"""Training runs end to end: validate, load, train, test, track. The CLI calls these.
+
+`run_training` is the whole of `fsl protonet` and `fsl hallucinate`; `run_sweep` runs a grid of
+such runs as nested MLflow runs under one parent (`fsl sweep`, `fsl sweep-m`).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fsl.config import TrainConfig
+from fsl.data import DataSet, load_dataset
+from fsl.data.episodes import EpisodeSampler
+from fsl.errors import UsageError
+from fsl.evaluate import EvalResult, evaluate, sample_episodes
+from fsl.models.classifier import FewShotClassifier, model_config
+from fsl.progress import progress
+from fsl.runtime import make_generator, resolve_device, resolve_precision, seed_everything
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Setup:
+    """Everything checked and resolved before a run starts: a bad option never opens a run."""
+
+    cfg: TrainConfig
+    data: DataSet
+    device: torch.device
+    precision: str
+    model: FewShotClassifier
+
+
+def prepare(cfg: TrainConfig) -> Setup:
+    """Validate the config against the data and build the model; raises UsageError/DataError."""
+    cfg.validate()
+    cfg = cfg.resolved()
+    try:
+        device = resolve_device(cfg.device)
+        precision = resolve_precision(cfg.precision, device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        data = load_dataset(cfg.data, cfg.image_size)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    # Building the samplers checks ways and shots + queries against every split used.
+    EpisodeSampler(data.split("train"), cfg.train_shape, split="train")
+    EpisodeSampler(data.split("val"), cfg.test_shape, split="val", option_prefix="test-")
+    EpisodeSampler(data.split("test"), cfg.test_shape, split="test", option_prefix="test-")
+    seed_everything(cfg.seed)
+    mean, std = data.channel_stats()
+    model = FewShotClassifier(model_config(
+        image_size=data.image_size, channels=data.channels, mean=mean, std=std, distance=cfg.distance,
+        precision=precision, hallucinator=cfg.hallucinator, hallucinations=cfg.M if cfg.hallucinator else 0))
+    if cfg.init:
+        _initialise_from(model, cfg.init)
+    model = model.to(device)
+    if device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)
+    return Setup(cfg, data, device, precision, model)
+
+
+def _initialise_from(model: FewShotClassifier, spec: str) -> None:
+    """Copy a trained model's encoder (and generator, if it has a compatible one) into `model`."""
+    from fsl.tracking import load_model
+
+    try:
+        source = load_model(spec)
+    except ValueError as exc:
+        raise UsageError(f"--init {spec}: not a model ({exc})") from exc
+    if source.feature_dim != model.feature_dim or source.config["channels"] != model.config["channels"]:
+        raise UsageError(
+            f"--init {spec}: incompatible model: it makes {source.feature_dim}-d features from "
+            f"{source.config['channels']}-channel {source.config['image_size']}px images, this run needs "
+            f"{model.feature_dim}-d from {model.config['channels']}-channel {model.config['image_size']}px")
+    model.encoder.load_state_dict(source.encoder.state_dict())
+    if model.generator is not None and source.generator is not None and \
+            type(source.generator) is type(model.generator):
+        model.generator.load_state_dict(source.generator.state_dict())
+
+
+@dataclass
+class RunSummary:
+    run_id: str | None
+    best_val_acc: float
+    test: EvalResult
+    test_no_hallucination: EvalResult | None
+    params: dict[str, Any]
+
+
+def run_training(cfg: TrainConfig, *, nested: bool = False, run_name: str | None = None,
+                 echo: Echo = print, show_progress: bool = True) -> RunSummary:
+    """Train, test on the best-by-val checkpoint, and log everything to one MLflow run."""
+    from fsl import tracking, viz
+    from fsl.train import train
+
+    setup = prepare(cfg)
+    cfg, model, data, device = setup.cfg, setup.model, setup.data, setup.device
+    params = cfg.to_params() | {"device_resolved": str(device), "precision_resolved": setup.precision,
+                                "image_size_resolved": data.image_size, "feature_dim": model.feature_dim}
+    echo(f"{cfg.method}: {cfg.train_shape} training, {cfg.test_shape} testing on {cfg.data} "
+         f"({data.image_size}px, {data.channels} ch) on {device} in {setup.precision}")
+    tags = tracking.base_tags(data.fingerprint, setup.precision) | {"fsl.method": cfg.method}
+    with tracking.start_run(cfg.experiment, run_name=run_name, nested=nested, tags=tags) as tracker, \
+            tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
+        tracker.log_params(params)
+        out = Path(workdir)
+
+        def on_epoch(stats) -> None:
+            tracker.log_metrics({"train_loss": stats.train_loss, "train_acc": stats.train_acc,
+                                 "val_acc": stats.val_acc, "lr": stats.lr, "epoch_seconds": stats.seconds},
+                                step=stats.epoch)
+            echo(f"epoch {stats.epoch}/{cfg.epochs}: loss {stats.train_loss:.4f}, train {stats.train_acc:.2f}%, "
+                 f"val {stats.val_acc:.2f}% ({stats.seconds:.1f} s)")
+
+        total = cfg.epochs * cfg.episodes_per_epoch
+        with progress(total, "training episodes", show_progress) as advance:
+            result = train(model, data, cfg, device, checkpoint_dir=out / "checkpoints",
+                           on_epoch=on_epoch, progress=advance)
+        tracker.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
+        tracker.log_artifact(result.best_checkpoint, "checkpoints")
+        tracker.log_artifact(viz.learning_curve(result.history, out / "learning_curve.png"))
+
+        test_store = data.split("test").to(device)
+        episodes = sample_episodes(test_store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
+        with progress(cfg.test_episodes, "test episodes", show_progress) as advance:
+            test = evaluate(model, test_store, episodes, noise_seed=cfg.test_seed, progress=advance)
+        _log_eval(tracker, test, "")
+        echo(f"test ({cfg.test_shape}): {test}")
+        plain = None
+        if model.hallucinations:
+            plain = evaluate(model, test_store, episodes, hallucinations=0, noise_seed=cfg.test_seed)
+            _log_eval(tracker, plain, "_no_hallucination")
+            echo(f"test without hallucination (same encoder, same episodes): {plain}")
+            tracker.log_artifact(tsne_plot(model, test_store, cfg, out / "tsne.png"))
+        return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params)
+
+
+def _log_eval(tracker, result: EvalResult, suffix: str) -> None:
+    tracker.log_series(f"test_episode_acc{suffix}", result.accs)
+    tracker.log_metrics({f"test_acc{suffix}": result.mean, f"test_ci95{suffix}": result.ci95})
+
+
+def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, classes: int = 5,
+              per_class: int = 40) -> Path:
+    """t-SNE of real test features and M hallucinated ones for `classes` fixed test classes.
+
+    The generator is seeded with `test_shots` real images of each class, as at test time.
+    """
+    from fsl import viz
+    from fsl.models.hallucinator import hallucinate
+
+    classes = min(classes, store.n_classes)
+    labels = store.labels
+    rows = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in range(classes)])
+    shots = cfg.test_shape.shots
+    seeds = torch.cat([(labels == c).nonzero().flatten()[:shots] for c in range(classes)])
+    model.eval()
+    with torch.no_grad():
+        real = model.embed(store.images[rows])
+        support = model.embed(store.images[seeds])
+        fake, fake_labels = hallucinate(model.generator, support, torch.arange(classes, device=support.device)
+                                        .repeat_interleave(shots), classes, model.hallucinations,
+                                        make_generator(cfg.test_seed, model.device))
+    return viz.tsne(real.cpu().numpy(), labels[rows].cpu().numpy(), fake.float().cpu().numpy(),
+                    fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed)
+
+
+def run_evaluation(model_spec: str, cfg: TrainConfig, echo: Echo = print, show_progress: bool = True) -> RunSummary:
+    """`fsl evaluate`: test a saved model on new episodes of cfg's data, as one MLflow run."""
+    from fsl import tracking
+
+    cfg.validate()
+    cfg = cfg.resolved()
+    model = tracking.load_model(model_spec)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        data = load_dataset(cfg.data, cfg.image_size or model.config["image_size"])
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from exc
+    store = data.split("test")
+    episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
+    model = model.to(device)
+    store = store.to(device)
+    params = {"model": model_spec, "data": cfg.data, "test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots,
+              "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes, "test_seed": cfg.test_seed,
+              "device_resolved": str(device), "precision_resolved": model.config["precision"]}
+    tags = tracking.base_tags(data.fingerprint, model.config["precision"]) | {"fsl.method": "evaluate"}
+    with tracking.start_run(cfg.experiment, run_name="evaluate", tags=tags) as tracker:
+        tracker.log_params(params)
+        with progress(cfg.test_episodes, "test episodes", show_progress) as advance:
+            test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
+        _log_eval(tracker, test, "")
+        echo(f"test ({cfg.test_shape}): {test}")
+        return RunSummary(tracker.run_id, float("nan"), test, None, params)
+
+
+def run_sweep(base: TrainConfig, grid: dict[str, list], *, shard: int = 0, shards: int = 1,
+              run_name: str = "sweep", echo: Echo = print, show_progress: bool = True) -> list[dict]:
+    """Train and test every point of `grid` (field -> values) as nested runs under one parent.
+
+    Points are enumerated in a fixed order; with `shards` > 1 this process runs only the points
+    whose index % shards == shard, so N processes (one per GPU or machine, one tracking server)
+    cover the grid once with no point run twice. The parent run gets a CSV table of every
+    point and a plot of test accuracy ± CI against the first swept field.
+    """
+    from fsl import tracking, viz
+
+    if not 0 <= shard < shards:
+        raise UsageError(f"--shard must be between 0 and {shards - 1}, got {shard}")
+    fields = list(grid)
+    unknown = [f for f in fields if f not in TrainConfig.__dataclass_fields__]
+    if unknown:
+        raise UsageError(f"cannot sweep over {unknown}: not a training option")
+    points = [dict(zip(fields, values)) for values in itertools.product(*grid.values())]
+    mine = [p for i, p in enumerate(points) if i % shards == shard]
+    configs = [replace(base, **p) for p in mine]
+    for c in configs:  # every point is checked before the parent run opens
+        prepare(c)
+    rows: list[dict] = []
+    tags = {"fsl.method": "sweep", "fsl.sweep_grid": repr(grid), "fsl.sweep_shard": f"{shard}/{shards}"}
+    with tracking.start_run(base.experiment, run_name=run_name, tags=tags) as parent, \
+            tempfile.TemporaryDirectory(prefix="fsl-sweep-") as workdir:
+        parent.log_params({"sweep_" + k: ",".join(map(str, v)) for k, v in grid.items()}
+                          | {"shard": shard, "shards": shards})
+        for point, cfg in zip(mine, configs):
+            name = ",".join(f"{k}={v}" for k, v in point.items())
+            echo(f"--- sweep point {name}")
+            summary = run_training(cfg, nested=True, run_name=name, echo=echo, show_progress=show_progress)
+            row = dict(point) | {"run_id": summary.run_id, "best_val_acc": summary.best_val_acc,
+                                 "test_acc": summary.test.mean, "test_ci95": summary.test.ci95}
+            if summary.test_no_hallucination is not None:
+                row |= {"test_acc_no_hallucination": summary.test_no_hallucination.mean,
+                        "test_ci95_no_hallucination": summary.test_no_hallucination.ci95}
+            rows.append(row)
+        table = Path(workdir) / "sweep.csv"
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with table.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        parent.log_artifact(table)
+        group = fields[1] if len(fields) > 1 else None
+        parent.log_artifact(viz.metric_vs_value(rows, fields[0], Path(workdir) / "sweep.png", group))
+        best = max(rows, key=lambda r: r["test_acc"])
+        parent.log_metrics({"best_test_acc": best["test_acc"]})
+        echo(f"sweep done: {len(rows)} runs; best {best['test_acc']:.2f}% at "
+             + ", ".join(f"{k}={best[k]}" for k in fields))
+    return rows
+

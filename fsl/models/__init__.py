@@ -1,0 +1,1 @@
+"""Models: the Conv-4 encoder, distances, prototypes, hallucinators and the classifier."""

@@ -1,0 +1,195 @@
+"""FewShotClassifier: the one object that is trained, checkpointed, logged and registered.
+
+It holds the encoder, the optional hallucinator, the distance and the preprocessing it was
+trained with (input size, channels, normalisation, precision, M), so that a checkpoint or a
+registered model rebuilds itself and classifies new images without the command line.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Hashable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fsl.models.distances import DISTANCES, logits as distance_logits, prototypes
+from fsl.models.encoders import ENCODERS
+from fsl.models.hallucinator import GENERATORS, hallucinate
+from fsl.runtime import autocast, make_generator
+
+SCHEMA_VERSION = 1
+CLASSIFY_SEED = 0  # the noise seed of `classify`: the same call always gives the same answer
+
+
+class Prediction(NamedTuple):
+    """labels: the predicted label of each query; probs: float [Q, N] over the support classes
+    in first-appearance order."""
+
+    labels: list
+    probs: torch.Tensor
+
+
+def model_config(*, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float],
+                 distance: str = "l2", precision: str = "fp32", encoder: str = "conv4",
+                 hallucinator: str | None = None, hallucinations: int = 0) -> dict[str, Any]:
+    """The plain dict that rebuilds a model: it is saved in every checkpoint and logged model."""
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; choose from {sorted(DISTANCES)}")
+    if hallucinator is not None and hallucinator not in GENERATORS:
+        raise ValueError(f"unknown hallucinator {hallucinator!r}; choose from {sorted(GENERATORS)}")
+    return {"encoder": encoder, "image_size": int(image_size), "channels": int(channels),
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "distance": distance,
+            "precision": precision, "hallucinator": hallucinator, "hallucinations": int(hallucinations)}
+
+
+class FewShotClassifier(nn.Module):
+    """Encoder + optional generator + distance + preprocessing.
+
+    Images enter as uint8 [B, C, H, W] (0..255) or float in [0, 1]; `prepare` resizes and
+    normalises them on their device, so no PIL or per-image Python runs in a training step.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self.encoder = ENCODERS[config["encoder"]](config["channels"], config["image_size"])
+        kind = config.get("hallucinator")
+        self.generator = GENERATORS[kind](self.encoder.out_dim) if kind else None
+        self.register_buffer("mean", torch.tensor(config["mean"]).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config["std"]).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.out_dim
+
+    @property
+    def hallucinations(self) -> int:
+        return self.config["hallucinations"] if self.generator is not None else 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float [B, C, H, W] -> normalised float [B, C, S, S], channels-last."""
+        if images.dim() != 4:
+            raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+        channels = self.config["channels"]
+        if images.shape[1] != channels:
+            if images.shape[1] == 1 and channels == 3:
+                images = images.expand(-1, 3, -1, -1)  # a grey image is a valid RGB image
+            else:
+                raise ValueError(f"this model takes {channels}-channel images, got {images.shape[1]} channels")
+        x = images.to(self.device, non_blocking=True)
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        size = self.config["image_size"]
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if x.device.type != "mps" else x
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] -> features float32 [B, D], under the model's precision."""
+        return self._encode(self.prepare(images))
+
+    def _encode(self, prepared: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.config["precision"]):
+            return self.encoder(prepared).float()
+
+    def embed_episode(self, support_images: torch.Tensor, query_images: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """support [E, S, C, H, W], query [E, Q, C, H, W] -> features [E, S, D], [E, Q, D].
+
+        Prepared apart (their sizes may differ), encoded together: one encoder call per step,
+        so BatchNorm sees the whole episode, as in Snell et al.'s implementation.
+        """
+        e, s, q = support_images.shape[0], support_images.shape[1], query_images.shape[1]
+        features = self._encode(torch.cat([self.prepare(support_images.flatten(0, 1)),
+                                           self.prepare(query_images.flatten(0, 1))]))
+        return features[: e * s].view(e, s, -1), features[e * s:].view(e, q, -1)
+
+    def logits_from_features(self, support: torch.Tensor, support_labels: torch.Tensor,
+                             queries: torch.Tensor, ways: int, hallucinations: int | None = None,
+                             noise: torch.Generator | None = None) -> torch.Tensor:
+        """support [E, S, D], labels int64 [E, S] in 0..ways-1, queries [E, Q, D] -> [E, Q, ways].
+
+        With a generator and M > 0, each prototype is the mean of the class's K real and M
+        hallucinated features. `hallucinations` overrides M (0 turns the generator off).
+        """
+        labels = support_labels.to(support.device)
+        m = self.hallucinations if hallucinations is None else hallucinations
+        if m > 0 and self.generator is not None:
+            with autocast(self.device, self.config["precision"]):
+                fake, fake_labels = hallucinate(self.generator, support, labels, ways, m, noise)
+            support = torch.cat([support, fake.float()], dim=-2)
+            labels = torch.cat([labels, fake_labels], dim=-1)
+        return distance_logits(queries, prototypes(support, labels, ways), self.config["distance"])
+
+    def episode_logits(self, support_images: torch.Tensor, support_labels: torch.Tensor,
+                       query_images: torch.Tensor, ways: int, hallucinations: int | None = None,
+                       noise: torch.Generator | None = None) -> torch.Tensor:
+        """Logits of E episodes at once (E may be left out).
+
+        support_images [E, S, C, H, W]; support_labels int64 [E, S] in 0..ways-1;
+        query_images [E, Q, C, H, W] -> logits float32 [E, Q, ways].
+        """
+        single = support_images.dim() == 4
+        if single:
+            support_images, support_labels, query_images = (
+                support_images[None], support_labels[None], query_images[None])
+        support, queries = self.embed_episode(support_images, query_images)
+        out = self.logits_from_features(support, support_labels, queries, ways, hallucinations, noise)
+        return out[0] if single else out
+
+    @torch.no_grad()
+    def classify(self, support_images: torch.Tensor, support_labels: Sequence[Hashable],
+                 query_images: torch.Tensor) -> Prediction:
+        """Classify query images given labelled support images, as in training.
+
+        support_images [S, C, H, W] and query_images [Q, C, H, W]: uint8 in 0..255 or float in
+        [0, 1], any size (resized to the model's input). support_labels: S hashable values.
+        Runs in eval mode with seeded generator noise, so the same call gives the same answer.
+        """
+        if len(support_labels) != len(support_images):
+            raise ValueError(f"{len(support_images)} support images but {len(support_labels)} labels")
+        classes = list(dict.fromkeys(support_labels))
+        index = {label: i for i, label in enumerate(classes)}
+        labels = torch.tensor([index[label] for label in support_labels], device=self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            noise = make_generator(CLASSIFY_SEED, self.device)
+            logits = self.episode_logits(support_images, labels, query_images, len(classes), noise=noise)
+        finally:
+            self.train(was_training)
+        probs = logits.softmax(-1).cpu()
+        return Prediction([classes[i] for i in probs.argmax(-1).tolist()], probs)
+
+    def checkpoint(self, **meta: Any) -> dict[str, Any]:
+        """A dict that `torch.load(weights_only=True)` reads back: tensors and plain values only."""
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        return {"schema_version": SCHEMA_VERSION, "config": copy.deepcopy(self.config),
+                "state_dict": state, "meta": meta}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "FewShotClassifier":
+        version = checkpoint.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"checkpoint schema {version} is not supported (expected {SCHEMA_VERSION})")
+        model = cls(checkpoint["config"])
+        model.load_state_dict(checkpoint["state_dict"])
+        return model
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> FewShotClassifier:
+    """Rebuild a model from a `.pt` checkpoint; `weights_only=True`, so loading runs no code."""
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for "not a checkpoint"
+        raise ValueError(f"{path} is not an fsl checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    if not isinstance(checkpoint, dict) or "config" not in checkpoint:
+        raise ValueError(f"{path} is not an fsl checkpoint (no model config in it)")
+    return FewShotClassifier.from_checkpoint(checkpoint)

@@ -1,0 +1,127 @@
+"""Feature hallucination (Wang, Girshick, Hebert and Hariharan, CVPR 2018).
+
+A generator maps (a real support feature, Gaussian noise) to a new feature of the same class.
+For each class of an episode one real support feature is picked at random and M features are
+generated from it, all classes and all M in one batched call.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fsl.models.distances import prototypes
+
+
+class WangGenerator(nn.Module):
+    """The original implementation's generator: [feature, noise] (2d) -> 1.5d -> 1.5d -> d.
+
+    Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear, ReLU; with d = 1600 this is
+    3200 -> 2400 -> 2400 -> 1600. The final ReLU matches Conv-4 features, which are >= 0.
+    """
+
+    def __init__(self, feature_dim: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        hidden = feature_dim * 3 // 2
+        self.feature_dim = feature_dim
+        self.noise_dim = feature_dim
+        self.net = nn.Sequential(
+            nn.Linear(2 * feature_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, feature_dim), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, seeds: torch.Tensor, noise: torch.Tensor, class_means: torch.Tensor) -> torch.Tensor:
+        """seeds [..., D], noise [..., D], class_means [..., D] (unused here) -> [..., D]."""
+        return self.net(torch.cat([seeds, noise], dim=-1))
+
+
+class PrototypeResidualGenerator(nn.Module):
+    """The `improved` hallucinator: conditioned on the class prototype, residual, anti-collapse.
+
+    Why: with one shot, Wang's generator sees a single seed and learns to reproduce it, so its
+    M outputs collapse onto one point and the prototype barely moves (the original study's flat
+    M curve). Three changes address that. (1) It is also given the class mean of the real
+    support, so it knows the class and not only the one example. (2) It predicts a residual
+    around the seed, gated per dimension, so at initialisation it already produces plausible
+    features of the right class rather than noise. (3) Training adds a mode-seeking
+    anti-collapse term (Mao et al. 2019, as in AFHN, Li et al. 2020): two noise draws for the
+    same seed must give features whose distance grows with the distance between the noises.
+    """
+
+    def __init__(self, feature_dim: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        hidden = feature_dim * 3 // 2
+        self.feature_dim = feature_dim
+        self.noise_dim = feature_dim
+        self.net = nn.Sequential(
+            nn.Linear(3 * feature_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, 2 * feature_dim),
+        )
+
+    def forward(self, seeds: torch.Tensor, noise: torch.Tensor, class_means: torch.Tensor) -> torch.Tensor:
+        """seeds, noise, class_means: [..., D] -> hallucinated features [..., D] (>= 0)."""
+        delta, gate = self.net(torch.cat([seeds, noise, class_means], dim=-1)).chunk(2, dim=-1)
+        return torch.relu(seeds + torch.sigmoid(gate) * delta)
+
+
+GENERATORS: dict[str, Callable[[int], nn.Module]] = {
+    "wang": WangGenerator,
+    "improved": PrototypeResidualGenerator,
+}
+
+
+def pick_seeds(labels: torch.Tensor, ways: int, generator: torch.Generator | None) -> torch.Tensor:
+    """For each class, the row of one support feature chosen uniformly at random.
+
+    labels: int64 [..., S] in 0..ways-1 -> int64 [..., ways] (row indices into S).
+    """
+    keys = torch.rand(labels.shape, generator=generator, device=labels.device)
+    member = labels.unsqueeze(-2) == torch.arange(ways, device=labels.device).unsqueeze(-1)  # [..., ways, S]
+    return torch.where(member, keys.unsqueeze(-2), torch.full_like(keys.unsqueeze(-2), -1.0)).argmax(-1)
+
+
+def seeds_and_means(features: torch.Tensor, labels: torch.Tensor, ways: int,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The generator's inputs per class: one random real feature, and the real class mean.
+
+    features [..., S, D], labels [..., S] -> (seeds [..., ways, D], means [..., ways, D]).
+    """
+    rows = pick_seeds(labels, ways, generator)
+    seeds = features.gather(-2, rows.unsqueeze(-1).expand(*rows.shape, features.shape[-1]))
+    return seeds, prototypes(features, labels, ways)
+
+
+def hallucinate(gen: nn.Module, features: torch.Tensor, labels: torch.Tensor, ways: int, m: int,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """M new features per class, all in one generator call.
+
+    features: [..., S, D] real support features; labels: int64 [..., S] in 0..ways-1.
+    Returns (hallucinated [..., ways*M, D], their labels int64 [..., ways*M]), class-major.
+    `generator` makes the seed choice and the noise repeatable (it must live on features' device).
+    """
+    seeds, means = seeds_and_means(features, labels, ways, generator)           # [..., ways, D] each
+    shape = (*seeds.shape[:-1], m, features.shape[-1])                          # [..., ways, M, D]
+    noise = torch.randn(shape, generator=generator, device=features.device, dtype=features.dtype)
+    fake = gen(seeds.unsqueeze(-2).expand(shape), noise, means.unsqueeze(-2).expand(shape))
+    fake_labels = torch.arange(ways, device=labels.device).repeat_interleave(m)
+    fake_labels = fake_labels.expand(*labels.shape[:-1], ways * m)
+    return fake.reshape(*shape[:-3], ways * m, shape[-1]), fake_labels
+
+
+def mode_seeking_loss(gen: nn.Module, features: torch.Tensor, labels: torch.Tensor, ways: int,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Anti-collapse regulariser: mean of |z1 - z2| / |g(z1) - g(z2)| over one pair per class.
+
+    Small when different noises give different features; it grows without bound as the
+    generator collapses (Mao et al., CVPR 2019). features [..., S, D]; returns a scalar.
+    """
+    seeds, means = seeds_and_means(features, labels, ways, generator)
+    z1 = torch.randn(seeds.shape, generator=generator, device=features.device, dtype=features.dtype)
+    z2 = torch.randn(seeds.shape, generator=generator, device=features.device, dtype=features.dtype)
+    out_gap = (gen(seeds, z1, means) - gen(seeds, z2, means)).abs().mean(-1)
+    noise_gap = (z1 - z2).abs().mean(-1)
+    return (noise_gap / (out_gap + 1e-5)).mean()

@@ -1,0 +1,131 @@
+"""The one place for process-wide state: seeds, the device, the arithmetic and the cache folder.
+
+Everything that must repeat draws from an explicit `torch.Generator` made here; nothing in the
+package touches Python's or NumPy's global random state except `seed_everything`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices): for code outside fsl that draws globally."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh generator on `device`, seeded: every repeatable draw in fsl takes one of these."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA, else Apple MPS, else the CPU; any other name is taken as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16).
+
+    Without it, bf16 autocast on the CPU is emulated and slower than fp32, so `auto` keeps fp32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto` is bf16 autocast where the device has bf16 units (CUDA, AMX CPUs), else fp32.
+
+    BENCHMARKS.md shows bf16 reaches the fp32 accuracy on both devices; fp32 is always available.
+    """
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
+    if name != "auto":
+        if name == "bf16" and device.type == "mps":
+            raise ValueError("--precision bf16 is not supported on MPS; use fp32")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context for a resolved precision; a no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cache_dir() -> Path:
+    """The single folder for everything fsl caches: `$FSL_CACHE_DIR`, else the user cache dir."""
+    env = os.environ.get("FSL_CACHE_DIR")
+    if env:
+        root = Path(env)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root = Path(base) / "fsl"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; on success it is renamed to `final` in one step.
+
+    A reader therefore sees either no folder or a complete one, never a half-written cache. If
+    another process finished first, its (identical) result is kept and ours is discarded.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_save(obj: object, path: Path) -> None:
+    """`torch.save` to a temp file in the same folder, then rename: never a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,102 @@
+"""End to end through the `fsl` command, read back from a temporary MLflow store."""
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from fsl.cli import cli
+from tests.conftest import TINY
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def only_run(client: MlflowClient):
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]
+
+
+def test_help_lists_the_commands_and_every_option_shows_its_default():
+    result = invoke("--help")
+    for command in ("protonet", "hallucinate", "evaluate", "sweep", "sweep-m"):
+        assert command in result.output
+    help_text = invoke("protonet", "--help").output
+    assert "--ways INTEGER" in help_text and "[default: 5]" in help_text
+    assert "[default: l2]" in help_text and "[default: synthetic]" in help_text
+
+
+def test_protonet_run_logs_params_metrics_and_artifacts(tracking):
+    result = invoke("protonet", *TINY, "--epochs", "2", "--distance", "cosine")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["ways"] == "5" and params["shots"] == "1" and params["distance"] == "cosine"
+    assert params["test_shots"] == "1" and params["lr"] == "0.001" and params["epochs"] == "2"
+    assert params["device_resolved"] == "cpu" and params["precision_resolved"] == "fp32"
+    assert run.data.tags["fsl.version"] and run.data.tags["fsl.data_fingerprint"]
+    assert run.data.tags["fsl.precision"] == "fp32"
+    for key in ("train_loss", "train_acc", "val_acc"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2]
+    episodes = client.get_metric_history(run.info.run_id, "test_episode_acc")
+    assert sorted(m.step for m in episodes) == list(range(5))
+    assert all(0 <= m.value <= 100 for m in episodes)
+    mean = sum(m.value for m in episodes) / 5
+    assert run.data.metrics["test_acc"] == pytest.approx(mean)
+    assert run.data.metrics["test_ci95"] >= 0
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"checkpoints", "learning_curve.png"} <= artifacts
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+
+
+def test_evaluate_scores_a_checkpoint_and_an_mlflow_run_uri(tracking, trained_checkpoint):
+    result = invoke("evaluate", "--model", str(trained_checkpoint), "--image-size", "16",
+                    "--test-episodes", "4", "--test-queries", "3")
+    assert result.exit_code == 0, result.output
+    run = only_run(MlflowClient())
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "test_episode_acc")) == 4
+    # the same model through an MLflow URI: a run's logged checkpoint
+    invoke("protonet", *TINY)
+    train_run = [r for r in MlflowClient().search_runs([run.info.experiment_id])
+                 if r.data.tags.get("fsl.method") == "protonet"][0]
+    result = invoke("evaluate", "--model", f"runs:/{train_run.info.run_id}", "--image-size", "16",
+                    "--test-episodes", "2", "--test-queries", "3")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--test-ways", "17"], "--test-ways must be between 1 and 16"),  # the val split has 16 classes
+    (["--ways", "70"], "--ways must be between 1 and 64"),
+    (["--shots", "50", "--queries", "15"], "--shots + --queries must be at most 60"),
+    (["--distance", "manhattan"], "'--distance'"),
+    (["--data", "/no/such/folder"], "/no/such/folder"),
+    (["--episodes-per-epoch", "0"], "--episodes-per-epoch must be at least 1"),
+    (["--test-episodes", "-3"], "--test-episodes must be at least 1"),
+    (["--queries", "0"], "--queries must be at least 1"),
+])
+def test_bad_input_gets_a_one_line_error_exit_2_and_leaves_no_run(tracking, args, needle):
+    result = CliRunner().invoke(cli, ["protonet", *TINY, *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
+    assert "Traceback" not in result.output
+    client = MlflowClient()
+    running = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 filter_string="attributes.status = 'RUNNING'")
+    assert running == []
+
+
+def test_an_error_during_training_marks_the_run_failed(tracking, monkeypatch):
+    import fsl.train
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(fsl.train, "train", explode)
+    result = CliRunner().invoke(cli, ["protonet", *TINY])
+    assert result.exit_code != 0
+    assert only_run(MlflowClient()).info.status == "FAILED"
