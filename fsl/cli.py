@@ -59,10 +59,19 @@ def _options(*decorators: Callable) -> Callable:
     return apply
 
 
+FORMAT_NAMES = ["ravi", "course", "split-folders", "class-folders", "l2l-pickle", "metaoptnet-pickle"]
+
 data_options = _options(
-    click.option("--data", default="synthetic", help="Data set: 'synthetic' (built in, no download) or a path."),
-    click.option("--image-size", type=AUTO_INT, default=None,
-                 help="Resize images to this side. [default: the data set's own: 32 for synthetic]"),
+    click.option("--data", default="synthetic", help="Data set: 'synthetic' (built in, no download) or a path "
+                 "(a folder, or a .zip of a class-per-folder tree)."),
+    click.option("--format", type=click.Choice(FORMAT_NAMES), default=None,
+                 help="On-disk format of --data. [default: detected]"),
+    click.option("--image-size", type=AUTO_INT, default=None, help="Resize images to this side. "
+                 "[default: the data set's: 32 synthetic, 84 Mini-ImageNet, 28 greyscale trees]"),
+    click.option("--channels", type=click.Choice(["1", "3"]), default=None, callback=lambda c, p, v: v and int(v),
+                 help="1 = greyscale, 3 = RGB. [default: inferred from the images]"),
+    click.option("--rotations/--no-rotations", default=False,
+                 help="Add 90/180/270-degree rotations of every class as new classes (the Omniglot protocol)."),
 )
 
 episode_options = _options(
@@ -195,6 +204,57 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, **optio
     run_sweep(_config(**options), grid, shard=shard, shards=shards, echo=click.echo)
 
 
+@cli.group()
+def data() -> None:
+    """Inspect data sets and the decoded-data cache (no MLflow run)."""
+
+
+@data.command(context_settings=SHOW)
+@click.argument("path")
+@click.option("--format", type=click.Choice(FORMAT_NAMES), default=None, help="Format. [default: detected]")
+@click.option("--image-size", type=int, default=None, help="Target size. [default: inferred]")
+def inspect(path: str, format: str | None, image_size: int | None) -> None:
+    """Print the format, splits, classes, images per class and image size of PATH."""
+    from fsl.data import load_dataset
+
+    click.echo(load_dataset(path, image_size, format).describe())
+
+
+@data.command(context_settings=SHOW)
+@click.option("--clear", is_flag=True, help="Remove every cached data set.")
+def cache(clear: bool) -> None:
+    """List the decoded data sets under the cache folder ($FSL_CACHE_DIR), with sizes."""
+    import shutil
+
+    from fsl.data.store import cached_datasets
+    from fsl.runtime import cache_dir
+
+    entries = cached_datasets()
+    for folder, size in entries:
+        click.echo(f"{size / 2**20:10.1f} MiB  {folder.name}")
+        if clear:
+            shutil.rmtree(folder)
+    total = sum(size for _, size in entries) / 2**20
+    click.echo(f"{'removed' if clear else 'cached'}: {len(entries)} data sets, {total:.1f} MiB in {cache_dir()}")
+
+
+@cli.command(context_settings=SHOW)
+@data_options
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", help="Split to draw from.")
+@click.option("-n", "--episodes", "count", default=600, help="Number of episodes.")
+@click.option("--ways", default=5, help="Classes per episode.")
+@click.option("--shots", default=1, help="Support images per class.")
+@click.option("--queries", default=15, help="Query images per class.")
+@click.option("--seed", default=0, help="Seed of the episode draw.")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="CSV file to write.")
+def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: int, out: str,
+             **options: Any) -> None:
+    """Write a fixed, shareable episode file (CSV: episode,role,label,path)."""
+    from fsl.experiment import write_episodes
+
+    write_episodes(_config(**options), split, count, ways, shots, queries, seed, out, echo=click.echo)
+
+
 @cli.command(context_settings=SHOW)
 @click.option("--model", "model_spec", required=True,
               help="A checkpoint (.pt) or an MLflow URI: runs:/ID, runs:/ID/path.pt, models:/NAME@ALIAS.")
@@ -203,12 +263,14 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, **optio
 @click.option("--test-shots", default=1, help="Support images per class.")
 @click.option("--test-queries", default=15, help="Query images per class.")
 @click.option("--test-episodes", default=600, help="Test episodes.")
+@click.option("--episodes", "episodes_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Evaluate on the episodes of this CSV file instead of sampling new ones.")
 @run_options
-def evaluate(model_spec: str, **options: Any) -> None:
-    """Evaluate a saved model on new test episodes (one MLflow run)."""
+def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None:
+    """Evaluate a saved model on new test episodes, or on an episode file (one MLflow run)."""
     from fsl.experiment import run_evaluation
 
-    run_evaluation(model_spec, _config(**options), echo=click.echo)
+    run_evaluation(model_spec, _config(**options), episodes_file, echo=click.echo)
 
 
 def main() -> None:

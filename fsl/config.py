@@ -17,7 +17,10 @@ from fsl.errors import UsageError
 @dataclass(frozen=True)
 class TrainConfig:
     data: str = "synthetic"
+    format: str | None = None              # None: detected from the files
     image_size: int | None = None          # None: the data set's own size (32 for synthetic)
+    channels: int | None = None            # None: inferred (greyscale trees -> 1, else 3)
+    rotations: bool = False                # add 90/180/270-degree rotations as classes (Omniglot)
     ways: int = 5
     shots: int = 1
     queries: int = 15
@@ -71,6 +74,8 @@ class TrainConfig:
             raise UsageError(f"--test-shots must be at least 1, got {self.test_shots}")
         if self.image_size is not None and self.image_size < 16:
             raise UsageError(f"--image-size must be at least 16 (Conv-4 halves it four times), got {self.image_size}")
+        if self.channels not in (None, 1, 3):
+            raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if self.distance not in DISTANCES:

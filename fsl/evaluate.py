@@ -90,3 +90,23 @@ def evaluate(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndic
     """Per-episode accuracies with mean ± 95% CI, all in percent."""
     accs = episode_accuracies(model, store, episodes, hallucinations, noise_seed, progress=progress)
     return EvalResult.from_accs(accs.double().cpu().numpy())
+
+
+@torch.no_grad()
+def evaluate_file_episodes(model: FewShotClassifier, episodes: list, noise_seed: int = 0,
+                           progress: Callable[[int], None] | None = None) -> EvalResult:
+    """Evaluate episodes read from a CSV (`read_episode_file`); each may have its own shape."""
+    was_training = model.training
+    model.eval()
+    noise = make_generator(noise_seed, model.device)
+    accs = []
+    try:
+        for episode in episodes:
+            logits = model.episode_logits(episode.support_images, episode.support_labels,
+                                          episode.query_images, episode.ways, noise=noise)
+            accs.append(float((logits.argmax(-1).cpu() == episode.query_labels).double().mean()) * 100)
+            if progress:
+                progress(1)
+    finally:
+        model.train(was_training)
+    return EvalResult.from_accs(np.asarray(accs))

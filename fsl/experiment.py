@@ -23,7 +23,7 @@ from fsl.errors import UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.progress import progress
-from fsl.runtime import make_generator, resolve_device, resolve_precision, seed_everything
+from fsl.runtime import file_digest, make_generator, resolve_device, resolve_precision, seed_everything
 
 Echo = Callable[[str], None]
 
@@ -48,10 +48,7 @@ def prepare(cfg: TrainConfig) -> Setup:
         precision = resolve_precision(cfg.precision, device)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    try:
-        data = load_dataset(cfg.data, cfg.image_size)
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from exc
+    data = load_data(cfg)
     # Building the samplers checks ways and shots + queries against every split used.
     EpisodeSampler(data.split("train"), cfg.train_shape, split="train")
     EpisodeSampler(data.split("val"), cfg.test_shape, split="val", option_prefix="test-")
@@ -67,6 +64,11 @@ def prepare(cfg: TrainConfig) -> Setup:
     if device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
     return Setup(cfg, data, device, precision, model)
+
+
+def load_data(cfg: TrainConfig, image_size: int | None = None) -> DataSet:
+    """The data set named by cfg.data with cfg's format, size, channels and rotations."""
+    return load_dataset(cfg.data, image_size or cfg.image_size, cfg.format, cfg.channels, cfg.rotations)
 
 
 def _initialise_from(model: FewShotClassifier, spec: str) -> None:
@@ -117,7 +119,7 @@ def run_training(cfg: TrainConfig, *, nested: bool = False, run_name: str | None
 
         def on_epoch(stats) -> None:
             tracker.log_metrics({"train_loss": stats.train_loss, "train_acc": stats.train_acc,
-                                 "val_acc": stats.val_acc, "lr": stats.lr, "epoch_seconds": stats.seconds},
+                                 "val_acc": stats.val_acc, "learning_rate": stats.lr, "epoch_seconds": stats.seconds},
                                 step=stats.epoch)
             echo(f"epoch {stats.epoch}/{cfg.epochs}: loss {stats.train_loss:.4f}, train {stats.train_acc:.2f}%, "
                  f"val {stats.val_acc:.2f}% ({stats.seconds:.1f} s)")
@@ -175,9 +177,13 @@ def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, cla
                     fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed)
 
 
-def run_evaluation(model_spec: str, cfg: TrainConfig, echo: Echo = print, show_progress: bool = True) -> RunSummary:
-    """`fsl evaluate`: test a saved model on new episodes of cfg's data, as one MLflow run."""
+def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None = None,
+                   echo: Echo = print, show_progress: bool = True) -> RunSummary:
+    """`fsl evaluate`: test a saved model on new episodes of cfg's data, or on the episodes of
+    a CSV file, as one MLflow run. Images are prepared as in the model's training."""
     from fsl import tracking
+    from fsl.data.episodes import read_episode_file
+    from fsl.evaluate import evaluate_file_episodes
 
     cfg.validate()
     cfg = cfg.resolved()
@@ -186,24 +192,34 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, echo: Echo = print, show_p
         device = resolve_device(cfg.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    try:
-        data = load_dataset(cfg.data, cfg.image_size or model.config["image_size"])
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from exc
-    store = data.split("test")
-    episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
     model = model.to(device)
-    store = store.to(device)
-    params = {"model": model_spec, "data": cfg.data, "test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots,
-              "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes, "test_seed": cfg.test_seed,
+    size = model.config["image_size"]
+    params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed,
               "device_resolved": str(device), "precision_resolved": model.config["precision"]}
-    tags = tracking.base_tags(data.fingerprint, model.config["precision"]) | {"fsl.method": "evaluate"}
+    if episodes_file:
+        episodes = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size), size,
+                                     model.config["channels"])
+        fingerprint = file_digest(episodes_file)
+        params |= {"episodes": episodes_file, "test_episodes": len(episodes)}
+        label = f"{len(episodes)} episodes of {episodes_file}"
+    else:
+        data = load_data(cfg, size)
+        store = data.split("test").to(device)
+        episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
+        fingerprint = data.fingerprint
+        params |= {"test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots,
+                   "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes}
+        label = str(cfg.test_shape)
+    tags = tracking.base_tags(fingerprint, model.config["precision"]) | {"fsl.method": "evaluate"}
     with tracking.start_run(cfg.experiment, run_name="evaluate", tags=tags) as tracker:
         tracker.log_params(params)
-        with progress(cfg.test_episodes, "test episodes", show_progress) as advance:
-            test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
+        with progress(len(episodes), "test episodes", show_progress) as advance:
+            if episodes_file:
+                test = evaluate_file_episodes(model, episodes, noise_seed=cfg.test_seed, progress=advance)
+            else:
+                test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
         _log_eval(tracker, test, "")
-        echo(f"test ({cfg.test_shape}): {test}")
+        echo(f"test ({label}): {test}")
         return RunSummary(tracker.run_id, float("nan"), test, None, params)
 
 
@@ -260,3 +276,17 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], *, shard: int = 0, shard
              + ", ".join(f"{k}={best[k]}" for k in fields))
     return rows
 
+
+
+def write_episodes(cfg: TrainConfig, split: str, count: int, ways: int, shots: int, queries: int,
+                   seed: int, out: str, echo: Echo = print) -> None:
+    """`fsl episodes`: draw `count` episodes of `split` and write them as a CSV file."""
+    from fsl.data.episodes import EpisodeShape, write_episode_file
+
+    if count < 1:
+        raise UsageError(f"-n/--episodes must be at least 1, got {count}")
+    data = load_data(cfg)
+    shape = EpisodeShape(ways, shots, queries)
+    episodes = sample_episodes(data.split(split), shape, count, seed, split, option_prefix="")
+    write_episode_file(Path(out), data, split, episodes)
+    echo(f"wrote {count} {shape} episodes of the {split} split of {cfg.data} to {out}")

@@ -129,3 +129,10 @@ def atomic_save(obj: object, path: Path) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def file_digest(path: str | Path) -> str:
+    """A short content hash of a file (the data fingerprint of an episode file)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]

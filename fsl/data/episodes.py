@@ -8,6 +8,7 @@ order (class-major: the first `shots` support rows are class 0, and so on).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -96,3 +97,105 @@ class EpisodeSampler:
         support = picked[:, :, :shots].reshape(n, ways * shots)
         query = picked[:, :, shots:].reshape(n, ways * queries)
         return EpisodeIndices(support, query, classes, self.shape)
+
+
+# ------------------------------------------------------------------------------ episode files
+EPISODE_HEADER = ["episode", "role", "label", "path"]
+
+
+@dataclass
+class FileEpisode:
+    """One episode read from a CSV: images uint8 [S|Q, C, H, W]; labels 0..ways-1 in support order."""
+
+    support_images: torch.Tensor
+    support_labels: torch.Tensor
+    query_images: torch.Tensor
+    query_labels: torch.Tensor
+    class_names: list[str]
+
+    @property
+    def ways(self) -> int:
+        return len(self.class_names)
+
+
+def write_episode_file(path: Path, dataset, split: str, episodes: EpisodeIndices) -> None:
+    """Write episodes as CSV rows `episode,role,label,path`. Image files are named relative to
+    the CSV's folder; rows of data sets without files (pickles, synthetic) are `<split>:<row>`."""
+    import csv
+    import os
+
+    store = dataset.split(split)
+    sources = (dataset.sources or {}).get(split)
+    folder = Path(path).resolve().parent
+
+    def where(row: int) -> str:
+        if sources is None:
+            return f"{split}:{row}"
+        ref = sources[row]
+        if "::" in ref:  # a zip member cannot be named relative to the CSV
+            return f"{split}:{row}"
+        return os.path.relpath(ref, folder)
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(EPISODE_HEADER)
+        for e in range(len(episodes)):
+            for role, rows in (("support", episodes.support[e]), ("query", episodes.query[e])):
+                for row in rows.tolist():
+                    writer.writerow([e, role, store.class_names[int(store.labels[row])], where(row)])
+
+
+def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
+                      channels: int | None = None) -> list[FileEpisode]:
+    """Read an episode CSV. `<split>:<row>` paths need `dataset` (the --data given alongside; a
+    DataSet, or a function returning one, called only if such a row exists); file paths are
+    decoded at `image_size`/`channels` exactly as data sets are."""
+    import csv
+
+    from fsl.data.readers import decode_image
+    from fsl.errors import DataError
+
+    path = Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if [h.strip() for h in (reader.fieldnames or [])] != EPISODE_HEADER:
+            raise DataError(f"{path}: expected the header {','.join(EPISODE_HEADER)}, "
+                            f"got {','.join(reader.fieldnames or [])}")
+        rows = list(reader)
+    grouped: dict[str, list[dict]] = {}
+    for line, row in enumerate(rows, start=2):
+        if row["role"] not in ("support", "query"):
+            raise DataError(f"{path}:{line}: role must be support or query, got {row['role']!r}")
+        grouped.setdefault(row["episode"], []).append(row)
+
+    def image(ref: str) -> torch.Tensor:
+        split, sep, index = ref.partition(":")
+        if sep and index.isdigit() and split in ("train", "val", "test"):
+            nonlocal dataset
+            if dataset is None:
+                raise DataError(f"{path}: {ref!r} names a row of a data set; pass --data")
+            if callable(dataset):
+                dataset = dataset()
+            return dataset.split(split).images[int(index)]
+        file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+        if not file.is_file():
+            raise DataError(f"{path}: row names a missing file {ref!r}")
+        return torch.from_numpy(decode_image(str(file), image_size, channels))
+
+    episodes = []
+    for name, items in grouped.items():
+        support = [r for r in items if r["role"] == "support"]
+        query = [r for r in items if r["role"] == "query"]
+        classes = list(dict.fromkeys(r["label"] for r in support))
+        unknown = sorted({r["label"] for r in query} - set(classes))
+        if unknown or not query:
+            raise DataError(f"{path}: episode {name}: " + (f"queries use classes missing from its support: {unknown}"
+                                                           if unknown else "has no query rows"))
+        index = {c: i for i, c in enumerate(classes)}
+        episodes.append(FileEpisode(
+            torch.stack([image(r["path"]) for r in support]),
+            torch.tensor([index[r["label"]] for r in support]),
+            torch.stack([image(r["path"]) for r in query]),
+            torch.tensor([index[r["label"]] for r in query]), classes))
+    return episodes

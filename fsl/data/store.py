@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fsl.errors import UsageError
+
 SPLITS = ("train", "val", "test")
 CACHE_SCHEMA = 1
 
@@ -61,6 +63,8 @@ class DataSet:
     splits: dict[str, ImageStore]
     fingerprint: str
     notes: list[str] = field(default_factory=list)
+    # For file-based data sets: the image file of every row, per split (episode files name them).
+    sources: dict[str, list[str]] | None = None
 
     def split(self, name: str) -> ImageStore:
         if name not in self.splits:
@@ -84,10 +88,20 @@ class DataSet:
         std = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
         return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
+    def describe(self) -> str:
+        """A human summary: format notes, then per split the classes, images per class and size."""
+        lines = [f"data set: {self.name} (fingerprint {self.fingerprint})"] + list(self.notes)
+        for split, store in self.splits.items():
+            counts = store.images_per_class().numpy()
+            lines.append(f"{split:>5}: {store.n_classes} classes, {store.images.shape[0]} images; images per class "
+                         f"min {counts.min()} / median {int(np.median(counts))} / max {counts.max()}; "
+                         f"{store.channels}x{store.image_size}x{store.image_size}")
+        return "\n".join(lines)
+
     def save(self, folder: Path) -> None:
         """Write `.npy` arrays and a `meta.json` into `folder` (callers make it atomic)."""
         meta = {"schema": CACHE_SCHEMA, "name": self.name, "fingerprint": self.fingerprint,
-                "notes": self.notes, "classes": {}}
+                "notes": self.notes, "classes": {}, "sources": self.sources}
         for split, store in self.splits.items():
             np.save(folder / f"{split}_images.npy", store.images.numpy())
             np.save(folder / f"{split}_labels.npy", store.labels.numpy())
@@ -106,15 +120,29 @@ class DataSet:
             images = torch.from_numpy(np.load(folder / f"{split}_images.npy", mmap_mode="c"))
             labels = torch.from_numpy(np.load(folder / f"{split}_labels.npy"))
             splits[split] = ImageStore(images, labels, list(names))
-        return cls(meta["name"], splits, meta["fingerprint"], list(meta.get("notes", [])))
+        return cls(meta["name"], splits, meta["fingerprint"], list(meta.get("notes", [])), meta.get("sources"))
 
 
-def load_dataset(spec: str = "synthetic", image_size: int | None = None) -> DataSet:
+def load_dataset(spec: str = "synthetic", image_size: int | None = None, fmt: str | None = None,
+                 channels: int | None = None, rotations: bool = False) -> DataSet:
     """Resolve a `--data` value to a `DataSet`, decoding once and caching under `cache_dir()`."""
-    from fsl.data import synthetic  # the registry of readers grows with the data issue
+    from fsl.data import readers, synthetic
 
     if spec == "synthetic":
-        return synthetic.load(image_size=image_size or synthetic.DEFAULT_IMAGE_SIZE)
-    if not Path(spec).exists():
-        raise FileNotFoundError(f"--data {spec}: no such file or folder (use 'synthetic' for the built-in set)")
-    raise ValueError(f"--data {spec}: reading data from disk is not supported yet; use 'synthetic'")
+        if channels not in (None, 3):
+            raise UsageError("--channels: the synthetic data set is RGB (3 channels)")
+        data = synthetic.load(image_size=image_size or synthetic.DEFAULT_IMAGE_SIZE)
+        return readers.with_rotations(data) if rotations else data
+    opts = readers.ReadOptions(image_size=image_size, channels=channels, rotations=rotations)
+    return readers.read(spec, fmt, opts)
+
+
+def cached_datasets() -> list[tuple[Path, int]]:
+    """(folder, bytes) of every decoded data set under the cache folder."""
+    from fsl.runtime import cache_dir
+
+    root = cache_dir() / "datasets"
+    if not root.exists():
+        return []
+    return [(p, sum(f.stat().st_size for f in p.iterdir())) for p in sorted(root.iterdir())
+            if p.is_dir() and not p.name.startswith(".")]

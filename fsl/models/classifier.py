@@ -119,6 +119,17 @@ class FewShotClassifier(nn.Module):
         With a generator and M > 0, each prototype is the mean of the class's K real and M
         hallucinated features. `hallucinations` overrides M (0 turns the generator off).
         """
+        support, labels = self.augment_support(support, support_labels, ways, hallucinations, noise)
+        return distance_logits(queries, prototypes(support, labels, ways), self.config["distance"])
+
+    def augment_support(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
+                        hallucinations: int | None = None, noise: torch.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real support features plus M hallucinated per class (Wang et al. 2018).
+
+        support [E, N*K, D], labels [E, N*K] -> [E, N*(K+M), D], [E, N*(K+M)]: the real rows
+        first, then M per class. Unchanged without a generator or with M = 0.
+        """
         labels = support_labels.to(support.device)
         m = self.hallucinations if hallucinations is None else hallucinations
         if m > 0 and self.generator is not None:
@@ -126,7 +137,7 @@ class FewShotClassifier(nn.Module):
                 fake, fake_labels = hallucinate(self.generator, support, labels, ways, m, noise)
             support = torch.cat([support, fake.float()], dim=-2)
             labels = torch.cat([labels, fake_labels], dim=-1)
-        return distance_logits(queries, prototypes(support, labels, ways), self.config["distance"])
+        return support, labels
 
     def episode_logits(self, support_images: torch.Tensor, support_labels: torch.Tensor,
                        query_images: torch.Tensor, ways: int, hallucinations: int | None = None,

@@ -1,0 +1,386 @@
+"""Readers: one per on-disk format, each producing the same `DataSet`; detection; decode once.
+
+Formats (`--format` names):
+- `ravi`: Ravi & Larochelle's split: images/ + train.csv, val.csv, test.csv (filename,label)
+- `l2l-pickle`: learn2learn's mini-imagenet-cache-{train,validation,test}.pkl
+- `metaoptnet-pickle`: miniImageNet_category_split_{train_phase_train,val,test}.pickle (Python 2)
+- `course`: train.csv + val.csv (id,filename,label) next to image folders; val is the test
+  split and validation takes a seeded share of the train classes
+- `split-folders`: train/<class>/*, val/<class>/*, test/<class>/* (a folder or a .zip of one)
+- `class-folders`: any tree whose leaf folders are classes (Omniglot's
+  <alphabet>/<character>/*.png), split by class with a seeded ratio or a list file
+
+File formats are decoded once (in parallel) into uint8 arrays at the target size and cached
+under `cache_dir()`, keyed on the source files' names, sizes and mtimes and on the options; a
+changed source gets a new key. Nothing is cached from a failed load.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import pickle
+import zipfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from fsl.data.store import SPLITS, DataSet, ImageStore
+from fsl.errors import DataError, UsageError
+from fsl.runtime import atomic_directory, cache_dir
+
+READER_VERSION = 1
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MINI_IMAGENET = (84, 3)
+GREYSCALE_DEFAULT = (28, 1)  # Omniglot as in the paper
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What, besides the source files, decides the decoded arrays (and so the cache key)."""
+
+    image_size: int | None = None
+    channels: int | None = None
+    rotations: bool = False
+    split_seed: int = 0
+    split_ratio: tuple[float, float, float] = (0.64, 0.16, 0.20)
+    split_file: str | None = None
+    val_share: float = 0.2   # course format: the share of train classes held out for validation
+
+
+# A reference to one image: a path on disk, or "archive.zip::member".
+Listing = dict[str, list[tuple[str, str]]]  # split -> [(class name, image reference)]
+
+
+# ---------------------------------------------------------------------------------- decoding
+def _open_image(ref: str):
+    from PIL import Image
+
+    if "::" in ref:
+        archive, member = ref.split("::", 1)
+        with zipfile.ZipFile(archive) as zf:
+            return Image.open(io.BytesIO(zf.read(member)))
+    return Image.open(ref)
+
+
+def decode_image(ref: str, image_size: int, channels: int) -> np.ndarray:
+    """One image file -> uint8 [C, S, S], resized with antialiasing (the same for every path
+    into fsl: data sets, episode files and `fsl predict`)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with _open_image(ref) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            if img.size != (image_size, image_size):
+                img = img.resize((image_size, image_size), Image.BILINEAR, reducing_gap=None)
+            arr = np.array(img, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot decode image {ref}: {exc}") from None
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def _decode_chunk(args: tuple[list[str], int, int]) -> np.ndarray:
+    refs, size, channels = args
+    out = np.empty((len(refs), channels, size, size), dtype=np.uint8)
+    for i, ref in enumerate(refs):
+        out[i] = decode_image(ref, size, channels)
+    return out
+
+
+def decode_all(refs: list[str], size: int, channels: int, workers: int | None = None) -> np.ndarray:
+    """Decode many files into one uint8 [N, C, S, S] array, in chunks across processes."""
+    if not refs:
+        return np.empty((0, channels, size, size), dtype=np.uint8)
+    workers = workers or min(8, os.cpu_count() or 1)
+    chunk = max(64, len(refs) // (workers * 8) + 1)
+    jobs = [(refs[i:i + chunk], size, channels) for i in range(0, len(refs), chunk)]
+    if workers == 1 or len(jobs) == 1:
+        return np.concatenate([_decode_chunk(job) for job in jobs])
+    with ProcessPoolExecutor(workers) as pool:
+        return np.concatenate(list(pool.map(_decode_chunk, jobs)))
+
+
+def infer_image_format(ref: str) -> tuple[int, int]:
+    """Default (size, channels): 28 px greyscale for 1-bit/greyscale images (Omniglot), else 84 RGB."""
+    with _open_image(ref) as img:
+        return GREYSCALE_DEFAULT if img.mode in ("1", "L", "LA", "I;16", "I") else MINI_IMAGENET
+
+
+# ------------------------------------------------------------------------------ file listings
+def _is_image(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _tree_entries(root: Path) -> list[tuple[str, str]]:
+    """[(path relative to the tree's top, image reference)] for a folder or a .zip of one."""
+    if root.is_file() and root.suffix.lower() == ".zip":
+        with zipfile.ZipFile(root) as zf:
+            names = [n for n in zf.namelist() if not n.endswith("/") and _is_image(n)]
+        return [(n, f"{root}::{n}") for n in sorted(names)]
+    entries = []
+    for folder, _, files in os.walk(root):
+        for f in files:
+            if _is_image(f):
+                full = Path(folder) / f
+                entries.append((full.relative_to(root).as_posix(), str(full)))
+    return sorted(entries)
+
+
+def _strip_common_top(entries: list[tuple[str, str]]) -> list[tuple[list[str], str]]:
+    """Split relative paths into parts, dropping a top folder every entry shares (zip roots)."""
+    parts = [(rel.split("/"), ref) for rel, ref in entries]
+    while parts and all(len(p) > 2 for p, _ in parts) and len({p[0] for p, _ in parts}) == 1:
+        parts = [(p[1:], ref) for p, ref in parts]
+    return parts
+
+
+def _list_split_folders(root: Path, opts: ReadOptions) -> Listing:
+    parts = _strip_common_top(_tree_entries(root))
+    listing: Listing = {s: [] for s in SPLITS}
+    for p, ref in parts:
+        if len(p) >= 3 and p[0] in SPLITS:
+            listing[p[0]].append(("/".join(p[1:-1]), ref))
+    return listing
+
+
+def _list_class_folders(root: Path, opts: ReadOptions) -> Listing:
+    parts = _strip_common_top(_tree_entries(root))
+    by_class: dict[str, list[str]] = {}
+    for p, ref in parts:
+        by_class.setdefault("/".join(p[:-1]) or ".", []).append(ref)
+    return _split_classes(by_class, opts)
+
+
+def _split_classes(by_class: dict[str, list[str]], opts: ReadOptions) -> Listing:
+    """Assign whole classes to splits: from a list file (`split,class` lines) or a seeded ratio."""
+    names = sorted(by_class)
+    if opts.split_file:
+        assignment = {}
+        for line in Path(opts.split_file).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                split, _, name = line.partition(",")
+                if split.strip() not in SPLITS:
+                    raise DataError(f"{opts.split_file}: unknown split {split.strip()!r} (use train, val, test)")
+                assignment[name.strip()] = split.strip()
+        missing = sorted(set(assignment) - set(names))
+        if missing:
+            raise DataError(f"{opts.split_file}: classes not in the data: {missing[:5]}")
+    else:
+        order = np.random.default_rng(opts.split_seed).permutation(len(names))
+        ratio = np.asarray(opts.split_ratio, dtype=float) / sum(opts.split_ratio)
+        bounds = np.round(np.cumsum(ratio) * len(names)).astype(int)
+        assignment = {}
+        for rank, i in enumerate(order):
+            assignment[names[i]] = SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
+    listing: Listing = {s: [] for s in SPLITS}
+    for name in names:
+        if name in assignment:
+            listing[assignment[name]].extend((name, ref) for ref in by_class[name])
+    return listing
+
+
+def _read_csv(path: Path, header: list[str]) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if [h.strip() for h in (reader.fieldnames or [])] != header:
+            raise DataError(f"{path}: expected the header {','.join(header)}, got {','.join(reader.fieldnames or [])}")
+        return list(reader)
+
+
+def _resolve(root: Path, name: str, folders: Iterable[str], csv_path: Path) -> str:
+    for folder in folders:
+        candidate = root / folder / name
+        if candidate.is_file():
+            return str(candidate)
+    raise DataError(f"{csv_path}: row names a missing file {name!r}")
+
+
+def _list_ravi(root: Path, opts: ReadOptions) -> Listing:
+    listing: Listing = {}
+    for split in SPLITS:
+        rows = _read_csv(root / f"{split}.csv", ["filename", "label"])
+        listing[split] = [(r["label"], _resolve(root, r["filename"], ["images", ""], root / f"{split}.csv"))
+                          for r in rows]
+    return listing
+
+
+def _list_course(root: Path, opts: ReadOptions) -> Listing:
+    """train.csv/val.csv (id,filename,label): val becomes test; val takes a share of train classes."""
+    raw = {}
+    for split in ("train", "val"):
+        rows = _read_csv(root / f"{split}.csv", ["id", "filename", "label"])
+        raw[split] = [(r["label"], _resolve(root, r["filename"], ["", split, "images"], root / f"{split}.csv"))
+                      for r in rows]
+    by_class: dict[str, list[str]] = {}
+    for name, ref in raw["train"]:
+        by_class.setdefault(name, []).append(ref)
+    held = _split_classes(by_class, ReadOptions(split_seed=opts.split_seed,
+                                                split_ratio=(1 - opts.val_share, opts.val_share, 0.0)))
+    return {"train": held["train"], "val": held["val"], "test": raw["val"]}
+
+
+FILE_FORMATS: dict[str, Callable[[Path, ReadOptions], Listing]] = {
+    "ravi": _list_ravi,
+    "course": _list_course,
+    "split-folders": _list_split_folders,
+    "class-folders": _list_class_folders,
+}
+
+
+# ------------------------------------------------------------------------------------ pickles
+def _load_pickle(path: Path, keys: tuple[str, ...]) -> dict:
+    try:
+        with path.open("rb") as f:
+            data = pickle.load(f, encoding="latin1")  # MetaOptNet's are Python 2 pickles
+    except Exception as exc:  # a broken pickle can raise almost anything
+        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__})") from None
+    if not isinstance(data, dict) or any(k not in data for k in keys):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise DataError(f"{path}: expected the keys {list(keys)}, found {found}")
+    return data
+
+
+def _arrays_l2l(root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
+    out = {}
+    for split, stem in (("train", "train"), ("val", "validation"), ("test", "test")):
+        data = _load_pickle(root / f"mini-imagenet-cache-{stem}.pkl", ("image_data", "class_dict"))
+        images = np.asarray(data["image_data"])
+        names = [""] * len(images)
+        for name, rows in data["class_dict"].items():
+            for r in rows:
+                names[int(r)] = str(name)
+        out[split] = (images, names)
+    return out
+
+
+def _arrays_metaoptnet(root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
+    out = {}
+    for split, stem in (("train", "train_phase_train"), ("val", "val"), ("test", "test")):
+        data = _load_pickle(root / f"miniImageNet_category_split_{stem}.pickle", ("data", "labels"))
+        out[split] = (np.asarray(data["data"]), [str(v) for v in data["labels"]])
+    return out
+
+
+ARRAY_FORMATS = {"l2l-pickle": _arrays_l2l, "metaoptnet-pickle": _arrays_metaoptnet}
+FORMATS = tuple(FILE_FORMATS) + tuple(ARRAY_FORMATS)
+
+
+def detect_format(path: Path) -> str:
+    """The format of `path`, from the files it holds (see the module docstring)."""
+    if path.is_file():
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as zf:
+                tops = {p.split("/")[0] for p in zf.namelist()}
+                heads = {"/".join(p.split("/")[:2]) for p in zf.namelist()}
+            if tops & set(SPLITS) or any(h.split("/")[-1] in SPLITS for h in heads):
+                return "split-folders"
+            return "class-folders"
+        raise DataError(f"--data {path}: a single file that is not a .zip of images")
+    names = set(os.listdir(path))
+    if {"mini-imagenet-cache-train.pkl"} <= names:
+        return "l2l-pickle"
+    if "miniImageNet_category_split_train_phase_train.pickle" in names:
+        return "metaoptnet-pickle"
+    if {"train.csv", "val.csv", "test.csv"} <= names:
+        return "ravi"
+    if {"train.csv", "val.csv"} <= names:
+        return "course"
+    if {"train", "val", "test"} & {n for n in names if (path / n).is_dir()}:
+        return "split-folders"
+    if not names:
+        raise DataError(f"--data {path}: the folder is empty")
+    return "class-folders"
+
+
+# ------------------------------------------------------------------------------------- stores
+def _store(images: np.ndarray, names: list[str]) -> ImageStore:
+    classes = sorted(set(names))
+    index = {c: i for i, c in enumerate(classes)}
+    labels = torch.tensor([index[n] for n in names], dtype=torch.long)
+    return ImageStore(torch.from_numpy(np.ascontiguousarray(images)), labels, classes)
+
+
+def _resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> uint8 [N, C, S, S], resized in batches with antialiasing."""
+    out = np.empty((len(images), channels, size, size), dtype=np.uint8)
+    for start in range(0, len(images), 2048):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + 2048])).permute(0, 3, 1, 2).float()
+        if channels == 1:
+            x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        out[start:start + 2048] = x.round().clamp(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def _source_key(root: Path, fmt: str, opts: ReadOptions) -> str:
+    """Names, sizes and mtimes of every source file, plus the options: the cache key."""
+    h = hashlib.sha256(f"fsl-reader-v{READER_VERSION}|{fmt}|{json.dumps(asdict(opts), sort_keys=True)}".encode())
+    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.relative_to(root) if p != root else p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def read(path: str | Path, fmt: str | None = None, opts: ReadOptions = ReadOptions()) -> DataSet:
+    """Read a data set from disk through the cache (decode on first use only)."""
+    root = Path(path).resolve()
+    if not root.exists():
+        raise UsageError(f"--data {path}: no such file or folder (use 'synthetic' for the built-in set)")
+    fmt = fmt or detect_format(root)
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    key = _source_key(root, fmt, opts)
+    folder = cache_dir() / "datasets" / f"{fmt}-{key}"
+    if not (folder / "meta.json").exists():
+        dataset = _decode(root, fmt, opts, key)
+        with atomic_directory(folder) as tmp:
+            dataset.save(tmp)
+    dataset = DataSet.load(folder)
+    return with_rotations(dataset) if opts.rotations else dataset
+
+
+def _decode(root: Path, fmt: str, opts: ReadOptions, key: str) -> DataSet:
+    notes = [f"format: {fmt}"]
+    if fmt in ARRAY_FORMATS:
+        size, channels = opts.image_size or MINI_IMAGENET[0], opts.channels or MINI_IMAGENET[1]
+        splits = {s: _store(_resize_array(images, size, channels), names)
+                  for s, (images, names) in ARRAY_FORMATS[fmt](root).items()}
+        return DataSet(root.name, splits, key, notes)
+    listing = FILE_FORMATS[fmt](root, opts)
+    refs = [ref for items in listing.values() for _, ref in items]
+    if not refs:
+        raise DataError(f"--data {root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    size, channels = infer_image_format(refs[0])
+    size, channels = opts.image_size or size, opts.channels or channels
+    if fmt == "course":
+        notes.append("course format: its val.csv is used as the test split; validation during training "
+                     f"uses a seeded {opts.val_share:.0%} of the train classes (split seed {opts.split_seed})")
+    splits, sources = {}, {}
+    for split, items in listing.items():
+        if not items:
+            continue
+        images = decode_all([ref for _, ref in items], size, channels)
+        splits[split] = _store(images, [name for name, _ in items])
+        sources[split] = [ref for _, ref in items]
+    return DataSet(root.name, splits, key, notes, sources)
+
+
+def with_rotations(dataset: DataSet) -> DataSet:
+    """Add 90, 180 and 270 degree rotations of every class as new classes (Omniglot protocol)."""
+    splits = {}
+    for name, store in dataset.splits.items():
+        n = store.n_classes
+        images = torch.cat([torch.rot90(store.images, k, dims=(2, 3)) for k in range(4)])
+        labels = torch.cat([store.labels + k * n for k in range(4)])
+        names = [f"{c}@rot{90 * k}" if k else c for k in range(4) for c in store.class_names]
+        splits[name] = ImageStore(images, labels, names)
+    return DataSet(dataset.name, splits, dataset.fingerprint + "-rot", dataset.notes + ["rotations: x4 classes"])

@@ -1,0 +1,111 @@
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from fsl.cli import cli
+from fsl.models.classifier import FewShotClassifier, model_config
+from fsl.models.distances import prototypes
+from fsl.models.hallucinator import GENERATORS, WangGenerator, hallucinate
+from tests.conftest import TINY
+
+
+def classifier(hallucinator="wang", m=4, size=16):
+    torch.manual_seed(0)
+    return FewShotClassifier(model_config(image_size=size, channels=3, mean=[0.5] * 3, std=[0.25] * 3,
+                                          precision="fp32", hallucinator=hallucinator, hallucinations=m))
+
+
+@pytest.mark.parametrize("kind", sorted(GENERATORS))
+@pytest.mark.parametrize("d", [64, 256, 1600])
+def test_generators_map_features_and_noise_to_features_of_the_same_size(kind, d):
+    gen = GENERATORS[kind](d)
+    x = torch.rand(3, 7, d)
+    assert gen(x, torch.randn(3, 7, d), x).shape == (3, 7, d)
+
+
+def test_wang_generator_is_3200_2400_2400_1600_at_d_1600():
+    linears = [m for m in WangGenerator(1600).modules() if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(3200, 2400), (2400, 2400), (2400, 1600)]
+
+
+def test_the_augmented_support_is_n_times_k_plus_m_rows():
+    model = classifier(m=6)
+    ways, shots, d = 5, 3, model.feature_dim
+    support = torch.rand(2, ways * shots, d)
+    labels = torch.arange(ways).repeat_interleave(shots).expand(2, -1)
+    features, new_labels = model.augment_support(support, labels, ways)
+    assert features.shape == (2, ways * (shots + 6), d)
+    assert torch.equal(torch.bincount(new_labels[0]), torch.full((ways,), shots + 6))
+
+
+def test_m_zero_gives_exactly_the_plain_protonet_prototypes_and_logits():
+    model = classifier(m=0)
+    plain = FewShotClassifier({**model.config, "hallucinator": None})
+    plain.encoder.load_state_dict(model.encoder.state_dict())
+    model.eval(), plain.eval()
+    s = torch.randint(0, 255, (10, 3, 16, 16), dtype=torch.uint8)
+    q = torch.randint(0, 255, (15, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(5).repeat_interleave(2)
+    assert torch.equal(model.episode_logits(s, labels, q, 5), plain.episode_logits(s, labels, q, 5))
+    support = torch.rand(1, 10, model.feature_dim)
+    features, aug_labels = model.augment_support(support, labels[None], 5, hallucinations=0)
+    assert torch.equal(prototypes(features, aug_labels, 5), prototypes(support, labels[None], 5))
+
+
+def test_seeded_hallucination_repeats_and_another_seed_differs():
+    gen = WangGenerator(32).eval()
+    features, labels = torch.rand(10, 32), torch.arange(5).repeat_interleave(2)
+    a = hallucinate(gen, features, labels, 5, 8, torch.Generator().manual_seed(3))[0]
+    b = hallucinate(gen, features, labels, 5, 8, torch.Generator().manual_seed(3))[0]
+    c = hallucinate(gen, features, labels, 5, 8, torch.Generator().manual_seed(4))[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("kind", sorted(GENERATORS))
+def test_one_training_step_sends_gradient_to_encoder_and_generator(kind):
+    import torch.nn.functional as F
+
+    model = classifier(kind, m=5)
+    s = torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8)
+    q = torch.randint(0, 255, (10, 3, 16, 16), dtype=torch.uint8)
+    logits = model.episode_logits(s, torch.arange(5), q, 5, noise=torch.Generator().manual_seed(0))
+    F.cross_entropy(logits, torch.arange(5).repeat_interleave(2)).backward()
+    for part in (model.encoder, model.generator):
+        grads = [p.grad.abs().sum() for p in part.parameters() if p.grad is not None]
+        assert grads and sum(grads) > 0, type(part).__name__
+
+
+def test_hallucinate_command_logs_tsne_and_both_test_results(tracking):
+    result = CliRunner().invoke(cli, ["hallucinate", *TINY, "-M", "3", "--hallucinator", "improved"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    assert run.data.params["M"] == "3" and run.data.params["hallucinator"] == "improved"
+    for suffix in ("", "_no_hallucination"):
+        assert {f"test_acc{suffix}", f"test_ci95{suffix}"} <= set(run.data.metrics)
+        assert len(client.get_metric_history(run.info.run_id, f"test_episode_acc{suffix}")) == 5
+    assert "tsne.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_sweep_m_makes_one_parent_with_a_child_per_m(tracking):
+    result = CliRunner().invoke(cli, ["sweep-m", *TINY, "--values", "0,2"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert sorted(c.data.params["M"] for c in children) == ["0", "2"]
+    assert {"sweep.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-M", "-1"], "-M/--hallucinations must be at least 0"),
+    (["--hallucinator", "gan"], "'--hallucinator'"),
+])
+def test_bad_hallucination_options_get_a_one_line_error_and_exit_2(tracking, args, needle):
+    result = CliRunner().invoke(cli, ["hallucinate", *TINY, *args])
+    assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output

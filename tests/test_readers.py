@@ -1,0 +1,294 @@
+"""Every on-disk format, built tiny in tmp_path: read, detect, cache, and each bad input."""
+
+import csv
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fsl.data import load_dataset, readers
+from fsl.data.episodes import EpisodeShape, read_episode_file, write_episode_file
+from fsl.data.store import DataSet
+from fsl.errors import DataError
+from fsl.evaluate import sample_episodes
+
+CLASSES = {"train": ["n01", "n02", "n03"], "val": ["n04", "n05"], "test": ["n06", "n07"]}
+PER_CLASS = 4
+
+
+def colour(name: str, i: int) -> tuple[int, int, int]:
+    k = int(name[1:])
+    return (k * 30 % 256, i * 40 % 256, 255 - k * 20)
+
+
+def save_image(path: Path, name: str, i: int, size: int = 20, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGB", (size, size), colour(name, i))
+    (img.convert("1") if mode == "1" else img).save(path)
+
+
+def make_split_folders(root: Path) -> Path:
+    for split, names in CLASSES.items():
+        for name in names:
+            for i in range(PER_CLASS):
+                save_image(root / split / name / f"{name}_{i}.jpg", name, i)
+    return root
+
+
+def make_ravi(root: Path) -> Path:
+    root.mkdir()
+    for split, names in CLASSES.items():
+        with (root / f"{split}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["filename", "label"])
+            for name in names:
+                for i in range(PER_CLASS):
+                    file = f"{name}{i:08d}.jpg"
+                    save_image(root / "images" / file, name, i)
+                    w.writerow([file, name])
+    return root
+
+
+def make_course(root: Path) -> Path:
+    root.mkdir()
+    for split, names in (("train", CLASSES["train"] + CLASSES["val"]), ("val", CLASSES["test"])):
+        with (root / f"{split}.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "filename", "label"])
+            for name in names:
+                for i in range(PER_CLASS):
+                    save_image(root / split / f"{name}_{i}.png", name, i)
+                    w.writerow([f"{name}{i}", f"{name}_{i}.png", name])
+    return root
+
+
+def array_split(names: list[str]) -> tuple[np.ndarray, list[str]]:
+    images = np.stack([np.full((84, 84, 3), colour(n, i), dtype=np.uint8) for n in names for i in range(PER_CLASS)])
+    return images, [n for n in names for _ in range(PER_CLASS)]
+
+
+def make_l2l(root: Path) -> Path:
+    root.mkdir(exist_ok=True)
+    for split, stem in (("train", "train"), ("val", "validation"), ("test", "test")):
+        images, labels = array_split(CLASSES[split])
+        class_dict = {n: [i for i, lab in enumerate(labels) if lab == n] for n in CLASSES[split]}
+        with (root / f"mini-imagenet-cache-{stem}.pkl").open("wb") as f:
+            pickle.dump({"image_data": images, "class_dict": class_dict}, f)
+    return root
+
+
+def make_metaoptnet(root: Path) -> Path:
+    root.mkdir(exist_ok=True)
+    for split, stem in (("train", "train_phase_train"), ("val", "val"), ("test", "test")):
+        images, labels = array_split(CLASSES[split])
+        numeric = [int(n[1:]) for n in labels]
+        with (root / f"miniImageNet_category_split_{stem}.pickle").open("wb") as f:
+            pickle.dump({"data": images, "labels": numeric}, f, protocol=2)
+    return root
+
+
+def make_omniglot_like(root: Path) -> Path:
+    for a, alphabet in enumerate(["Greek", "Latin"]):
+        for c in range(5):
+            for i in range(PER_CLASS):
+                save_image(root / alphabet / f"character{c:02d}" / f"{a}{c}_{i}.png", f"n{a * 5 + c}", i,
+                           size=30, mode="1")
+    return root
+
+
+def zip_tree(tree: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(tree.rglob("*")):
+            if p.is_file():
+                zf.write(p, Path("top") / p.relative_to(tree))
+    return archive
+
+
+@pytest.mark.parametrize("maker, fmt", [
+    (make_split_folders, "split-folders"), (make_ravi, "ravi"), (make_l2l, "l2l-pickle"),
+    (make_metaoptnet, "metaoptnet-pickle"),
+])
+def test_mini_imagenet_formats_read_to_the_same_store(tmp_path, maker, fmt):
+    root = maker(tmp_path / "data")
+    assert readers.detect_format(root) == fmt
+    data = load_dataset(str(root))
+    for split, names in CLASSES.items():
+        store = data.split(split)
+        assert store.images.shape == (len(names) * PER_CLASS, 3, 84, 84)  # Mini-ImageNet's size
+        assert store.n_classes == len(names)
+        expected = [n if fmt != "metaoptnet-pickle" else str(int(n[1:])) for n in names]
+        assert sorted(store.class_names) == sorted(expected)
+        # every image of a class has that class's colour (labels follow images)
+        for row in range(0, store.images.shape[0], 3):
+            name = store.class_names[int(store.labels[row])]
+            k = int(name.lstrip("n"))
+            assert abs(int(store.images[row, 0, 40, 40]) - k * 30 % 256) <= 2
+
+
+def test_course_format_tests_on_val_and_validates_on_a_seeded_share_of_train(tmp_path):
+    root = make_course(tmp_path / "course")
+    assert readers.detect_format(root) == "course"
+    data = load_dataset(str(root))
+    assert sorted(data.split("test").class_names) == CLASSES["test"]
+    train, val = set(data.split("train").class_names), set(data.split("val").class_names)
+    assert train | val == set(CLASSES["train"] + CLASSES["val"]) and not train & val and val
+    assert any("val.csv is used as the test split" in note for note in data.notes)
+
+
+def test_a_nested_greyscale_tree_is_split_by_class_and_read_at_28px_grey(tmp_path):
+    root = make_omniglot_like(tmp_path / "omni")
+    assert readers.detect_format(root) == "class-folders"
+    data = load_dataset(str(root))
+    assert data.channels == 1 and data.image_size == 28
+    names = [n for s in data.splits.values() for n in s.class_names]
+    assert sorted(names) == sorted(f"{a}/character{c:02d}" for a in ("Greek", "Latin") for c in range(5))
+    again = load_dataset(str(root))
+    assert [s.class_names for s in again.splits.values()] == [s.class_names for s in data.splits.values()]
+
+
+def test_a_zip_of_a_tree_reads_like_the_folder(tmp_path):
+    tree = make_omniglot_like(tmp_path / "omni")
+    archive = zip_tree(tree, tmp_path / "omni.zip")
+    a, b = load_dataset(str(tree)), load_dataset(str(archive))
+    for split in a.splits:
+        assert a.split(split).class_names == b.split(split).class_names
+        assert torch.equal(a.split(split).images, b.split(split).images)
+
+
+def test_a_split_list_file_assigns_classes(tmp_path):
+    root = make_omniglot_like(tmp_path / "omni")
+    listing = tmp_path / "splits.txt"
+    listing.write_text("\n".join([f"train,Greek/character{c:02d}" for c in range(5)]
+                                 + [f"test,Latin/character{c:02d}" for c in range(5)]))
+    data = readers.read(root, opts=readers.ReadOptions(split_file=str(listing)))
+    assert all(n.startswith("Greek") for n in data.split("train").class_names)
+    assert data.split("test").n_classes == 5 and "val" not in data.splits
+
+
+def test_size_channels_and_rotations_can_be_overridden(tmp_path):
+    root = make_omniglot_like(tmp_path / "omni")
+    data = load_dataset(str(root), image_size=20, channels=3, rotations=True)
+    plain = load_dataset(str(root), image_size=20, channels=3)
+    assert data.channels == 3 and data.image_size == 20
+    train, base = data.split("train"), plain.split("train")
+    assert train.n_classes == 4 * base.n_classes
+    rotated = train.images[train.labels == base.n_classes][0]  # first class, turned 90 degrees
+    assert torch.equal(rotated, torch.rot90(base.images[base.labels == 0][0], 1, dims=(1, 2)))
+
+
+def test_the_cache_is_hit_then_invalidated_by_a_changed_source(tmp_path, monkeypatch):
+    root = make_split_folders(tmp_path / "data")
+    first = load_dataset(str(root))
+    calls = []
+    real_decode = readers._decode
+    monkeypatch.setattr(readers, "_decode", lambda *a: calls.append(a) or real_decode(*a))
+    load_dataset(str(root))
+    assert calls == []  # a hit: nothing decoded
+    save_image(root / "train" / "n01" / "n01_0.jpg", "n07", 3)  # same name, new content and mtime
+    changed = load_dataset(str(root))
+    assert len(calls) == 1 and changed.fingerprint != first.fingerprint
+    assert not torch.equal(changed.split("train").images, first.split("train").images)
+
+
+def test_a_load_that_fails_while_writing_the_cache_leaves_no_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_split_folders(tmp_path / "data")
+    real_save = DataSet.save
+
+    def half_save(self, folder):
+        np.save(folder / "train_images.npy", np.zeros(3))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DataSet, "save", half_save)
+    with pytest.raises(OSError, match="disk full"):
+        load_dataset(str(root))
+    assert list((tmp_path / "cache" / "datasets").iterdir()) == []
+    monkeypatch.setattr(DataSet, "save", real_save)
+    assert load_dataset(str(root)).split("train").n_classes == 3
+
+
+def test_an_episode_file_round_trips_to_the_same_episodes(tmp_path):
+    root = make_split_folders(tmp_path / "data")
+    data = load_dataset(str(root))
+    store = data.split("test")
+    episodes = sample_episodes(store, EpisodeShape(2, 1, 2), 3, seed=0, split="test")
+    path = tmp_path / "eps" / "episodes.csv"
+    write_episode_file(path, data, "test", episodes)
+    read = read_episode_file(path, None, 84, 3)  # real file paths: no data set needed
+    assert len(read) == 3
+    for e, episode in enumerate(read):
+        assert torch.equal(episode.support_images, store.images[episodes.support[e]])
+        assert torch.equal(episode.query_images, store.images[episodes.query[e]])
+        assert episode.query_labels.tolist() == [0, 0, 1, 1]
+
+
+def test_synthetic_episode_files_name_split_rows(tmp_path, tiny_dataset):
+    episodes = sample_episodes(tiny_dataset.split("val"), EpisodeShape(3, 2, 1), 2, seed=1, split="val")
+    path = tmp_path / "syn.csv"
+    write_episode_file(path, tiny_dataset, "val", episodes)
+    assert "val:" in path.read_text()
+    read = read_episode_file(path, tiny_dataset)
+    assert torch.equal(read[1].support_images, tiny_dataset.split("val").images[episodes.support[1]])
+
+
+# ---------------------------------------------------------------------------- bad input
+def test_an_image_that_will_not_decode_is_named(tmp_path):
+    root = make_split_folders(tmp_path / "data")
+    bad = root / "train" / "n02" / "n02_1.jpg"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    with pytest.raises(DataError, match="n02_1.jpg"):
+        load_dataset(str(root))
+
+
+def test_not_an_image_is_named(tmp_path):
+    root = make_split_folders(tmp_path / "data")
+    (root / "val" / "n04" / "notes.png").write_text("hello")
+    with pytest.raises(DataError, match="notes.png"):
+        load_dataset(str(root))
+
+
+def test_a_csv_row_naming_a_missing_file_is_reported(tmp_path):
+    root = make_ravi(tmp_path / "ravi")
+    (root / "images" / "n0200000002.jpg").unlink()
+    with pytest.raises(DataError, match="missing file 'n0200000002.jpg'"):
+        load_dataset(str(root))
+
+
+def test_a_csv_with_the_wrong_header_is_reported(tmp_path):
+    root = make_ravi(tmp_path / "ravi")
+    (root / "val.csv").write_text("file,class\nx.jpg,n04\n")
+    with pytest.raises(DataError, match="expected the header filename,label"):
+        load_dataset(str(root))
+
+
+def test_an_episode_whose_support_lacks_a_query_class_is_reported(tmp_path, tiny_dataset):
+    path = tmp_path / "bad.csv"
+    path.write_text("episode,role,label,path\n0,support,a,test:0\n0,query,b,test:1\n")
+    with pytest.raises(DataError, match=r"episode 0: queries use classes missing from its support: \['b'\]"):
+        read_episode_file(path, tiny_dataset)
+
+
+def test_a_pickle_without_the_expected_keys_is_reported(tmp_path):
+    root = make_l2l(tmp_path / "l2l")
+    with (root / "mini-imagenet-cache-validation.pkl").open("wb") as f:
+        pickle.dump({"images": np.zeros((1, 84, 84, 3), np.uint8)}, f)
+    with pytest.raises(DataError, match=r"expected the keys \['image_data', 'class_dict'\]"):
+        load_dataset(str(root))
+
+
+def test_an_empty_folder_is_reported(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty"):
+        load_dataset(str(tmp_path / "empty"))
+
+
+def test_a_class_with_too_few_images_is_named_when_the_sampler_is_built(tmp_path):
+    from fsl.data.episodes import EpisodeError, EpisodeSampler
+
+    data = load_dataset(str(make_split_folders(tmp_path / "data")))
+    with pytest.raises(EpisodeError, match=r"class 'n0\d' of the test split has 4 images"):
+        EpisodeSampler(data.split("test"), EpisodeShape(2, 2, 3), split="test")
