@@ -108,6 +108,12 @@ training_options = _options(
     run_options,
 )
 
+register_options = _options(
+    click.option("--register/--no-register", default=True,
+                 help="Register the best checkpoint in the model registry (fsl-protonet / fsl-hallucination)."),
+    click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-<method>]"),
+)
+
 hallucination_options = _options(
     click.option("-M", "--hallucinations", "M", default=100, help="Hallucinated features per class per episode."),
     click.option("--hallucinator", type=click.Choice(["wang", "improved"]), default="wang",
@@ -135,22 +141,26 @@ def cli() -> None:
 
 @cli.command(context_settings=SHOW)
 @training_options
-def protonet(**options: Any) -> None:
+@register_options
+def protonet(register: bool, registered_model_name: str | None, **options: Any) -> None:
     """Train a Prototypical Network (Snell et al. 2017), then test it on --test-episodes episodes."""
     from fsl.experiment import run_training
 
-    run_training(_config(**options), echo=click.echo)
+    run_training(_config(**options), echo=click.echo, register=register,
+                 registered_model_name=registered_model_name)
 
 
 @cli.command(context_settings=SHOW)
 @training_options
 @hallucination_options
-def hallucinate(**options: Any) -> None:
+@register_options
+def hallucinate(register: bool, registered_model_name: str | None, **options: Any) -> None:
     """Train ProtoNet jointly with a feature hallucinator (Wang et al. 2018), then test it
     with the generator on and off on the same episodes."""
     from fsl.experiment import run_training
 
-    run_training(_config(**options), echo=click.echo)
+    run_training(_config(**options), echo=click.echo, register=register,
+                 registered_model_name=registered_model_name)
 
 
 def _values(text: str, cast: Callable = str) -> list:
@@ -163,14 +173,16 @@ def _values(text: str, cast: Callable = str) -> list:
 @cli.command("sweep-m", context_settings=SHOW)
 @training_options
 @hallucination_options
+@register_options
 @click.option("--values", default="0,10,50,100", help="Values of M, comma-separated.")
-def sweep_m(values: str, **options: Any) -> None:
+def sweep_m(values: str, register: bool, registered_model_name: str | None, **options: Any) -> None:
     """The M study: one hallucination model per M, nested runs under one parent with a
     table and a plot of test accuracy ± CI against M."""
     from fsl.experiment import run_sweep
 
     ms = _values(values, int)
-    run_sweep(_config(**options), {"M": ms}, run_name="sweep-m", echo=click.echo)
+    run_sweep(_config(**options), {"M": ms}, run_name="sweep-m", echo=click.echo, register=register,
+              registered_model_name=registered_model_name)
 
 
 @cli.command(context_settings=SHOW)
@@ -182,7 +194,9 @@ def sweep_m(values: str, **options: Any) -> None:
               help="Train plain ProtoNets, or hallucination models.")
 @click.option("--shard", default=0, help="This process's share of the grid: points with index % --shards == --shard.")
 @click.option("--shards", default=1, help="How many processes share the grid.")
-def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, **options: Any) -> None:
+@register_options
+def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, register: bool,
+          registered_model_name: str | None, **options: Any) -> None:
     """Train and test a grid of configurations as nested runs under one parent run."""
     from fsl.config import TrainConfig
     from fsl.experiment import run_sweep
@@ -201,7 +215,8 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, **optio
                                      param_hint="--param")
         cast = float if "float" in str(types[key]) else int if "int" in str(types[key]) else str
         grid[key] = _values(text, cast)
-    run_sweep(_config(**options), grid, shard=shard, shards=shards, echo=click.echo)
+    run_sweep(_config(**options), grid, shard=shard, shards=shards, echo=click.echo, register=register,
+              registered_model_name=registered_model_name)
 
 
 @cli.group()
@@ -271,6 +286,29 @@ def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None
     from fsl.experiment import run_evaluation
 
     run_evaluation(model_spec, _config(**options), episodes_file, echo=click.echo)
+
+
+@cli.command(context_settings=SHOW)
+@click.option("--run-id", required=True, help="A finished training run.")
+@click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-<method of the run>]")
+def register(run_id: str, registered_model_name: str | None) -> None:
+    """Register a chosen run's best checkpoint; `champion` moves only if it beats the champion
+    under the same protocol."""
+    from fsl.experiment import register_run
+
+    register_run(run_id, registered_model_name, echo=click.echo)
+
+
+@cli.command(context_settings=SHOW)
+@click.option("--model", "model_spec", required=True, help="models:/NAME@ALIAS, runs:/ID or a checkpoint.")
+@click.option("--support", "support_dir", required=True, help="A folder with one sub-folder of images per class.")
+@click.option("--query", "query_dir", required=True, help="A folder of images to classify.")
+@click.option("--out", default=None, help="Also write the table as CSV here.")
+def predict(model_spec: str, support_dir: str, query_dir: str, out: str | None) -> None:
+    """Classify new images: print query file, predicted class and probability."""
+    from fsl.experiment import predict_folder
+
+    predict_folder(model_spec, support_dir, query_dir, out, echo=click.echo)
 
 
 def main() -> None:

@@ -48,10 +48,11 @@ def sample_episodes(store: ImageStore, shape: EpisodeShape, n: int, seed: int, s
 
 
 @torch.no_grad()
-def episode_accuracies(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
-                       hallucinations: int | None = None, noise_seed: int = 0, batch: int = 0,
-                       progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Accuracy (percent) of each episode, float32 [E] on the model's device (no host sync).
+def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
+                    hallucinations: int | None = None, noise_seed: int = 0, batch: int = 0,
+                    progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Correctly classified queries of each episode, float32 [E] on the model's device (no host
+    sync); counts are exact in float32, and `evaluate` turns them into percent in float64.
 
     Episodes are evaluated `batch` at a time in one encoder call; in eval mode BatchNorm uses
     its running statistics, so batching does not change any result. The generator's noise comes
@@ -76,7 +77,7 @@ def episode_accuracies(model: FewShotClassifier, store: ImageStore, episodes: Ep
                 support_labels.expand(e, -1),
                 store.images[chunk.query.to(store.images.device)],
                 shape.ways, hallucinations=hallucinations, noise=noise)
-            accs[start:start + e] = (logits.argmax(-1) == query_labels).float().mean(-1) * 100
+            accs[start:start + e] = (logits.argmax(-1) == query_labels).float().sum(-1)
             if progress:
                 progress(e)
     finally:
@@ -88,8 +89,8 @@ def evaluate(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndic
              hallucinations: int | None = None, noise_seed: int = 0,
              progress: Callable[[int], None] | None = None) -> EvalResult:
     """Per-episode accuracies with mean ± 95% CI, all in percent."""
-    accs = episode_accuracies(model, store, episodes, hallucinations, noise_seed, progress=progress)
-    return EvalResult.from_accs(accs.double().cpu().numpy())
+    correct = episode_correct(model, store, episodes, hallucinations, noise_seed, progress=progress)
+    return EvalResult.from_accs(correct.double().cpu().numpy() * 100 / episodes.query.shape[1])
 
 
 @torch.no_grad()
@@ -104,7 +105,7 @@ def evaluate_file_episodes(model: FewShotClassifier, episodes: list, noise_seed:
         for episode in episodes:
             logits = model.episode_logits(episode.support_images, episode.support_labels,
                                           episode.query_images, episode.ways, noise=noise)
-            accs.append(float((logits.argmax(-1).cpu() == episode.query_labels).double().mean()) * 100)
+            accs.append(float((logits.argmax(-1).cpu() == episode.query_labels).sum()) * 100 / len(episode.query_labels))
             if progress:
                 progress(1)
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -60,9 +61,7 @@ def prepare(cfg: TrainConfig) -> Setup:
         precision=precision, hallucinator=cfg.hallucinator, hallucinations=cfg.M if cfg.hallucinator else 0))
     if cfg.init:
         _initialise_from(model, cfg.init)
-    model = model.to(device)
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
+    model.place(device)
     return Setup(cfg, data, device, precision, model)
 
 
@@ -100,8 +99,10 @@ class RunSummary:
 
 
 def run_training(cfg: TrainConfig, *, nested: bool = False, run_name: str | None = None,
-                 echo: Echo = print, show_progress: bool = True) -> RunSummary:
-    """Train, test on the best-by-val checkpoint, and log everything to one MLflow run."""
+                 echo: Echo = print, show_progress: bool = True, track: bool = True,
+                 register: bool = True, registered_model_name: str | None = None) -> RunSummary:
+    """Train, test on the best-by-val checkpoint, and log everything to one MLflow run
+    (`track=False`: the same work with nothing logged, to measure what logging costs)."""
     from fsl import tracking, viz
     from fsl.train import train
 
@@ -112,8 +113,9 @@ def run_training(cfg: TrainConfig, *, nested: bool = False, run_name: str | None
     echo(f"{cfg.method}: {cfg.train_shape} training, {cfg.test_shape} testing on {cfg.data} "
          f"({data.image_size}px, {data.channels} ch) on {device} in {setup.precision}")
     tags = tracking.base_tags(data.fingerprint, setup.precision) | {"fsl.method": cfg.method}
-    with tracking.start_run(cfg.experiment, run_name=run_name, nested=nested, tags=tags) as tracker, \
-            tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
+    run = tracking.start_run(cfg.experiment, run_name=run_name, nested=nested, tags=tags) if track \
+        else tracking.null_run()
+    with run as tracker, tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
         tracker.log_params(params)
         out = Path(workdir)
 
@@ -144,7 +146,85 @@ def run_training(cfg: TrainConfig, *, nested: bool = False, run_name: str | None
             _log_eval(tracker, plain, "_no_hallucination")
             echo(f"test without hallucination (same encoder, same episodes): {plain}")
             tracker.log_artifact(tsne_plot(model, test_store, cfg, out / "tsne.png"))
+        protocol = registry_protocol(cfg, data.fingerprint, setup.precision)
+        tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True)})
+        if register and track:
+            name = registered_model_name or f"fsl-{cfg.method}"
+            reg = _register(tracker, model, result.best_checkpoint, name, result.best_val_acc, protocol)
+            echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
         return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params)
+
+
+def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str) -> dict[str, Any]:
+    """What must match for two val accuracies to be comparable (the champion rule)."""
+    shape = cfg.test_shape
+    return {"data_fingerprint": fingerprint, "ways": shape.ways, "shots": shape.shots, "queries": shape.queries,
+            "val_episodes": cfg.val_episodes, "val_seed": cfg.val_seed, "precision": precision}
+
+
+def _register(tracker, model: FewShotClassifier, checkpoint: Path, name: str, val_acc: float, protocol: dict):
+    from fsl import tracking
+
+    model_uri, serve_uri = tracking.log_models(tracker, model, checkpoint)
+    reg = tracking.register(name, model_uri, serve_uri, tracker.run_id, val_acc, protocol)
+    tracker.set_tags({"fsl.registered_model": f"{reg.name}/{reg.version}", "fsl.registry_decision": reg.decision})
+    return reg
+
+
+def register_run(run_id: str, name: str | None = None, echo: Echo = print):
+    """`fsl register --run-id`: register a finished run's best checkpoint under the champion rule."""
+    from fsl import tracking
+    from fsl.models.classifier import load_checkpoint
+
+    run = tracking.get_run(run_id)
+    if "fsl.protocol" not in run.data.tags or "best_val_acc" not in run.data.metrics:
+        raise UsageError(f"--run-id {run_id}: not a finished fsl training run (no protocol or best_val_acc)")
+    checkpoint = tracking.download(f"runs:/{run_id}/checkpoints/best.pt")
+    model = load_checkpoint(checkpoint)
+    name = name or f"fsl-{run.data.tags.get('fsl.method', 'protonet')}"
+    reg = _register(tracking.Tracker(run_id, tracking.MlflowClient()), model, checkpoint, name,
+                    run.data.metrics["best_val_acc"], json.loads(run.data.tags["fsl.protocol"]))
+    echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
+    return reg
+
+
+def predict_folder(model_spec: str, support_dir: str, query_dir: str, out: str | None = None,
+                   echo: Echo = print) -> list[tuple[str, str, float]]:
+    """`fsl predict`: classify the images of query_dir given support_dir/<class>/* images."""
+    from fsl import tracking
+    from fsl.data.readers import IMAGE_SUFFIXES, decode_image
+
+    model = tracking.load_model(model_spec)
+    size, channels = model.config["image_size"], model.config["channels"]
+    classes = sorted(p for p in Path(support_dir).iterdir() if p.is_dir()) if Path(support_dir).is_dir() else []
+    if not classes:
+        raise UsageError(f"--support {support_dir}: needs one sub-folder of images per class, found none")
+
+    def images(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    support, labels = [], []
+    for folder in classes:
+        for file in images(folder):
+            support.append(torch.from_numpy(decode_image(str(file), size, channels)))
+            labels.append(folder.name)
+    queries = images(Path(query_dir)) if Path(query_dir).is_dir() else []
+    if not support or not queries:
+        raise UsageError(f"no images in {'--support ' + support_dir if not support else '--query ' + query_dir}")
+    query = [torch.from_numpy(decode_image(str(f), size, channels)) for f in queries]
+    prediction = model.classify(torch.stack(support), labels, torch.stack(query))
+    rows = [(f.name, label, float(p.max())) for f, label, p in zip(queries, prediction.labels, prediction.probs)]
+    width = max(len(r[0]) for r in rows)
+    echo(f"{'query':{width}s}  {'predicted':20s} probability")
+    for name, label, prob in rows:
+        echo(f"{name:{width}s}  {label:20s} {prob:.4f}")
+    if out:
+        with open(out, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["query", "predicted", "probability"])
+            writer.writerows(rows)
+    return rows
+
 
 
 def _log_eval(tracker, result: EvalResult, suffix: str) -> None:
@@ -192,7 +272,7 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
         device = resolve_device(cfg.device)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    model = model.to(device)
+    model.place(device)
     size = model.config["image_size"]
     params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed,
               "device_resolved": str(device), "precision_resolved": model.config["precision"]}
@@ -224,7 +304,8 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
 
 
 def run_sweep(base: TrainConfig, grid: dict[str, list], *, shard: int = 0, shards: int = 1,
-              run_name: str = "sweep", echo: Echo = print, show_progress: bool = True) -> list[dict]:
+              run_name: str = "sweep", echo: Echo = print, show_progress: bool = True,
+              register: bool = True, registered_model_name: str | None = None) -> list[dict]:
     """Train and test every point of `grid` (field -> values) as nested runs under one parent.
 
     Points are enumerated in a fixed order; with `shards` > 1 this process runs only the points
@@ -254,7 +335,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], *, shard: int = 0, shard
         for point, cfg in zip(mine, configs):
             name = ",".join(f"{k}={v}" for k, v in point.items())
             echo(f"--- sweep point {name}")
-            summary = run_training(cfg, nested=True, run_name=name, echo=echo, show_progress=show_progress)
+            summary = run_training(cfg, nested=True, run_name=name, echo=echo, show_progress=show_progress,
+                                   register=register, registered_model_name=registered_model_name)
             row = dict(point) | {"run_id": summary.run_id, "best_val_acc": summary.best_val_acc,
                                  "test_acc": summary.test.mean, "test_ci95": summary.test.ci95}
             if summary.test_no_hallucination is not None:

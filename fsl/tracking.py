@@ -12,10 +12,13 @@ import contextlib
 import os
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import mlflow
+import mlflow.pyfunc
+import mlflow.pytorch
 from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
@@ -117,6 +120,21 @@ def start_run(experiment: str, run_name: str | None = None, nested: bool = False
         mlflow.end_run()
 
 
+@contextlib.contextmanager
+def null_run() -> Iterator[NullTracker]:
+    """`start_run`'s stand-in that records nothing (benchmarks, non-zero DDP ranks)."""
+    yield NullTracker()
+
+
+def get_run(run_id: str):
+    try:
+        return MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        from fsl.errors import UsageError
+
+        raise UsageError(f"--run-id {run_id}: {str(exc).splitlines()[0]}") from None
+
+
 def download(uri: str) -> Path:
     """A local copy of an MLflow artifact URI (runs:/..., models:/..., or any artifact store)."""
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
@@ -139,8 +157,6 @@ def load_model(spec: str, map_location: str = "cpu"):
         raise UsageError(f"--model {spec}: no such file, and not an MLflow URI (runs:/..., models:/...)")
     try:
         if spec.startswith("models:/"):
-            import mlflow.pytorch
-
             model = mlflow.pytorch.load_model(spec, map_location=map_location)
             if not isinstance(model, FewShotClassifier):
                 raise UsageError(f"--model {spec}: is a {type(model).__name__}, not an fsl model")
@@ -150,3 +166,164 @@ def load_model(spec: str, map_location: str = "cpu"):
         return load_checkpoint(download(spec), map_location)
     except mlflow.exceptions.MlflowException as exc:
         raise UsageError(f"--model {spec}: {str(exc).splitlines()[0]}") from exc
+
+
+# ---------------------------------------------------------------------------- model registry
+CHAMPION = "champion"
+SERVE_SUFFIX = "-serve"
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what is installed: given explicitly, MLflow does not spend seconds inferring them."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "torchvision", "mlflow", "numpy", "pillow", "pandas")]
+
+
+def _code_paths() -> list[str]:
+    """The installed package's own folder (not the working directory): the code travels with the model."""
+    return [str(Path(fsl.__file__).resolve().parent)]
+
+
+def _tensor_signature(model):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    c, s = model.config["channels"], model.config["image_size"]
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, s, s), "images")]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.feature_dim), "features")]))
+
+
+def _serve_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "role"), ColSpec("string", "label", required=False),
+                       ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("long", "query"), ColSpec("string", "label"), ColSpec("double", "probability")]))
+
+
+class FewShotServe(mlflow.pyfunc.PythonModel):
+    """The serving model: a JSON-able table in, predictions out, through `classify`.
+
+    Input rows: `role` ("support" or "query"), `label` (support rows), `image` (base64 PNG/JPEG).
+    Output rows, one per query in input order: `query` (its index among the queries), `label`
+    (the predicted support label) and `probability`. The weights are the checkpoint artifact,
+    loaded with weights_only=True.
+    """
+
+    def load_context(self, context) -> None:
+        from fsl.models.classifier import load_checkpoint
+
+        self.model = load_checkpoint(context.artifacts["checkpoint"]).eval()
+
+    def predict(self, context, model_input, params=None):
+        import base64
+        import io
+
+        import numpy as np
+        import pandas as pd
+        import torch
+        from PIL import Image
+
+        from fsl.errors import DataError
+
+        def decode(text: str) -> torch.Tensor:
+            try:
+                img = Image.open(io.BytesIO(base64.b64decode(text)))
+                img = img.convert("L" if self.model.config["channels"] == 1 else "RGB")
+            except Exception as exc:
+                raise DataError(f"an image does not decode ({type(exc).__name__})") from None
+            arr = np.array(img, dtype=np.uint8)
+            return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+
+        def batch(rows) -> torch.Tensor:
+            return self.model.stack([decode(text) for text in rows["image"]])
+
+        support = model_input[model_input["role"] == "support"]
+        query = model_input[model_input["role"] == "query"]
+        if support.empty or query.empty:
+            raise DataError("a request needs rows with role 'support' (with labels) and role 'query'")
+        prediction = self.model.classify(batch(support), list(support["label"]), batch(query))
+        best = prediction.probs.max(-1).values.double().numpy()
+        return pd.DataFrame({"query": np.arange(len(query)), "label": [str(x) for x in prediction.labels],
+                             "probability": best})
+
+
+def log_models(tracker: Tracker, model, checkpoint: Path) -> tuple[str, str]:
+    """Log the PyTorch model and the serving pyfunc to the run; return their model URIs."""
+    import copy
+
+    import torch
+
+    cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()
+    with _active(tracker.run_id):
+        info = mlflow.pytorch.log_model(
+            cpu_model, name="model", serialization_format="pickle", code_paths=_code_paths(),
+            pip_requirements=pip_requirements(), signature=_tensor_signature(cpu_model))
+        serve = mlflow.pyfunc.log_model(
+            name="serve", python_model=FewShotServe(), artifacts={"checkpoint": str(checkpoint)},
+            code_paths=_code_paths(), pip_requirements=pip_requirements(), signature=_serve_signature())
+    return info.model_uri, serve.model_uri
+
+
+@contextlib.contextmanager
+def _active(run_id: str) -> Iterator[None]:
+    """Make `run_id` the active run for fluent calls, without ending it if it already was."""
+    active = mlflow.active_run()
+    if active and active.info.run_id == run_id:
+        yield
+        return
+    with mlflow.start_run(run_id=run_id, nested=active is not None):
+        yield
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    champion: bool
+    decision: str
+
+
+def champion_decision(new_val: float, new_protocol: dict, champion: dict | None) -> tuple[bool, str]:
+    """Whether a new version takes the champion alias, and why. Pure: the rule in one place.
+
+    champion: {"val_acc": float, "protocol": dict} of the current champion, or None.
+    """
+    if champion is None:
+        return True, "first version under this protocol: it becomes champion"
+    if champion["protocol"] != new_protocol:
+        differ = sorted(k for k in set(new_protocol) | set(champion["protocol"])
+                        if new_protocol.get(k) != champion["protocol"].get(k))
+        return False, f"protocol differs from the champion's ({', '.join(differ)}): champion left alone"
+    if new_val > champion["val_acc"]:
+        return True, f"val accuracy {new_val:.2f}% beats the champion's {champion['val_acc']:.2f}%"
+    return False, f"val accuracy {new_val:.2f}% does not beat the champion's {champion['val_acc']:.2f}%"
+
+
+def register(name: str, model_uri: str, serve_uri: str, run_id: str, val_acc: float,
+             protocol: dict) -> Registration:
+    """Register both models as new versions; move `champion` on both only if the rule says so."""
+    import json
+
+    client = MlflowClient()
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+        champion = {"val_acc": float(current.tags["fsl.val_acc"]),
+                    "protocol": json.loads(current.tags["fsl.protocol"])}
+    except mlflow.exceptions.MlflowException:
+        current, champion = None, None
+    promote, decision = champion_decision(val_acc, protocol, champion)
+    tags = {"fsl.val_acc": f"{val_acc:.6f}", "fsl.protocol": json.dumps(protocol, sort_keys=True),
+            "fsl.run_id": run_id, "fsl.decision": decision, "fsl.champion": str(promote).lower(),
+            "fsl.previous_champion_val_acc": f"{champion['val_acc']:.6f}" if champion else "none",
+            "fsl.previous_champion_version": str(current.version) if current else "none"}
+    version = mlflow.register_model(model_uri, name, tags=tags)
+    serve_version = mlflow.register_model(serve_uri, name + SERVE_SUFFIX, tags=tags)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        client.set_registered_model_alias(name + SERVE_SUFFIX, CHAMPION, serve_version.version)
+    return Registration(name, version.version, promote, decision)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeSampler
 from fsl.data.store import DataSet
-from fsl.evaluate import episode_accuracies, sample_episodes
+from fsl.evaluate import evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
 from fsl.models.hallucinator import mode_seeking_loss
 from fsl.runtime import atomic_save, make_generator
@@ -51,6 +51,59 @@ class TrainResult:
     best_checkpoint: Path | None = None
 
 
+class EpisodeTrainer:
+    """Optimiser, schedule and the per-step work: the hot loop of `train` and of the benchmarks.
+
+    `run(n)` trains on n episodes and returns device tensors (loss sum, correct queries, index
+    of the first non-finite loss or n); nothing in it waits on the host.
+    """
+
+    def __init__(self, model: FewShotClassifier, store, cfg: TrainConfig, device: torch.device) -> None:
+        self.model, self.store, self.cfg, self.device = model, store, cfg, device
+        self.shape = cfg.train_shape
+        self.sampler = EpisodeSampler(store, self.shape, split="train")
+        self.episodes_gen = make_generator(cfg.seed)           # which episodes: CPU, same on every device
+        self.noise_gen = make_generator(cfg.seed + 2, device)  # hallucination noise and seed choice
+        ways, shots, queries = self.shape.ways, self.shape.shots, self.shape.queries
+        self.support_labels = torch.arange(ways, device=device).repeat_interleave(shots)[None]
+        self.query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=0.5)
+        self.diversity = cfg.diversity_weight if cfg.hallucinator == "improved" and model.hallucinations else 0.0
+
+    def run(self, n: int, progress: Callable[[int], None] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        model, images, device = self.model, self.store.images, self.device
+        model.train()
+        episodes = self.sampler.sample(self.episodes_gen, n)  # one draw, one copy per epoch
+        support_idx = episodes.support.to(device, non_blocking=True)
+        query_idx = episodes.query.to(device, non_blocking=True)
+        steps = torch.arange(n, device=device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        first_bad = torch.full((), n, device=device)
+        for step in range(n):
+            support, queries = model.embed_episode(images[support_idx[step]][None], images[query_idx[step]][None])
+            logits = model.logits_from_features(support, self.support_labels, queries, self.shape.ways,
+                                                noise=self.noise_gen)[0]
+            loss = F.cross_entropy(logits, self.query_labels)
+            if self.diversity:
+                loss = loss + self.diversity * mode_seeking_loss(model.generator, support, self.support_labels,
+                                                                 self.shape.ways, self.noise_gen)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            loss = loss.detach()
+            # Device-side record of the first bad step: no host sync inside the loop.
+            first_bad = torch.where(torch.isfinite(loss) | (first_bad < step), first_bad, steps[step])
+            loss_sum += loss
+            correct += (logits.detach().argmax(-1) == self.query_labels).sum()
+            if progress:
+                progress(1)
+        return loss_sum, correct, first_bad
+
+
 def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: torch.device,
           checkpoint_dir: Path | None = None,
           on_epoch: Callable[[EpochStats], None] | None = None,
@@ -61,61 +114,26 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
     fixed set of cfg.val_episodes val episodes (test way/shot/queries); the best epoch's weights
     are kept, written to `checkpoint_dir/best.pt` and loaded back into the model at the end.
     """
-    train_store = data.split("train").to(device)
+    trainer = EpisodeTrainer(model, data.split("train").to(device), cfg, device)
     val_store = data.split("val").to(device)
-    shape = cfg.train_shape
-    sampler = EpisodeSampler(train_store, shape, split="train")
     val_episodes = sample_episodes(val_store, cfg.test_shape, cfg.val_episodes, cfg.val_seed, "val")
-    episodes_gen = make_generator(cfg.seed)              # which episodes: CPU, same on every device
-    noise_gen = make_generator(cfg.seed + 2, device)     # hallucination noise and seed choice
-    support_labels = torch.arange(shape.ways, device=device).repeat_interleave(shape.shots)[None]
-    query_labels = torch.arange(shape.ways, device=device).repeat_interleave(shape.queries)
-
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step, gamma=0.5)
-    diversity = cfg.diversity_weight if cfg.hallucinator == "improved" and model.hallucinations else 0.0
-    steps = torch.arange(cfg.episodes_per_epoch, device=device)
+    per_epoch = cfg.episodes_per_epoch
+    queries_per_epoch = per_epoch * len(trainer.query_labels)
     best_val, best_epoch, best_state = -1.0, 0, None
     history: list[EpochStats] = []
     best_path = checkpoint_dir / "best.pt" if checkpoint_dir else None
 
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
         started = time.perf_counter()
-        episodes = sampler.sample(episodes_gen, cfg.episodes_per_epoch)
-        support_idx = episodes.support.to(device, non_blocking=True)
-        query_idx = episodes.query.to(device, non_blocking=True)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        first_bad = torch.full((), cfg.episodes_per_epoch, device=device)
-        for step in range(cfg.episodes_per_epoch):
-            support, queries = model.embed_episode(train_store.images[support_idx[step]][None],
-                                                   train_store.images[query_idx[step]][None])
-            logits = model.logits_from_features(support, support_labels, queries, shape.ways,
-                                                noise=noise_gen)[0]
-            loss = F.cross_entropy(logits, query_labels)
-            if diversity:
-                loss = loss + diversity * mode_seeking_loss(model.generator, support, support_labels,
-                                                            shape.ways, noise_gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss = loss.detach()
-            first_bad = torch.where(torch.isfinite(loss) | (first_bad < step), first_bad, steps[step])
-            loss_sum += loss
-            correct += (logits.detach().argmax(-1) == query_labels).sum()
-            if progress:
-                progress(1)
+        loss_sum, correct, first_bad = trainer.run(per_epoch, progress)
         bad = int(first_bad)  # the one host sync of the epoch's training part
-        if bad < cfg.episodes_per_epoch:
+        if bad < per_epoch:
             raise NonFiniteLossError(
-                f"non-finite training loss at epoch {epoch}, episode {bad + 1} of {cfg.episodes_per_epoch}; "
+                f"non-finite training loss at epoch {epoch}, episode {bad + 1} of {per_epoch}; "
                 f"the last good checkpoint is {best_path or 'kept in memory'} (try a lower --lr or --precision fp32)")
-        val_acc = float(episode_accuracies(model, val_store, val_episodes).mean())
-        stats = EpochStats(epoch, float(loss_sum) / cfg.episodes_per_epoch,
-                           float(correct) * 100 / (cfg.episodes_per_epoch * len(query_labels)),
-                           val_acc, scheduler.get_last_lr()[0], time.perf_counter() - started)
+        val_acc = evaluate(model, val_store, val_episodes).mean
+        stats = EpochStats(epoch, float(loss_sum) / per_epoch, float(correct) * 100 / queries_per_epoch,
+                           val_acc, trainer.scheduler.get_last_lr()[0], time.perf_counter() - started)
         history.append(stats)
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch

@@ -13,7 +13,7 @@ import torch
 torch.set_num_threads(1)  # tests are single-threaded: stable timings, no oversubscription in CI
 
 TINY = ["--image-size", "16", "--epochs", "1", "--episodes-per-epoch", "4", "--val-episodes", "3",
-        "--test-episodes", "5", "--queries", "3", "--test-queries", "3", "--precision", "fp32"]
+        "--test-episodes", "5", "--queries", "3", "--test-queries", "3", "--precision", "fp32", "--no-register"]
 
 
 @pytest.fixture(scope="session", autouse=True)

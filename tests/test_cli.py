@@ -100,3 +100,30 @@ def test_an_error_during_training_marks_the_run_failed(tracking, monkeypatch):
     result = CliRunner().invoke(cli, ["protonet", *TINY])
     assert result.exit_code != 0
     assert only_run(MlflowClient()).info.status == "FAILED"
+
+
+def test_episode_file_written_then_evaluated_gives_identical_numbers_on_repeat(tracking, trained_checkpoint):
+    result = invoke("episodes", "--image-size", "16", "--split", "test", "-n", "6", "--ways", "3",
+                    "--shots", "2", "--queries", "2", "-o", "eps.csv")
+    assert result.exit_code == 0, result.output
+    args = ["evaluate", "--model", str(trained_checkpoint), "--episodes", "eps.csv", "--image-size", "16"]
+    first, second = invoke(*args), invoke(*args)
+    assert first.exit_code == 0, first.output
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 2
+    histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "test_episode_acc"),
+                                          key=lambda m: m.step)] for r in runs]
+    assert len(histories[0]) == 6 and histories[0] == histories[1]
+    assert runs[0].data.metrics["test_acc"] == runs[1].data.metrics["test_acc"]
+
+
+def test_data_inspect_and_cache_make_no_run(tracking):
+    result = invoke("data", "inspect", "synthetic", "--image-size", "16")
+    assert result.exit_code == 0
+    assert "train: 64 classes" in result.output and "min 60 / median 60 / max 60" in result.output
+    assert "3x16x16" in result.output
+    listing = invoke("data", "cache")
+    assert listing.exit_code == 0 and "synthetic-" in listing.output and "MiB" in listing.output
+    client = MlflowClient()
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []

@@ -24,13 +24,13 @@ def test_mean_ci95_of_one_value_has_no_interval():
 
 def test_evaluation_repeats_exactly_and_batching_changes_nothing(trained_checkpoint, tiny_dataset):
     from fsl.data.episodes import EpisodeShape
-    from fsl.evaluate import episode_accuracies
+    from fsl.evaluate import episode_correct
 
     model = load_checkpoint(trained_checkpoint)
     store = tiny_dataset.split("test")
     episodes = sample_episodes(store, EpisodeShape(5, 1, 3), 12, seed=5, split="test")
     first, second = evaluate(model, store, episodes), evaluate(model, store, episodes)
     assert np.array_equal(first.accs, second.accs)
-    one_at_a_time = episode_accuracies(model, store, episodes, batch=1)
-    assert torch.allclose(one_at_a_time.double(), torch.from_numpy(first.accs), atol=1e-4)
+    one_at_a_time = episode_correct(model, store, episodes, batch=1)
+    assert torch.equal(one_at_a_time.double() * 100 / 15, torch.from_numpy(first.accs))
     assert first.accs.shape == (12,) and ((first.accs >= 0) & (first.accs <= 100)).all()

@@ -60,13 +60,20 @@ Listing = dict[str, list[tuple[str, str]]]  # split -> [(class name, image refer
 
 
 # ---------------------------------------------------------------------------------- decoding
+# Open archives, per process: a zip's index is read once, not once per image. Keyed on the pid
+# because a forked worker must not share the parent's file position.
+_ARCHIVES: dict[tuple[int, str], zipfile.ZipFile] = {}
+
+
 def _open_image(ref: str):
     from PIL import Image
 
     if "::" in ref:
         archive, member = ref.split("::", 1)
-        with zipfile.ZipFile(archive) as zf:
-            return Image.open(io.BytesIO(zf.read(member)))
+        key = (os.getpid(), archive)
+        if key not in _ARCHIVES:
+            _ARCHIVES[key] = zipfile.ZipFile(archive)
+        return Image.open(io.BytesIO(_ARCHIVES[key].read(member)))
     return Image.open(ref)
 
 

@@ -73,6 +73,12 @@ class FewShotClassifier(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    def place(self, device: torch.device | str) -> "FewShotClassifier":
+        """Move to `device` in the fast memory format: channels-last (not on MPS, which lacks it)."""
+        device = torch.device(device)
+        self.to(device)
+        return self if device.type == "mps" else self.to(memory_format=torch.channels_last)
+
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float [B, C, H, W] -> normalised float [B, C, S, S], channels-last."""
         if images.dim() != 4:
@@ -83,13 +89,26 @@ class FewShotClassifier(nn.Module):
                 images = images.expand(-1, 3, -1, -1)  # a grey image is a valid RGB image
             else:
                 raise ValueError(f"this model takes {channels}-channel images, got {images.shape[1]} channels")
-        x = images.to(self.device, non_blocking=True)
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        x = (self._unit_scale(images.to(self.device, non_blocking=True)) - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if x.device.type != "mps" else x
+
+    def _unit_scale(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] float [B, C, H, W] -> float [B, C, S, S] in [0, 1] at the model's size."""
+        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
         size = self.config["image_size"]
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if x.device.type != "mps" else x
+        return x
+
+    def stack(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Images [C, H, W] of any sizes -> one float batch [B, C, S, S] in [0, 1] for `classify`."""
+        if not images:
+            raise ValueError("no images to stack")
+        return torch.cat([self._unit_scale(image[None]) for image in images])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> features [B, D]: what the PyTorch flavour's pyfunc `predict` returns."""
+        return self.embed(images)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> features float32 [B, D], under the model's precision."""

@@ -1,0 +1,270 @@
+"""Model registry: champion rule, loading by alias without the repository, predict and serve."""
+
+import base64
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from fsl.cli import cli
+from tests.conftest import TINY
+
+TRAIN = [a for a in TINY if a != "--no-register"] + ["--val-episodes", "8"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, migrated_db):
+    """One tracking store for the module: three finished runs with distinct val accuracies."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("registry")
+    shutil.copy(migrated_db, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.delenv("MLFLOW_RUN_ID", raising=False)
+        mlflow.set_tracking_uri(uri)
+        runs = {}
+        for seed in range(6):
+            result = CliRunner().invoke(cli, ["protonet", *TRAIN, "--no-register", "--seed", str(seed)],
+                                        catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("fsl").experiment_id],
+                                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+            runs.setdefault(run.data.metrics["best_val_acc"], run.info.run_id)
+            if len(runs) == 3:
+                break
+        assert len(runs) == 3, f"need three distinct val accuracies, got {sorted(runs)}"
+        yield folder, uri, [runs[v] for v in sorted(runs)]  # worst, middle, best
+        mlflow.set_tracking_uri(None)
+
+
+def versions(name):
+    return {v.version: v for v in MlflowClient().search_model_versions(f"name='{name}'")}
+
+
+@pytest.fixture(scope="module")
+def registered(store):
+    """Register the middle run, then the worst, then the best: the champion rule's three cases."""
+    folder, uri, (worst, middle, best) = store
+    outputs = {}
+    for label, run_id in (("middle", middle), ("worst", worst), ("best", best)):
+        result = CliRunner().invoke(cli, ["register", "--run-id", run_id], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outputs[label] = result.output
+    return store, outputs
+
+
+def test_the_champion_moves_only_to_a_better_version_under_the_same_protocol(registered):
+    (folder, uri, runs), outputs = registered
+    client = MlflowClient(uri)
+    v1, v2, v3 = (client.get_model_version("fsl-protonet", str(v)) for v in (1, 2, 3))
+    assert v1.tags["fsl.champion"] == "true" and "first version" in v1.tags["fsl.decision"]
+    # the worse run: registered as version 2, the champion stays on 1, and the tags say why
+    assert "does not beat the champion" in outputs["worst"]
+    assert v2.tags["fsl.champion"] == "false" and "does not beat" in v2.tags["fsl.decision"]
+    assert float(v2.tags["fsl.previous_champion_val_acc"]) == pytest.approx(float(v1.tags["fsl.val_acc"]))
+    assert float(v2.tags["fsl.val_acc"]) < float(v1.tags["fsl.val_acc"])
+    assert v2.tags["fsl.previous_champion_version"] == "1"
+    # the better run: champion moves to 3, on the PyTorch and the serving model together
+    assert "beats the champion" in v3.tags["fsl.decision"] and v3.tags["fsl.previous_champion_version"] == "1"
+    assert client.get_model_version_by_alias("fsl-protonet", "champion").version == 3
+    assert client.get_model_version_by_alias("fsl-protonet-serve", "champion").version == 3
+
+
+def test_a_different_protocol_leaves_the_champion_alone_and_says_so():
+    from fsl.tracking import champion_decision
+
+    same = {"ways": 5, "shots": 1, "data_fingerprint": "a"}
+    promote, why = champion_decision(99.0, same | {"shots": 5}, {"val_acc": 10.0, "protocol": same})
+    assert not promote and "protocol differs" in why and "shots" in why
+    assert champion_decision(50.0, same, None)[0]
+    assert not champion_decision(50.0, same, {"val_acc": 50.0, "protocol": same})[0]  # a tie does not move it
+
+
+def test_training_registers_by_default_and_no_register_skips(registered, store):
+    folder, uri, _ = store
+    before = len(versions("fsl-protonet"))
+    result = CliRunner().invoke(cli, ["protonet", *TRAIN, "--registered-model-name", "fsl-custom"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0 and "registered fsl-custom version 1" in result.output
+    assert MlflowClient().get_model_version_by_alias("fsl-custom", "champion").version == 1
+    assert len(versions("fsl-protonet")) == before
+
+
+def test_the_champion_loads_in_a_fresh_process_without_the_repository_and_reproduces_its_val_acc(registered, store):
+    folder, uri, runs = store
+    client = MlflowClient(uri)
+    champion = client.get_model_version_by_alias("fsl-protonet", "champion")
+    run = client.get_run(champion.run_id)
+    script = f"""
+import json, sys
+sys.path = [p for p in sys.path if p not in ('', {str(REPO)!r})]
+sys.meta_path = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '').lower()]
+try:
+    import fsl
+    raise SystemExit('the repository is importable: ' + fsl.__file__)
+except ModuleNotFoundError:
+    pass
+import mlflow.pytorch
+model = mlflow.pytorch.load_model('models:/fsl-protonet@champion')
+import fsl
+from fsl.data import load_dataset
+from fsl.data.episodes import EpisodeShape
+from fsl.evaluate import evaluate, sample_episodes
+store = load_dataset('synthetic', image_size=16).split('val')
+shape = EpisodeShape({run.data.params['test_ways']}, {run.data.params['test_shots']}, {run.data.params['test_queries']})
+episodes = sample_episodes(store, shape, {run.data.params['val_episodes']}, {run.data.params['val_seed']}, 'val')
+print(json.dumps({{'acc': evaluate(model, store, episodes).mean, 'fsl': fsl.__file__,
+                  'classify': callable(model.classify)}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": uri}
+    out = subprocess.run([sys.executable, "-c", script], cwd=folder, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not result["fsl"].startswith(str(REPO))  # the code came with the model
+    assert result["classify"]
+    assert result["acc"] == pytest.approx(run.data.metrics["best_val_acc"], abs=1e-9)
+
+
+def png_folder(root: Path, tiny_dataset, classes=(0, 1, 2), per_class=2, queries=4) -> tuple[Path, Path]:
+    test = tiny_dataset.split("test")
+    for c in classes:
+        rows = (test.labels == c).nonzero().flatten()
+        folder = root / "support" / test.class_names[c]
+        folder.mkdir(parents=True)
+        for i in rows[:per_class].tolist():
+            Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).resize((40, 40)).save(folder / f"{i}.png")
+        (root / "query").mkdir(exist_ok=True)
+        for i in rows[per_class:per_class + queries].tolist():
+            Image.fromarray(test.images[i].permute(1, 2, 0).numpy()).save(root / "query" / f"{c}_{i}.png")
+    return root / "support", root / "query"
+
+
+def test_predict_classifies_a_folder_of_pngs_and_writes_csv(registered, store, tmp_path, tiny_dataset):
+    support, query = png_folder(tmp_path, tiny_dataset)
+    result = CliRunner().invoke(cli, ["predict", "--model", "models:/fsl-protonet@champion", "--support",
+                                      str(support), "--query", str(query), "--out", str(tmp_path / "p.csv")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0] == "query,predicted,probability" and len(rows) == 1 + 12
+    names = set(tiny_dataset.split("test").class_names[:3])
+    assert all(r.split(",")[1] in names and 0 < float(r.split(",")[2]) <= 1 for r in rows[1:])
+
+
+def encode(array: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def request_frame(tiny_dataset):
+    import pandas as pd
+
+    test = tiny_dataset.split("test")
+    rows = []
+    for c in range(3):
+        idx = (test.labels == c).nonzero().flatten().tolist()
+        rows.append({"role": "support", "label": f"class-{c}", "image": encode(test.images[idx[0]].permute(1, 2, 0).numpy())})
+        rows.append({"role": "query", "label": "", "image": encode(test.images[idx[1]].permute(1, 2, 0).numpy())})
+    return pd.DataFrame(rows)
+
+
+def test_the_serving_pyfunc_predicts_labels_for_base64_images(registered, store, tiny_dataset):
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model("models:/fsl-protonet-serve@champion")
+    out = model.predict(request_frame(tiny_dataset))
+    assert list(out.columns) == ["query", "label", "probability"] and len(out) == 3
+    assert set(out["label"]) <= {"class-0", "class-1", "class-2"}
+    again = model.predict(request_frame(tiny_dataset))
+    assert out.equals(again)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_a_json_request(registered, store, tiny_dataset):
+    folder, uri, _ = store
+    port = free_port()
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri}
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/fsl-protonet-serve@champion",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        frame = request_frame(tiny_dataset)
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode()
+        deadline, answer = time.monotonic() + 90, None
+        while time.monotonic() < deadline and answer is None:
+            try:
+                req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                             headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        assert answer is not None, "the server did not answer within 90 s"
+        predictions = answer["predictions"]
+        assert len(predictions) == 3 and {p["label"] for p in predictions} <= {"class-0", "class-1", "class-2"}
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "models:/no-such-model@champion"], "no-such-model"),
+    (["--model", "models:/fsl-protonet@nosuchalias"], "nosuchalias"),
+    (["--model", "runs:/0123456789abcdef/checkpoints/best.pt"], "runs:/0123456789abcdef"),
+])
+def test_unresolvable_models_get_a_clear_error(registered, store, tmp_path, tiny_dataset, args, needle):
+    support, query = png_folder(tmp_path, tiny_dataset)
+    result = CliRunner().invoke(cli, ["predict", *args, "--support", str(support), "--query", str(query)])
+    assert result.exit_code != 0 and needle in result.output and "Traceback" not in result.output
+
+
+def test_a_support_folder_without_class_folders_is_reported(registered, store, tmp_path, tiny_dataset):
+    support, query = png_folder(tmp_path, tiny_dataset)
+    result = CliRunner().invoke(cli, ["predict", "--model", "models:/fsl-protonet@champion",
+                                      "--support", str(query), "--query", str(query)])
+    assert result.exit_code == 2 and "needs one sub-folder of images per class" in result.output
+
+
+def test_an_image_that_does_not_decode_is_named(registered, store, tmp_path, tiny_dataset):
+    support, query = png_folder(tmp_path, tiny_dataset)
+    (query / "broken.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(cli, ["predict", "--model", "models:/fsl-protonet@champion",
+                                      "--support", str(support), "--query", str(query)])
+    assert result.exit_code == 1 and "broken.png" in result.output
+
+
+def test_classify_refuses_images_with_a_channel_count_the_model_cannot_take(trained_checkpoint):
+    import torch
+
+    from fsl.models.classifier import load_checkpoint
+
+    model = load_checkpoint(trained_checkpoint)
+    images = torch.zeros(2, 3, 16, 16, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="takes 3-channel images, got 2"):
+        model.classify(images, ["a", "b"], torch.zeros(1, 2, 16, 16, dtype=torch.uint8))
+    prediction = model.classify(images, ["a", "b"], images[:1, :1])  # grey is a valid RGB image
+    assert prediction.probs.shape == (1, 2)
