@@ -118,7 +118,7 @@ hallucination_options = _options(
     click.option("-M", "--hallucinations", "M", default=100, help="Hallucinated features per class per episode."),
     click.option("--hallucinator", type=click.Choice(["wang", "improved"]), default="wang",
                  help="wang: the original generator; improved: prototype-conditioned, residual, anti-collapse."),
-    click.option("--diversity-weight", default=1.0, help="Weight of the anti-collapse term (improved only)."),
+    click.option("--diversity-weight", default=0.1, help="Weight of the anti-collapse term (improved only)."),
     click.option("--init", default=None, help="Start from a trained model: a checkpoint or an MLflow model URI."),
 )
 

@@ -43,7 +43,7 @@ class TrainConfig:
     # Hallucination (Wang et al. 2018); hallucinator None is a plain ProtoNet.
     hallucinator: str | None = None
     M: int = 0
-    diversity_weight: float = 1.0          # weight of the anti-collapse term (improved only)
+    diversity_weight: float = 0.1          # weight of the anti-collapse term (improved only)
     init: str | None = None                # start from a trained model (checkpoint or MLflow URI)
 
     @property

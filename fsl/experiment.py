@@ -239,20 +239,20 @@ def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, cla
     The generator is seeded with `test_shots` real images of each class, as at test time.
     """
     from fsl import viz
-    from fsl.models.hallucinator import hallucinate
 
     classes = min(classes, store.n_classes)
     labels = store.labels
     rows = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in range(classes)])
     shots = cfg.test_shape.shots
     seeds = torch.cat([(labels == c).nonzero().flatten()[:shots] for c in range(classes)])
+    seed_labels = torch.arange(classes, device=model.device).repeat_interleave(shots)
     model.eval()
     with torch.no_grad():
         real = model.embed(store.images[rows])
         support = model.embed(store.images[seeds])
-        fake, fake_labels = hallucinate(model.generator, support, torch.arange(classes, device=support.device)
-                                        .repeat_interleave(shots), classes, model.hallucinations,
-                                        make_generator(cfg.test_seed, model.device))
+        fake, fake_labels = model.hallucinate_support(support[None], seed_labels[None], classes,
+                                                      noise=make_generator(cfg.test_seed, model.device))
+        fake, fake_labels = fake[0], fake_labels[0]
     return viz.tsne(real.cpu().numpy(), labels[rows].cpu().numpy(), fake.float().cpu().numpy(),
                     fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed)
 

@@ -34,9 +34,30 @@ def test_the_augmented_support_is_n_times_k_plus_m_rows():
     ways, shots, d = 5, 3, model.feature_dim
     support = torch.rand(2, ways * shots, d)
     labels = torch.arange(ways).repeat_interleave(shots).expand(2, -1)
-    features, new_labels = model.augment_support(support, labels, ways)
-    assert features.shape == (2, ways * (shots + 6), d)
-    assert torch.equal(torch.bincount(new_labels[0]), torch.full((ways,), shots + 6))
+    fake, fake_labels = model.hallucinate_support(support, labels, ways)
+    augmented = torch.cat([support, fake], dim=1)
+    assert augmented.shape == (2, ways * (shots + 6), d)
+    assert torch.equal(torch.bincount(torch.cat([labels, fake_labels], 1)[0]), torch.full((ways,), shots + 6))
+
+
+def test_wang_prototypes_are_the_mean_of_real_and_hallucinated_features():
+    model = classifier(m=4).eval()
+    support, labels = torch.rand(1, 10, model.feature_dim), torch.arange(5).repeat_interleave(2)[None]
+    queries = torch.rand(1, 3, model.feature_dim)
+    fake, fake_labels = model.hallucinate_support(support, labels, 5, noise=torch.Generator().manual_seed(1))
+    expected = prototypes(torch.cat([support, fake], 1), torch.cat([labels, fake_labels], 1), 5)
+    got = model.logits_from_features(support, labels, queries, 5, noise=torch.Generator().manual_seed(1))
+    assert torch.allclose(got, -((queries[:, :, None] - expected[:, None]) ** 2).sum(-1), rtol=1e-4, atol=1e-3)
+
+
+def test_the_improved_prototype_mixes_real_and_hallucinated_means_by_a_learned_weight():
+    model = classifier("improved", m=50).eval()
+    gen = model.generator
+    real, fake = torch.zeros(1, 2, 3), torch.ones(1, 2, 3)
+    assert torch.allclose(gen.combine(real, fake, torch.tensor([[1, 1]]), 50), torch.full((1, 2, 3), 0.1))
+    # M does not change the weight of the real shots, unlike Wang's mean (50/51 at K=1)
+    assert torch.allclose(gen.combine(real, fake, torch.tensor([[1, 1]]), 500), torch.full((1, 2, 3), 0.1))
+    assert gen.mix_logit.requires_grad
 
 
 def test_m_zero_gives_exactly_the_plain_protonet_prototypes_and_logits():
@@ -48,9 +69,7 @@ def test_m_zero_gives_exactly_the_plain_protonet_prototypes_and_logits():
     q = torch.randint(0, 255, (15, 3, 16, 16), dtype=torch.uint8)
     labels = torch.arange(5).repeat_interleave(2)
     assert torch.equal(model.episode_logits(s, labels, q, 5), plain.episode_logits(s, labels, q, 5))
-    support = torch.rand(1, 10, model.feature_dim)
-    features, aug_labels = model.augment_support(support, labels[None], 5, hallucinations=0)
-    assert torch.equal(prototypes(features, aug_labels, 5), prototypes(support, labels[None], 5))
+    assert model.hallucinate_support(torch.rand(1, 10, model.feature_dim), labels[None], 5, hallucinations=0) is None
 
 
 def test_seeded_hallucination_repeats_and_another_seed_differs():

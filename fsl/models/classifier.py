@@ -135,28 +135,33 @@ class FewShotClassifier(nn.Module):
                              noise: torch.Generator | None = None) -> torch.Tensor:
         """support [E, S, D], labels int64 [E, S] in 0..ways-1, queries [E, Q, D] -> [E, Q, ways].
 
-        With a generator and M > 0, each prototype is the mean of the class's K real and M
-        hallucinated features. `hallucinations` overrides M (0 turns the generator off).
-        """
-        support, labels = self.augment_support(support, support_labels, ways, hallucinations, noise)
-        return distance_logits(queries, prototypes(support, labels, ways), self.config["distance"])
-
-    def augment_support(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
-                        hallucinations: int | None = None, noise: torch.Generator | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real support features plus M hallucinated per class (Wang et al. 2018).
-
-        support [E, N*K, D], labels [E, N*K] -> [E, N*(K+M), D], [E, N*(K+M)]: the real rows
-        first, then M per class. Unchanged without a generator or with M = 0.
+        With a generator and M > 0, each prototype combines the class's K real and M hallucinated
+        features as the generator says (Wang: their plain mean). `hallucinations` overrides M.
         """
         labels = support_labels.to(support.device)
+        protos = prototypes(support, labels, ways)
+        hallucinated = self.hallucinate_support(support, labels, ways, hallucinations, noise)
+        if hallucinated is not None:
+            fake, fake_labels = hallucinated
+            real_counts = torch.nn.functional.one_hot(labels, ways).sum(-2)
+            m = fake.shape[-2] // ways
+            protos = self.generator.combine(protos, prototypes(fake, fake_labels, ways), real_counts, m)
+        return distance_logits(queries, protos, self.config["distance"])
+
+    def hallucinate_support(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
+                            hallucinations: int | None = None, noise: torch.Generator | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """M hallucinated features per class (Wang et al. 2018), or None with the generator off.
+
+        support [E, N*K, D], labels int64 [E, N*K] -> (fake float32 [E, N*M, D], labels [E, N*M]),
+        class-major; `hallucinations` overrides M (0 turns the generator off).
+        """
         m = self.hallucinations if hallucinations is None else hallucinations
-        if m > 0 and self.generator is not None:
-            with autocast(self.device, self.config["precision"]):
-                fake, fake_labels = hallucinate(self.generator, support, labels, ways, m, noise)
-            support = torch.cat([support, fake.float()], dim=-2)
-            labels = torch.cat([labels, fake_labels], dim=-1)
-        return support, labels
+        if m <= 0 or self.generator is None:
+            return None
+        with autocast(self.device, self.config["precision"]):
+            fake, fake_labels = hallucinate(self.generator, support, support_labels, ways, m, noise)
+        return fake.float(), fake_labels
 
     def episode_logits(self, support_images: torch.Tensor, support_labels: torch.Tensor,
                        query_images: torch.Tensor, ways: int, hallucinations: int | None = None,

@@ -26,7 +26,6 @@ class WangGenerator(nn.Module):
         super().__init__()
         hidden = feature_dim * 3 // 2
         self.feature_dim = feature_dim
-        self.noise_dim = feature_dim
         self.net = nn.Sequential(
             nn.Linear(2 * feature_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -37,35 +36,52 @@ class WangGenerator(nn.Module):
         """seeds [..., D], noise [..., D], class_means [..., D] (unused here) -> [..., D]."""
         return self.net(torch.cat([seeds, noise], dim=-1))
 
+    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, m: int) -> torch.Tensor:
+        """Prototype = the mean of the K real and M hallucinated features of each class.
+
+        real, fake: class means [..., N, D]; real_counts: K per class [..., N] -> [..., N, D].
+        """
+        k = real_counts.unsqueeze(-1).to(real.dtype)
+        return (k * real + m * fake) / (k + m)
+
 
 class PrototypeResidualGenerator(nn.Module):
-    """The `improved` hallucinator: conditioned on the class prototype, residual, anti-collapse.
+    """The `improved` hallucinator: conditioned on the class, residual, and mixed by a learned weight.
 
-    Why: with one shot, Wang's generator sees a single seed and learns to reproduce it, so its
-    M outputs collapse onto one point and the prototype barely moves (the original study's flat
-    M curve). Three changes address that. (1) It is also given the class mean of the real
-    support, so it knows the class and not only the one example. (2) It predicts a residual
-    around the seed, gated per dimension, so at initialisation it already produces plausible
-    features of the right class rather than noise. (3) Training adds a mode-seeking
-    anti-collapse term (Mao et al. 2019, as in AFHN, Li et al. 2020): two noise draws for the
-    same seed must give features whose distance grows with the distance between the noises.
+    Why: Wang's prototype is the plain mean of K real and M hallucinated features, so the
+    hallucinations weigh M / (K + M): 99% of a 1-shot prototype at M = 100. Whatever bias the
+    generator has then becomes the prototype's, and accuracy falls as M grows (our M table and
+    the original study's flat curve both show it). Three changes:
+    (1) The prototype is (1 - a) * mean(real) + a * mean(hallucinated) with a learned a (started
+        at 0.1): how much to trust hallucinations is learned, and no longer grows with M; more
+        samples only reduce the noise of their mean.
+    (2) The generator sees the class mean of the real support as well as one seed, so it knows
+        the class and not only one example, and predicts a gated residual around the seed, so
+        at initialisation it already proposes plausible features of the right class.
+    (3) A small mode-seeking term (Mao et al. 2019, as in AFHN, Li et al. 2020; weight
+        `--diversity-weight`) keeps different noises from giving the same feature.
     """
 
-    def __init__(self, feature_dim: int, dropout: float = 0.1) -> None:
+    def __init__(self, feature_dim: int, dropout: float = 0.1, initial_mix: float = 0.1) -> None:
         super().__init__()
         hidden = feature_dim * 3 // 2
         self.feature_dim = feature_dim
-        self.noise_dim = feature_dim
         self.net = nn.Sequential(
             nn.Linear(3 * feature_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, 2 * feature_dim),
         )
+        self.mix_logit = nn.Parameter(torch.logit(torch.tensor(initial_mix)))
 
     def forward(self, seeds: torch.Tensor, noise: torch.Tensor, class_means: torch.Tensor) -> torch.Tensor:
         """seeds, noise, class_means: [..., D] -> hallucinated features [..., D] (>= 0)."""
         delta, gate = self.net(torch.cat([seeds, noise, class_means], dim=-1)).chunk(2, dim=-1)
         return torch.relu(seeds + torch.sigmoid(gate) * delta)
+
+    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, m: int) -> torch.Tensor:
+        """Prototype = (1 - a) * real class mean + a * hallucinated class mean, a learned."""
+        a = torch.sigmoid(self.mix_logit.float())
+        return (1 - a) * real + a * fake
 
 
 GENERATORS: dict[str, Callable[[int], nn.Module]] = {
