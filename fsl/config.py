@@ -39,6 +39,7 @@ class TrainConfig:
     test_seed: int = 2                     # the fixed test episodes and test-time noise
     device: str = "auto"
     precision: str = "auto"
+    compile: str = "auto"                  # torch.compile the training step: auto = on CUDA only
     experiment: str = "fsl"
     # Hallucination (Wang et al. 2018); hallucinator None is a plain ProtoNet.
     hallucinator: str | None = None
@@ -63,7 +64,7 @@ class TrainConfig:
         """Raise UsageError naming the option for any value outside its range."""
         from fsl.models.distances import DISTANCES
         from fsl.models.hallucinator import GENERATORS
-        from fsl.runtime import DEVICES, PRECISIONS
+        from fsl.runtime import COMPILE_CHOICES, DEVICES, PRECISIONS
 
         for name in ("ways", "shots", "queries", "test_ways", "test_queries", "epochs",
                      "episodes_per_epoch", "val_episodes", "test_episodes", "lr_step"):
@@ -82,6 +83,8 @@ class TrainConfig:
             raise UsageError(f"--distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile not in COMPILE_CHOICES:
+            raise UsageError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
         if self.device.split(":")[0] not in DEVICES:
             raise UsageError(f"--device must be one of {', '.join(DEVICES)} (optionally cuda:N), got {self.device!r}")
         if self.hallucinator is not None and self.hallucinator not in GENERATORS:

@@ -23,7 +23,7 @@ from fsl.data.store import DataSet
 from fsl.evaluate import evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
 from fsl.models.hallucinator import mode_seeking_loss
-from fsl.runtime import atomic_save, make_generator
+from fsl.runtime import atomic_save, compile_module, make_generator, resolve_compile
 
 
 class NonFiniteLossError(RuntimeError):
@@ -70,6 +70,9 @@ class EpisodeTrainer:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=0.5)
         self.diversity = cfg.diversity_weight if cfg.hallucinator == "improved" and model.hallucinations else 0.0
+        # The compiled encoder lives here, not in the model: checkpoints, evaluation (other
+        # shapes) and registered models use the plain one, which shares its weights.
+        self.encoder = compile_module(model.encoder, device) if resolve_compile(cfg.compile, device) else None
 
     def run(self, n: int, progress: Callable[[int], None] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -83,7 +86,8 @@ class EpisodeTrainer:
         correct = torch.zeros((), device=device)
         first_bad = torch.full((), n, device=device)
         for step in range(n):
-            support, queries = model.embed_episode(images[support_idx[step]][None], images[query_idx[step]][None])
+            support, queries = model.embed_episode(images[support_idx[step]][None], images[query_idx[step]][None],
+                                                   self.encoder)
             logits = model.logits_from_features(support, self.support_labels, queries, self.shape.ways,
                                                 noise=self.noise_gen)[0]
             loss = F.cross_entropy(logits, self.query_labels)

@@ -114,20 +114,21 @@ class FewShotClassifier(nn.Module):
         """Images [B, C, H, W] -> features float32 [B, D], under the model's precision."""
         return self._encode(self.prepare(images))
 
-    def _encode(self, prepared: torch.Tensor) -> torch.Tensor:
+    def _encode(self, prepared: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
         with autocast(self.device, self.config["precision"]):
-            return self.encoder(prepared).float()
+            return (self.encoder if encoder is None else encoder)(prepared).float()
 
-    def embed_episode(self, support_images: torch.Tensor, query_images: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed_episode(self, support_images: torch.Tensor, query_images: torch.Tensor,
+                      encoder: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """support [E, S, C, H, W], query [E, Q, C, H, W] -> features [E, S, D], [E, Q, D].
 
         Prepared apart (their sizes may differ), encoded together: one encoder call per step,
-        so BatchNorm sees the whole episode, as in Snell et al.'s implementation.
+        so BatchNorm sees the whole episode, as in Snell et al.'s implementation. `encoder`
+        replaces self.encoder for this call (the trainer passes a compiled one).
         """
         e, s, q = support_images.shape[0], support_images.shape[1], query_images.shape[1]
         features = self._encode(torch.cat([self.prepare(support_images.flatten(0, 1)),
-                                           self.prepare(query_images.flatten(0, 1))]))
+                                           self.prepare(query_images.flatten(0, 1))]), encoder)
         return features[: e * s].view(e, s, -1), features[e * s:].view(e, q, -1)
 
     def logits_from_features(self, support: torch.Tensor, support_labels: torch.Tensor,
