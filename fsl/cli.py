@@ -104,7 +104,9 @@ training_options = _options(
     click.option("--distance", type=click.Choice(["l2", "cosine", "dot"]), default="l2",
                  help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper."),
     click.option("--epochs", default=20, help="Epochs; each ends with validation and keeps the best model."),
-    click.option("--episodes-per-epoch", default=500, help="Training episodes per epoch."),
+    click.option("--episodes-per-epoch", default=500, help="Optimiser steps per epoch."),
+    click.option("--episodes-per-step", default=1, help="Episodes averaged per optimiser step, per process "
+                 "(torchrun: each of N processes draws its own, so a step sees N x this many)."),
     click.option("--val-episodes", default=100, help="Fixed val episodes scored after each epoch."),
     click.option("--test-episodes", default=600, help="Test episodes (600 as in the literature)."),
     click.option("--lr", default=1e-3, help="Adam learning rate."),
@@ -112,6 +114,10 @@ training_options = _options(
     run_options,
     compile_option,
 )
+
+resume_option = click.option(
+    "--resume", is_flag=True, help="Continue the newest interrupted (RUNNING) run of this configuration "
+    "from its last epoch, in the same MLflow run.")
 
 register_options = _options(
     click.option("--register/--no-register", default=True,
@@ -147,25 +153,27 @@ def cli() -> None:
 @cli.command(context_settings=SHOW)
 @training_options
 @register_options
-def protonet(register: bool, registered_model_name: str | None, **options: Any) -> None:
+@resume_option
+def protonet(register: bool, registered_model_name: str | None, resume: bool, **options: Any) -> None:
     """Train a Prototypical Network (Snell et al. 2017), then test it on --test-episodes episodes."""
     from fsl.experiment import run_training
 
     run_training(_config(**options), echo=click.echo, register=register,
-                 registered_model_name=registered_model_name)
+                 registered_model_name=registered_model_name, resume=resume)
 
 
 @cli.command(context_settings=SHOW)
 @training_options
 @hallucination_options
 @register_options
-def hallucinate(register: bool, registered_model_name: str | None, **options: Any) -> None:
+@resume_option
+def hallucinate(register: bool, registered_model_name: str | None, resume: bool, **options: Any) -> None:
     """Train ProtoNet jointly with a feature hallucinator (Wang et al. 2018), then test it
     with the generator on and off on the same episodes."""
     from fsl.experiment import run_training
 
     run_training(_config(**options), echo=click.echo, register=register,
-                 registered_model_name=registered_model_name)
+                 registered_model_name=registered_model_name, resume=resume)
 
 
 def _values(text: str, cast: Callable = str) -> list:

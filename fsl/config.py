@@ -29,7 +29,8 @@ class TrainConfig:
     test_queries: int = 15
     distance: str = "l2"
     epochs: int = 20
-    episodes_per_epoch: int = 500
+    episodes_per_epoch: int = 500          # optimiser steps per epoch
+    episodes_per_step: int = 1             # episodes averaged per step and process (DDP: per rank)
     val_episodes: int = 100
     test_episodes: int = 600
     lr: float = 1e-3
@@ -67,7 +68,7 @@ class TrainConfig:
         from fsl.runtime import COMPILE_CHOICES, DEVICES, PRECISIONS
 
         for name in ("ways", "shots", "queries", "test_ways", "test_queries", "epochs",
-                     "episodes_per_epoch", "val_episodes", "test_episodes", "lr_step"):
+                     "episodes_per_epoch", "episodes_per_step", "val_episodes", "test_episodes", "lr_step"):
             value = getattr(self, name)
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

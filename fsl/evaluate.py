@@ -12,7 +12,7 @@ import torch
 from fsl.data.episodes import EpisodeIndices, EpisodeSampler, EpisodeShape
 from fsl.data.store import ImageStore
 from fsl.models.classifier import FewShotClassifier
-from fsl.runtime import make_generator
+from fsl.runtime import make_generator, world
 
 
 def mean_ci95(values: np.ndarray | list[float]) -> tuple[float, float]:
@@ -55,34 +55,42 @@ def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: Episo
     sync); counts are exact in float32, and `evaluate` turns them into percent in float64.
 
     Episodes are evaluated `batch` at a time in one encoder call; in eval mode BatchNorm uses
-    its running statistics, so batching does not change any result. The generator's noise comes
-    from a generator seeded with `noise_seed`: evaluating twice gives the same numbers.
+    its running statistics, so batching does not change any result. Chunk c's generator noise
+    comes from a generator seeded with (noise_seed, c): evaluating twice gives the same numbers,
+    and so does sharding the chunks over torchrun processes (summed with one all-reduce).
     """
+    rank, world_size = world()
     was_training = model.training
     model.eval()
     device = model.device
     shape = episodes.shape
     images_per_episode = shape.ways * (shape.shots + shape.queries)
     batch = batch or max(1, 4096 // images_per_episode)  # ~4k images per call fits any device
-    noise = make_generator(noise_seed, device)
     support_labels = episodes.support_labels().to(device)
     query_labels = episodes.query_labels().to(device)
-    accs = torch.empty(len(episodes), device=device)
+    correct = torch.zeros(len(episodes), device=device)
     try:
-        for start in range(0, len(episodes), batch):
+        for chunk_index, start in enumerate(range(0, len(episodes), batch)):
+            if chunk_index % world_size != rank:
+                continue
             chunk = episodes.slice(start, start + batch)
             e = len(chunk)
+            noise = make_generator(noise_seed * 1_000_003 + chunk_index, device)
             logits = model.episode_logits(
                 store.images[chunk.support.to(store.images.device)],
                 support_labels.expand(e, -1),
                 store.images[chunk.query.to(store.images.device)],
                 shape.ways, hallucinations=hallucinations, noise=noise)
-            accs[start:start + e] = (logits.argmax(-1) == query_labels).float().sum(-1)
+            correct[start:start + e] = (logits.argmax(-1) == query_labels).float().sum(-1)
             if progress:
                 progress(e)
     finally:
         model.train(was_training)
-    return accs
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(correct)  # every chunk was scored by exactly one process
+    return correct
 
 
 def evaluate(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,

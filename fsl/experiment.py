@@ -6,9 +6,12 @@ such runs as nested MLflow runs under one parent (`fsl sweep`, `fsl sweep-m`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
+import signal
+import threading
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,7 +27,7 @@ from fsl.errors import UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.progress import progress
-from fsl.runtime import file_digest, make_generator, resolve_device, resolve_precision, seed_everything
+from fsl.runtime import distributed, file_digest, make_generator, resolve_device, resolve_precision, seed_everything
 
 Echo = Callable[[str], None]
 
@@ -40,12 +43,13 @@ class Setup:
     model: FewShotClassifier
 
 
-def prepare(cfg: TrainConfig) -> Setup:
-    """Validate the config against the data and build the model; raises UsageError/DataError."""
+def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
+    """Validate the config against the data and build the model; raises UsageError/DataError.
+    `device` overrides cfg.device (torchrun gives each rank its own)."""
     cfg.validate()
     cfg = cfg.resolved()
     try:
-        device = resolve_device(cfg.device)
+        device = device or resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -100,24 +104,74 @@ class RunSummary:
 
 def run_training(cfg: TrainConfig, *, nested: bool = False, run_name: str | None = None,
                  echo: Echo = print, show_progress: bool = True, track: bool = True,
-                 register: bool = True, registered_model_name: str | None = None) -> RunSummary:
-    """Train, test on the best-by-val checkpoint, and log everything to one MLflow run
-    (`track=False`: the same work with nothing logged, to measure what logging costs)."""
+                 register: bool = True, registered_model_name: str | None = None,
+                 resume: bool = False) -> RunSummary:
+    """Train, test on the best-by-val checkpoint, and log everything to one MLflow run.
+
+    Under torchrun every rank trains (DDP); rank 0 alone logs, checkpoints and registers.
+    `resume` continues the newest RUNNING run of the same configuration from its last epoch
+    (a run that a kill left behind), in the same MLflow run. `track=False` does the same work
+    with nothing logged, to measure what logging costs.
+    """
+    with distributed(cfg.device) as (rank, world_size, rank_device), _sigterm_as_interrupt():
+        if rank != 0:
+            echo, show_progress, track = (lambda s: None), False, False
+        return _run_training(cfg, rank_device, world_size, nested=nested, run_name=run_name, echo=echo,
+                             show_progress=show_progress, track=track, register=register,
+                             registered_model_name=registered_model_name, resume=resume)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's kill, `docker stop`) ends the run KILLED, like Ctrl-C, not RUNNING."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_training(cfg: TrainConfig, rank_device: torch.device | None, world_size: int, *, nested: bool,
+                  run_name: str | None, echo: Echo, show_progress: bool, track: bool, register: bool,
+                  registered_model_name: str | None, resume: bool) -> RunSummary:
     from fsl import tracking, viz
+    from fsl.runtime import cache_dir
     from fsl.train import train
 
-    setup = prepare(cfg)
+    if track:
+        tracking.check_reachable()
+    setup = prepare(cfg, rank_device)
     cfg, model, data, device = setup.cfg, setup.model, setup.data, setup.device
     params = cfg.to_params() | {"device_resolved": str(device), "precision_resolved": setup.precision,
-                                "image_size_resolved": data.image_size, "feature_dim": model.feature_dim}
+                                "image_size_resolved": data.image_size, "feature_dim": model.feature_dim,
+                                "world_size": world_size}
+    config_hash = file_digest_of(json.dumps({k: v for k, v in params.items() if k != "experiment"}, sort_keys=True))
+    resume_id = _resumable_run(cfg, config_hash, track) if resume else None
     echo(f"{cfg.method}: {cfg.train_shape} training, {cfg.test_shape} testing on {cfg.data} "
-         f"({data.image_size}px, {data.channels} ch) on {device} in {setup.precision}")
-    tags = tracking.base_tags(data.fingerprint, setup.precision) | {"fsl.method": cfg.method}
-    run = tracking.start_run(cfg.experiment, run_name=run_name, nested=nested, tags=tags) if track \
-        else tracking.null_run()
+         f"({data.image_size}px, {data.channels} ch) on {device} in {setup.precision}"
+         + (f", {world_size} processes" if world_size > 1 else "") + (f"; resuming run {resume_id}" if resume_id else ""))
+    tags = tracking.base_tags(data.fingerprint, setup.precision) | {"fsl.method": cfg.method,
+                                                                    "fsl.config_hash": config_hash}
+    if track:
+        tracking.fail_stale_runs(cfg.experiment, keep=resume_id)
+        run = tracking.start_run(cfg.experiment, run_name=run_name, nested=nested, run_id=resume_id,
+                                 tags=tags | tracking.process_tags())
+    else:
+        run = tracking.null_run()
     with run as tracker, tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
         tracker.log_params(params)
         out = Path(workdir)
+        # Checkpoints outlive the process (resume, the last good one after a crash): under the
+        # cache folder, per run. Every rank needs the path to resume, so rank 0's run id is shared.
+        run_key = _broadcast(tracker.run_id or resume_id or "untracked-" + config_hash)
+        checkpoints = cache_dir() / "runs" / run_key
+        resume_state = torch.load(checkpoints / "last.pt", weights_only=True) if resume_id else None
 
         def on_epoch(stats) -> None:
             tracker.log_metrics({"train_loss": stats.train_loss, "train_acc": stats.train_acc,
@@ -128,8 +182,10 @@ def run_training(cfg: TrainConfig, *, nested: bool = False, run_name: str | None
 
         total = cfg.epochs * cfg.episodes_per_epoch
         with progress(total, "training episodes", show_progress) as advance:
-            result = train(model, data, cfg, device, checkpoint_dir=out / "checkpoints",
-                           on_epoch=on_epoch, progress=advance)
+            if resume_state:
+                advance(resume_state["epoch"] * cfg.episodes_per_epoch)
+            result = train(model, data, cfg, device, checkpoint_dir=checkpoints, on_epoch=on_epoch,
+                           progress=advance, resume=resume_state)
         tracker.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
         tracker.log_artifact(result.best_checkpoint, "checkpoints")
         tracker.log_artifact(viz.learning_curve(result.history, out / "learning_curve.png"))
@@ -145,7 +201,8 @@ def run_training(cfg: TrainConfig, *, nested: bool = False, run_name: str | None
             plain = evaluate(model, test_store, episodes, hallucinations=0, noise_seed=cfg.test_seed)
             _log_eval(tracker, plain, "_no_hallucination")
             echo(f"test without hallucination (same encoder, same episodes): {plain}")
-            tracker.log_artifact(tsne_plot(model, test_store, cfg, out / "tsne.png"))
+            if track:
+                tracker.log_artifact(tsne_plot(model, test_store, cfg, out / "tsne.png"))
         protocol = registry_protocol(cfg, data.fingerprint, setup.precision)
         tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True)})
         if register and track:
@@ -153,6 +210,41 @@ def run_training(cfg: TrainConfig, *, nested: bool = False, run_name: str | None
             reg = _register(tracker, model, result.best_checkpoint, name, result.best_val_acc, protocol)
             echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
         return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params)
+
+
+def _resumable_run(cfg: TrainConfig, config_hash: str, track: bool) -> str | None:
+    """Rank 0 finds the run to resume (the newest RUNNING run of this configuration with a
+    checkpoint) and shares its id with the other ranks."""
+    from fsl import tracking
+    from fsl.runtime import cache_dir
+
+    run_id = None
+    if track:
+        tracking.check_reachable()
+        run_id = tracking.find_resumable(cfg.experiment, config_hash)
+        if run_id is None or not (cache_dir() / "runs" / run_id / "last.pt").exists():
+            raise UsageError(f"--resume: no interrupted run of this configuration with a checkpoint in "
+                             f"experiment {cfg.experiment!r}")
+    return _broadcast(run_id)
+
+
+def _broadcast(value: Any) -> Any:
+    """Rank 0's value on every rank (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    from fsl.runtime import world
+
+    if world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def file_digest_of(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str) -> dict[str, Any]:

@@ -153,3 +153,45 @@ def file_digest(path: str | Path) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------ distributed
+@contextlib.contextmanager
+def distributed(device_name: str) -> Iterator[tuple[int, int, torch.device | None]]:
+    """(rank, world_size, device) under torchrun; (0, 1, None) in a plain process.
+
+    Under torchrun (WORLD_SIZE > 1) this joins the process group: NCCL with one GPU per rank
+    (cuda:LOCAL_RANK) when CUDA is used, else gloo on the CPU; and leaves it on exit.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield 0, 1, None
+        return
+    if dist.is_initialized():  # a sweep's points share the group its command joined
+        rank = dist.get_rank()
+        yield rank, dist.get_world_size(), torch.device("cuda", torch.cuda.current_device()) \
+            if dist.get_backend() == "nccl" else torch.device("cpu")
+        return
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    device = None
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    elif device_name in ("auto", "cpu"):
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        dist.destroy_process_group()
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1

@@ -56,10 +56,22 @@ class Tracker:
 
     def _log_batch(self, metrics: list[Metric]) -> None:
         for start in range(0, len(metrics), BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[start:start + BATCH])
+            _retry_locked(lambda: self.client.log_batch(self.run_id, metrics=metrics[start:start + BATCH]))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _retry_locked(call, attempts: int = 8) -> None:
+    """SQLite allows one writer: a concurrent run's write can raise "database is locked".
+    Retry with backoff instead of losing the metrics."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except mlflow.exceptions.MlflowException as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
 
 
 class NullTracker:
@@ -72,6 +84,48 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None: ...
     def log_series(self, key: str, values: Iterable[float], first_step: int = 0) -> None: ...
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+
+def fail_stale_runs(experiment: str, keep: str | None = None) -> list[str]:
+    """Mark FAILED the RUNNING fsl runs of this host whose process is gone (a kill -9 or a
+    crash leaves them RUNNING forever), except `keep`, the run being resumed."""
+    import socket
+
+    client = locked_client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    stale = []
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
+        pid = run.data.tags.get("fsl.pid")
+        if run.info.run_id == keep or run.data.tags.get("fsl.host") != socket.gethostname() or not pid:
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            client.set_terminated(run.info.run_id, "FAILED")
+            client.set_tag(run.info.run_id, "fsl.failure", "process gone while RUNNING; marked FAILED")
+            stale.append(run.info.run_id)
+        except PermissionError:
+            pass  # alive, another user's
+    return stale
+
+
+def find_resumable(experiment: str, config_hash: str) -> str | None:
+    """The newest RUNNING run of this configuration: the one a killed process left behind."""
+    client = locked_client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], f"attributes.status = 'RUNNING' and tags.`fsl.config_hash` = "
+                              f"'{config_hash}'", order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def process_tags() -> dict[str, str]:
+    import socket
+
+    return {"fsl.host": socket.gethostname(), "fsl.pid": str(os.getpid())}
 
 
 def git_commit() -> str | None:
@@ -93,17 +147,64 @@ def base_tags(data_fingerprint: str, precision: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def start_run(experiment: str, run_name: str | None = None, nested: bool = False,
-              tags: dict[str, str] | None = None) -> Iterator[Tracker]:
-    """Open a run, or the run `mlflow run` made (MLFLOW_RUN_ID) without calling set_experiment.
+def store_lock() -> Iterator[None]:
+    """An exclusive file lock beside a local SQLite store: two processes starting at once on a
+    fresh `mlflow.db` would otherwise race in MLflow's schema creation and experiment creation."""
+    import fcntl
 
-    An exception inside the block ends the run FAILED (KILLED for Ctrl-C) and propagates.
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".db.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def locked_client() -> MlflowClient:
+    """A client made under the store lock: making the first one creates a fresh store's schema."""
+    with store_lock():
+        return MlflowClient()
+
+
+def check_reachable(timeout: float = 3.0) -> None:
+    """Fail in seconds, before any training, when the tracking server does not answer.
+
+    MLflow's own client retries for minutes; this asks the server's /health once."""
+    import urllib.request
+
+    from fsl.errors import UsageError
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except OSError as exc:
+        raise UsageError(f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
+                         f"check MLFLOW_TRACKING_URI") from None
+
+
+@contextlib.contextmanager
+def start_run(experiment: str, run_name: str | None = None, nested: bool = False,
+              tags: dict[str, str] | None = None, run_id: str | None = None) -> Iterator[Tracker]:
+    """Open a run, the run `mlflow run` made (MLFLOW_RUN_ID) without calling set_experiment, or
+    `run_id` (to resume it).
+
+    An exception inside the block ends the run FAILED (KILLED for Ctrl-C or SIGTERM) and propagates.
     """
     inherited = os.environ.get("MLFLOW_RUN_ID") if not nested else None
-    if inherited:
-        run = mlflow.start_run(run_id=inherited)
+    if run_id or inherited:
+        with store_lock():
+            run = mlflow.start_run(run_id=run_id or inherited)
     else:
-        mlflow.set_experiment(experiment)
+        with store_lock():
+            mlflow.set_experiment(experiment)
         run = mlflow.start_run(run_name=run_name, nested=nested)
     tracker = Tracker(run.info.run_id, MlflowClient())
     if tags:

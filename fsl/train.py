@@ -1,21 +1,30 @@
 """The episodic training loop: ProtoNet, and hallucination as an option of the same loop.
 
-Per step: one episode's indices -> a gather from the split's uint8 tensor (on the GPU when
-training on CUDA) -> one encoder call over support and query -> prototypes -> logits -> loss.
-Loss, accuracy and the first non-finite step stay on the device and are read once per epoch,
-so the loop never waits on the host.
+Per step: episode indices -> a gather from the split's uint8 tensor (on the GPU when training
+on CUDA) -> one encoder call over support and query -> prototypes -> logits -> loss. Loss,
+accuracy and the first non-finite step stay on the device and are read once per epoch, so the
+loop never waits on the host.
+
+One optimiser step averages the gradients of `episodes_per_step` episodes per process and,
+under torchrun, of every process (DistributedDataParallel). Episode j of process r is drawn
+from generator number r * episodes_per_step + j, so 2 processes x 1 episode and 1 process x 2
+episodes draw the same episodes and take the same steps.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeSampler
@@ -23,7 +32,11 @@ from fsl.data.store import DataSet
 from fsl.evaluate import evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
 from fsl.models.hallucinator import mode_seeking_loss
-from fsl.runtime import atomic_save, compile_module, make_generator, resolve_compile
+from fsl.runtime import atomic_save, compile_module, make_generator, resolve_compile, world
+
+GENERATOR_STRIDE = 7919  # seed offset between the episode streams of replicas (a prime)
+KILL_AFTER = "FSL_TEST_KILL_AFTER_EPISODE"  # tests: the process signals itself after episode n
+KILL_SIGNAL = "FSL_TEST_KILL_SIGNAL"        # KILL (default), TERM or INT
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,83 +64,153 @@ class TrainResult:
     best_checkpoint: Path | None = None
 
 
+class EpisodeLoss(nn.Module):
+    """One episode's loss as a module, so DistributedDataParallel can wrap the whole step."""
+
+    def __init__(self, model: FewShotClassifier, ways: int, diversity: float, encoder: nn.Module | None):
+        super().__init__()
+        self.model, self.ways, self.diversity = model, ways, diversity
+        object.__setattr__(self, "compiled", encoder)  # shares model's weights: not a second submodule
+
+    def forward(self, support: torch.Tensor, query: torch.Tensor, support_labels: torch.Tensor,
+                query_labels: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        s, q = self.model.embed_episode(support[None], query[None], self.compiled)
+        logits = self.model.logits_from_features(s, support_labels, q, self.ways, noise=noise)[0]
+        loss = F.cross_entropy(logits, query_labels)
+        if self.diversity:
+            loss = loss + self.diversity * mode_seeking_loss(self.model.generator, s, support_labels, self.ways, noise)
+        return loss, logits
+
+
 class EpisodeTrainer:
     """Optimiser, schedule and the per-step work: the hot loop of `train` and of the benchmarks.
 
-    `run(n)` trains on n episodes and returns device tensors (loss sum, correct queries, index
-    of the first non-finite loss or n); nothing in it waits on the host.
+    `run(n)` takes n optimiser steps and returns device tensors (loss sum, correct queries, index
+    of the first non-finite step or n); nothing in it waits on the host.
     """
 
     def __init__(self, model: FewShotClassifier, store, cfg: TrainConfig, device: torch.device) -> None:
         self.model, self.store, self.cfg, self.device = model, store, cfg, device
         self.shape = cfg.train_shape
         self.sampler = EpisodeSampler(store, self.shape, split="train")
-        self.episodes_gen = make_generator(cfg.seed)           # which episodes: CPU, same on every device
-        self.noise_gen = make_generator(cfg.seed + 2, device)  # hallucination noise and seed choice
+        rank, world_size = world()
+        self.per_step = cfg.episodes_per_step
+        replicas = [rank * self.per_step + j for j in range(self.per_step)]
+        # Which episodes: CPU generators, the same on every device. Noise: on the device.
+        self.episode_gens = [make_generator(cfg.seed + GENERATOR_STRIDE * r) for r in replicas]
+        self.noise_gens = [make_generator(cfg.seed + 2 + GENERATOR_STRIDE * r, device) for r in replicas]
         ways, shots, queries = self.shape.ways, self.shape.shots, self.shape.queries
         self.support_labels = torch.arange(ways, device=device).repeat_interleave(shots)[None]
         self.query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=0.5)
-        self.diversity = cfg.diversity_weight if cfg.hallucinator == "improved" and model.hallucinations else 0.0
+        diversity = cfg.diversity_weight if cfg.hallucinator == "improved" and model.hallucinations else 0.0
         # The compiled encoder lives here, not in the model: checkpoints, evaluation (other
         # shapes) and registered models use the plain one, which shares its weights.
-        self.encoder = compile_module(model.encoder, device) if resolve_compile(cfg.compile, device) else None
+        compiled = compile_module(model.encoder, device) if resolve_compile(cfg.compile, device) else None
+        self.step_loss: nn.Module = EpisodeLoss(model, ways, diversity, compiled)
+        if world_size > 1:
+            self.step_loss = nn.parallel.DistributedDataParallel(
+                self.step_loss, device_ids=[device] if device.type == "cuda" else None,
+                find_unused_parameters=model.generator is not None)
+        self.episodes_done = 0  # optimiser steps so far, over all epochs (resume and the kill hook)
+        kill = os.environ.get(KILL_AFTER)
+        self.kill_after = int(kill) if kill else None
 
     def run(self, n: int, progress: Callable[[int], None] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        model, images, device = self.model, self.store.images, self.device
-        model.train()
-        episodes = self.sampler.sample(self.episodes_gen, n)  # one draw, one copy per epoch
-        support_idx = episodes.support.to(device, non_blocking=True)
-        query_idx = episodes.query.to(device, non_blocking=True)
+        images, device = self.store.images, self.device
+        self.model.train()
+        draws = [self.sampler.sample(g, n) for g in self.episode_gens]  # one draw, one copy per epoch
+        support_idx = [d.support.to(device, non_blocking=True) for d in draws]
+        query_idx = [d.query.to(device, non_blocking=True) for d in draws]
         steps = torch.arange(n, device=device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
         first_bad = torch.full((), n, device=device)
         for step in range(n):
-            support, queries = model.embed_episode(images[support_idx[step]][None], images[query_idx[step]][None],
-                                                   self.encoder)
-            logits = model.logits_from_features(support, self.support_labels, queries, self.shape.ways,
-                                                noise=self.noise_gen)[0]
-            loss = F.cross_entropy(logits, self.query_labels)
-            if self.diversity:
-                loss = loss + self.diversity * mode_seeking_loss(model.generator, support, self.support_labels,
-                                                                 self.shape.ways, self.noise_gen)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = torch.zeros((), device=device)
+            for j in range(self.per_step):
+                sync = j == self.per_step - 1 or not isinstance(self.step_loss, nn.parallel.DistributedDataParallel)
+                with contextlib.nullcontext() if sync else self.step_loss.no_sync():
+                    loss, logits = self.step_loss(images[support_idx[j][step]], images[query_idx[j][step]],
+                                                  self.support_labels, self.query_labels, self.noise_gens[j])
+                    (loss / self.per_step).backward()
+                step_loss += loss.detach()
+                correct += (logits.detach().argmax(-1) == self.query_labels).sum()
             self.optimizer.step()
             self.scheduler.step()
-            loss = loss.detach()
             # Device-side record of the first bad step: no host sync inside the loop.
-            first_bad = torch.where(torch.isfinite(loss) | (first_bad < step), first_bad, steps[step])
-            loss_sum += loss
-            correct += (logits.detach().argmax(-1) == self.query_labels).sum()
+            first_bad = torch.where(torch.isfinite(step_loss) | (first_bad < step), first_bad, steps[step])
+            loss_sum += step_loss / self.per_step
+            self.episodes_done += 1
             if progress:
                 progress(1)
-        return loss_sum, correct, first_bad
+            if self.kill_after is not None and self.episodes_done >= self.kill_after:
+                os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get(KILL_SIGNAL, "KILL")))
+        return loss_sum, correct / self.per_step, first_bad
+
+    def state(self) -> dict[str, Any]:
+        """Optimiser, schedule and every generator: with the weights, all that resuming needs."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "episode_gens": [g.get_state() for g in self.episode_gens],
+                "noise_gens": [g.get_state().cpu() for g in self.noise_gens],
+                "torch_rng": torch.get_rng_state(), "episodes_done": self.episodes_done}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        for g, s in zip(self.episode_gens, state["episode_gens"]):
+            g.set_state(s)
+        for g, s in zip(self.noise_gens, state["noise_gens"]):
+            g.set_state(s.to(g.device) if g.device.type != "cpu" else s)
+        torch.set_rng_state(state["torch_rng"])
+        self.episodes_done = state["episodes_done"]
+
+
+def _sync_buffers(model: nn.Module) -> None:
+    """DDP keeps BatchNorm running statistics per process; evaluate everywhere with rank 0's."""
+    import torch.distributed as dist
+
+    if world()[1] > 1:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: torch.device,
           checkpoint_dir: Path | None = None,
           on_epoch: Callable[[EpochStats], None] | None = None,
-          progress: Callable[[int], None] | None = None) -> TrainResult:
-    """Train `model` for cfg.epochs x cfg.episodes_per_epoch episodes; validate after each epoch.
+          progress: Callable[[int], None] | None = None,
+          resume: dict[str, Any] | None = None,
+          run_state: Callable[[], dict[str, Any]] | None = None) -> TrainResult:
+    """Train `model` for cfg.epochs x cfg.episodes_per_epoch steps; validate after each epoch.
 
-    Adam at cfg.lr, halved every cfg.lr_step episodes (Snell et al. 2017). Validation runs on a
+    Adam at cfg.lr, halved every cfg.lr_step steps (Snell et al. 2017). Validation runs on a
     fixed set of cfg.val_episodes val episodes (test way/shot/queries); the best epoch's weights
     are kept, written to `checkpoint_dir/best.pt` and loaded back into the model at the end.
+    With `checkpoint_dir`, `last.pt` is written atomically after every epoch: weights,
+    optimiser, schedule, every RNG state, epoch and counters (plus `run_state()`, e.g. the
+    MLflow run id); `resume` is such a checkpoint to continue from.
     """
+    rank, _ = world()
     trainer = EpisodeTrainer(model, data.split("train").to(device), cfg, device)
     val_store = data.split("val").to(device)
     val_episodes = sample_episodes(val_store, cfg.test_shape, cfg.val_episodes, cfg.val_seed, "val")
     per_epoch = cfg.episodes_per_epoch
     queries_per_epoch = per_epoch * len(trainer.query_labels)
-    best_val, best_epoch, best_state = -1.0, 0, None
+    best_val, best_epoch, best_state, first_epoch = -1.0, 0, None, 1
     history: list[EpochStats] = []
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+        trainer.load_state(resume["trainer"] if rank == 0 else resume["trainer_by_rank"][rank])
+        best_val, best_epoch, best_state = resume["best_val"], resume["best_epoch"], resume["best_state"]
+        history = [EpochStats(**h) for h in resume["history"]]
+        first_epoch = resume["epoch"] + 1
+    save = checkpoint_dir is not None and rank == 0
     best_path = checkpoint_dir / "best.pt" if checkpoint_dir else None
 
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(first_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         loss_sum, correct, first_bad = trainer.run(per_epoch, progress)
         bad = int(first_bad)  # the one host sync of the epoch's training part
@@ -135,18 +218,40 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
             raise NonFiniteLossError(
                 f"non-finite training loss at epoch {epoch}, episode {bad + 1} of {per_epoch}; "
                 f"the last good checkpoint is {best_path or 'kept in memory'} (try a lower --lr or --precision fp32)")
+        _sync_buffers(model)
         val_acc = evaluate(model, val_store, val_episodes).mean
         stats = EpochStats(epoch, float(loss_sum) / per_epoch, float(correct) * 100 / queries_per_epoch,
                            val_acc, trainer.scheduler.get_last_lr()[0], time.perf_counter() - started)
         history.append(stats)
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch
-            best_state = copy.deepcopy({k: v.detach() for k, v in model.state_dict().items()})
-            if best_path:
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if save:
                 atomic_save(model.checkpoint(val_acc=val_acc, epoch=epoch), best_path)
+        if checkpoint_dir is not None:
+            _save_last(checkpoint_dir, model, trainer, epoch, best_val, best_epoch, best_state, history,
+                       run_state() if run_state else {})
         if on_epoch:
             on_epoch(stats)
 
     if best_state is not None:
         model.load_state_dict(best_state)
     return TrainResult(model, best_val, best_epoch, history, best_path)
+
+
+def _save_last(folder: Path, model: FewShotClassifier, trainer: EpisodeTrainer, epoch: int, best_val: float,
+               best_epoch: int, best_state, history: list[EpochStats], extra: dict[str, Any]) -> None:
+    """Rank 0 writes the resumable checkpoint; under DDP every rank's generators go into it."""
+    import torch.distributed as dist
+
+    rank, world_size = world()
+    states = [trainer.state()]
+    if world_size > 1:
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, trainer.state())
+        states = gathered
+    if rank == 0:
+        checkpoint = model.checkpoint() | {
+            "trainer": states[0], "trainer_by_rank": states, "epoch": epoch, "best_val": best_val,
+            "best_epoch": best_epoch, "best_state": best_state, "history": [asdict(h) for h in history]} | extra
+        atomic_save(checkpoint, folder / "last.pt")
