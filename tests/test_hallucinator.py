@@ -128,3 +128,14 @@ def test_sweep_m_makes_one_parent_with_a_child_per_m(tracking):
 def test_bad_hallucination_options_get_a_one_line_error_and_exit_2(tracking, args, needle):
     result = CliRunner().invoke(cli, ["hallucinate", *TINY, *args])
     assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output
+
+
+def test_cpu_dropout_keeps_a_fraction_one_minus_p_and_rescales_like_nn_dropout():
+    from fsl.models.hallucinator import Dropout
+
+    drop = Dropout(0.5).train()
+    out = drop(torch.ones(200, 500))
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.5) < 0.01
+    assert torch.all(out[kept] == 2.0)
+    assert torch.equal(drop.eval()(torch.ones(3, 4)), torch.ones(3, 4))
