@@ -38,7 +38,7 @@ def unseen_split_file(archive: Path, out: Path) -> Path:
 
 
 def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 5, seed: int = 0,
-        device: str = "auto", workdir: Path | None = None) -> dict:
+        device: str = "auto", workdir: Path | None = None, augment: bool = False) -> dict:
     from fsl.config import TrainConfig
     from fsl.data.episodes import EpisodeShape
     from fsl.data.readers import ReadOptions, read
@@ -61,7 +61,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     per_epoch = max(1, steps // 10)
     cfg = TrainConfig(ways=ways, shots=1, queries=queries, test_ways=20, test_shots=1, test_queries=5,
                       epochs=steps // per_epoch, episodes_per_epoch=per_epoch, val_episodes=100,
-                      lr_step=max(1, steps // 2), seed=seed)
+                      lr_step=max(1, steps // 2), seed=seed, augment=augment)
     seed_everything(seed)
     mean, std = background.channel_stats()
     model = FewShotClassifier(model_config(image_size=background.image_size, channels=background.channels,
@@ -71,7 +71,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     trained = time.perf_counter() - t0
     test = unseen.split("test").to(dev)
     out = {"train_classes": background.split("train").n_classes, "test_classes": test.n_classes,
-           "steps": cfg.epochs * cfg.episodes_per_epoch, "train_shape": str(cfg.train_shape),
+           "steps": cfg.epochs * cfg.episodes_per_epoch, "train_shape": str(cfg.train_shape), "augment": augment,
            "best_val_acc_20way": result.best_val_acc, "device": str(dev), "precision": precision,
            "load_seconds": round(loaded, 1), "train_seconds": round(trained, 1)}
     for way in (5, 20):
@@ -88,10 +88,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--augment", action="store_true", help="random rotation/scale/shift in training")
     args = parser.parse_args()
     if not OMNIGLOT.exists():
         raise SystemExit(f"{OMNIGLOT} is absent: this check needs the shared Omniglot zips")
-    print(json.dumps(run(args.steps, args.episodes, device=args.device), indent=2))
+    print(json.dumps(run(args.steps, args.episodes, device=args.device, augment=args.augment), indent=2))
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ compile_option = click.option(
 training_options = _options(
     data_options,
     episode_options,
+    click.option("--augment/--no-augment", default=False,
+                 help="Randomly rotate (15 deg), scale (0.9-1.1) and shift (10%) training images, batched on the device."),
     click.option("--distance", type=click.Choice(["l2", "cosine", "dot"]), default="l2",
                  help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper."),
     click.option("--epochs", default=20, help="Epochs; each ends with validation and keeps the best model."),

@@ -21,6 +21,7 @@ class TrainConfig:
     image_size: int | None = None          # None: the data set's own size (32 for synthetic)
     channels: int | None = None            # None: inferred (greyscale trees -> 1, else 3)
     rotations: bool = False                # add 90/180/270-degree rotations as classes (Omniglot)
+    augment: bool = False                  # random rotation/scale/shift of training images, on the device
     ways: int = 5
     shots: int = 1
     queries: int = 15

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl.config import TrainConfig
+from fsl.data.augment import random_affine
 from fsl.data.episodes import EpisodeSampler
 from fsl.data.store import DataSet
 from fsl.evaluate import evaluate, sample_episodes
@@ -67,14 +68,16 @@ class TrainResult:
 class EpisodeLoss(nn.Module):
     """One episode's loss as a module, so DistributedDataParallel can wrap the whole step."""
 
-    def __init__(self, model: FewShotClassifier, ways: int, diversity: float, encoder: nn.Module | None):
+    def __init__(self, model: FewShotClassifier, ways: int, diversity: float, encoder: nn.Module | None,
+                 augment: bool = False):
         super().__init__()
-        self.model, self.ways, self.diversity = model, ways, diversity
+        self.model, self.ways, self.diversity, self.augment = model, ways, diversity, augment
         object.__setattr__(self, "compiled", encoder)  # shares model's weights: not a second submodule
 
     def forward(self, support: torch.Tensor, query: torch.Tensor, support_labels: torch.Tensor,
                 query_labels: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        s, q = self.model.embed_episode(support[None], query[None], self.compiled)
+        augment = (lambda x: random_affine(x, noise)) if self.augment else None
+        s, q = self.model.embed_episode(support[None], query[None], self.compiled, augment)
         logits = self.model.logits_from_features(s, support_labels, q, self.ways, noise=noise)[0]
         loss = F.cross_entropy(logits, query_labels)
         if self.diversity:
@@ -108,7 +111,7 @@ class EpisodeTrainer:
         # The compiled encoder lives here, not in the model: checkpoints, evaluation (other
         # shapes) and registered models use the plain one, which shares its weights.
         compiled = compile_module(model.encoder, device) if resolve_compile(cfg.compile, device) else None
-        self.step_loss: nn.Module = EpisodeLoss(model, ways, diversity, compiled)
+        self.step_loss: nn.Module = EpisodeLoss(model, ways, diversity, compiled, cfg.augment)
         if world_size > 1:
             self.step_loss = nn.parallel.DistributedDataParallel(
                 self.step_loss, device_ids=[device] if device.type == "cuda" else None,

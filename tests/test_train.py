@@ -88,3 +88,11 @@ def test_compiling_the_training_step_gives_the_same_training(tmp_path, monkeypat
     assert result.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=1e-4)
     for a, b in zip(result.model.state_dict().values(), eager.model.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def test_training_with_augmentation_runs_and_differs_from_without(tmp_path):
+    data = separable_dataset()
+    base = dict(ways=5, shots=1, queries=4, test_queries=4, epochs=1, episodes_per_epoch=3, val_episodes=2)
+    plain = train(new_model(data), data, TrainConfig(**base), torch.device("cpu"))
+    augmented = train(new_model(data), data, TrainConfig(**base, augment=True), torch.device("cpu"))
+    assert plain.history[0].train_loss != augmented.history[0].train_loss

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Hashable, NamedTuple, Sequence
+from typing import Any, Callable, Hashable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -119,16 +119,19 @@ class FewShotClassifier(nn.Module):
             return (self.encoder if encoder is None else encoder)(prepared).float()
 
     def embed_episode(self, support_images: torch.Tensor, query_images: torch.Tensor,
-                      encoder: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      encoder: nn.Module | None = None,
+                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """support [E, S, C, H, W], query [E, Q, C, H, W] -> features [E, S, D], [E, Q, D].
 
         Prepared apart (their sizes may differ), encoded together: one encoder call per step,
         so BatchNorm sees the whole episode, as in Snell et al.'s implementation. `encoder`
-        replaces self.encoder for this call (the trainer passes a compiled one).
+        replaces self.encoder for this call (the trainer passes a compiled one); `augment`
+        transforms the prepared batch (training only).
         """
         e, s, q = support_images.shape[0], support_images.shape[1], query_images.shape[1]
-        features = self._encode(torch.cat([self.prepare(support_images.flatten(0, 1)),
-                                           self.prepare(query_images.flatten(0, 1))]), encoder)
+        prepared = torch.cat([self.prepare(support_images.flatten(0, 1)), self.prepare(query_images.flatten(0, 1))])
+        features = self._encode(augment(prepared) if augment else prepared, encoder)
         return features[: e * s].view(e, s, -1), features[e * s:].view(e, q, -1)
 
     def logits_from_features(self, support: torch.Tensor, support_labels: torch.Tensor,
