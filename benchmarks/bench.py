@@ -36,7 +36,7 @@ from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeShape
 from fsl.data.readers import ReadOptions, read
 from fsl.evaluate import episode_correct, evaluate, sample_episodes
-from fsl.models.classifier import FewShotClassifier, model_config
+from fsl.models.classifier import FewShotClassifier
 from fsl.runtime import resolve_device, resolve_precision
 from fsl.train import EpisodeTrainer
 
@@ -135,9 +135,7 @@ def matmul_tflops(device: torch.device) -> float:
 # --------------------------------------------------------------------------------- paths
 def product_model(data, precision: str, device: torch.device, compile_mode: str | None = None) -> FewShotClassifier:
     torch.manual_seed(0)
-    mean, std = data.channel_stats()
-    model = FewShotClassifier(model_config(image_size=data.image_size, channels=data.channels, mean=mean,
-                                           std=std, precision=precision)).place(device)
+    model = FewShotClassifier.for_data(data, precision=precision).place(device)
     if compile_mode:
         model.encoder = torch.compile(model.encoder, mode=None if compile_mode == "default" else compile_mode)
     return model

@@ -21,17 +21,15 @@ import torch
 from fsl.config import TrainConfig
 from fsl.data import load_dataset
 from fsl.evaluate import evaluate, sample_episodes
-from fsl.models.classifier import FewShotClassifier, model_config
+from fsl.models.classifier import FewShotClassifier
 from fsl.runtime import resolve_device, resolve_precision, seed_everything
 from fsl.train import EpisodeTrainer, train
 
 
 def _model(data, cfg: TrainConfig, precision: str, device) -> FewShotClassifier:
     seed_everything(cfg.seed)
-    mean, std = data.channel_stats()
-    return FewShotClassifier(model_config(
-        image_size=data.image_size, channels=data.channels, mean=mean, std=std, precision=precision,
-        hallucinator=cfg.hallucinator, hallucinations=cfg.M if cfg.hallucinator else 0)).place(device)
+    return FewShotClassifier.for_data(data, precision=precision, hallucinator=cfg.hallucinator,
+                                      hallucinations=cfg.M).place(device)
 
 
 def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5) -> dict:

@@ -43,7 +43,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     from fsl.data.episodes import EpisodeShape
     from fsl.data.readers import ReadOptions, read
     from fsl.evaluate import evaluate, sample_episodes
-    from fsl.models.classifier import FewShotClassifier, model_config
+    from fsl.models.classifier import FewShotClassifier
     from fsl.runtime import resolve_device, resolve_precision, seed_everything
     from fsl.train import train
 
@@ -63,9 +63,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
                       epochs=steps // per_epoch, episodes_per_epoch=per_epoch, val_episodes=100,
                       lr_step=max(1, steps // 2), seed=seed, augment=augment)
     seed_everything(seed)
-    mean, std = background.channel_stats()
-    model = FewShotClassifier(model_config(image_size=background.image_size, channels=background.channels,
-                                           mean=mean, std=std, precision=precision)).place(dev)
+    model = FewShotClassifier.for_data(background, precision=precision).place(dev)
     t0 = time.perf_counter()
     result = train(model, background, cfg, dev)
     trained = time.perf_counter() - t0

@@ -25,9 +25,9 @@ from fsl.data import DataSet, load_dataset
 from fsl.data.episodes import EpisodeSampler
 from fsl.errors import UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
-from fsl.models.classifier import FewShotClassifier, model_config
+from fsl.models.classifier import FewShotClassifier
 from fsl.progress import progress
-from fsl.runtime import distributed, file_digest, make_generator, resolve_device, resolve_precision, seed_everything
+from fsl.runtime import digest, distributed, make_generator, resolve_device, resolve_precision, seed_everything
 
 Echo = Callable[[str], None]
 
@@ -59,10 +59,8 @@ def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
     EpisodeSampler(data.split("val"), cfg.test_shape, split="val", option_prefix="test-")
     EpisodeSampler(data.split("test"), cfg.test_shape, split="test", option_prefix="test-")
     seed_everything(cfg.seed)
-    mean, std = data.channel_stats()
-    model = FewShotClassifier(model_config(
-        image_size=data.image_size, channels=data.channels, mean=mean, std=std, distance=cfg.distance,
-        precision=precision, hallucinator=cfg.hallucinator, hallucinations=cfg.M if cfg.hallucinator else 0))
+    model = FewShotClassifier.for_data(data, precision=precision, distance=cfg.distance,
+                                       hallucinator=cfg.hallucinator, hallucinations=cfg.M)
     if cfg.init:
         _initialise_from(model, cfg.init)
     model.place(device)
@@ -151,7 +149,7 @@ def _run_training(cfg: TrainConfig, rank_device: torch.device | None, world_size
     params = cfg.to_params() | {"device_resolved": str(device), "precision_resolved": setup.precision,
                                 "image_size_resolved": data.image_size, "feature_dim": model.feature_dim,
                                 "world_size": world_size}
-    config_hash = file_digest_of(json.dumps({k: v for k, v in params.items() if k != "experiment"}, sort_keys=True))
+    config_hash = digest(json.dumps({k: v for k, v in params.items() if k != "experiment"}, sort_keys=True).encode())
     resume_id = _resumable_run(cfg, config_hash, track) if resume else None
     echo(f"{cfg.method}: {cfg.train_shape} training, {cfg.test_shape} testing on {cfg.data} "
          f"({data.image_size}px, {data.channels} ch) on {device} in {setup.precision}"
@@ -241,12 +239,6 @@ def _broadcast(value: Any) -> Any:
     return box[0]
 
 
-def file_digest_of(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str) -> dict[str, Any]:
     """What must match for two val accuracies to be comparable (the champion rule)."""
     shape = cfg.test_shape
@@ -274,7 +266,7 @@ def register_run(run_id: str, name: str | None = None, echo: Echo = print):
     checkpoint = tracking.download(f"runs:/{run_id}/checkpoints/best.pt")
     model = load_checkpoint(checkpoint)
     name = name or f"fsl-{run.data.tags.get('fsl.method', 'protonet')}"
-    reg = _register(tracking.Tracker(run_id, tracking.MlflowClient()), model, checkpoint, name,
+    reg = _register(tracking.Tracker(run_id, tracking.locked_client()), model, checkpoint, name,
                     run.data.metrics["best_val_acc"], json.loads(run.data.tags["fsl.protocol"]))
     echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
     return reg
@@ -371,7 +363,7 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     if episodes_file:
         episodes = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size), size,
                                      model.config["channels"])
-        fingerprint = file_digest(episodes_file)
+        fingerprint = digest(Path(episodes_file).read_bytes())
         params |= {"episodes": episodes_file, "test_episodes": len(episodes)}
         label = f"{len(episodes)} episodes of {episodes_file}"
     else:

@@ -148,11 +148,11 @@ def atomic_save(obj: object, path: Path) -> None:
             os.unlink(tmp)
 
 
-def file_digest(path: str | Path) -> str:
-    """A short content hash of a file (the data fingerprint of an episode file)."""
+def digest(data: bytes) -> str:
+    """A short content hash: the fingerprint of an episode file, the key of a configuration."""
     import hashlib
 
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------ distributed

@@ -4,7 +4,7 @@ import torch
 from fsl.config import TrainConfig
 from fsl.data.store import DataSet, ImageStore
 from fsl.evaluate import evaluate, sample_episodes
-from fsl.models.classifier import FewShotClassifier, load_checkpoint, model_config
+from fsl.models.classifier import FewShotClassifier, load_checkpoint
 from fsl.train import NonFiniteLossError, train
 
 
@@ -25,9 +25,7 @@ def separable_dataset(per_class: int = 12, size: int = 16) -> DataSet:
 
 def new_model(data: DataSet, **kwargs) -> FewShotClassifier:
     torch.manual_seed(0)
-    mean, std = data.channel_stats()
-    return FewShotClassifier(model_config(image_size=data.image_size, channels=3, mean=mean, std=std,
-                                          precision="fp32", **kwargs))
+    return FewShotClassifier.for_data(data, **kwargs)
 
 
 def test_a_briefly_trained_protonet_separates_well_separated_classes(tmp_path):

@@ -61,6 +61,15 @@ class FewShotClassifier(nn.Module):
         self.register_buffer("mean", torch.tensor(config["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config["std"]).view(1, -1, 1, 1), persistent=False)
 
+    @classmethod
+    def for_data(cls, data, *, precision: str = "fp32", distance: str = "l2", hallucinator: str | None = None,
+                 hallucinations: int = 0) -> "FewShotClassifier":
+        """A new model for a `DataSet`: its input size, channels and train-split normalisation."""
+        mean, std = data.channel_stats()
+        return cls(model_config(image_size=data.image_size, channels=data.channels, mean=mean, std=std,
+                                distance=distance, precision=precision, hallucinator=hallucinator,
+                                hallucinations=hallucinations if hallucinator else 0))
+
     @property
     def feature_dim(self) -> int:
         return self.encoder.out_dim
