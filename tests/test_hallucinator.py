@@ -139,3 +139,24 @@ def test_cpu_dropout_keeps_a_fraction_one_minus_p_and_rescales_like_nn_dropout()
     assert abs(kept.float().mean().item() - 0.5) < 0.01
     assert torch.all(out[kept] == 2.0)
     assert torch.equal(drop.eval()(torch.ones(3, 4)), torch.ones(3, 4))
+
+
+def test_init_from_a_trained_protonet_starts_hallucination_from_its_encoder(tracking, trained_checkpoint):
+    result = CliRunner().invoke(cli, ["hallucinate", *TINY, "-M", "2", "--init", str(trained_checkpoint)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("kind, needle", [("text", "not a model"), ("size", "incompatible model")])
+def test_init_with_something_that_is_not_a_compatible_model_fails_before_training(tracking, tmp_path,
+                                                                                  trained_checkpoint, kind, needle):
+    target = tmp_path / "notes.pt"
+    target.write_text("hello")
+    args = [*TINY, "--init", str(target if kind == "text" else trained_checkpoint)]
+    if kind == "size":
+        args[args.index("--image-size") + 1] = "32"  # the checkpoint makes 64-d features from 16 px, not 256-d
+    result = CliRunner().invoke(cli, ["hallucinate", *args])
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert "training episodes" not in result.output
+    client = MlflowClient()
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
