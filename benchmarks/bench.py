@@ -165,9 +165,8 @@ def reference_train_rate(tree: Path, shape: EpisodeShape, size: int, device, wor
     reset_device_peak(device)
     out = rate(block, device, 1 if warmup else 0, repeats)
     out["device_peak_mib"] = device_peak_mib(device)
-    workers_alive = getattr(episodes, "_workers", [])
-    out["workers_peak_mib"] = sum(host_peak_mib(w.pid) for w in workers_alive)
-    del episodes
+    out["workers_peak_mib"] = sum(host_peak_mib(w.pid) for w in getattr(episodes, "_workers", []))
+    episodes._shutdown_workers()  # free the workers now, not at garbage collection
     return out
 
 
@@ -187,12 +186,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also try torch.compile and CUDA graphs")
     parser.add_argument("--logging", action="store_true", help="also time a run with and without MLflow")
     parser.add_argument("--small", action="store_true", help="CPU-sized: 32 classes x 60, few steps")
-    parser.add_argument("--tiny", action="store_true", help="smoke test: 30 classes x 16, 2 steps")
+    parser.add_argument("--tiny", action="store_true", help="smoke test: 30 classes x 16 at 32 px, 2 steps")
     parser.add_argument("--tree", type=Path, default=None, help="reuse a generated tree")
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
     args = parser.parse_args()
     if args.tiny:
-        args.classes, args.per_class, args.steps, args.repeats = 30, 16, 2, 2
+        args.classes, args.per_class, args.steps, args.repeats, args.size = 30, 16, 2, 2, 32
         args.parity_steps, args.schedule_steps, args.ref_steps = 2, 0, 2
     elif args.small:
         args.classes, args.per_class, args.steps, args.repeats = 32, 60, 10, 3
@@ -267,7 +266,7 @@ def main() -> None:
     ref = reference.ReferenceTrainer(args.size, 5, 1, 15, device)
     ref_eval = iter(reference.loader(tree / "test", 5, 1, 15, args.size, workers))
     refr = rate(lambda: (sum(ref.accuracy(next(ref_eval)) for _ in range(eval_n)), eval_n)[1], device, 1, args.repeats)
-    del ref_eval
+    ref_eval._shutdown_workers()
     results["eval"]["5way"] = {"product": prod, "reference": refr, "ratio": prod["median"] / refr["median"]}
     print(f"eval 5-way 1-shot: product {prod['median']:.1f} ep/s, reference {refr['median']:.1f} ep/s", flush=True)
     save()
@@ -280,7 +279,6 @@ def main() -> None:
 
     # The paper's schedule: 20,000 episodes of 30-way 1-shot, 15 queries.
     if args.schedule_steps:
-        shape30 = EpisodeShape(30, 1, 15)
         trainer = EpisodeTrainer(product_model(data, precision, device), data.split("train"),
                                  TrainConfig(ways=30, shots=1, queries=15), device)
         float(trainer.run(20)[0])

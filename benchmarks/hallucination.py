@@ -2,6 +2,7 @@
 
     python -m benchmarks.hallucination cost            # step time for M = 0 vs 100, 32 and 84 px
     python -m benchmarks.hallucination study [--episodes 3000]   # the M x hallucinator table
+    python -m benchmarks.hallucination omniglot-study [--episodes 500]  # the same on Omniglot
 
 `study` trains one model per (shots, hallucinator, M) on the built-in data exactly as
 `fsl hallucinate` does (same trainer, same evaluation, same fixed test episodes) and prints a
@@ -58,11 +59,15 @@ def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5) -> d
 
 
 def study(episodes: int = 3000, ms=(0, 10, 50, 100), shots=(1, 5), kinds=("wang", "improved"),
-          test_episodes: int = 600, device_name: str = "auto", image_size: int = 32) -> list[dict]:
+          test_episodes: int = 600, device_name: str = "auto", image_size: int = 32, data=None,
+          test=None, **train_options) -> list[dict]:
+    """One model per (shots, hallucinator, M). `data` (default: the built-in set) gives the
+    train and val splits; `test` (default: data's test split) the test classes;
+    `train_options` override TrainConfig fields (ways, queries, augment, ...)."""
     device = resolve_device(device_name)
     precision = resolve_precision("auto", device)
-    data = load_dataset("synthetic", image_size=image_size)
-    test = data.split("test").to(device)
+    data = data or load_dataset("synthetic", image_size=image_size)
+    test = (test or data.split("test")).to(device)
     rows = []
     per_epoch = max(1, episodes // 10)
     for k in shots:
@@ -71,7 +76,8 @@ def study(episodes: int = 3000, ms=(0, 10, 50, 100), shots=(1, 5), kinds=("wang"
                 if m == 0 and kind != kinds[0]:
                     continue  # M = 0 is the same plain ProtoNet for every generator
                 cfg = TrainConfig(shots=k, epochs=episodes // per_epoch, episodes_per_epoch=per_epoch,
-                                  val_episodes=100, hallucinator=kind if m else None, M=m).resolved()
+                                  val_episodes=100, hallucinator=kind if m else None, M=m,
+                                  **train_options).resolved()
                 t0 = time.perf_counter()
                 result = train(_model(data, cfg, precision, device), data, cfg, device)
                 eps = sample_episodes(test, cfg.test_shape, test_episodes, cfg.test_seed, "test")
@@ -85,6 +91,24 @@ def study(episodes: int = 3000, ms=(0, 10, 50, 100), shots=(1, 5), kinds=("wang"
     return rows
 
 
+def omniglot_study(episodes: int = 500, test_episodes: int = 600, device_name: str = "auto") -> list[dict]:
+    """The M study on the Omniglot check's data (benchmarks/omniglot.py): background characters
+    with rotations for training, the three unseen alphabets for testing; 20-way training."""
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks.omniglot import OMNIGLOT, unseen_split_file
+    from fsl.data.readers import ReadOptions, read
+
+    background = read(OMNIGLOT / "images_background_small1.zip",
+                      opts=ReadOptions(rotations=True, split_ratio=(0.9, 0.1, 0.0)))
+    split_file = unseen_split_file(OMNIGLOT / "images_background_small2.zip",
+                                   Path(tempfile.mkdtemp()) / "unseen.txt")
+    unseen = read(OMNIGLOT / "images_background_small2.zip", opts=ReadOptions(split_file=str(split_file)))
+    return study(episodes, test_episodes=test_episodes, device_name=device_name, data=background,
+                 test=unseen.split("test"), ways=20, queries=5, test_queries=5, augment=True)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| shots | hallucinator | M | test acc (generator on) | same encoder, generator off |",
              "| --- | --- | --- | --- | --- |"]
@@ -96,7 +120,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["cost", "study"])
+    parser.add_argument("what", choices=["cost", "study", "omniglot-study"])
     parser.add_argument("--episodes", type=int, default=3000, help="training episodes per model (study)")
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--steps", type=int, default=30, help="training steps per timed block (cost)")
@@ -106,8 +130,11 @@ def main() -> None:
     if args.what == "cost":
         result = step_cost(args.device, steps=args.steps)
         print(json.dumps(result, indent=2))
-    else:
+    elif args.what == "study":
         result = study(args.episodes, test_episodes=args.test_episodes, device_name=args.device)
+        print(markdown(result))
+    else:
+        result = omniglot_study(args.episodes, args.test_episodes, args.device)
         print(markdown(result))
     if args.out:
         with open(args.out, "w") as f:

@@ -19,7 +19,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import torch
 
 import os
 

@@ -13,11 +13,10 @@ import json
 import signal
 import threading
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from fsl.config import TrainConfig

@@ -108,7 +108,7 @@ def test_episode_file_written_then_evaluated_gives_identical_numbers_on_repeat(t
     assert result.exit_code == 0, result.output
     args = ["evaluate", "--model", str(trained_checkpoint), "--episodes", "eps.csv", "--image-size", "16"]
     first, second = invoke(*args), invoke(*args)
-    assert first.exit_code == 0, first.output
+    assert first.exit_code == 0 and second.exit_code == 0, first.output
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 2

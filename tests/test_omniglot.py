@@ -9,7 +9,7 @@ pytestmark = [pytest.mark.omniglot, pytest.mark.slow,
 
 
 def test_protonet_learns_unseen_omniglot_alphabets(tmp_path):
-    result = run(steps=2000, episodes=1000, workdir=tmp_path)
+    result = run(steps=2000, episodes=1000, workdir=tmp_path, augment=True)
     assert result["test_classes"] == 106  # Japanese (katakana) 47 + Sanskrit 42 + Tagalog 17
     assert result["test_5way_1shot"]["acc"] >= 95.0, result
     assert result["test_20way_1shot"]["acc"] >= 85.0, result

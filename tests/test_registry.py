@@ -268,3 +268,10 @@ def test_classify_refuses_images_with_a_channel_count_the_model_cannot_take(trai
         model.classify(images, ["a", "b"], torch.zeros(1, 2, 16, 16, dtype=torch.uint8))
     prediction = model.classify(images, ["a", "b"], images[:1, :1])  # grey is a valid RGB image
     assert prediction.probs.shape == (1, 2)
+
+
+def test_a_failed_run_registers_nothing(tracking):
+    result = CliRunner().invoke(cli, ["protonet", *TRAIN, "--lr", "1e30", "--distance", "dot",
+                                      "--registered-model-name", "fsl-never"])
+    assert result.exit_code != 0
+    assert MlflowClient().search_registered_models(filter_string="name = 'fsl-never'") == []
