@@ -178,10 +178,17 @@ def hallucinate(register: bool, registered_model_name: str | None, resume: bool,
                  registered_model_name=registered_model_name, resume=resume)
 
 
+def _caster(annotation: str) -> Callable[[str], Any]:
+    """How to read a swept value, from the TrainConfig field's annotation ('int | None', 'bool', ...)."""
+    if "bool" in annotation:
+        return lambda v: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[v.lower()]
+    return float if "float" in annotation else int if "int" in annotation else str
+
+
 def _values(text: str, cast: Callable = str) -> list:
     try:
         return [cast(v.strip()) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
+    except (ValueError, KeyError) as exc:
         raise click.BadParameter(f"cannot read {text!r} as a comma-separated list: {exc}") from exc
 
 
@@ -228,8 +235,7 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, registe
         if key not in types or not text:
             raise click.BadParameter(f"expected OPTION=V1,V2,... with a training option, got {item!r}",
                                      param_hint="--param")
-        cast = float if "float" in str(types[key]) else int if "int" in str(types[key]) else str
-        grid[key] = _values(text, cast)
+        grid[key] = _values(text, _caster(str(types[key])))
     run_sweep(_config(**options), grid, shard=shard, shards=shards, echo=click.echo, register=register,
               registered_model_name=registered_model_name)
 

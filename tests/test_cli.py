@@ -127,3 +127,17 @@ def test_data_inspect_and_cache_make_no_run(tracking):
     assert listing.exit_code == 0 and "synthetic-" in listing.output and "MiB" in listing.output
     client = MlflowClient()
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def test_a_sharded_sweep_runs_only_its_share_of_the_grid(tracking):
+    result = invoke("sweep", *TINY, "--param", "shots=1,2", "--param", "distance=l2,cosine",
+                    "--param", "augment=false,true", "--shard", "1", "--shards", "3")
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    # the 8 points in order (shots, distance, augment); shard 1 of 3 takes indices 1, 4 and 7
+    points = {(c.data.params["shots"], c.data.params["distance"], c.data.params["augment"]) for c in children}
+    assert points == {("1", "l2", "True"), ("2", "l2", "False"), ("2", "cosine", "True")}
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.params["shards"] == "3" and parent.data.params["sweep_shots"] == "1,2"
