@@ -322,26 +322,19 @@ class FewShotServe(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         import base64
-        import io
 
         import numpy as np
         import pandas as pd
         import torch
-        from PIL import Image
 
+        from fsl.data.readers import decode_bytes
         from fsl.errors import DataError
 
-        def decode(text: str) -> torch.Tensor:
-            try:
-                img = Image.open(io.BytesIO(base64.b64decode(text)))
-                img = img.convert("L" if self.model.config["channels"] == 1 else "RGB")
-            except Exception as exc:
-                raise DataError(f"an image does not decode ({type(exc).__name__})") from None
-            arr = np.array(img, dtype=np.uint8)
-            return torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+        size, channels = self.model.config["image_size"], self.model.config["channels"]
 
         def batch(rows) -> torch.Tensor:
-            return self.model.stack([decode(text) for text in rows["image"]])
+            return torch.stack([torch.from_numpy(decode_bytes(base64.b64decode(text), size, channels, "a request image"))
+                                for text in rows["image"]])
 
         support = model_input[model_input["role"] == "support"]
         query = model_input[model_input["role"] == "query"]

@@ -79,17 +79,34 @@ def _open_image(ref: str):
 
 def decode_image(ref: str, image_size: int, channels: int) -> np.ndarray:
     """One image file -> uint8 [C, S, S], resized with antialiasing (the same for every path
-    into fsl: data sets, episode files and `fsl predict`)."""
-    from PIL import Image, UnidentifiedImageError
+    into fsl: data sets, episode files, `fsl predict` and the serving model)."""
+    from PIL import UnidentifiedImageError
 
     try:
         with _open_image(ref) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (image_size, image_size):
-                img = img.resize((image_size, image_size), Image.BILINEAR, reducing_gap=None)
-            arr = np.array(img, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
+            return _to_array(img, image_size, channels)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image {ref}: {exc}") from None
+
+
+def decode_bytes(data: bytes, image_size: int, channels: int, name: str = "an image") -> np.ndarray:
+    """Encoded image bytes (PNG, JPEG, ...) -> uint8 [C, S, S], exactly as `decode_image`."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return _to_array(img, image_size, channels)
+    except Exception as exc:  # PIL raises many types for bad bytes
+        raise DataError(f"cannot decode {name}: {type(exc).__name__}") from None
+
+
+def _to_array(img, image_size: int, channels: int) -> np.ndarray:
+    from PIL import Image
+
+    img = img.convert("L" if channels == 1 else "RGB")
+    if img.size != (image_size, image_size):
+        img = img.resize((image_size, image_size), Image.BILINEAR, reducing_gap=None)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 

@@ -109,12 +109,6 @@ class FewShotClassifier(nn.Module):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return x
 
-    def stack(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Images [C, H, W] of any sizes -> one float batch [B, C, S, S] in [0, 1] for `classify`."""
-        if not images:
-            raise ValueError("no images to stack")
-        return torch.cat([self._unit_scale(image[None]) for image in images])
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> features [B, D]: what the PyTorch flavour's pyfunc `predict` returns."""
         return self.embed(images)
