@@ -47,8 +47,8 @@ def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
     `device` overrides cfg.device (torchrun gives each rank its own)."""
     cfg.validate()
     cfg = cfg.resolved()
+    device = device or _device(cfg.device)
     try:
-        device = device or resolve_device(cfg.device)
         precision = resolve_precision(cfg.precision, device)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -64,6 +64,14 @@ def prepare(cfg: TrainConfig, device: torch.device | None = None) -> Setup:
         _initialise_from(model, cfg.init)
     model.place(device)
     return Setup(cfg, data, device, precision, model)
+
+
+def _device(name: str) -> torch.device:
+    """`--device` resolved; a device this machine lacks is a usage error."""
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def load_data(cfg: TrainConfig, image_size: int | None = None) -> DataSet:
@@ -217,7 +225,6 @@ def _resumable_run(cfg: TrainConfig, config_hash: str, track: bool) -> str | Non
 
     run_id = None
     if track:
-        tracking.check_reachable()
         run_id = tracking.find_resumable(cfg.experiment, config_hash)
         if run_id is None or not (cache_dir() / "runs" / run_id / "last.pt").exists():
             raise UsageError(f"--resume: no interrupted run of this configuration with a checkpoint in "
@@ -309,7 +316,6 @@ def predict_folder(model_spec: str, support_dir: str, query_dir: str, out: str |
     return rows
 
 
-
 def _log_eval(tracker, result: EvalResult, suffix: str) -> None:
     tracker.log_series(f"test_episode_acc{suffix}", result.accs)
     tracker.log_metrics({f"test_acc{suffix}": result.mean, f"test_ci95{suffix}": result.ci95})
@@ -351,10 +357,7 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     cfg.validate()
     cfg = cfg.resolved()
     model = tracking.load_model(model_spec)
-    try:
-        device = resolve_device(cfg.device)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    device = _device(cfg.device)
     model.place(device)
     size = model.config["image_size"]
     params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed,

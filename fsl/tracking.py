@@ -91,12 +91,9 @@ def fail_stale_runs(experiment: str, keep: str | None = None) -> list[str]:
     crash leaves them RUNNING forever), except `keep`, the run being resumed."""
     import socket
 
-    client = locked_client()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
+    client, running = _running_runs(experiment)
     stale = []
-    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'"):
+    for run in running:
         pid = run.data.tags.get("fsl.pid")
         if run.info.run_id == keep or run.data.tags.get("fsl.host") != socket.gethostname() or not pid:
             continue
@@ -113,13 +110,18 @@ def fail_stale_runs(experiment: str, keep: str | None = None) -> list[str]:
 
 def find_resumable(experiment: str, config_hash: str) -> str | None:
     """The newest RUNNING run of this configuration: the one a killed process left behind."""
+    _, runs = _running_runs(experiment, f" and tags.`fsl.config_hash` = '{config_hash}'",
+                            order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def _running_runs(experiment: str, extra_filter: str = "", **search) -> tuple[MlflowClient, list]:
+    """The RUNNING runs of an experiment (none if it does not exist yet), and the client."""
     client = locked_client()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], f"attributes.status = 'RUNNING' and tags.`fsl.config_hash` = "
-                              f"'{config_hash}'", order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None
+        return client, []
+    return client, client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'" + extra_filter, **search)
 
 
 def process_tags() -> dict[str, str]:
