@@ -169,6 +169,8 @@ def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
             raise DataError(f"{path}:{line}: role must be support or query, got {row['role']!r}")
         grouped.setdefault(row["episode"], []).append(row)
 
+    decoded: dict[str, torch.Tensor] = {}
+
     def image(ref: str) -> torch.Tensor:
         split, sep, index = ref.partition(":")
         if sep and index.isdigit() and split in ("train", "val", "test"):
@@ -178,10 +180,12 @@ def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
             if callable(dataset):
                 dataset = dataset()
             return dataset.split(split).images[int(index)]
-        file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
-        if not file.is_file():
-            raise DataError(f"{path}: row names a missing file {ref!r}")
-        return torch.from_numpy(decode_image(str(file), image_size, channels))
+        if ref not in decoded:  # episodes share images: decode each file once per read
+            file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
+            if not file.is_file():
+                raise DataError(f"{path}: row names a missing file {ref!r}")
+            decoded[ref] = torch.from_numpy(decode_image(str(file), image_size, channels))
+        return decoded[ref]
 
     episodes = []
     for name, items in grouped.items():
