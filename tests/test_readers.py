@@ -1,6 +1,7 @@
 """Every on-disk format, built tiny in tmp_path: read, detect, cache, and each bad input."""
 
 import csv
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from fsl.data import load_dataset, readers
-from fsl.data.episodes import EpisodeShape, read_episode_file, write_episode_file
+from fsl.data.episodes import EpisodeShape, read_episode_file, source_record_path, write_episode_file
 from fsl.data.store import DataSet
 from fsl.errors import DataError
 from fsl.evaluate import sample_episodes
@@ -268,6 +269,7 @@ def test_a_csv_with_the_wrong_header_is_reported(tmp_path):
 def test_an_episode_whose_support_lacks_a_query_class_is_reported(tmp_path, tiny_dataset):
     path = tmp_path / "bad.csv"
     path.write_text("episode,role,label,path\n0,support,a,test:0\n0,query,b,test:1\n")
+    source_record_path(path).write_text(json.dumps({"data_set": "synthetic", "source_id": tiny_dataset.source_id}))
     with pytest.raises(DataError, match=r"episode 0: queries use classes missing from its support: \['b'\]"):
         read_episode_file(path, tiny_dataset)
 
@@ -292,3 +294,86 @@ def test_a_class_with_too_few_images_is_named_when_the_sampler_is_built(tmp_path
     data = load_dataset(str(make_split_folders(tmp_path / "data")))
     with pytest.raises(EpisodeError, match=r"class 'n0\d' of the test split has 4 images"):
         EpisodeSampler(data.split("test"), EpisodeShape(2, 2, 3), split="test")
+
+
+class _Payload:
+    """A pickled object that, when unpickled by plain `pickle.load`, creates a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("maker, file, keys", [
+    (make_l2l, "mini-imagenet-cache-train.pkl", ("image_data", "class_dict")),
+    (make_metaoptnet, "miniImageNet_category_split_train_phase_train.pickle", ("data", "labels")),
+])
+def test_a_malicious_data_pickle_is_refused_and_runs_nothing(tmp_path, maker, file, keys):
+    root = maker(tmp_path / "data")
+    marker = tmp_path / "payload-ran"
+    with (root / file).open("wb") as f:
+        pickle.dump({keys[0]: _Payload(marker), keys[1]: {}}, f, protocol=2)
+    with pytest.raises(DataError, match=rf"{file}: refused to load: the pickle references posix\.system"):
+        load_dataset(str(root))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_numpy_pickles_of_every_protocol_load(tmp_path, protocol):
+    from fsl.data.safe_pickle import load_data_pickle
+
+    path = tmp_path / "arrays.pkl"
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    path.write_bytes(pickle.dumps({"a": array, "n": np.int64(7), "l": [1.5, None, "x", (2, b"y")]}, protocol=protocol))
+    loaded = load_data_pickle(path)
+    assert np.array_equal(loaded["a"], array) and loaded["n"] == 7 and loaded["l"] == [1.5, None, "x", (2, b"y")]
+
+
+def test_numpy_1_module_names_map_to_numpy_2(tmp_path):
+    from fsl.data.safe_pickle import load_data_pickle
+
+    array = np.arange(6, dtype=np.uint8)
+    data = pickle.dumps(array, protocol=2)
+    assert b"numpy._core.multiarray" in data
+    path = tmp_path / "old.pkl"
+    path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    assert np.array_equal(load_data_pickle(path), array)
+
+
+@pytest.mark.parametrize("dtype, suffix", [(np.uint16, ".png"), (np.int32, ".tif")])  # modes I;16 and I
+def test_a_16_bit_gradient_is_scaled_to_8_bits_not_clipped(tmp_path, dtype, suffix):
+    gradient = (np.arange(64 * 64, dtype=np.int64).reshape(64, 64) * 16)  # 0 .. 65520
+    path = tmp_path / f"gradient{suffix}"
+    Image.fromarray(gradient.astype(dtype)).save(path)
+    with Image.open(path) as saved:
+        assert saved.mode in ("I;16", "I")
+    expected = np.clip(np.rint(gradient / 257.0), 0, 255).astype(np.uint8)
+    decoded = readers.decode_image(str(path), 64, 1)[0]
+    assert np.abs(decoded.astype(int) - expected).max() <= 1
+    assert (decoded == 255).mean() < 0.01  # clipping would leave ~98% of pixels at 255
+    assert np.array_equal(readers.decode_bytes(path.read_bytes(), 64, 1)[0], decoded)  # predict and serving
+
+
+def test_an_episode_file_of_rows_refuses_another_data_set(tmp_path, tiny_dataset):
+    from fsl.errors import UsageError
+
+    root = make_l2l(tmp_path / "l2l")
+    data = load_dataset(str(root))
+    episodes = sample_episodes(data.split("test"), EpisodeShape(2, 1, 1), 2, seed=0, split="test")
+    path = tmp_path / "ep.csv"
+    write_episode_file(path, data, "test", episodes)
+    assert "test:" in path.read_text() and source_record_path(path).exists()
+    assert read_episode_file(path, data)[0].support_images.shape == (2, 3, 84, 84)
+    # the same source at another image size is the same data set: rows mean the same images
+    assert len(read_episode_file(path, load_dataset(str(root), image_size=32))) == 2
+    with pytest.raises(UsageError, match=r"rows index the data set 'l2l' .* not --data 'synthetic'"):
+        read_episode_file(path, tiny_dataset)
+    with pytest.raises(UsageError, match="not --data 'synthetic'"):
+        read_episode_file(path, lambda: tiny_dataset)  # loaded lazily, as `fsl evaluate` does
+    source_record_path(path).unlink()
+    with pytest.raises(DataError, match=r"ep.source.json, which says which data set they index, is missing"):
+        read_episode_file(path, data)

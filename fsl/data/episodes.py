@@ -118,10 +118,21 @@ class FileEpisode:
         return len(self.class_names)
 
 
+def source_record_path(path: Path) -> Path:
+    """The sidecar of an episode file: `episodes.csv` -> `episodes.source.json`.
+
+    A file whose rows are `<split>:<row>` references is only meaningful with the data set they
+    index, so the writer records that data set's identity here; the CSV stays a plain CSV.
+    """
+    return Path(path).with_suffix(".source.json")
+
+
 def write_episode_file(path: Path, dataset, split: str, episodes: EpisodeIndices) -> None:
     """Write episodes as CSV rows `episode,role,label,path`. Image files are named relative to
-    the CSV's folder; rows of data sets without files (pickles, synthetic) are `<split>:<row>`."""
+    the CSV's folder; rows of data sets without files (pickles, synthetic, zips) are
+    `<split>:<row>`, and then `source_record_path(path)` records which data set they index."""
     import csv
+    import json
     import os
 
     store = dataset.split(split)
@@ -137,13 +148,21 @@ def write_episode_file(path: Path, dataset, split: str, episodes: EpisodeIndices
         return os.path.relpath(ref, folder)
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    references = False
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(EPISODE_HEADER)
         for e in range(len(episodes)):
             for role, rows in (("support", episodes.support[e]), ("query", episodes.query[e])):
                 for row in rows.tolist():
-                    writer.writerow([e, role, store.class_names[int(store.labels[row])], where(row)])
+                    ref = where(row)
+                    references |= ref.startswith(f"{split}:")
+                    writer.writerow([e, role, store.class_names[int(store.labels[row])], ref])
+    record = source_record_path(path)
+    if references:
+        record.write_text(json.dumps({"data_set": dataset.name, "source_id": dataset.source_id}, indent=1) + "\n")
+    elif record.exists():
+        record.unlink()  # a previous file's record would misdescribe this one
 
 
 def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
@@ -169,16 +188,16 @@ def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
             raise DataError(f"{path}:{line}: role must be support or query, got {row['role']!r}")
         grouped.setdefault(row["episode"], []).append(row)
 
+    if any(_is_row_reference(r["path"]) for r in rows):
+        if dataset is None:
+            raise DataError(f"{path}: its rows name rows of a data set (<split>:<row>); pass --data")
+        dataset = dataset() if callable(dataset) else dataset
+        _check_source(path, dataset)
     decoded: dict[str, torch.Tensor] = {}
 
     def image(ref: str) -> torch.Tensor:
-        split, sep, index = ref.partition(":")
-        if sep and index.isdigit() and split in ("train", "val", "test"):
-            nonlocal dataset
-            if dataset is None:
-                raise DataError(f"{path}: {ref!r} names a row of a data set; pass --data")
-            if callable(dataset):
-                dataset = dataset()
+        if _is_row_reference(ref):
+            split, _, index = ref.partition(":")
             return dataset.split(split).images[int(index)]
         if ref not in decoded:  # episodes share images: decode each file once per read
             file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
@@ -203,3 +222,28 @@ def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
             torch.stack([image(r["path"]) for r in query]),
             torch.tensor([index[r["label"]] for r in query]), classes))
     return episodes
+
+
+def _is_row_reference(ref: str) -> bool:
+    split, sep, index = ref.partition(":")
+    return bool(sep) and index.isdigit() and split in ("train", "val", "test")
+
+
+def _check_source(path: Path, dataset) -> None:
+    """`<split>:<row>` rows index the data set recorded beside the file, and no other."""
+    import json
+
+    from fsl.errors import DataError
+
+    record = source_record_path(path)
+    try:
+        source = json.loads(record.read_text())
+        recorded, name = source["source_id"], source.get("data_set", "?")
+    except FileNotFoundError:
+        raise DataError(f"{path}: its rows name data-set rows (<split>:<row>) but {record.name}, which says "
+                        f"which data set they index, is missing; write the file again with `fsl episodes`") from None
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{record}: not an episode-file source record") from None
+    if recorded != dataset.source_id:
+        raise UsageError(f"{path}: its rows index the data set {name!r} (source {recorded}), not --data "
+                         f"{dataset.name!r} (source {dataset.source_id}); pass the --data it was written from")

@@ -22,16 +22,16 @@ import hashlib
 import io
 import json
 import os
-import pickle
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
 
+from fsl.data.safe_pickle import UnsafePickleError, load_data_pickle
 from fsl.data.store import SPLITS, DataSet, ImageStore
 from fsl.errors import DataError, UsageError
 from fsl.runtime import atomic_directory, cache_dir
@@ -103,11 +103,26 @@ def decode_bytes(data: bytes, image_size: int, channels: int, name: str = "an im
 def _to_array(img, image_size: int, channels: int) -> np.ndarray:
     from PIL import Image
 
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = _eight_bit(img).convert("L" if channels == 1 else "RGB")
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.BILINEAR, reducing_gap=None)
     arr = np.array(img, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+# Integer greyscale modes: 16-bit PNGs and TIFFs open as one of these. PIL's convert("L") clips
+# them at 255 instead of scaling, which turns almost every pixel white.
+_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _eight_bit(img):
+    """A 16-bit greyscale image scaled to 8 bits (0..65535 -> 0..255); other modes unchanged."""
+    from PIL import Image
+
+    if img.mode not in _WIDE_GREY_MODES:
+        return img
+    wide = np.asarray(img, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))  # mode L
 
 
 def _decode_chunk(args: tuple[list[str], int, int]) -> np.ndarray:
@@ -261,8 +276,9 @@ FILE_FORMATS: dict[str, Callable[[Path, ReadOptions], Listing]] = {
 # ------------------------------------------------------------------------------------ pickles
 def _load_pickle(path: Path, keys: tuple[str, ...]) -> dict:
     try:
-        with path.open("rb") as f:
-            data = pickle.load(f, encoding="latin1")  # MetaOptNet's are Python 2 pickles
+        data = load_data_pickle(path)
+    except UnsafePickleError:
+        raise
     except Exception as exc:  # a broken pickle can raise almost anything
         raise DataError(f"{path}: not a readable pickle ({type(exc).__name__})") from None
     if not isinstance(data, dict) or any(k not in data for k in keys):
@@ -344,17 +360,32 @@ def _resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return out
 
 
-def _source_key(root: Path, fmt: str, opts: ReadOptions) -> str:
-    """Names, sizes and mtimes of every source file, plus the options: the cache key.
+def _source_keys(root: Path, fmt: str, opts: ReadOptions) -> tuple[str, str]:
+    """(cache key, source id) from one listing of the source files' names, sizes and mtimes.
 
-    os.scandir, not Path.rglob: 60,000 files are keyed in ~0.2 s instead of ~1 s, which is most
+    The cache key adds every option; the source id (what episode files record) leaves out the
+    image size and channels, which decide the pixels but not which image a row is.
+    """
+    listing = _listing_digest(root)
+    options = asdict(opts)
+    cache_key = hashlib.sha256(f"fsl-reader-v{READER_VERSION}|{fmt}|{json.dumps(options, sort_keys=True)}|{listing}"
+                               .encode()).hexdigest()[:20]
+    rows = {k: v for k, v in options.items() if k not in ("image_size", "channels")}
+    source_id = hashlib.sha256(f"{fmt}|{json.dumps(rows, sort_keys=True)}|{listing}".encode()).hexdigest()[:20]
+    return cache_key, source_id
+
+
+def _listing_digest(root: Path) -> str:
+    """A hash of the names, sizes and mtimes of every source file.
+
+    os.scandir, not Path.rglob: 60,000 files are listed in ~0.2 s instead of ~1 s, which is most
     of a cached load.
     """
-    h = hashlib.sha256(f"fsl-reader-v{READER_VERSION}|{fmt}|{json.dumps(asdict(opts), sort_keys=True)}".encode())
+    h = hashlib.sha256()
     if root.is_file():
         st = root.stat()
         h.update(f"{root.name}|{st.st_size}|{st.st_mtime_ns}".encode())
-        return h.hexdigest()[:20]
+        return h.hexdigest()
     lines, folders, prefix = [], [str(root)], len(str(root)) + 1
     while folders:
         with os.scandir(folders.pop()) as entries:
@@ -365,7 +396,7 @@ def _source_key(root: Path, fmt: str, opts: ReadOptions) -> str:
                     st = entry.stat()
                     lines.append(f"{entry.path[prefix:]}|{st.st_size}|{st.st_mtime_ns}")
     h.update("\n".join(sorted(lines)).encode())
-    return h.hexdigest()[:20]
+    return h.hexdigest()
 
 
 def read(path: str | Path, fmt: str | None = None, opts: ReadOptions = ReadOptions()) -> DataSet:
@@ -376,13 +407,13 @@ def read(path: str | Path, fmt: str | None = None, opts: ReadOptions = ReadOptio
     fmt = fmt or detect_format(root)
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    key = _source_key(root, fmt, opts)
+    key, source_id = _source_keys(root, fmt, opts)
     folder = cache_dir() / "datasets" / f"{fmt}-{key}"
     if not (folder / "meta.json").exists():
         dataset = _decode(root, fmt, opts, key)
         with atomic_directory(folder) as tmp:
             dataset.save(tmp)
-    dataset = DataSet.load(folder)
+    dataset = replace(DataSet.load(folder), source_id=source_id)
     return with_rotations(dataset) if opts.rotations else dataset
 
 
@@ -421,4 +452,5 @@ def with_rotations(dataset: DataSet) -> DataSet:
         labels = torch.cat([store.labels + k * n for k in range(4)])
         names = [f"{c}@rot{90 * k}" if k else c for k in range(4) for c in store.class_names]
         splits[name] = ImageStore(images, labels, names)
-    return DataSet(dataset.name, splits, dataset.fingerprint + "-rot", dataset.notes + ["rotations: x4 classes"])
+    return DataSet(dataset.name, splits, dataset.fingerprint + "-rot", dataset.notes + ["rotations: x4 classes"],
+                   source_id=dataset.source_id + "-rot")

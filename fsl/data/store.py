@@ -65,6 +65,9 @@ class DataSet:
     notes: list[str] = field(default_factory=list)
     # For file-based data sets: the image file of every row, per split (episode files name them).
     sources: dict[str, list[str]] | None = None
+    # What `<split>:<row>` references in an episode file point into: the source files, format,
+    # split options and rotations, but not the image size or channels, which change no row.
+    source_id: str = ""
 
     def split(self, name: str) -> ImageStore:
         if name not in self.splits:
@@ -101,7 +104,8 @@ class DataSet:
     def save(self, folder: Path) -> None:
         """Write `.npy` arrays and a `meta.json` into `folder` (callers make it atomic)."""
         meta = {"schema": CACHE_SCHEMA, "name": self.name, "fingerprint": self.fingerprint,
-                "notes": self.notes, "classes": {}, "sources": self.sources}
+                "notes": self.notes, "classes": {}, "sources": self.sources,
+                "source_id": self.source_id}
         for split, store in self.splits.items():
             np.save(folder / f"{split}_images.npy", store.images.numpy())
             np.save(folder / f"{split}_labels.npy", store.labels.numpy())
@@ -120,7 +124,8 @@ class DataSet:
             images = torch.from_numpy(np.load(folder / f"{split}_images.npy", mmap_mode="c"))
             labels = torch.from_numpy(np.load(folder / f"{split}_labels.npy"))
             splits[split] = ImageStore(images, labels, list(names))
-        return cls(meta["name"], splits, meta["fingerprint"], list(meta.get("notes", [])), meta.get("sources"))
+        return cls(meta["name"], splits, meta["fingerprint"], list(meta.get("notes", [])), meta.get("sources"),
+                   meta.get("source_id", ""))
 
 
 def load_dataset(spec: str = "synthetic", image_size: int | None = None, fmt: str | None = None,

@@ -135,7 +135,8 @@ def generate(image_size: int = DEFAULT_IMAGE_SIZE, images_per_class: int = IMAGE
         names = [f"concept{start + k:03d}" for k in range(count)]
         splits[split] = ImageStore(torch.from_numpy(images), torch.from_numpy(labels), names)
         start += count
-    return DataSet("synthetic", splits, fingerprint(image_size, images_per_class, seed))
+    return DataSet("synthetic", splits, fingerprint(image_size, images_per_class, seed),
+                   source_id=f"synthetic-v{VERSION}-n{images_per_class}-seed{seed}")
 
 
 def fingerprint(image_size: int, images_per_class: int, seed: int) -> str:
