@@ -342,17 +342,20 @@ def main() -> None:
 
 def logging_overhead(work: Path, repeats: int = 3) -> dict:
     """Wall time of one small `run_training` with MLflow against the same with no tracker."""
-    from fsl.experiment import run_training
+    from fsl.commands.common import SILENT, RunOptions
+    from fsl.commands.train import run_training
+    from fsl.tracking.null import NullRuns
 
     cfg = TrainConfig(epochs=5, episodes_per_epoch=100, val_episodes=20, test_episodes=100,
                       experiment="bench-logging")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     times: dict[str, list[float]] = {"with_mlflow": [], "without": []}
-    run_training(cfg, echo=lambda s: None, show_progress=False)  # warm-up: creates the store
+    options = RunOptions(register=True, system_metrics=False)
+    run_training(cfg, options, SILENT)  # warm-up: creates the store
     for _ in range(repeats):
-        for label, track in (("with_mlflow", True), ("without", False)):
+        for label, runs in (("with_mlflow", None), ("without", NullRuns())):
             t0 = time.perf_counter()
-            run_training(cfg, echo=lambda s: None, show_progress=False, track=track)
+            run_training(cfg, options, SILENT, runs=runs)
             times[label].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"median_s": med, "all_s": times, "overhead": med["with_mlflow"] / med["without"] - 1}

@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from fsl.runtime import free_port
 
 
 def measure(processes: int, steps: int, epochs: int, work: Path) -> dict:

@@ -1,4 +1,8 @@
-"""The `fsl` command: parses options, builds a config and calls `fsl.experiment`. No logic here."""
+"""The `fsl` command: parses options, builds a config and calls one module of `fsl.commands`.
+
+Choices come from `fsl.choices` and defaults from `fsl.config.DEFAULTS`, so neither is written
+here a second time.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from typing import Any, Callable
 import click
 
 import fsl
+from fsl.choices import COMPILE_MODES, DISTANCES, FORMATS, HALLUCINATORS, METHODS, PRECISIONS, SPLITS
+from fsl.config import DEFAULT_HALLUCINATOR, DEFAULT_M, DEFAULTS, FIELD_TYPES, MAX_M, TrainConfig
 from fsl.errors import FslError
 
 SHOW = {"show_default": True}
@@ -15,7 +21,7 @@ SHOW = {"show_default": True}
 
 class FslGroup(click.Group):
     """Reports usage and data errors as one line ("Error: ..."), no traceback; exit code 2 for
-    a bad parameter, 1 for unreadable data."""
+    a bad parameter, 1 for unreadable data, 128 + 15 for SIGTERM."""
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -23,9 +29,10 @@ class FslGroup(click.Group):
             return super().main(*args, **kwargs)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
+        except click.exceptions.Abort as exc:
+            signum = getattr(exc.__cause__, "signum", None)
+            click.echo("Terminated" if signum else "Aborted!", err=True)
+            sys.exit(128 + signum if signum else 1)
         except click.ClickException as exc:
             click.echo(f"Error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
@@ -59,87 +66,100 @@ def _options(*decorators: Callable) -> Callable:
     return apply
 
 
-FORMAT_NAMES = ["ravi", "course", "split-folders", "class-folders", "l2l-pickle", "metaoptnet-pickle"]
-
 data_options = _options(
-    click.option("--data", default="synthetic", help="Data set: 'synthetic' (built in, no download) or a path "
+    click.option("--data", default=DEFAULTS.data, help="Data set: 'synthetic' (built in, no download) or a path "
                  "(a folder, or a .zip of a class-per-folder tree)."),
-    click.option("--format", type=click.Choice(FORMAT_NAMES), default=None,
+    click.option("--format", type=click.Choice(FORMATS), default=None,
                  help="On-disk format of --data. [default: detected]"),
-    click.option("--image-size", type=AUTO_INT, default=None, help="Resize images to this side. "
+    click.option("--image-size", type=AUTO_INT, default=None, help="Resize images to this side (16 to 512). "
                  "[default: the data set's: 32 synthetic, 84 Mini-ImageNet, 28 greyscale trees]"),
     click.option("--channels", type=click.Choice(["1", "3"]), default=None, callback=lambda c, p, v: v and int(v),
                  help="1 = greyscale, 3 = RGB. [default: inferred from the images]"),
-    click.option("--rotations/--no-rotations", default=False,
+    click.option("--rotations/--no-rotations", default=DEFAULTS.rotations,
                  help="Add 90/180/270-degree rotations of every class as new classes (the Omniglot protocol)."),
 )
 
 episode_options = _options(
-    click.option("--ways", default=5, help="Classes per training episode (the paper trains 30-way for 1-shot)."),
-    click.option("--shots", default=1, help="Support images per class in training episodes."),
-    click.option("--queries", default=15, help="Query images per class in training episodes."),
-    click.option("--test-ways", default=5, help="Classes per val/test episode."),
+    click.option("--ways", default=DEFAULTS.ways, help="Classes per training episode, at least 2 "
+                 "(the paper trains 30-way for 1-shot)."),
+    click.option("--shots", default=DEFAULTS.shots, help="Support images per class in training episodes."),
+    click.option("--queries", default=DEFAULTS.queries, help="Query images per class in training episodes."),
+    click.option("--test-ways", default=DEFAULTS.test_ways, help="Classes per val/test episode, at least 2."),
     click.option("--test-shots", type=AUTO_INT, default=None, help="Support images per class in val/test episodes. "
                  "[default: --shots]"),
-    click.option("--test-queries", default=15, help="Query images per class in val/test episodes."),
+    click.option("--test-queries", default=DEFAULTS.test_queries, help="Query images per class in val/test episodes."),
 )
 
 run_options = _options(
-    click.option("--seed", default=0, help="Seed of training episodes, initial weights and training noise."),
-    click.option("--val-seed", default=1, help="Seed of the fixed validation episodes."),
-    click.option("--test-seed", default=2, help="Seed of the fixed test episodes and test-time noise."),
-    click.option("--device", default="auto", help="auto = CUDA, else Apple MPS, else CPU; or cpu, cuda, cuda:N, mps."),
-    click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
+    click.option("--seed", default=DEFAULTS.seed, help="Seed of training episodes, initial weights and training noise."),
+    click.option("--val-seed", default=DEFAULTS.val_seed, help="Seed of the fixed validation episodes."),
+    click.option("--test-seed", default=DEFAULTS.test_seed, help="Seed of the fixed test episodes and test-time noise."),
+    click.option("--device", default=DEFAULTS.device,
+                 help="auto = CUDA, else Apple MPS, else CPU; or cpu, cuda, cuda:N, mps."),
+    click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS.precision,
                  help="auto = bf16 autocast where the device has bf16 units (CUDA, AMX CPUs), else fp32."),
-    click.option("--experiment", default="fsl", help="MLflow experiment (ignored inside `mlflow run`)."),
+    click.option("--experiment", default=DEFAULTS.experiment, help="MLflow experiment (ignored inside `mlflow run`)."),
 )
-
-compile_option = click.option(
-    "--compile", type=click.Choice(["auto", "on", "off"]), default="auto",
-    help="torch.compile the training step (CUDA graphs on CUDA); auto = on CUDA only, where it measured 27-34% faster.")
 
 training_options = _options(
     data_options,
     episode_options,
-    click.option("--augment/--no-augment", default=False,
+    click.option("--augment/--no-augment", default=DEFAULTS.augment,
                  help="Randomly rotate (15 deg), scale (0.9-1.1) and shift (10%) training images, batched on the device."),
-    click.option("--distance", type=click.Choice(["l2", "cosine", "dot"]), default="l2",
+    click.option("--distance", type=click.Choice(DISTANCES), default=DEFAULTS.distance,
                  help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper."),
-    click.option("--epochs", default=20, help="Epochs; each ends with validation and keeps the best model."),
-    click.option("--episodes-per-epoch", default=500, help="Optimiser steps per epoch."),
-    click.option("--episodes-per-step", default=1, help="Episodes averaged per optimiser step, per process "
+    click.option("--epochs", default=DEFAULTS.epochs, help="Epochs; each ends with validation and keeps the best model."),
+    click.option("--episodes-per-epoch", default=DEFAULTS.episodes_per_epoch, help="Optimiser steps per epoch."),
+    click.option("--episodes-per-step", default=DEFAULTS.episodes_per_step,
+                 help="Episodes averaged per optimiser step, per process "
                  "(torchrun: each of N processes draws its own, so a step sees N x this many)."),
-    click.option("--val-episodes", default=100, help="Fixed val episodes scored after each epoch."),
-    click.option("--test-episodes", default=600, help="Test episodes (600 as in the literature)."),
-    click.option("--lr", default=1e-3, help="Adam learning rate."),
-    click.option("--lr-step", default=2000, help="Halve the learning rate every this many episodes (as in the paper)."),
+    click.option("--val-episodes", default=DEFAULTS.val_episodes, help="Fixed val episodes scored after each epoch."),
+    click.option("--test-episodes", default=DEFAULTS.test_episodes, help="Test episodes (600 as in the literature)."),
+    click.option("--lr", default=DEFAULTS.lr, help="Adam learning rate."),
+    click.option("--lr-step", default=DEFAULTS.lr_step,
+                 help="Halve the learning rate every this many episodes (as in the paper)."),
     run_options,
-    compile_option,
+    click.option("--compile", type=click.Choice(COMPILE_MODES), default=DEFAULTS.compile,
+                 help="torch.compile the training step (CUDA graphs on CUDA); auto = on CUDA only, "
+                 "where it measured 27-34% faster."),
 )
 
-resume_option = click.option(
-    "--resume", is_flag=True, help="Continue the newest interrupted (RUNNING) run of this configuration "
-    "from its last epoch, in the same MLflow run.")
-
-register_options = _options(
+tracking_options = _options(
     click.option("--register/--no-register", default=True,
                  help="Register the best checkpoint in the model registry (fsl-protonet / fsl-hallucination)."),
     click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-<method>]"),
+    click.option("--system-metrics/--no-system-metrics", default=True,
+                 help="Record CPU and memory use (and GPU use, with the nvidia-ml-py package) every 2 s."),
 )
+
+resume_option = click.option(
+    "--resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_ID]",
+    help="Continue an interrupted run from its last epoch, in the same MLflow run: the newest unfinished "
+    "(killed, failed or crashed) run of this configuration, or RUN_ID.")
 
 hallucination_options = _options(
-    click.option("-M", "--hallucinations", "M", default=100, help="Hallucinated features per class per episode."),
-    click.option("--hallucinator", type=click.Choice(["wang", "improved"]), default="wang",
+    click.option("-M", "--hallucinations", "M", default=DEFAULT_M,
+                 help=f"Hallucinated features per class per episode (0 to {MAX_M})."),
+    click.option("--hallucinator", type=click.Choice(HALLUCINATORS), default=DEFAULT_HALLUCINATOR,
                  help="wang: the original generator; improved: prototype-conditioned, residual, anti-collapse."),
-    click.option("--diversity-weight", default=0.1, help="Weight of the anti-collapse term (improved only)."),
-    click.option("--init", default=None, help="Start from a trained model: a checkpoint or an MLflow model URI."),
+    click.option("--diversity-weight", default=DEFAULTS.diversity_weight,
+                 help="Weight of the anti-collapse term (improved only)."),
+    click.option("--init", default=None, help="Start from a trained model: a checkpoint or an MLflow URI."),
 )
 
 
-def _config(**options: Any):
-    from fsl.config import TrainConfig
+def _run_options(register: bool, registered_model_name: str | None, system_metrics: bool,
+                 resume: str | None = None):
+    from fsl.commands.common import RunOptions
 
-    return TrainConfig(**options)
+    return RunOptions(register=register, registered_model_name=registered_model_name,
+                      system_metrics=system_metrics, resume=resume)
+
+
+def _reporter():
+    from fsl.commands.common import Reporter
+
+    return Reporter(click.echo)
 
 
 @click.group(cls=FslGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -154,28 +174,30 @@ def cli() -> None:
 
 @cli.command(context_settings=SHOW)
 @training_options
-@register_options
+@tracking_options
 @resume_option
-def protonet(register: bool, registered_model_name: str | None, resume: bool, **options: Any) -> None:
+def protonet(register: bool, registered_model_name: str | None, system_metrics: bool, resume: str | None,
+             **options: Any) -> None:
     """Train a Prototypical Network (Snell et al. 2017), then test it on --test-episodes episodes."""
-    from fsl.experiment import run_training
+    from fsl.commands.train import run_training
 
-    run_training(_config(**options), echo=click.echo, register=register,
-                 registered_model_name=registered_model_name, resume=resume)
+    run_training(TrainConfig(**options), _run_options(register, registered_model_name, system_metrics, resume),
+                 _reporter())
 
 
 @cli.command(context_settings=SHOW)
 @training_options
 @hallucination_options
-@register_options
+@tracking_options
 @resume_option
-def hallucinate(register: bool, registered_model_name: str | None, resume: bool, **options: Any) -> None:
+def hallucinate(register: bool, registered_model_name: str | None, system_metrics: bool, resume: str | None,
+                **options: Any) -> None:
     """Train ProtoNet jointly with a feature hallucinator (Wang et al. 2018), then test it
     with the generator on and off on the same episodes."""
-    from fsl.experiment import run_training
+    from fsl.commands.train import run_training
 
-    run_training(_config(**options), echo=click.echo, register=register,
-                 registered_model_name=registered_model_name, resume=resume)
+    run_training(TrainConfig(**options), _run_options(register, registered_model_name, system_metrics, resume),
+                 _reporter())
 
 
 def _caster(annotation: str) -> Callable[[str], Any]:
@@ -195,16 +217,19 @@ def _values(text: str, cast: Callable = str) -> list:
 @cli.command("sweep-m", context_settings=SHOW)
 @training_options
 @hallucination_options
-@register_options
+@tracking_options
 @click.option("--values", default="0,10,50,100", help="Values of M, comma-separated.")
-def sweep_m(values: str, register: bool, registered_model_name: str | None, **options: Any) -> None:
+def sweep_m(values: str, register: bool, registered_model_name: str | None, system_metrics: bool,
+            **options: Any) -> None:
     """The M study: one hallucination model per M, nested runs under one parent with a
     table and a plot of test accuracy ± CI against M."""
-    from fsl.experiment import run_sweep
+    from dataclasses import replace
 
-    ms = _values(values, int)
-    run_sweep(_config(**options), {"M": ms}, run_name="sweep-m", echo=click.echo, register=register,
-              registered_model_name=registered_model_name)
+    from fsl.commands.sweep import run_sweep
+
+    run_sweep(TrainConfig(**options), {"M": _values(values, int)},
+              replace(_run_options(register, registered_model_name, system_metrics), run_name="sweep-m"),
+              _reporter())
 
 
 @cli.command(context_settings=SHOW)
@@ -212,32 +237,30 @@ def sweep_m(values: str, register: bool, registered_model_name: str | None, **op
 @hallucination_options
 @click.option("--param", "params", multiple=True, required=True,
               help="A swept option and its values, e.g. --param shots=1,5 --param distance=l2,cosine.")
-@click.option("--method", type=click.Choice(["protonet", "hallucinate"]), default="protonet",
+@click.option("--method", type=click.Choice(METHODS), default="protonet",
               help="Train plain ProtoNets, or hallucination models.")
 @click.option("--shard", default=0, help="This process's share of the grid: points with index % --shards == --shard.")
 @click.option("--shards", default=1, help="How many processes share the grid.")
-@register_options
+@tracking_options
 def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, register: bool,
-          registered_model_name: str | None, **options: Any) -> None:
+          registered_model_name: str | None, system_metrics: bool, **options: Any) -> None:
     """Train and test a grid of configurations as nested runs under one parent run."""
-    from fsl.config import TrainConfig
-    from fsl.experiment import run_sweep
+    from fsl.commands.sweep import run_sweep
 
     if method == "protonet":
         options["hallucinator"] = None
     grid = {}
-    types = {name: f.type for name, f in TrainConfig.__dataclass_fields__.items()}
     for item in params:
         key, _, text = item.partition("=")
         key = key.strip().replace("-", "_")
         if key == "hallucinations":
             key = "M"
-        if key not in types or not text:
+        if key not in FIELD_TYPES or not text:
             raise click.BadParameter(f"expected OPTION=V1,V2,... with a training option, got {item!r}",
                                      param_hint="--param")
-        grid[key] = _values(text, _caster(str(types[key])))
-    run_sweep(_config(**options), grid, shard=shard, shards=shards, echo=click.echo, register=register,
-              registered_model_name=registered_model_name)
+        grid[key] = _values(text, _caster(FIELD_TYPES[key]))
+    run_sweep(TrainConfig(**options), grid, _run_options(register, registered_model_name, system_metrics),
+              _reporter(), shard=shard, shards=shards)
 
 
 @cli.group()
@@ -247,8 +270,8 @@ def data() -> None:
 
 @data.command(context_settings=SHOW)
 @click.argument("path")
-@click.option("--format", type=click.Choice(FORMAT_NAMES), default=None, help="Format. [default: detected]")
-@click.option("--image-size", type=int, default=None, help="Target size. [default: inferred]")
+@click.option("--format", type=click.Choice(FORMATS), default=None, help="Format. [default: detected]")
+@click.option("--image-size", type=click.IntRange(16, 512), default=None, help="Target size. [default: inferred]")
 def inspect(path: str, format: str | None, image_size: int | None) -> None:
     """Print the format, splits, classes, images per class and image size of PATH."""
     from fsl.data import load_dataset
@@ -257,26 +280,19 @@ def inspect(path: str, format: str | None, image_size: int | None) -> None:
 
 
 @data.command(context_settings=SHOW)
-@click.option("--clear", is_flag=True, help="Remove every cached data set.")
+@click.option("--clear", is_flag=True, help="Remove every cached data set and every kept checkpoint folder.")
 def cache(clear: bool) -> None:
-    """List the decoded data sets under the cache folder ($FSL_CACHE_DIR), with sizes."""
-    import shutil
+    """List the decoded data sets and the checkpoints of unfinished runs under the cache
+    folder ($FSL_CACHE_DIR), with sizes."""
+    from fsl.data.cache import describe_cache
 
-    from fsl.data.store import cached_datasets
-    from fsl.runtime import cache_dir
-
-    entries = cached_datasets()
-    for folder, size in entries:
-        click.echo(f"{size / 2**20:10.1f} MiB  {folder.name}")
-        if clear:
-            shutil.rmtree(folder)
-    total = sum(size for _, size in entries) / 2**20
-    click.echo(f"{'removed' if clear else 'cached'}: {len(entries)} data sets, {total:.1f} MiB in {cache_dir()}")
+    for line in describe_cache(clear):
+        click.echo(line)
 
 
 @cli.command(context_settings=SHOW)
 @data_options
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", help="Split to draw from.")
+@click.option("--split", type=click.Choice(SPLITS), default="test", help="Split to draw from.")
 @click.option("-n", "--episodes", "count", default=600, help="Number of episodes.")
 @click.option("--ways", default=5, help="Classes per episode.")
 @click.option("--shots", default=1, help="Support images per class.")
@@ -286,38 +302,40 @@ def cache(clear: bool) -> None:
 def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: int, out: str,
              **options: Any) -> None:
     """Write a fixed, shareable episode file (CSV: episode,role,label,path)."""
-    from fsl.experiment import write_episodes
+    from fsl.commands.episodes import write_episodes
+    from fsl.data.episodes import EpisodeShape
 
-    write_episodes(_config(**options), split, count, ways, shots, queries, seed, out, echo=click.echo)
+    write_episodes(TrainConfig(**options), split, count, EpisodeShape(ways, shots, queries), seed, out, _reporter())
 
 
 @cli.command(context_settings=SHOW)
 @click.option("--model", "model_spec", required=True,
               help="A checkpoint (.pt) or an MLflow URI: runs:/ID, runs:/ID/path.pt, models:/NAME@ALIAS.")
 @data_options
-@click.option("--test-ways", default=5, help="Classes per test episode.")
+@click.option("--test-ways", default=DEFAULTS.test_ways, help="Classes per test episode.")
 @click.option("--test-shots", default=1, help="Support images per class.")
-@click.option("--test-queries", default=15, help="Query images per class.")
-@click.option("--test-episodes", default=600, help="Test episodes.")
+@click.option("--test-queries", default=DEFAULTS.test_queries, help="Query images per class.")
+@click.option("--test-episodes", default=DEFAULTS.test_episodes, help="Test episodes.")
 @click.option("--episodes", "episodes_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Evaluate on the episodes of this CSV file instead of sampling new ones.")
 @run_options
 def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None:
     """Evaluate a saved model on new test episodes, or on an episode file (one MLflow run)."""
-    from fsl.experiment import run_evaluation
+    from fsl.commands.evaluate import run_evaluation
 
-    run_evaluation(model_spec, _config(**options), episodes_file, echo=click.echo)
+    run_evaluation(model_spec, TrainConfig(**options), episodes_file, _reporter())
 
 
 @cli.command(context_settings=SHOW)
 @click.option("--run-id", required=True, help="A finished training run.")
 @click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-<method of the run>]")
-def register(run_id: str, registered_model_name: str | None) -> None:
+@click.option("--allow-failed", is_flag=True, help="Also register a run that did not finish (FAILED or KILLED).")
+def register(run_id: str, registered_model_name: str | None, allow_failed: bool) -> None:
     """Register a chosen run's best checkpoint; `champion` moves only if it beats the champion
-    under the same protocol."""
-    from fsl.experiment import register_run
+    under the same protocol. The run's status is never changed."""
+    from fsl.commands.register import register_run
 
-    register_run(run_id, registered_model_name, echo=click.echo)
+    register_run(run_id, registered_model_name, allow_failed, _reporter())
 
 
 @cli.command(context_settings=SHOW)
@@ -327,9 +345,9 @@ def register(run_id: str, registered_model_name: str | None) -> None:
 @click.option("--out", default=None, help="Also write the table as CSV here.")
 def predict(model_spec: str, support_dir: str, query_dir: str, out: str | None) -> None:
     """Classify new images: print query file, predicted class and probability."""
-    from fsl.experiment import predict_folder
+    from fsl.commands.predict import predict_folder
 
-    predict_folder(model_spec, support_dir, query_dir, out, echo=click.echo)
+    predict_folder(model_spec, support_dir, query_dir, out, _reporter())
 
 
 def main() -> None:

@@ -3,15 +3,31 @@
 One frozen dataclass describes a training run. Its field names are the option names with
 dashes turned into underscores (and `M` for `-M/--hallucinations`), which are also the
 MLproject parameter names, so a value has one name from the command line to the MLflow UI.
+The defaults here are the only ones: the CLI's options and MLproject's parameters read them
+(a test checks MLproject against the CLI). This module imports no torch, so `fsl --help` is fast.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+import math
+import re
+from dataclasses import asdict, dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
-from fsl.data.episodes import EpisodeShape
+from fsl.choices import COMPILE_MODES, DEVICES, DISTANCES, HALLUCINATORS, PRECISIONS
 from fsl.errors import UsageError
+
+if TYPE_CHECKING:
+    from fsl.data.episodes import EpisodeShape
+
+# `fsl hallucinate`'s own defaults (a ProtoNet run has no hallucinator and M = 0).
+DEFAULT_HALLUCINATOR = "wang"
+DEFAULT_M = 100
+# Upper bounds that keep a typo from asking for terabytes: Conv-4 at 512 px already makes
+# 65,536-d features, and M = 1,000 hallucinations per class is 10x the paper's largest study.
+MAX_IMAGE_SIZE = 512
+MAX_M = 1000
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 
 
 @dataclass(frozen=True)
@@ -50,12 +66,16 @@ class TrainConfig:
     init: str | None = None                # start from a trained model (checkpoint or MLflow URI)
 
     @property
-    def train_shape(self) -> EpisodeShape:
+    def train_shape(self) -> "EpisodeShape":
+        from fsl.data.episodes import EpisodeShape
+
         return EpisodeShape(self.ways, self.shots, self.queries)
 
     @property
-    def test_shape(self) -> EpisodeShape:
+    def test_shape(self) -> "EpisodeShape":
         """Validation and test episodes use the test way, shot and queries."""
+        from fsl.data.episodes import EpisodeShape
+
         return EpisodeShape(self.test_ways, self.test_shots or self.shots, self.test_queries)
 
     @property
@@ -63,36 +83,42 @@ class TrainConfig:
         return "hallucination" if self.hallucinator else "protonet"
 
     def validate(self) -> None:
-        """Raise UsageError naming the option for any value outside its range."""
-        from fsl.models.distances import DISTANCES
-        from fsl.models.hallucinator import GENERATORS
-        from fsl.runtime import COMPILE_CHOICES, DEVICES, PRECISIONS
-
-        for name in ("ways", "shots", "queries", "test_ways", "test_queries", "epochs",
-                     "episodes_per_epoch", "episodes_per_step", "val_episodes", "test_episodes", "lr_step"):
-            value = getattr(self, name)
-            if value < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.test_shots is not None and self.test_shots < 1:
-            raise UsageError(f"--test-shots must be at least 1, got {self.test_shots}")
-        if self.image_size is not None and self.image_size < 16:
-            raise UsageError(f"--image-size must be at least 16 (Conv-4 halves it four times), got {self.image_size}")
+        """Raise UsageError naming the option for any value outside its range: before any data
+        is loaded and before any run opens."""
+        for name in ("shots", "queries", "test_queries", "epochs", "episodes_per_epoch",
+                     "episodes_per_step", "val_episodes", "test_episodes", "lr_step"):
+            _at_least(name, getattr(self, name), 1)
+        # One class is no classification: loss 0 and 100% accuracy say nothing.
+        _at_least("ways", self.ways, 2)
+        _at_least("test_ways", self.test_ways, 2)
+        if self.test_shots is not None:
+            _at_least("test_shots", self.test_shots, 1)
+        if self.image_size is not None and not 16 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise UsageError(f"--image-size must be between 16 (Conv-4 halves it four times) and {MAX_IMAGE_SIZE}, "
+                             f"got {self.image_size}")
         if self.channels not in (None, 1, 3):
             raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
-        if self.distance not in DISTANCES:
-            raise UsageError(f"--distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.compile not in COMPILE_CHOICES:
-            raise UsageError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
-        if self.device.split(":")[0] not in DEVICES:
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)} (optionally cuda:N), got {self.device!r}")
-        if self.hallucinator is not None and self.hallucinator not in GENERATORS:
-            raise UsageError(f"--hallucinator must be one of {', '.join(GENERATORS)}, got {self.hallucinator!r}")
-        if self.M < 0:
-            raise UsageError(f"-M/--hallucinations must be at least 0, got {self.M}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"--lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.diversity_weight) and self.diversity_weight >= 0):
+            raise UsageError(f"--diversity-weight must be a finite number >= 0, got {self.diversity_weight}")
+        for name in ("seed", "val_seed", "test_seed"):
+            value = getattr(self, name)
+            if not 0 <= value <= MAX_SEED:
+                raise UsageError(f"--{name.replace('_', '-')} must be between 0 and {MAX_SEED}, got {value}")
+        _one_of("distance", self.distance, DISTANCES)
+        _one_of("precision", self.precision, PRECISIONS)
+        _one_of("compile", self.compile, COMPILE_MODES)
+        if not re.fullmatch(r"(auto|cpu|mps|cuda(:\d+)?)", self.device):
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        if self.hallucinator is not None:
+            _one_of("hallucinator", self.hallucinator, HALLUCINATORS)
+        if not 0 <= self.M <= MAX_M:
+            raise UsageError(f"-M/--hallucinations must be between 0 and {MAX_M}, got {self.M}")
+        if not self.experiment.strip():
+            raise UsageError("--experiment must not be empty")
+        if not self.data.strip():
+            raise UsageError("--data must not be empty (use 'synthetic' for the built-in set)")
 
     def resolved(self) -> "TrainConfig":
         return replace(self, test_shots=self.test_shots or self.shots)
@@ -104,3 +130,17 @@ class TrainConfig:
             for key in ("hallucinator", "M", "diversity_weight"):
                 params.pop(key)
         return {k: ("" if v is None else v) for k, v in params.items()}
+
+
+DEFAULTS = TrainConfig()
+FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if value < low:
+        raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UsageError(f"--{name.replace('_', '-')} must be one of {', '.join(choices)}, got {value!r}")

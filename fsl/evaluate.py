@@ -41,7 +41,7 @@ class EvalResult:
 
 
 def sample_episodes(store: ImageStore, shape: EpisodeShape, n: int, seed: int, split: str,
-                    option_prefix: str = "test_") -> EpisodeIndices:
+                    option_prefix: str = "test-") -> EpisodeIndices:
     """A fixed set of `n` episodes: the same seed gives the same episodes on any device."""
     sampler = EpisodeSampler(store, shape, split=split, option_prefix=option_prefix)
     return sampler.sample(make_generator(seed), n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,8 +18,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from fsl.choices import COMPILE_MODES, PRECISIONS
+from fsl.errors import FslError
 
 
 def seed_everything(seed: int) -> None:
@@ -44,8 +45,13 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {name}: Apple MPS is not available on this machine")
     return device
 
 
@@ -85,21 +91,34 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
-COMPILE_CHOICES = ("auto", "on", "off")
-
-
 def resolve_compile(choice: str, device: torch.device) -> bool:
     """`auto` compiles on CUDA only: there CUDA graphs (mode reduce-overhead) made a Conv-4
     training step 27-34% faster on an H100 (BENCHMARKS.md); on the CPU the compile time
     outweighs the gain for our schedules."""
-    if choice not in COMPILE_CHOICES:
-        raise ValueError(f"--compile must be one of {COMPILE_CHOICES}, got {choice!r}")
+    if choice not in COMPILE_MODES:
+        raise ValueError(f"--compile must be one of {COMPILE_MODES}, got {choice!r}")
     return choice == "on" or (choice == "auto" and device.type == "cuda")
 
 
 def compile_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """torch.compile for training steps of fixed shape; CUDA graphs on CUDA."""
     return torch.compile(module, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
+def process_alive(host: str | None, pid: str | int | None) -> bool | None:
+    """Whether process `pid` of `host` still runs: True or False on this host, None (unknown)
+    for another host or a missing pid."""
+    import socket
+
+    if not pid or host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
 
 
 def cache_dir() -> Path:
@@ -110,8 +129,30 @@ def cache_dir() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         root = Path(base) / "fsl"
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FslError(f"cache folder {root}: cannot create it ({exc.strerror}); set FSL_CACHE_DIR") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise FslError(f"cache folder {root} is not writable; set FSL_CACHE_DIR to a writable folder")
     return root
+
+
+# A temporary name says who writes it: `.<final name>.tmp-<host>-<pid>-<random>`, so that a
+# folder left by a writer that died (kill -9) can be recognised and removed (`fsl data cache`).
+_TEMPORARY = re.compile(r"^\..*\.tmp-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+
+
+def _temporary_prefix(final_name: str) -> str:
+    import socket
+
+    return f".{final_name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def temporary_owner(name: str) -> tuple[str, str] | None:
+    """(host, pid) of the writer of a temporary file or folder named by `atomic_*`, else None."""
+    match = _TEMPORARY.match(name)
+    return (match["host"], match["pid"]) if match else None
 
 
 @contextlib.contextmanager
@@ -121,10 +162,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     A reader therefore sees either no folder or a complete one, never a half-written cache. If
     another process finished first, its (identical) result is kept and ours is discarded.
     """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    with _writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(final.name), dir=final.parent))
     try:
-        yield tmp
+        with _writing(final):
+            yield tmp
         try:
             os.rename(tmp, final)
         except OSError:
@@ -137,15 +180,32 @@ def atomic_directory(final: Path) -> Iterator[Path]:
 
 def atomic_save(obj: object, path: Path) -> None:
     """`torch.save` to a temp file in the same folder, then rename: never a torn checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    with _writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path.name), dir=path.parent)
+        os.close(fd)
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        with _writing(path):
+            torch.save(obj, tmp)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A failed write (full disk, read-only folder) -> one FslError naming what was written.
+
+    torch.save reports a full disk as a RuntimeError from its zip writer, not an OSError."""
+    try:
+        yield
+    except OSError as exc:
+        raise FslError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:
+        if "write" not in str(exc).lower():
+            raise
+        raise FslError(f"cannot write {path}: {str(exc).splitlines()[0]} (is the disk full?)") from None
 
 
 def digest(data: bytes) -> str:
@@ -186,6 +246,15 @@ def distributed(device_name: str) -> Iterator[tuple[int, int, torch.device | Non
         yield dist.get_rank(), dist.get_world_size(), device
     finally:
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (torchrun's rendezvous, test servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def world() -> tuple[int, int]:

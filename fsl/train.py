@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,18 +28,17 @@ from fsl.config import TrainConfig
 from fsl.data.augment import random_affine
 from fsl.data.episodes import EpisodeSampler
 from fsl.data.store import DataSet
+from fsl.errors import FslError
 from fsl.evaluate import evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
 from fsl.models.hallucinator import mode_seeking_loss
 from fsl.runtime import atomic_save, compile_module, make_generator, resolve_compile, world
 
 GENERATOR_STRIDE = 7919  # seed offset between the episode streams of replicas (a prime)
-KILL_AFTER = "FSL_TEST_KILL_AFTER_EPISODE"  # tests: the process signals itself after episode n
-KILL_SIGNAL = "FSL_TEST_KILL_SIGNAL"        # KILL (default), TERM or INT
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the message names the epoch and the episode."""
+class NonFiniteLossError(FslError):
+    """The loss became NaN or inf; the message names the epoch and the episode (exit code 1)."""
 
 
 @dataclass
@@ -116,9 +113,7 @@ class EpisodeTrainer:
             self.step_loss = nn.parallel.DistributedDataParallel(
                 self.step_loss, device_ids=[device] if device.type == "cuda" else None,
                 find_unused_parameters=model.generator is not None)
-        self.episodes_done = 0  # optimiser steps so far, over all epochs (resume and the kill hook)
-        kill = os.environ.get(KILL_AFTER)
-        self.kill_after = int(kill) if kill else None
+        self.episodes_done = 0  # optimiser steps so far, over all epochs (resume)
 
     def run(self, n: int, progress: Callable[[int], None] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -150,8 +145,6 @@ class EpisodeTrainer:
             self.episodes_done += 1
             if progress:
                 progress(1)
-            if self.kill_after is not None and self.episodes_done >= self.kill_after:
-                os.kill(os.getpid(), getattr(signal, "SIG" + os.environ.get(KILL_SIGNAL, "KILL")))
         return loss_sum, correct / self.per_step, first_bad
 
     def state(self) -> dict[str, Any]:
@@ -185,16 +178,16 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
           checkpoint_dir: Path | None = None,
           on_epoch: Callable[[EpochStats], None] | None = None,
           progress: Callable[[int], None] | None = None,
-          resume: dict[str, Any] | None = None,
-          run_state: Callable[[], dict[str, Any]] | None = None) -> TrainResult:
+          resume: dict[str, Any] | None = None) -> TrainResult:
     """Train `model` for cfg.epochs x cfg.episodes_per_epoch steps; validate after each epoch.
 
     Adam at cfg.lr, halved every cfg.lr_step steps (Snell et al. 2017). Validation runs on a
     fixed set of cfg.val_episodes val episodes (test way/shot/queries); the best epoch's weights
     are kept, written to `checkpoint_dir/best.pt` and loaded back into the model at the end.
-    With `checkpoint_dir`, `last.pt` is written atomically after every epoch: weights,
-    optimiser, schedule, every RNG state, epoch and counters (plus `run_state()`, e.g. the
-    MLflow run id); `resume` is such a checkpoint to continue from.
+    With `checkpoint_dir`, `last.pt` is written atomically after every epoch, after `on_epoch`
+    has recorded it (so a kill between the two loses no point that a resumed run would not
+    record again): weights, optimiser, schedule, every RNG state, epoch and counters; `resume`
+    is such a checkpoint to continue from.
     """
     rank, _ = world()
     trainer = EpisodeTrainer(model, data.split("train").to(device), cfg, device)
@@ -218,9 +211,10 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
         loss_sum, correct, first_bad = trainer.run(per_epoch, progress)
         bad = int(first_bad)  # the one host sync of the epoch's training part
         if bad < per_epoch:
-            raise NonFiniteLossError(
-                f"non-finite training loss at epoch {epoch}, episode {bad + 1} of {per_epoch}; "
-                f"the last good checkpoint is {best_path or 'kept in memory'} (try a lower --lr or --precision fp32)")
+            kept = f"the last good checkpoint is {best_path}" if best_path and best_path.exists() else \
+                "no checkpoint was written"
+            raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, episode {bad + 1} of {per_epoch}; "
+                                     f"{kept} (try a lower --lr or --precision fp32)")
         _sync_buffers(model)
         val_acc = evaluate(model, val_store, val_episodes).mean
         stats = EpochStats(epoch, float(loss_sum) / per_epoch, float(correct) * 100 / queries_per_epoch,
@@ -231,11 +225,10 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if save:
                 atomic_save(model.checkpoint(val_acc=val_acc, epoch=epoch), best_path)
-        if checkpoint_dir is not None:
-            _save_last(checkpoint_dir, model, trainer, epoch, best_val, best_epoch, best_state, history,
-                       run_state() if run_state else {})
         if on_epoch:
             on_epoch(stats)
+        if checkpoint_dir is not None:
+            _save_last(checkpoint_dir, model, trainer, epoch, best_val, best_epoch, best_state, history)
 
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -243,7 +236,7 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
 
 
 def _save_last(folder: Path, model: FewShotClassifier, trainer: EpisodeTrainer, epoch: int, best_val: float,
-               best_epoch: int, best_state, history: list[EpochStats], extra: dict[str, Any]) -> None:
+               best_epoch: int, best_state, history: list[EpochStats]) -> None:
     """Rank 0 writes the resumable checkpoint; under DDP every rank's generators go into it."""
     import torch.distributed as dist
 
@@ -256,5 +249,5 @@ def _save_last(folder: Path, model: FewShotClassifier, trainer: EpisodeTrainer, 
     if rank == 0:
         checkpoint = model.checkpoint() | {
             "trainer": states[0], "trainer_by_rank": states, "epoch": epoch, "best_val": best_val,
-            "best_epoch": best_epoch, "best_state": best_state, "history": [asdict(h) for h in history]} | extra
+            "best_epoch": best_epoch, "best_state": best_state, "history": [asdict(h) for h in history]}
         atomic_save(checkpoint, folder / "last.pt")

@@ -3,9 +3,11 @@ one tiny trained model per session for the tests that only need a model."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -35,22 +37,32 @@ def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
-@pytest.fixture
-def tracking(tmp_path: Path, migrated_db: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A fresh tracking store per test: a copy of the migrated database, artifacts in tmp_path."""
+@contextlib.contextmanager
+def tracking_store(folder: Path, migrated_db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A tracking store in `folder` (a copy of the migrated database, artifacts beside it), made
+    the current one for this process and its subprocesses; yields its URI."""
     import mlflow
 
-    db = tmp_path / "mlflow.db"
+    db = folder / "mlflow.db"
     shutil.copy(migrated_db, db)
     uri = f"sqlite:///{db}"
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(folder)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run():
-        mlflow.end_run()
-    mlflow.set_tracking_uri(None)
+    try:
+        yield uri
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def tracking(tmp_path: Path, migrated_db: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh tracking store per test."""
+    with tracking_store(tmp_path, migrated_db, monkeypatch) as uri:
+        yield uri
 
 
 @pytest.fixture(scope="session")
@@ -65,12 +77,12 @@ def tiny_dataset():
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_dataset) -> Path:
     """One tiny ProtoNet, trained once per session, saved as a checkpoint."""
     from fsl.config import TrainConfig
-    from fsl.experiment import prepare
+    from fsl.commands.train import prepare_training
     from fsl.train import train
 
     cfg = TrainConfig(image_size=16, epochs=1, episodes_per_epoch=10, val_episodes=3, queries=3,
                       test_queries=3, precision="fp32", device="cpu")
-    setup = prepare(cfg)
+    setup = prepare_training(cfg)
     folder = tmp_path_factory.mktemp("checkpoint")
     result = train(setup.model, setup.data, setup.cfg, setup.device, checkpoint_dir=folder)
     return result.best_checkpoint

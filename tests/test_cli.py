@@ -69,8 +69,8 @@ def test_evaluate_scores_a_checkpoint_and_an_mlflow_run_uri(tracking, trained_ch
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--test-ways", "17"], "--test-ways must be between 1 and 16"),  # the val split has 16 classes
-    (["--ways", "70"], "--ways must be between 1 and 64"),
+    (["--test-ways", "17"], "--test-ways must be between 2 and 16"),  # the val split has 16 classes
+    (["--ways", "70"], "--ways must be between 2 and 64"),
     (["--shots", "50", "--queries", "15"], "--shots + --queries must be at most 60"),
     (["--distance", "manhattan"], "'--distance'"),
     (["--data", "/no/such/folder"], "/no/such/folder"),
@@ -91,12 +91,12 @@ def test_bad_input_gets_a_one_line_error_exit_2_and_leaves_no_run(tracking, args
 
 
 def test_an_error_during_training_marks_the_run_failed(tracking, monkeypatch):
-    import fsl.train
+    import fsl.commands.train
 
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(fsl.train, "train", explode)
+    monkeypatch.setattr(fsl.commands.train, "train", explode)
     result = CliRunner().invoke(cli, ["protonet", *TINY])
     assert result.exit_code != 0
     assert only_run(MlflowClient()).info.status == "FAILED"

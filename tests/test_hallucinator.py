@@ -122,7 +122,7 @@ def test_sweep_m_makes_one_parent_with_a_child_per_m(tracking):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["-M", "-1"], "-M/--hallucinations must be at least 0"),
+    (["-M", "-1"], "-M/--hallucinations must be between 0 and 1000"),
     (["--hallucinator", "gan"], "'--hallucinator'"),
 ])
 def test_bad_hallucination_options_get_a_one_line_error_and_exit_2(tracking, args, needle):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fsl.data import load_dataset, readers
+from fsl.data import images, load_dataset, readers
 from fsl.data.episodes import EpisodeShape, read_episode_file, source_record_path, write_episode_file
 from fsl.data.store import DataSet
 from fsl.errors import DataError
@@ -352,10 +352,10 @@ def test_a_16_bit_gradient_is_scaled_to_8_bits_not_clipped(tmp_path, dtype, suff
     with Image.open(path) as saved:
         assert saved.mode in ("I;16", "I")
     expected = np.clip(np.rint(gradient / 257.0), 0, 255).astype(np.uint8)
-    decoded = readers.decode_image(str(path), 64, 1)[0]
+    decoded = images.decode_image(str(path), 64, 1)[0]
     assert np.abs(decoded.astype(int) - expected).max() <= 1
     assert (decoded == 255).mean() < 0.01  # clipping would leave ~98% of pixels at 255
-    assert np.array_equal(readers.decode_bytes(path.read_bytes(), 64, 1)[0], decoded)  # predict and serving
+    assert np.array_equal(images.decode_bytes(path.read_bytes(), 64, 1)[0], decoded)  # predict and serving
 
 
 def test_an_episode_file_of_rows_refuses_another_data_set(tmp_path, tiny_dataset):

@@ -4,8 +4,6 @@ import base64
 import io
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from fsl.cli import cli
-from tests.conftest import TINY
+from fsl.runtime import free_port
+from tests.conftest import TINY, tracking_store
 
 TRAIN = [a for a in TINY if a != "--no-register"] + ["--val-episodes", "8"]
 REPO = Path(__file__).resolve().parents[1]
@@ -28,16 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, migrated_db):
     """One tracking store for the module: three finished runs with distinct val accuracies."""
-    import mlflow
-
     folder = tmp_path_factory.mktemp("registry")
-    shutil.copy(migrated_db, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.delenv("MLFLOW_RUN_ID", raising=False)
-        mlflow.set_tracking_uri(uri)
+    with pytest.MonkeyPatch.context() as mp, tracking_store(folder, migrated_db, mp) as uri:
         runs = {}
         for seed in range(6):
             result = CliRunner().invoke(cli, ["protonet", *TRAIN, "--no-register", "--seed", str(seed)],
@@ -50,7 +41,6 @@ def store(tmp_path_factory, migrated_db):
                 break
         assert len(runs) == 3, f"need three distinct val accuracies, got {sorted(runs)}"
         yield folder, uri, [runs[v] for v in sorted(runs)]  # worst, middle, best
-        mlflow.set_tracking_uri(None)
 
 
 def versions(name):
@@ -87,7 +77,7 @@ def test_the_champion_moves_only_to_a_better_version_under_the_same_protocol(reg
 
 
 def test_a_different_protocol_leaves_the_champion_alone_and_says_so():
-    from fsl.tracking import champion_decision
+    from fsl.tracking.registry import champion_decision
 
     same = {"ways": 5, "shots": 1, "data_fingerprint": "a"}
     promote, why = champion_decision(99.0, same | {"shots": 5}, {"val_acc": 10.0, "protocol": same})
@@ -195,12 +185,6 @@ def test_the_serving_pyfunc_predicts_labels_for_base64_images(registered, store,
     assert set(out["label"]) <= {"class-0", "class-1", "class-2"}
     again = model.predict(request_frame(tiny_dataset))
     assert out.equals(again)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ runs on one SQLite store, signals. Each test runs the real `fsl` command in subp
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from fsl.runtime import free_port
 from tests.conftest import TINY
 
 BUDGET = [*TINY, "--epochs", "3", "--episodes-per-epoch", "4"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fsl(*args: str, env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
@@ -36,7 +30,7 @@ def runs(uri: str):
 
 
 def checkpoint(uri: str, run_id: str) -> dict:
-    from fsl.tracking import download
+    from fsl.tracking.runs import download
 
     return torch.load(download(f"runs:/{run_id}/checkpoints/best.pt"), weights_only=True)
 
@@ -63,44 +57,105 @@ def test_two_gloo_processes_make_one_run_that_matches_one_process_with_two_episo
         not all(torch.equal(a[k], b[k]) for k in a)  # equal weights and stats give equal accuracies
 
 
-def test_a_run_killed_with_sigkill_resumes_to_the_metrics_of_an_uninterrupted_run(tracking):
-    whole = fsl("protonet", *BUDGET)
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    killed = fsl("protonet", *BUDGET, env=os.environ | {"FSL_TEST_KILL_AFTER_EPISODE": "6"})
-    assert killed.returncode == -signal.SIGKILL
-    interrupted = runs(tracking)[-1]
-    assert interrupted.info.status == "RUNNING"
-    resumed = fsl("protonet", *BUDGET, "--resume")
+# Long enough per epoch that a process killed right after its first `last.pt` is mid-epoch 2.
+KILL_BUDGET = [*TINY, "--epochs", "3", "--episodes-per-epoch", "60"]
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fsl", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_for_first_epoch(process: subprocess.Popen, cache: Path, before: set, timeout: float = 120) -> Path:
+    """The new run's `last.pt`, as soon as the process has written it (it then trains epoch 2)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fresh = [p for p in (cache / "runs").glob("*/last.pt") if p.parent.name not in before]
+        if fresh:
+            return fresh[0]
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        time.sleep(0.002)
+    raise AssertionError("no last.pt within the timeout")
+
+
+def run_folders(cache: Path) -> set:
+    return {p.name for p in (cache / "runs").glob("*")} if (cache / "runs").exists() else set()
+
+
+def metric_history(uri: str, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(MlflowClient(uri).get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def interrupt(cache: Path, sig: int) -> tuple[subprocess.Popen, str]:
+    """Start a run, send `sig` once its first epoch is checkpointed; (process, run id)."""
+    process = start("protonet", *KILL_BUDGET)
+    last = wait_for_first_epoch(process, cache, run_folders(cache))
+    process.send_signal(sig)
+    process.communicate(timeout=120)
+    return process, last.parent.name
+
+
+def assert_resumes_to(uri: str, run_id: str, whole_id: str) -> None:
+    resumed = fsl("protonet", *KILL_BUDGET, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    client = MlflowClient(tracking)
-    first, second = client.get_run(runs(tracking)[0].info.run_id), client.get_run(interrupted.info.run_id)
-    assert len(runs(tracking)) == 2 and second.info.status == "FINISHED"  # the same run, continued
+    assert f"resuming run {run_id}" in resumed.stdout
+    client = MlflowClient(uri)
+    second, first = client.get_run(run_id), client.get_run(whole_id)
+    assert second.info.status == "FINISHED"
     for key in ("test_acc", "test_ci95", "best_val_acc"):
         assert second.data.metrics[key] == first.data.metrics[key], key
-    history = lambda r, k: [m.value for m in sorted(client.get_metric_history(r, k), key=lambda m: m.step)]
-    assert history(second.info.run_id, "test_episode_acc") == history(first.info.run_id, "test_episode_acc")
-    assert history(second.info.run_id, "val_acc") == history(first.info.run_id, "val_acc")
+    for key in ("test_episode_acc", "val_acc"):
+        assert metric_history(uri, run_id, key) == metric_history(uri, whole_id, key), key
 
 
-def test_a_stale_running_run_is_marked_failed_by_the_next_command(tracking):
-    killed = fsl("protonet", *BUDGET, env=os.environ | {"FSL_TEST_KILL_AFTER_EPISODE": "2"})
-    assert killed.returncode == -signal.SIGKILL
-    assert runs(tracking)[0].info.status == "RUNNING"
+@pytest.fixture
+def uninterrupted(tracking):
+    whole = fsl("protonet", *KILL_BUDGET)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    return runs(tracking)[-1].info.run_id
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_metrics_of_an_uninterrupted_run(tracking, fsl_cache, uninterrupted):
+    process, run_id = interrupt(fsl_cache, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    assert MlflowClient(tracking).get_run(run_id).info.status == "RUNNING"
+    # a stale RUNNING run with a checkpoint stays resumable even after another command marks it FAILED
     assert fsl("protonet", *TINY).returncode == 0
-    stale, fresh = runs(tracking)
-    assert stale.info.status == "FAILED" and fresh.info.status == "FINISHED"
+    assert MlflowClient(tracking).get_run(run_id).info.status == "FAILED"
+    assert_resumes_to(tracking, run_id, uninterrupted)
+    assert not (fsl_cache / "runs" / run_id).exists()  # a FINISHED run's checkpoints are removed
 
 
-@pytest.mark.parametrize("sig, status", [("TERM", "KILLED"), ("INT", "KILLED")])
-def test_sigterm_and_ctrl_c_end_the_run_killed_and_keep_the_last_good_checkpoint(tracking, fsl_cache, sig, status):
-    out = fsl("protonet", *BUDGET, env=os.environ | {"FSL_TEST_KILL_AFTER_EPISODE": "6", "FSL_TEST_KILL_SIGNAL": sig})
-    assert out.returncode != 0 and "Traceback" not in out.stderr
-    [run] = runs(tracking)
-    assert run.info.status == status
-    best = fsl_cache / "runs" / run.info.run_id / "best.pt"
+def test_sigterm_exits_143_ends_the_run_killed_and_resume_finishes_it(tracking, fsl_cache, uninterrupted):
+    process, run_id = interrupt(fsl_cache, signal.SIGTERM)
+    assert process.returncode == 143
+    assert MlflowClient(tracking).get_run(run_id).info.status == "KILLED"
+    assert (fsl_cache / "runs" / run_id / "best.pt").exists()  # the last good checkpoint stays
+    assert_resumes_to(tracking, run_id, uninterrupted)
+
+
+def test_ctrl_c_ends_the_run_killed_and_keeps_a_loadable_checkpoint(tracking, fsl_cache):
     from fsl.models.classifier import load_checkpoint
 
-    assert load_checkpoint(best).feature_dim == 64  # epoch 1's weights, loadable
+    process, run_id = interrupt(fsl_cache, signal.SIGINT)
+    assert process.returncode == 1
+    assert MlflowClient(tracking).get_run(run_id).info.status == "KILLED"
+    assert load_checkpoint(fsl_cache / "runs" / run_id / "best.pt").feature_dim == 64
+
+
+def test_resume_never_takes_over_a_live_run_and_names_a_changed_option(tracking, fsl_cache):
+    process = start("protonet", *KILL_BUDGET)
+    run_id = wait_for_first_epoch(process, fsl_cache, run_folders(fsl_cache)).parent.name
+    process.send_signal(signal.SIGSTOP)
+    try:
+        taken = fsl("protonet", *KILL_BUDGET, "--resume")
+        assert taken.returncode == 2 and f"run {run_id} is still running (pid {process.pid}" in taken.stderr
+        changed = fsl("protonet", *KILL_BUDGET, "--lr", "0.01", "--resume")
+        assert changed.returncode == 2 and "--lr was 0.001, now 0.01" in changed.stderr, changed.stderr
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert process.wait(timeout=120) == 0
+    assert [r.info.status for r in runs(tracking)] == ["FINISHED"]  # one run, and nobody took it over
 
 
 def test_a_nan_loss_fails_the_run_with_epoch_and_episode_and_keeps_a_loadable_checkpoint(tracking, fsl_cache):

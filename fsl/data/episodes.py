@@ -66,11 +66,11 @@ class EpisodeSampler:
     def __init__(self, store: ImageStore, shape: EpisodeShape, split: str = "split",
                  option_prefix: str = "") -> None:
         counts = store.images_per_class()
-        for name, value in (("ways", shape.ways), ("shots", shape.shots), ("queries", shape.queries)):
-            if value < 1:
-                raise EpisodeError(f"--{option_prefix}{name} must be at least 1, got {value}")
+        for name, value, low in (("ways", shape.ways, 2), ("shots", shape.shots, 1), ("queries", shape.queries, 1)):
+            if value < low:
+                raise EpisodeError(f"--{option_prefix}{name} must be at least {low}, got {value}")
         if shape.ways > store.n_classes:
-            raise EpisodeError(f"--{option_prefix}ways must be between 1 and {store.n_classes} "
+            raise EpisodeError(f"--{option_prefix}ways must be between 2 and {store.n_classes} "
                                f"(the {split} split has {store.n_classes} classes), got {shape.ways}")
         need = shape.shots + shape.queries
         smallest = int(counts.min())
@@ -170,18 +170,14 @@ def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
     """Read an episode CSV. `<split>:<row>` paths need `dataset` (the --data given alongside; a
     DataSet, or a function returning one, called only if such a row exists); file paths are
     decoded at `image_size`/`channels` exactly as data sets are."""
-    import csv
-
-    from fsl.data.readers import decode_image
+    from fsl.data.csvfile import read_rows
+    from fsl.data.images import decode_image
     from fsl.errors import DataError
 
     path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if [h.strip() for h in (reader.fieldnames or [])] != EPISODE_HEADER:
-            raise DataError(f"{path}: expected the header {','.join(EPISODE_HEADER)}, "
-                            f"got {','.join(reader.fieldnames or [])}")
-        rows = list(reader)
+    rows = read_rows(path, EPISODE_HEADER)
+    if not rows:
+        raise DataError(f"{path}: has a header but no episodes")
     grouped: dict[str, list[dict]] = {}
     for line, row in enumerate(rows, start=2):
         if row["role"] not in ("support", "query"):
@@ -198,7 +194,10 @@ def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
     def image(ref: str) -> torch.Tensor:
         if _is_row_reference(ref):
             split, _, index = ref.partition(":")
-            return dataset.split(split).images[int(index)]
+            images = dataset.split(split).images
+            if not 0 <= int(index) < len(images):
+                raise DataError(f"{path}: {ref!r}: the {split} split has rows 0 to {len(images) - 1}")
+            return images[int(index)]
         if ref not in decoded:  # episodes share images: decode each file once per read
             file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
             if not file.is_file():
@@ -225,8 +224,9 @@ def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
 
 
 def _is_row_reference(ref: str) -> bool:
+    """`test:12` (and `test:-1`, which is then reported out of range, not as a missing file)."""
     split, sep, index = ref.partition(":")
-    return bool(sep) and index.isdigit() and split in ("train", "val", "test")
+    return bool(sep) and index.lstrip("-").isdigit() and split in ("train", "val", "test")
 
 
 def _check_source(path: Path, dataset) -> None:

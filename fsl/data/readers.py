@@ -17,13 +17,10 @@ changed source gets a new key. Nothing is cached from a failed load.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import zipfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -31,13 +28,15 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from fsl.data.csvfile import read_rows
+from fsl.data.images import IMAGE_SUFFIXES, decode_all, image_mode
 from fsl.data.safe_pickle import UnsafePickleError, load_data_pickle
-from fsl.data.store import SPLITS, DataSet, ImageStore
+from fsl.choices import FORMATS, SPLITS
+from fsl.data.store import DataSet, ImageStore, cached
 from fsl.errors import DataError, UsageError
-from fsl.runtime import atomic_directory, cache_dir
+from fsl.runtime import cache_dir
 
 READER_VERSION = 1
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MINI_IMAGENET = (84, 3)
 GREYSCALE_DEFAULT = (28, 1)  # Omniglot as in the paper
 
@@ -59,97 +58,9 @@ class ReadOptions:
 Listing = dict[str, list[tuple[str, str]]]  # split -> [(class name, image reference)]
 
 
-# ---------------------------------------------------------------------------------- decoding
-# Open archives, per process: a zip's index is read once, not once per image. Keyed on the pid
-# because a forked worker must not share the parent's file position.
-_ARCHIVES: dict[tuple[int, str], zipfile.ZipFile] = {}
-
-
-def _open_image(ref: str):
-    from PIL import Image
-
-    if "::" in ref:
-        archive, member = ref.split("::", 1)
-        key = (os.getpid(), archive)
-        if key not in _ARCHIVES:
-            _ARCHIVES[key] = zipfile.ZipFile(archive)
-        return Image.open(io.BytesIO(_ARCHIVES[key].read(member)))
-    return Image.open(ref)
-
-
-def decode_image(ref: str, image_size: int, channels: int) -> np.ndarray:
-    """One image file -> uint8 [C, S, S], resized with antialiasing (the same for every path
-    into fsl: data sets, episode files, `fsl predict` and the serving model)."""
-    from PIL import UnidentifiedImageError
-
-    try:
-        with _open_image(ref) as img:
-            return _to_array(img, image_size, channels)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"cannot decode image {ref}: {exc}") from None
-
-
-def decode_bytes(data: bytes, image_size: int, channels: int, name: str = "an image") -> np.ndarray:
-    """Encoded image bytes (PNG, JPEG, ...) -> uint8 [C, S, S], exactly as `decode_image`."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return _to_array(img, image_size, channels)
-    except Exception as exc:  # PIL raises many types for bad bytes
-        raise DataError(f"cannot decode {name}: {type(exc).__name__}") from None
-
-
-def _to_array(img, image_size: int, channels: int) -> np.ndarray:
-    from PIL import Image
-
-    img = _eight_bit(img).convert("L" if channels == 1 else "RGB")
-    if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.BILINEAR, reducing_gap=None)
-    arr = np.array(img, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
-
-
-# Integer greyscale modes: 16-bit PNGs and TIFFs open as one of these. PIL's convert("L") clips
-# them at 255 instead of scaling, which turns almost every pixel white.
-_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-
-
-def _eight_bit(img):
-    """A 16-bit greyscale image scaled to 8 bits (0..65535 -> 0..255); other modes unchanged."""
-    from PIL import Image
-
-    if img.mode not in _WIDE_GREY_MODES:
-        return img
-    wide = np.asarray(img, dtype=np.float64)
-    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))  # mode L
-
-
-def _decode_chunk(args: tuple[list[str], int, int]) -> np.ndarray:
-    refs, size, channels = args
-    out = np.empty((len(refs), channels, size, size), dtype=np.uint8)
-    for i, ref in enumerate(refs):
-        out[i] = decode_image(ref, size, channels)
-    return out
-
-
-def decode_all(refs: list[str], size: int, channels: int, workers: int | None = None) -> np.ndarray:
-    """Decode many files into one uint8 [N, C, S, S] array, in chunks across processes."""
-    if not refs:
-        return np.empty((0, channels, size, size), dtype=np.uint8)
-    workers = workers or min(8, os.cpu_count() or 1)
-    chunk = max(64, len(refs) // (workers * 8) + 1)
-    jobs = [(refs[i:i + chunk], size, channels) for i in range(0, len(refs), chunk)]
-    if workers == 1 or len(jobs) == 1:
-        return np.concatenate([_decode_chunk(job) for job in jobs])
-    with ProcessPoolExecutor(workers) as pool:
-        return np.concatenate(list(pool.map(_decode_chunk, jobs)))
-
-
 def infer_image_format(ref: str) -> tuple[int, int]:
     """Default (size, channels): 28 px greyscale for 1-bit/greyscale images (Omniglot), else 84 RGB."""
-    with _open_image(ref) as img:
-        return GREYSCALE_DEFAULT if img.mode in ("1", "L", "LA", "I;16", "I") else MINI_IMAGENET
+    return GREYSCALE_DEFAULT if image_mode(ref) in ("1", "L", "LA", "I;16", "I") else MINI_IMAGENET
 
 
 # ------------------------------------------------------------------------------ file listings
@@ -225,15 +136,11 @@ def _split_classes(by_class: dict[str, list[str]], opts: ReadOptions) -> Listing
     return listing
 
 
-def _read_csv(path: Path, header: list[str]) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if [h.strip() for h in (reader.fieldnames or [])] != header:
-            raise DataError(f"{path}: expected the header {','.join(header)}, got {','.join(reader.fieldnames or [])}")
-        return list(reader)
-
-
 def _resolve(root: Path, name: str, folders: Iterable[str], csv_path: Path) -> str:
+    """The image a CSV row names, inside the data set's folders: absolute paths and `..` are
+    refused, so a hostile CSV cannot make fsl read files elsewhere."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise DataError(f"{csv_path}: row names {name!r}, outside the data set's image folders")
     for folder in folders:
         candidate = root / folder / name
         if candidate.is_file():
@@ -244,7 +151,7 @@ def _resolve(root: Path, name: str, folders: Iterable[str], csv_path: Path) -> s
 def _list_ravi(root: Path, opts: ReadOptions) -> Listing:
     listing: Listing = {}
     for split in SPLITS:
-        rows = _read_csv(root / f"{split}.csv", ["filename", "label"])
+        rows = read_rows(root / f"{split}.csv", ["filename", "label"])
         listing[split] = [(r["label"], _resolve(root, r["filename"], ["images", ""], root / f"{split}.csv"))
                           for r in rows]
     return listing
@@ -254,7 +161,7 @@ def _list_course(root: Path, opts: ReadOptions) -> Listing:
     """train.csv/val.csv (id,filename,label): val becomes test; val takes a share of train classes."""
     raw = {}
     for split in ("train", "val"):
-        rows = _read_csv(root / f"{split}.csv", ["id", "filename", "label"])
+        rows = read_rows(root / f"{split}.csv", ["id", "filename", "label"])
         raw[split] = [(r["label"], _resolve(root, r["filename"], ["", split, "images"], root / f"{split}.csv"))
                       for r in rows]
     by_class: dict[str, list[str]] = {}
@@ -290,12 +197,17 @@ def _load_pickle(path: Path, keys: tuple[str, ...]) -> dict:
 def _arrays_l2l(root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
     out = {}
     for split, stem in (("train", "train"), ("val", "validation"), ("test", "test")):
-        data = _load_pickle(root / f"mini-imagenet-cache-{stem}.pkl", ("image_data", "class_dict"))
-        images = np.asarray(data["image_data"])
+        path = root / f"mini-imagenet-cache-{stem}.pkl"
+        data = _load_pickle(path, ("image_data", "class_dict"))
+        images = _image_array(path, data["image_data"])
         names = [""] * len(images)
-        for name, rows in data["class_dict"].items():
+        for name, rows in dict(data["class_dict"]).items():
             for r in rows:
+                if not 0 <= int(r) < len(images):
+                    raise DataError(f"{path}: class {name!r} names row {r}, but there are {len(images)} images")
                 names[int(r)] = str(name)
+        if "" in names:
+            raise DataError(f"{path}: image {names.index('')} belongs to no class of class_dict")
         out[split] = (images, names)
     return out
 
@@ -303,13 +215,25 @@ def _arrays_l2l(root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
 def _arrays_metaoptnet(root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
     out = {}
     for split, stem in (("train", "train_phase_train"), ("val", "val"), ("test", "test")):
-        data = _load_pickle(root / f"miniImageNet_category_split_{stem}.pickle", ("data", "labels"))
-        out[split] = (np.asarray(data["data"]), [str(v) for v in data["labels"]])
+        path = root / f"miniImageNet_category_split_{stem}.pickle"
+        data = _load_pickle(path, ("data", "labels"))
+        images, labels = _image_array(path, data["data"]), list(data["labels"])
+        if len(labels) != len(images):
+            raise DataError(f"{path}: {len(images)} images but {len(labels)} labels")
+        out[split] = (images, [str(v) for v in labels])
     return out
 
 
+def _image_array(path: Path, value) -> np.ndarray:
+    """A pickle's images as uint8 [N, H, W, 3], or a DataError that says what was found."""
+    images = np.asarray(value)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise DataError(f"{path}: expected uint8 images of shape [N, H, W, 3], "
+                        f"found {images.dtype} {list(images.shape)}")
+    return images
+
+
 ARRAY_FORMATS = {"l2l-pickle": _arrays_l2l, "metaoptnet-pickle": _arrays_metaoptnet}
-FORMATS = tuple(FILE_FORMATS) + tuple(ARRAY_FORMATS)
 
 
 def detect_format(path: Path) -> str:
@@ -404,17 +328,20 @@ def read(path: str | Path, fmt: str | None = None, opts: ReadOptions = ReadOptio
     root = Path(path).resolve()
     if not root.exists():
         raise UsageError(f"--data {path}: no such file or folder (use 'synthetic' for the built-in set)")
-    fmt = fmt or detect_format(root)
+    try:
+        fmt = fmt or detect_format(root)
+    except zipfile.BadZipFile:
+        raise DataError(f"--data {path}: not a readable .zip file (truncated or not a zip)") from None
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    key, source_id = _source_keys(root, fmt, opts)
-    folder = cache_dir() / "datasets" / f"{fmt}-{key}"
-    if not (folder / "meta.json").exists():
-        dataset = _decode(root, fmt, opts, key)
-        with atomic_directory(folder) as tmp:
-            dataset.save(tmp)
-    dataset = replace(DataSet.load(folder), source_id=source_id)
-    return with_rotations(dataset) if opts.rotations else dataset
+    try:
+        key, source_id = _source_keys(root, fmt, opts)
+        dataset = cached(cache_dir() / "datasets" / f"{fmt}-{key}", lambda: _decode(root, fmt, opts, key))
+    except (OSError, zipfile.BadZipFile) as exc:  # unreadable, dangling or looping files, broken zips
+        where = getattr(exc, "filename", None) or root
+        raise DataError(f"--data {path}: cannot read {where}: {getattr(exc, 'strerror', None) or exc}") from None
+    dataset = replace(dataset, source_id=source_id)
+    return dataset.with_rotations() if opts.rotations else dataset
 
 
 def _decode(root: Path, fmt: str, opts: ReadOptions, key: str) -> DataSet:
@@ -441,16 +368,3 @@ def _decode(root: Path, fmt: str, opts: ReadOptions, key: str) -> DataSet:
         splits[split] = _store(images, [name for name, _ in items])
         sources[split] = [ref for _, ref in items]
     return DataSet(root.name, splits, key, notes, sources)
-
-
-def with_rotations(dataset: DataSet) -> DataSet:
-    """Add 90, 180 and 270 degree rotations of every class as new classes (Omniglot protocol)."""
-    splits = {}
-    for name, store in dataset.splits.items():
-        n = store.n_classes
-        images = torch.cat([torch.rot90(store.images, k, dims=(2, 3)) for k in range(4)])
-        labels = torch.cat([store.labels + k * n for k in range(4)])
-        names = [f"{c}@rot{90 * k}" if k else c for k in range(4) for c in store.class_names]
-        splits[name] = ImageStore(images, labels, names)
-    return DataSet(dataset.name, splits, dataset.fingerprint + "-rot", dataset.notes + ["rotations: x4 classes"],
-                   source_id=dataset.source_id + "-rot")

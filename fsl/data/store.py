@@ -8,15 +8,16 @@ files and loaded memory-mapped, which is what makes the second use of a data set
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from fsl.errors import UsageError
+from fsl.errors import DataError
 
-SPLITS = ("train", "val", "test")
 CACHE_SCHEMA = 1
 
 
@@ -71,7 +72,8 @@ class DataSet:
 
     def split(self, name: str) -> ImageStore:
         if name not in self.splits:
-            raise KeyError(f"data set {self.name!r} has no {name!r} split (it has {sorted(self.splits)})")
+            raise DataError(f"data set {self.name!r} has no {name!r} split (it has {', '.join(sorted(self.splits))}); "
+                            f"fsl needs train, val and test classes")
         return self.splits[name]
 
     @property
@@ -101,6 +103,19 @@ class DataSet:
                          f"{store.channels}x{store.image_size}x{store.image_size}")
         return "\n".join(lines)
 
+    def with_rotations(self) -> "DataSet":
+        """Add the 90, 180 and 270 degree rotations of every class as new classes (the Omniglot
+        protocol); a rotated class is named `<class>@rot<degrees>`."""
+        splits = {}
+        for name, store in self.splits.items():
+            n = store.n_classes
+            images = torch.cat([torch.rot90(store.images, k, dims=(2, 3)) for k in range(4)])
+            labels = torch.cat([store.labels + k * n for k in range(4)])
+            names = [f"{c}@rot{90 * k}" if k else c for k in range(4) for c in store.class_names]
+            splits[name] = ImageStore(images, labels, names)
+        return DataSet(self.name, splits, self.fingerprint + "-rot", self.notes + ["rotations: x4 classes"],
+                       source_id=self.source_id + "-rot")
+
     def save(self, folder: Path) -> None:
         """Write `.npy` arrays and a `meta.json` into `folder` (callers make it atomic)."""
         meta = {"schema": CACHE_SCHEMA, "name": self.name, "fingerprint": self.fingerprint,
@@ -128,26 +143,20 @@ class DataSet:
                    meta.get("source_id", ""))
 
 
-def load_dataset(spec: str = "synthetic", image_size: int | None = None, fmt: str | None = None,
-                 channels: int | None = None, rotations: bool = False) -> DataSet:
-    """Resolve a `--data` value to a `DataSet`, decoding once and caching under `cache_dir()`."""
-    from fsl.data import readers, synthetic
+def cached(folder: Path, build: Callable[[], "DataSet"]) -> "DataSet":
+    """The data set saved in `folder`, built by `build()` and saved atomically on first use.
 
-    if spec == "synthetic":
-        if channels not in (None, 3):
-            raise UsageError("--channels: the synthetic data set is RGB (3 channels)")
-        data = synthetic.load(image_size=image_size or synthetic.DEFAULT_IMAGE_SIZE)
-        return readers.with_rotations(data) if rotations else data
-    opts = readers.ReadOptions(image_size=image_size, channels=channels, rotations=rotations)
-    return readers.read(spec, fmt, opts)
+    A cache that no longer loads (a truncated `.npy`, a schema from another version) is removed
+    and built again, instead of failing every run until someone clears it.
+    """
+    from fsl.runtime import atomic_directory
 
-
-def cached_datasets() -> list[tuple[Path, int]]:
-    """(folder, bytes) of every decoded data set under the cache folder."""
-    from fsl.runtime import cache_dir
-
-    root = cache_dir() / "datasets"
-    if not root.exists():
-        return []
-    return [(p, sum(f.stat().st_size for f in p.iterdir())) for p in sorted(root.iterdir())
-            if p.is_dir() and not p.name.startswith(".")]
+    if (folder / "meta.json").exists():
+        try:
+            return DataSet.load(folder)
+        except (OSError, ValueError, EOFError, KeyError):
+            shutil.rmtree(folder, ignore_errors=True)
+    dataset = build()
+    with atomic_directory(folder) as tmp:
+        dataset.save(tmp)
+    return DataSet.load(folder)

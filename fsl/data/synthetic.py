@@ -19,8 +19,8 @@ import hashlib
 import numpy as np
 import torch
 
-from fsl.data.store import DataSet, ImageStore
-from fsl.runtime import atomic_directory, cache_dir
+from fsl.data.store import DataSet, ImageStore, cached
+from fsl.runtime import cache_dir
 
 VERSION = 1  # bump when the drawing changes: it is part of the cache key and the fingerprint
 DEFAULT_IMAGE_SIZE = 32
@@ -148,8 +148,4 @@ def load(image_size: int = DEFAULT_IMAGE_SIZE, images_per_class: int = IMAGES_PE
          seed: int = SEED) -> DataSet:
     """The cached data set, generated and written atomically on first use."""
     folder = cache_dir() / "datasets" / f"synthetic-{fingerprint(image_size, images_per_class, seed)}"
-    if not (folder / "meta.json").exists():
-        dataset = generate(image_size, images_per_class, seed)
-        with atomic_directory(folder) as tmp:
-            dataset.save(tmp)
-    return DataSet.load(folder)
+    return cached(folder, lambda: generate(image_size, images_per_class, seed))

@@ -1,0 +1,15 @@
+"""Every closed list of choices, in one torch-free module.
+
+The CLI's `click.Choice` lists, `TrainConfig.validate`, the runtime resolvers and the registries
+of distances, hallucinators and readers all read these tuples, so a choice is added in one place
+(tests check that each registry's names equal its tuple here).
+"""
+
+DISTANCES = ("l2", "cosine", "dot")
+HALLUCINATORS = ("wang", "improved")
+FORMATS = ("ravi", "course", "split-folders", "class-folders", "l2l-pickle", "metaoptnet-pickle")
+PRECISIONS = ("auto", "fp32", "bf16")
+COMPILE_MODES = ("auto", "on", "off")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # cuda may carry an index: cuda:1
+SPLITS = ("train", "val", "test")
+METHODS = ("protonet", "hallucinate")  # what `fsl sweep --method` trains

@@ -1,0 +1,163 @@
+"""What every command shares: the options that are not configuration, the reporter, the device,
+loading data and models, a run's tags and data-set input, and SIGTERM handling."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+import fsl
+from fsl.config import TrainConfig
+from fsl.data import DataSet, load_dataset
+from fsl.errors import UsageError
+from fsl.progress import progress
+from fsl.runtime import resolve_device
+
+LATEST = "latest"  # `--resume` without a run id
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a training run is tracked, as opposed to what it trains (`TrainConfig`)."""
+
+    nested: bool = False                    # a child of the active run (sweeps)
+    run_name: str | None = None             # None: a descriptive name from the config
+    register: bool = True                   # register the best model in the model registry
+    registered_model_name: str | None = None
+    resume: str | None = None               # None, LATEST or a run id
+    system_metrics: bool = True             # MLflow's CPU/memory (and GPU) sampling
+
+
+@dataclass(frozen=True)
+class Reporter:
+    """Where a command's human output goes: lines and progress bars."""
+
+    echo: Callable[[str], None] = print
+    show_progress: bool = True
+
+    def progress(self, total: int, label: str):
+        return progress(total, label, self.show_progress)
+
+
+SILENT = Reporter(lambda line: None, show_progress=False)
+
+
+def device_option(name: str) -> torch.device:
+    """`--device` resolved; a device this machine lacks is a usage error."""
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def load_data(cfg: TrainConfig, image_size: int | None = None) -> DataSet:
+    """The data set named by cfg.data with cfg's format, size, channels and rotations."""
+    return load_dataset(cfg.data, image_size or cfg.image_size, cfg.format, cfg.channels, cfg.rotations)
+
+
+def load_model(spec: str, map_location: str = "cpu"):
+    """A `FewShotClassifier` from a local checkpoint (loaded with weights_only=True: no code
+    runs) or an MLflow URI (runs:/..., models:/...; see `fsl.tracking.registry.load_model_uri`)."""
+    from fsl.models.classifier import load_checkpoint
+
+    path = Path(spec)
+    if path.exists():
+        if not path.is_file():
+            raise UsageError(f"--model {spec}: is a folder, not a checkpoint file")
+        try:
+            return load_checkpoint(path, map_location)
+        except ValueError as exc:
+            raise UsageError(f"--model {exc}") from None
+    if ":/" not in spec:
+        raise UsageError(f"--model {spec}: no such file, and not an MLflow URI (runs:/..., models:/...)")
+    from fsl.tracking.registry import load_model_uri
+
+    return load_model_uri(spec, map_location)
+
+
+def run_tags(method: str, fingerprint: str | None = None, precision: str | None = None) -> dict[str, str]:
+    """Tags of every run: what made it (version, commit), on what data, and which process
+    (host and pid: how stale-run cleanup and `--resume` tell a live run from a dead one)."""
+    from fsl.provenance import git_commit
+
+    tags = {"fsl.version": fsl.__version__, "fsl.method": method, "fsl.host": socket.gethostname(),
+            "fsl.pid": str(os.getpid())}
+    if fingerprint is not None:
+        tags |= {"fsl.data_fingerprint": fingerprint, "fsl.precision": precision}
+    commit = git_commit()
+    if commit:
+        tags["fsl.git_commit"] = commit
+    return tags
+
+
+def dataset_input(data: DataSet, cfg: TrainConfig) -> dict[str, Any]:
+    """The data set as an MLflow dataset input: name, digest, source and profile."""
+    name = "synthetic" if cfg.data == "synthetic" else Path(cfg.data).resolve().name
+    source = {"data": cfg.data if cfg.data == "synthetic" else str(Path(cfg.data).resolve()),
+              "format": cfg.format or "detected", "rotations": cfg.rotations}
+    if cfg.data == "synthetic":
+        from fsl.data import synthetic
+
+        source |= {"seed": synthetic.SEED, "version": synthetic.VERSION}
+    profile = {"image_size": data.image_size, "channels": data.channels} | {
+        f"{split}_classes": store.n_classes for split, store in data.splits.items()} | {
+        f"{split}_images": int(store.images.shape[0]) for split, store in data.splits.items()}
+    return {"name": name, "digest": data.fingerprint, "source": source, "profile": profile}
+
+
+def log_eval(tracker, result, suffix: str = "") -> None:
+    """An evaluation's per-episode accuracies as a series, and its mean and CI as metrics."""
+    tracker.log_series(f"test_episode_acc{suffix}", result.accs)
+    tracker.log_metrics({f"test_acc{suffix}": result.mean, f"test_ci95{suffix}": result.ci95})
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, `docker stop`): the run ends KILLED and fsl exits 128 + 15."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` in the main thread, so runs end KILLED, not RUNNING."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's value on every rank (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    from fsl.runtime import world
+
+    if world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mlflow_runs():
+    """The MLflow-backed tracking surface (imported only when a command tracks)."""
+    from fsl.tracking.runs import MlflowRuns
+
+    return MlflowRuns()

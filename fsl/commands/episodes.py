@@ -1,0 +1,24 @@
+"""`fsl episodes`: draw a fixed set of episodes of one split and write them as a CSV file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fsl.commands.common import Reporter, load_data
+from fsl.config import TrainConfig
+from fsl.data.episodes import EpisodeShape, write_episode_file
+from fsl.errors import FslError, UsageError
+from fsl.evaluate import sample_episodes
+
+
+def write_episodes(cfg: TrainConfig, split: str, count: int, shape: EpisodeShape, seed: int, out: str,
+                   reporter: Reporter = Reporter()) -> None:
+    if count < 1:
+        raise UsageError(f"-n/--episodes must be at least 1, got {count}")
+    data = load_data(cfg)
+    episodes = sample_episodes(data.split(split), shape, count, seed, split, option_prefix="")
+    try:
+        write_episode_file(Path(out), data, split, episodes)
+    except OSError as exc:
+        raise FslError(f"-o/--out {out}: cannot write ({exc.strerror or exc})") from None
+    reporter.echo(f"wrote {count} {shape} episodes of the {split} split of {cfg.data} to {out}")

@@ -1,0 +1,74 @@
+"""`fsl evaluate`: test a saved model on new episodes of a data set, or on an episode file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fsl.commands.common import (Reporter, dataset_input, device_option, load_data, load_model, log_eval,
+                                 mlflow_runs, run_tags)
+from fsl.commands.train import RunSummary
+from fsl.config import TrainConfig
+from fsl.data.episodes import read_episode_file
+from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
+from fsl.runtime import digest
+
+
+def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None = None,
+                   reporter: Reporter = Reporter()) -> RunSummary:
+    """Test `model_spec` as one MLflow run. Images are prepared as in the model's training, at
+    the model's size; an episode file's `<split>:<row>` rows are checked against cfg.data."""
+    cfg.validate()
+    cfg = cfg.resolved()
+    runs = mlflow_runs()
+    runs.check_store()
+    device = device_option(cfg.device)
+    model = load_model(model_spec)
+    model.place(device)
+    size = model.config["image_size"]
+    params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed,
+              "device_resolved": str(device), "precision_resolved": model.config["precision"]}
+    if episodes_file:
+        episodes = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size), size, model.config["channels"])
+        fingerprint = digest(Path(episodes_file).read_bytes())
+        params |= {"episodes": episodes_file, "test_episodes": len(episodes)}
+        label, data = f"{len(episodes)} episodes of {episodes_file}", None
+    else:
+        data = load_data(cfg, size)
+        store = data.split("test").to(device)
+        episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
+        fingerprint = data.fingerprint
+        params |= {"test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots,
+                   "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes}
+        label = str(cfg.test_shape)
+    tags = run_tags("evaluate", fingerprint, model.config["precision"])
+    with runs.open(cfg.experiment, run_name=evaluation_name(model_spec), tags=tags) as tracker:
+        tracker.log_params(params)
+        if data is not None:
+            tracker.log_dataset(dataset_input(data, cfg), "evaluation")
+        else:
+            tracker.log_dataset(episode_file_input(Path(episodes_file), fingerprint, len(episodes)), "evaluation")
+        with reporter.progress(len(episodes), "test episodes") as advance:
+            if episodes_file:
+                test = evaluate_file_episodes(model, episodes, noise_seed=cfg.test_seed, progress=advance)
+            else:
+                test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
+        log_eval(tracker, test)
+        reporter.echo(f"test ({label}): {test}")
+        return RunSummary(tracker.run_id, float("nan"), test, None, params)
+
+
+def evaluation_name(model_spec: str) -> str:
+    """`evaluate-fsl-protonet-v3` for models:/fsl-protonet/3, `evaluate-best` for a file, ..."""
+    if model_spec.startswith("models:/"):
+        name = model_spec[len("models:/"):].replace("@", "-").replace("/", "-v")
+    elif model_spec.startswith("runs:/"):
+        name = "run-" + model_spec[len("runs:/"):].split("/")[0][:8]
+    else:
+        name = Path(model_spec).stem
+    return f"evaluate-{name}"
+
+
+def episode_file_input(path: Path, fingerprint: str, episodes: int) -> dict:
+    """An episode file as an MLflow dataset input."""
+    return {"name": path.name, "digest": fingerprint, "source": {"episode_file": str(path.resolve())},
+            "profile": {"episodes": episodes}}

@@ -1,0 +1,47 @@
+"""`fsl register` and the registration step of a training run: log both model flavours and
+register them under the champion rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fsl.commands.common import Reporter, mlflow_runs
+from fsl.errors import UsageError
+
+
+def register_model(tracker, model, checkpoint: Path, name: str, val_acc: float, protocol: dict):
+    """Log the PyTorch and serving models to the tracker's run and register them as `name`."""
+    from fsl.tracking import registry
+
+    model_uri, serve_uri = registry.log_models(tracker, model, checkpoint)
+    reg = registry.register(name, model_uri, serve_uri, tracker.run_id, val_acc, protocol)
+    tracker.set_tags({"fsl.registered_model": f"{reg.name}/{reg.version}", "fsl.registry_decision": reg.decision})
+    return reg
+
+
+def register_run(run_id: str, name: str | None = None, allow_failed: bool = False,
+                 reporter: Reporter = Reporter()):
+    """`fsl register --run-id`: register a finished run's best checkpoint under the champion
+    rule. The run's status is left as it is; a run that did not finish is refused unless
+    `allow_failed` (its best checkpoint may predate a crash)."""
+    from fsl.models.classifier import load_checkpoint
+    from fsl.tracking.registry import validate_model_name
+    from fsl.tracking.runs import Tracker, download, get_run, locked_client
+
+    if name:
+        validate_model_name(name)
+    mlflow_runs().check_store()
+    run = get_run(run_id)
+    if "fsl.protocol" not in run.data.tags or "best_val_acc" not in run.data.metrics:
+        raise UsageError(f"--run-id {run_id}: not a finished fsl training run (no protocol or best_val_acc)")
+    if run.info.status != "FINISHED" and not allow_failed:
+        raise UsageError(f"--run-id {run_id}: the run is {run.info.status}, not FINISHED; "
+                         f"pass --allow-failed to register its best checkpoint anyway")
+    checkpoint = download(f"runs:/{run_id}/checkpoints/best.pt")
+    model = load_checkpoint(checkpoint)
+    name = name or f"fsl-{run.data.tags.get('fsl.method', 'protonet')}"
+    reg = register_model(Tracker(run_id, locked_client()), model, checkpoint, name,
+                         run.data.metrics["best_val_acc"], json.loads(run.data.tags["fsl.protocol"]))
+    reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
+    return reg

@@ -1,0 +1,276 @@
+"""`fsl protonet` and `fsl hallucinate`: check, load, train, test, track, register.
+
+`run_training` reads top to bottom as the run happens. Under torchrun every rank trains (DDP);
+rank 0 alone tracks, checkpoints and registers, and the other ranks get the null tracking
+surface, so no step below asks whether it is tracked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsl import viz
+from fsl.commands.common import (LATEST, SILENT, Reporter, RunOptions, broadcast, dataset_input, device_option,
+                                 load_data, load_model, log_eval, mlflow_runs, run_tags, sigterm_as_interrupt)
+from fsl.config import TrainConfig
+from fsl.data import DataSet
+from fsl.data.episodes import EpisodeSampler
+from fsl.errors import UsageError
+from fsl.evaluate import EvalResult, evaluate, sample_episodes
+from fsl.models.classifier import FewShotClassifier
+from fsl.runtime import cache_dir, digest, distributed, make_generator, process_alive, resolve_precision, seed_everything
+from fsl.tracking.null import NullRuns
+from fsl.train import train
+
+
+@dataclass
+class TrainingSetup:
+    """Everything checked and resolved before a run starts: a bad option never opens a run."""
+
+    cfg: TrainConfig
+    data: DataSet
+    device: torch.device
+    precision: str
+    model: FewShotClassifier
+
+
+@dataclass
+class RunSummary:
+    run_id: str | None
+    best_val_acc: float
+    test: EvalResult
+    test_no_hallucination: EvalResult | None
+    params: dict[str, Any]
+
+
+def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter: Reporter = Reporter(),
+                 runs=None) -> RunSummary:
+    """Train, test on the best-by-val checkpoint, and log everything to one MLflow run.
+
+    `runs` is the tracking surface (default: MLflow; `NullRuns()` records nothing, e.g. to
+    measure what logging costs). `options.resume` continues an interrupted run in place.
+    """
+    with distributed(cfg.device) as (rank, world_size, rank_device), sigterm_as_interrupt():
+        if rank != 0:
+            reporter, runs = SILENT, NullRuns()
+        runs = runs or mlflow_runs()
+        if options.register and options.registered_model_name and rank == 0:
+            from fsl.tracking.registry import validate_model_name
+
+            validate_model_name(options.registered_model_name)
+        runs.check_store()
+        setup = prepare_training(cfg, rank_device)
+        cfg, data = setup.cfg, setup.data
+        params = run_params(setup, world_size)
+        config_hash = digest(json.dumps({k: v for k, v in params.items() if k != "experiment"},
+                                        sort_keys=True, default=str).encode())
+        resume_id = broadcast(_resume_target(runs, cfg, config_hash, params, options.resume)
+                              if options.resume and rank == 0 else None)
+        reporter.echo(f"{cfg.method}: {cfg.train_shape} training, {cfg.test_shape} testing on {cfg.data} "
+                      f"({data.image_size}px, {data.channels} ch) on {setup.device} in {setup.precision}"
+                      + (f", {world_size} processes" if world_size > 1 else "")
+                      + (f"; resuming run {resume_id}" if resume_id else ""))
+        runs.fail_stale_runs(cfg.experiment, keep=resume_id, alive=process_alive)
+        tags = run_tags(cfg.method, data.fingerprint, setup.precision) | {"fsl.config_hash": config_hash}
+        with runs.open(cfg.experiment, run_name=options.run_name or run_name(cfg), nested=options.nested,
+                       run_id=resume_id, tags=tags, system_metrics=options.system_metrics) as tracker:
+            tracker.log_params(params)
+            tracker.log_dataset(dataset_input(data, cfg), "training")
+            run_key = broadcast(tracker.run_id or resume_id or "untracked-" + config_hash)
+            checkpoints = cache_dir() / "runs" / run_key
+            summary = _train_test_register(setup, tracker, checkpoints, resume_id, options, reporter, params)
+        if rank == 0:  # the run FINISHED: best.pt is one of its artifacts now, and last.pt is spent
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        return summary
+
+
+def run_name(cfg: TrainConfig) -> str:
+    """A descriptive run name, e.g. `protonet-5w1s-l2` or `hallucinate-wang-M100-5w1s`."""
+    shape = f"{cfg.ways}w{cfg.shots}s"
+    if cfg.hallucinator:
+        return f"hallucinate-{cfg.hallucinator}-M{cfg.M}-{shape}"
+    return f"protonet-{shape}-{cfg.distance}"
+
+
+def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> TrainingSetup:
+    """Validate the config against the data and build the model; raises UsageError/DataError.
+    `device` overrides cfg.device (torchrun gives each rank its own)."""
+    cfg.validate()
+    cfg = cfg.resolved()
+    device = device or device_option(cfg.device)
+    try:
+        precision = resolve_precision(cfg.precision, device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    data = load_data(cfg)
+    # Building the samplers checks ways and shots + queries against every split used.
+    EpisodeSampler(data.split("train"), cfg.train_shape, split="train")
+    EpisodeSampler(data.split("val"), cfg.test_shape, split="val", option_prefix="test-")
+    EpisodeSampler(data.split("test"), cfg.test_shape, split="test", option_prefix="test-")
+    seed_everything(cfg.seed)
+    model = FewShotClassifier.for_data(data, precision=precision, distance=cfg.distance,
+                                       hallucinator=cfg.hallucinator, hallucinations=cfg.M)
+    if cfg.init:
+        _initialise_from(model, cfg.init)
+    model.place(device)
+    return TrainingSetup(cfg, data, device, precision, model)
+
+
+def run_params(setup: TrainingSetup, world_size: int) -> dict[str, Any]:
+    """The run's params: the config, what `auto` resolved to, and what the run ran on."""
+    from fsl.provenance import environment
+
+    return setup.cfg.to_params() | {
+        "device_resolved": str(setup.device), "precision_resolved": setup.precision,
+        "image_size_resolved": setup.data.image_size, "feature_dim": setup.model.feature_dim,
+        "world_size": world_size} | environment()
+
+
+def _initialise_from(model: FewShotClassifier, spec: str) -> None:
+    """Copy a trained model's encoder (and generator, if it has a compatible one) into `model`."""
+    try:
+        source = load_model(spec)
+    except UsageError as exc:
+        raise UsageError(f"--init {spec}: not a model ({exc})") from exc
+    if source.feature_dim != model.feature_dim or source.config["channels"] != model.config["channels"]:
+        raise UsageError(
+            f"--init {spec}: incompatible model: it makes {source.feature_dim}-d features from "
+            f"{source.config['channels']}-channel {source.config['image_size']}px images, this run needs "
+            f"{model.feature_dim}-d from {model.config['channels']}-channel {model.config['image_size']}px")
+    model.encoder.load_state_dict(source.encoder.state_dict())
+    if model.generator is not None and source.generator is not None and \
+            type(source.generator) is type(model.generator):
+        model.generator.load_state_dict(source.generator.state_dict())
+
+
+def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resume_id: str | None,
+                         options: RunOptions, reporter: Reporter, params: dict[str, Any]) -> RunSummary:
+    """The body of a run, inside its MLflow run: train, test, plot, register."""
+    cfg, model, data = setup.cfg, setup.model, setup.data
+
+    def on_epoch(stats) -> None:
+        tracker.log_metrics({"train_loss": stats.train_loss, "train_acc": stats.train_acc,
+                             "val_acc": stats.val_acc, "learning_rate": stats.lr, "epoch_seconds": stats.seconds},
+                            step=stats.epoch)
+        reporter.echo(f"epoch {stats.epoch}/{cfg.epochs}: loss {stats.train_loss:.4f}, train {stats.train_acc:.2f}%, "
+                      f"val {stats.val_acc:.2f}% ({stats.seconds:.1f} s)")
+
+    resume_state = torch.load(checkpoints / "last.pt", weights_only=True) if resume_id else None
+    with reporter.progress(cfg.epochs * cfg.episodes_per_epoch, "training episodes") as advance:
+        if resume_state:
+            advance(resume_state["epoch"] * cfg.episodes_per_epoch)
+        result = train(model, data, cfg, setup.device, checkpoint_dir=checkpoints, on_epoch=on_epoch,
+                       progress=advance, resume=resume_state)
+    tracker.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
+    tracker.log_artifact(result.best_checkpoint, "checkpoints")
+    with tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
+        tracker.log_artifact(viz.learning_curve(result.history, Path(workdir) / "learning_curve.png"))
+        test, plain = _test(setup, tracker, reporter, Path(workdir))
+    protocol = registry_protocol(cfg, data.fingerprint, setup.precision)
+    tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True)})
+    if options.register and tracker.run_id:
+        from fsl.commands.register import register_model
+
+        name = options.registered_model_name or f"fsl-{cfg.method}"
+        reg = register_model(tracker, model, result.best_checkpoint, name, result.best_val_acc, protocol)
+        reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
+    return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params)
+
+
+def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> tuple[EvalResult, EvalResult | None]:
+    """Test on the fixed test episodes; with hallucination, again with the generator off on
+    the same episodes, and a t-SNE of real against hallucinated features."""
+    cfg, model = setup.cfg, setup.model
+    store = setup.data.split("test").to(setup.device)
+    episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
+    with reporter.progress(cfg.test_episodes, "test episodes") as advance:
+        test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
+    log_eval(tracker, test)
+    reporter.echo(f"test ({cfg.test_shape}): {test}")
+    if not model.hallucinations:
+        return test, None
+    plain = evaluate(model, store, episodes, hallucinations=0, noise_seed=cfg.test_seed)
+    log_eval(tracker, plain, "_no_hallucination")
+    reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
+    if tracker.run_id:  # t-SNE takes seconds: only for a run that keeps it
+        tracker.log_artifact(tsne_plot(model, store, cfg, workdir / "tsne.png"))
+    return test, plain
+
+
+def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, classes: int = 5,
+              per_class: int = 40) -> Path:
+    """t-SNE of real test features and M hallucinated ones for `classes` fixed test classes.
+
+    The generator is seeded with `test_shots` real images of each class, as at test time.
+    """
+    classes = min(classes, store.n_classes)
+    labels = store.labels
+    rows = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in range(classes)])
+    shots = cfg.test_shape.shots
+    seeds = torch.cat([(labels == c).nonzero().flatten()[:shots] for c in range(classes)])
+    seed_labels = torch.arange(classes, device=model.device).repeat_interleave(shots)
+    model.eval()
+    with torch.no_grad():
+        real = model.embed(store.images[rows])
+        support = model.embed(store.images[seeds])
+        fake, fake_labels = model.hallucinate_support(support[None], seed_labels[None], classes,
+                                                      noise=make_generator(cfg.test_seed, model.device))
+        fake, fake_labels = fake[0], fake_labels[0]
+    return viz.tsne(real.cpu().numpy(), labels[rows].cpu().numpy(), fake.float().cpu().numpy(),
+                    fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed)
+
+
+def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str) -> dict[str, Any]:
+    """What must match for two val accuracies to be comparable (the champion rule)."""
+    shape = cfg.test_shape
+    return {"data_fingerprint": fingerprint, "ways": shape.ways, "shots": shape.shots, "queries": shape.queries,
+            "val_episodes": cfg.val_episodes, "val_seed": cfg.val_seed, "precision": precision}
+
+
+def _resume_target(runs, cfg: TrainConfig, config_hash: str, params: dict[str, Any], which: str) -> str:
+    """The run `--resume` continues: the given run id, or (LATEST) the newest unfinished run of
+    this configuration with a `last.pt` on this machine, whatever its status. A run whose
+    process still lives on this host is never taken over."""
+    def has_checkpoint(run_id: str) -> bool:
+        return (cache_dir() / "runs" / run_id / "last.pt").exists()
+
+    if which != LATEST:
+        record = runs.run_record(which)
+        if record.config_hash != config_hash:
+            raise UsageError(f"--resume {which}: {_differences(record.params, params)}")
+        candidates = [record]
+    else:
+        unfinished = [r for r in runs.unfinished_runs(cfg.experiment) if has_checkpoint(r.run_id)]
+        candidates = [r for r in unfinished if r.config_hash == config_hash]
+        if not candidates and unfinished:
+            raise UsageError(f"--resume: the newest interrupted run, {unfinished[0].run_id}, has another "
+                             f"configuration: {_differences(unfinished[0].params, params)}")
+    if not candidates or not has_checkpoint(candidates[0].run_id):
+        raise UsageError(f"--resume: no interrupted run of this configuration with a checkpoint "
+                         f"(last.pt) on this machine in experiment {cfg.experiment!r}")
+    target = candidates[0]
+    if target.status == "RUNNING" and process_alive(target.host, target.pid):
+        raise UsageError(f"--resume: run {target.run_id} is still running (pid {target.pid} on this host); "
+                         f"stop it first")
+    return target.run_id
+
+
+def _differences(logged: dict[str, str], params: dict[str, Any]) -> str:
+    """Which options differ between a logged run and this one, as the user would type them."""
+    def same(a: str, b: Any) -> bool:
+        try:
+            return float(a) == float(b)
+        except (TypeError, ValueError):
+            return a == str(b)
+
+    keys = [k for k in params if k in logged and not same(logged[k], params[k]) and k != "experiment"]
+    if not keys:
+        return "its configuration differs (options it did not record)"
+    return "; ".join(f"--{k.replace('_', '-')} was {logged[k]}, now {params[k]}" for k in keys)

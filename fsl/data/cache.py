@@ -1,0 +1,65 @@
+"""The cache folder's contents, for `fsl data cache`: decoded data sets, the checkpoints kept
+for runs that did not finish, and the temporary folders of writers that died."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from fsl.runtime import cache_dir, process_alive, temporary_owner
+
+STALE_AFTER = 24 * 3600  # seconds: a temporary folder this old has no live writer
+
+
+def cached_datasets() -> list[tuple[Path, int]]:
+    """(folder, bytes) of every decoded data set under the cache folder."""
+    return _folders(cache_dir() / "datasets")
+
+
+def kept_checkpoints() -> list[tuple[Path, int]]:
+    """(folder, bytes) of the checkpoints of runs that did not finish (`--resume` needs them)."""
+    return _folders(cache_dir() / "runs")
+
+
+def remove_dead_temporaries() -> list[Path]:
+    """Remove the temporary folders and files left by writers that died (kill -9 during a cache
+    or checkpoint write): their name carries the writer's host and pid, and one is dead when
+    the host is this one and the pid is gone, or when it is older than a day."""
+    removed = []
+    for parent in (cache_dir() / "datasets", cache_dir() / "runs"):
+        candidates = [p for p in parent.glob(".*")] + [p for p in parent.glob("*/.*")] if parent.exists() else []
+        for path in candidates:
+            owner = temporary_owner(path.name)
+            if owner is None:
+                continue
+            dead = process_alive(*owner) is False or time.time() - path.stat().st_mtime > STALE_AFTER
+            if dead:
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def describe_cache(clear: bool = False) -> list[str]:
+    """Lines for `fsl data cache`: each entry with its size, then a total; `clear` removes them."""
+    removed = remove_dead_temporaries()
+    lines = [f"removed {len(removed)} temporary folder(s) of writers that died"] if removed else []
+    datasets, checkpoints = cached_datasets(), kept_checkpoints()
+    for folder, size in datasets:
+        lines.append(f"{size / 2**20:10.1f} MiB  {folder.name}")
+    for folder, size in checkpoints:
+        lines.append(f"{size / 2**20:10.1f} MiB  checkpoints of unfinished run {folder.name}")
+    if clear:
+        for folder, _ in datasets + checkpoints:
+            shutil.rmtree(folder)
+    total = sum(size for _, size in datasets + checkpoints) / 2**20
+    lines.append(f"{'removed' if clear else 'cached'}: {len(datasets)} data sets, {len(checkpoints)} run "
+                 f"checkpoint folders, {total:.1f} MiB in {cache_dir()}")
+    return lines
+
+
+def _folders(root: Path) -> list[tuple[Path, int]]:
+    if not root.exists():
+        return []
+    return [(p, sum(f.stat().st_size for f in p.rglob("*") if f.is_file())) for p in sorted(root.iterdir())
+            if p.is_dir() and not p.name.startswith(".")]

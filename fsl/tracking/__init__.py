@@ -1,0 +1,18 @@
+"""MLflow tracking: this package holds every import of mlflow in fsl.
+
+- `runs`: open, log and end runs; stale-run cleanup; finding a run to resume; the SQLite store
+  lock; the tracking server's reachability.
+- `registry`: log a model, register it under the champion rule, load a model by MLflow URI.
+- `serving`: the pyfunc that serves a registered model over HTTP.
+- `null`: the same surface as `runs`, recording nothing and importing no mlflow (benchmarks,
+  DDP ranks other than 0).
+"""
+
+
+def __getattr__(name: str):
+    # Serving models registered by fsl 0.1.0 pickled their class as `fsl.tracking.FewShotServe`.
+    if name == "FewShotServe":
+        from fsl.tracking.serving import FewShotServe
+
+        return FewShotServe
+    raise AttributeError(f"module 'fsl.tracking' has no attribute {name!r}")

@@ -1,0 +1,181 @@
+"""The model registry: log a trained model, register it under the champion rule, and load a
+model back from an MLflow URI.
+
+Each training run registers two models under one name pair: `<name>` (the PyTorch flavour, a
+`FewShotClassifier`, loaded with `mlflow.pytorch.load_model`) and `<name>-serve` (the pyfunc of
+`fsl.tracking.serving`, for `mlflow models serve`). The `champion` alias of both moves together,
+only when the champion rule says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+import mlflow.pyfunc
+import mlflow.pytorch
+from mlflow.tracking import MlflowClient
+
+import fsl
+from fsl.errors import UsageError
+from fsl.tracking.runs import Tracker, download
+from fsl.tracking.serving import FewShotServe
+
+
+def load_model_uri(spec: str, map_location: str = "cpu"):
+    """A `FewShotClassifier` from an MLflow URI:
+
+    - `runs:/<run_id>`: that run's best checkpoint (`checkpoints/best.pt`);
+    - any artifact URI ending in `.pt` (`runs:/<id>/checkpoints/best.pt`, `mlflow-artifacts:/...`);
+    - `models:/<name>/<version>` or `models:/<name>@<alias>`: a logged PyTorch model.
+    """
+    from fsl.models.classifier import FewShotClassifier, load_checkpoint
+
+    try:
+        if spec.startswith("models:/"):
+            model = mlflow.pytorch.load_model(spec, map_location=map_location)
+            if not isinstance(model, FewShotClassifier):
+                raise UsageError(f"--model {spec}: is a {type(model).__name__}, not an fsl model")
+            return model
+        if spec.startswith("runs:/") and spec.rstrip("/").count("/") == 1:
+            spec = spec.rstrip("/") + "/checkpoints/best.pt"
+        return load_checkpoint(download(spec), map_location)
+    except mlflow.exceptions.MlflowException as exc:
+        raise UsageError(f"--model {spec}: {str(exc).splitlines()[0]}") from exc
+
+
+CHAMPION = "champion"
+SERVE_SUFFIX = "-serve"
+
+
+def validate_model_name(name: str) -> None:
+    """A registry name MLflow accepts, checked before any training: it refuses '/' and ':'."""
+    try:
+        from mlflow.utils.validation import _validate_model_name
+
+        _validate_model_name(name)
+    except mlflow.exceptions.MlflowException as exc:
+        raise UsageError(f"--registered-model-name {name!r}: {exc.message}") from None
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what is installed: given explicitly, MLflow does not spend seconds inferring them."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "torchvision", "mlflow", "numpy", "pillow", "pandas")]
+
+
+def _code_paths() -> list[str]:
+    """The installed package's own folder (not the working directory): the code travels with the model."""
+    return [str(Path(fsl.__file__).resolve().parent)]
+
+
+def _tensor_signature(model):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    c, s = model.config["channels"], model.config["image_size"]
+    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, s, s), "images")]),
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, model.feature_dim), "features")]))
+
+
+def _serve_signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "role"), ColSpec("string", "label", required=False),
+                       ColSpec("string", "image")]),
+        outputs=Schema([ColSpec("long", "query"), ColSpec("string", "label"), ColSpec("double", "probability")]))
+
+
+def log_models(tracker: Tracker, model, checkpoint: Path) -> tuple[str, str]:
+    """Log the PyTorch model and the serving pyfunc to the run; return their model URIs."""
+    import copy
+
+    import torch
+
+    cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()
+    with _active(tracker.run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # type hints, input example: see runs._quiet_mlflow
+        info = mlflow.pytorch.log_model(
+            cpu_model, name="model", serialization_format="pickle", code_paths=_code_paths(),
+            pip_requirements=pip_requirements(), signature=_tensor_signature(cpu_model))
+        serve = mlflow.pyfunc.log_model(
+            name="serve", python_model=FewShotServe(), artifacts={"checkpoint": str(checkpoint)},
+            code_paths=_code_paths(), pip_requirements=pip_requirements(), signature=_serve_signature())
+    return info.model_uri, serve.model_uri
+
+
+@contextlib.contextmanager
+def _active(run_id: str) -> Iterator[None]:
+    """Make `run_id` the active run for fluent calls, without ending it if it already was.
+
+    Reopening an ended run (`fsl register --run-id`) sets it RUNNING; it is ended again with the
+    status it had, so registering never changes a run's status."""
+    active = mlflow.active_run()
+    if active and active.info.run_id == run_id:
+        yield
+        return
+    status = MlflowClient().get_run(run_id).info.status
+    mlflow.start_run(run_id=run_id, nested=active is not None)
+    try:
+        yield
+    finally:
+        mlflow.end_run(status)
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    champion: bool
+    decision: str
+
+
+def champion_decision(new_val: float, new_protocol: dict, champion: dict | None) -> tuple[bool, str]:
+    """Whether a new version takes the champion alias, and why. Pure: the rule in one place.
+
+    champion: {"val_acc": float, "protocol": dict} of the current champion, or None.
+    """
+    if champion is None:
+        return True, "first version under this protocol: it becomes champion"
+    if champion["protocol"] != new_protocol:
+        differ = sorted(k for k in set(new_protocol) | set(champion["protocol"])
+                        if new_protocol.get(k) != champion["protocol"].get(k))
+        return False, f"protocol differs from the champion's ({', '.join(differ)}): champion left alone"
+    if new_val > champion["val_acc"]:
+        return True, f"val accuracy {new_val:.2f}% beats the champion's {champion['val_acc']:.2f}%"
+    return False, f"val accuracy {new_val:.2f}% does not beat the champion's {champion['val_acc']:.2f}%"
+
+
+def register(name: str, model_uri: str, serve_uri: str, run_id: str, val_acc: float,
+             protocol: dict) -> Registration:
+    """Register both models as new versions; move `champion` on both only if the rule says so."""
+    client = MlflowClient()
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+        champion = {"val_acc": float(current.tags["fsl.val_acc"]),
+                    "protocol": json.loads(current.tags["fsl.protocol"])}
+    except mlflow.exceptions.MlflowException:
+        current, champion = None, None
+    promote, decision = champion_decision(val_acc, protocol, champion)
+    # repr: the exact float, so that the same accuracy never "beats" its own rounded copy
+    tags = {"fsl.val_acc": repr(float(val_acc)), "fsl.protocol": json.dumps(protocol, sort_keys=True),
+            "fsl.run_id": run_id, "fsl.decision": decision, "fsl.champion": str(promote).lower(),
+            "fsl.previous_champion_val_acc": repr(champion["val_acc"]) if champion else "none",
+            "fsl.previous_champion_version": str(current.version) if current else "none"}
+    with contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered model ...": fsl says it once
+        version = mlflow.register_model(model_uri, name, tags=tags)
+        serve_version = mlflow.register_model(serve_uri, name + SERVE_SUFFIX, tags=tags)
+    if promote:
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        client.set_registered_model_alias(name + SERVE_SUFFIX, CHAMPION, serve_version.version)
+    return Registration(name, version.version, promote, decision)

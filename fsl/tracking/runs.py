@@ -1,0 +1,266 @@
+"""MLflow runs: open, log and end them; find stale and unfinished ones; guard the store.
+
+A `Tracker` wraps one run. It logs params without clashing with what `mlflow run` already
+logged, batches metric series, and `MlflowRuns.open` ends the run FAILED or KILLED when its block
+raises, so no run is left RUNNING by an error. `fsl.tracking.null` has the same surface and
+records nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import mlflow
+from mlflow.entities import Dataset as DatasetEntity, DatasetInput, InputTag, Metric, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+
+from fsl.errors import FslError, UsageError
+
+BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def _quiet_mlflow() -> None:
+    """Keep stderr for what a user can act on. MLflow warns on every run about things fsl has
+    decided deliberately (pickled models, see the README; no type hints or input example on the
+    serving model) and colours the warnings with ANSI codes; its system-metrics lines stay,
+    since the user turned those on."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"mlflow(\.|$)")
+    warnings.filterwarnings("ignore", message=r".*(type hint|input example|input_example)", category=UserWarning)
+    for name in ("mlflow.pytorch", "mlflow.pyfunc", "mlflow.models.model", "mlflow.tracking._model_registry"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+_quiet_mlflow()
+UNFINISHED = ("RUNNING", "KILLED", "FAILED")
+# Seconds between system-metric samples: MLflow's default (10 s, logged in batches of 1) would
+# leave a one-minute run with a handful of points; 2 s costs well under 1% of a core.
+SYSTEM_METRICS_INTERVAL = 2
+
+
+class Tracker:
+    def __init__(self, run_id: str, client: MlflowClient) -> None:
+        self.run_id = run_id
+        self.client = client
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log each key not logged yet. Under `mlflow run` the entry point's parameters are
+        already there (as the user typed them); logging them again with another spelling of the
+        same value ("1e-3" vs "0.001") would raise "Changing param values is not allowed"."""
+        existing = self.client.get_run(self.run_id).data.params
+        fresh = {k: str(v) for k, v in params.items() if k not in existing}
+        items = list(fresh.items())
+        for start in range(0, len(items), 100):
+            mlflow.log_params(dict(items[start:start + 100]), run_id=self.run_id)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self._log_batch([Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def log_series(self, key: str, values: Iterable[float], first_step: int = 0) -> None:
+        """One metric per value (step = index): `test_episode_acc` in a few calls, not 600."""
+        now = int(time.time() * 1000)
+        self._log_batch([Metric(key, float(v), now, first_step + i) for i, v in enumerate(values)])
+
+    def _log_batch(self, metrics: list[Metric]) -> None:
+        for start in range(0, len(metrics), BATCH):
+            _retry_locked(lambda: self.client.log_batch(self.run_id, metrics=metrics[start:start + BATCH]))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, dataset: dict[str, Any], context: str) -> None:
+        """An MLflow dataset input (shown in the run's Datasets section).
+
+        dataset: {"name", "digest", "source", "profile"}; source and profile are JSON-able. The
+        entity is built directly: MLflow's ready-made dataset classes drop a custom profile.
+        """
+        entity = DatasetEntity(name=dataset["name"], digest=dataset["digest"], source_type="fsl",
+                               source=json.dumps(dataset["source"], sort_keys=True),
+                               profile=json.dumps(dataset["profile"], sort_keys=True))
+        self.client.log_inputs(self.run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", context)])])
+
+
+def _retry_locked(call, attempts: int = 8) -> None:
+    """SQLite allows one writer: a concurrent run's write can raise "database is locked".
+    Retry with backoff instead of losing the metrics."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except mlflow.exceptions.MlflowException as exc:
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What resuming needs to know of a past run."""
+
+    run_id: str
+    status: str
+    host: str | None
+    pid: str | None
+    config_hash: str | None
+    params: dict[str, str]
+
+
+class MlflowRuns:
+    """The tracking store as fsl's commands use it."""
+
+    def check_store(self) -> None:
+        """Fail in seconds, before any work, when runs could not be recorded: a tracking server
+        that does not answer (MLflow's own client retries for minutes), or a local store that
+        is not a database or cannot be written."""
+        uri = mlflow.get_tracking_uri()
+        if uri.startswith(("http://", "https://")):
+            _check_server(uri)
+            return
+        if uri.startswith("sqlite:///"):
+            _check_sqlite(uri)
+
+    def fail_stale_runs(self, experiment: str, keep: str | None = None, alive=None) -> list[str]:
+        """Mark FAILED the RUNNING runs of this host whose process is gone (a kill -9 or a crash
+        leaves them RUNNING forever; sweep parents included), except `keep`, the run being
+        resumed. `alive(host, pid)` says True/False/None (unknown: another host)."""
+        client = locked_client()
+        stale = []
+        for run in _search(client, experiment, "attributes.status = 'RUNNING'"):
+            tags = run.data.tags
+            if run.info.run_id != keep and alive(tags.get("fsl.host"), tags.get("fsl.pid")) is False:
+                client.set_terminated(run.info.run_id, "FAILED")
+                client.set_tag(run.info.run_id, "fsl.failure", "process gone while RUNNING; marked FAILED")
+                stale.append(run.info.run_id)
+        return stale
+
+    def unfinished_runs(self, experiment: str) -> list[RunRecord]:
+        """fsl training runs of the experiment that did not finish (RUNNING, KILLED, FAILED), newest first."""
+        runs = _search(locked_client(), experiment, "tags.`fsl.config_hash` LIKE '%'",
+                       order_by=["attributes.start_time DESC"])  # MLflow's filters have no OR
+        return [_record(r) for r in runs if r.info.status in UNFINISHED]
+
+    def run_record(self, run_id: str) -> RunRecord:
+        return _record(get_run(run_id))
+
+    @contextlib.contextmanager
+    def open(self, experiment: str, run_name: str | None = None, nested: bool = False,
+             tags: dict[str, str] | None = None, run_id: str | None = None,
+             system_metrics: bool = False) -> Iterator[Tracker]:
+        """Open a run: the one `mlflow run` made (MLFLOW_RUN_ID) without calling set_experiment,
+        `run_id` (to resume it, whatever its status), or a new one named `run_name`.
+
+        `system_metrics` samples CPU, memory (and GPU, with nvidia-ml-py) every
+        SYSTEM_METRICS_INTERVAL seconds. An exception inside the block ends the run FAILED
+        (KILLED for Ctrl-C or SIGTERM) and propagates; a normal exit ends it FINISHED.
+        """
+        inherited = os.environ.get("MLFLOW_RUN_ID") if not nested else None
+        if system_metrics:
+            mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL)
+            mlflow.set_system_metrics_samples_before_logging(1)
+        with store_lock():
+            if not (run_id or inherited):
+                mlflow.set_experiment(experiment)
+        run = mlflow.start_run(run_id=run_id or inherited, run_name=None if run_id or inherited else run_name,
+                               nested=nested, log_system_metrics=system_metrics)
+        tracker = Tracker(run.info.run_id, MlflowClient())
+        if tags:
+            tracker.set_tags(tags)
+        try:
+            yield tracker
+        except KeyboardInterrupt:
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except BaseException:
+            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            raise
+        else:
+            mlflow.end_run()
+
+
+def _record(run) -> RunRecord:
+    tags = run.data.tags
+    return RunRecord(run.info.run_id, run.info.status, tags.get("fsl.host"), tags.get("fsl.pid"),
+                     tags.get("fsl.config_hash"), dict(run.data.params))
+
+
+def _search(client: MlflowClient, experiment: str, filter_string: str, **search) -> list:
+    """Runs of an experiment (none if it does not exist yet)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return client.search_runs([exp.experiment_id], filter_string, **search)
+
+
+def _check_server(uri: str, timeout: float = 3.0) -> None:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except OSError as exc:
+        raise UsageError(f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
+                         f"check MLFLOW_TRACKING_URI") from None
+
+
+def _check_sqlite(uri: str) -> None:
+    """The database opens (its schema is created under the lock) and the folders that will
+    hold it and the artifacts (./mlruns) can be written."""
+    db = Path(uri[len("sqlite:///"):])
+    for folder in (db.parent, Path("mlruns") if Path("mlruns").exists() else Path.cwd()):
+        if not os.access(folder, os.W_OK):
+            raise FslError(f"tracking store {uri}: cannot write to {folder.resolve()}; run from a writable "
+                           f"folder or set MLFLOW_TRACKING_URI")
+    try:
+        locked_client().search_experiments(max_results=1)
+    except Exception as exc:  # SQLAlchemy, sqlite3 and MLflow errors all mean "not a usable store"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FslError(f"tracking store {db}: cannot be used as an MLflow database ({first[:200]}); "
+                       f"move it aside or set MLFLOW_TRACKING_URI") from None
+
+
+@contextlib.contextmanager
+def store_lock() -> Iterator[None]:
+    """An exclusive file lock beside a local SQLite store: two processes starting at once on a
+    fresh `mlflow.db` would otherwise race in MLflow's schema creation and experiment creation."""
+    import fcntl
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".db.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def locked_client() -> MlflowClient:
+    """A client made under the store lock: making the first one creates a fresh store's schema."""
+    with store_lock():
+        return MlflowClient()
+
+
+def get_run(run_id: str):
+    try:
+        return MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as exc:
+        raise UsageError(f"run {run_id}: {str(exc).splitlines()[0]}") from None
+
+
+def download(uri: str) -> Path:
+    """A local copy of an MLflow artifact URI (runs:/..., models:/..., or any artifact store)."""
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
