@@ -214,22 +214,32 @@ def _values(text: str, cast: Callable = str) -> list:
         raise click.BadParameter(f"cannot read {text!r} as a comma-separated list: {exc}") from exc
 
 
+seeds_option = click.option(
+    "--seeds", default="auto", help="Train every grid point once per seed (e.g. 0,1,2) and aggregate over "
+    "them: mean ± 95% t-CI, paired differences to --baseline. auto = once, with --seed.")
+
+
 @cli.command("sweep-m", context_settings=SHOW)
 @training_options
 @hallucination_options
 @tracking_options
 @click.option("--values", default="0,10,50,100", help="Values of M, comma-separated.")
-def sweep_m(values: str, register: bool, registered_model_name: str | None, system_metrics: bool,
-            **options: Any) -> None:
-    """The M study: one hallucination model per M, nested runs under one parent with a
-    table and a plot of test accuracy ± CI against M."""
+@seeds_option
+@click.option("--baseline", default=None, help="Pair every M with this point, seed by seed, e.g. M=0. "
+              "[default: M=0 when 0 is among --values]")
+def sweep_m(values: str, seeds: str, baseline: str | None, register: bool, registered_model_name: str | None,
+            system_metrics: bool, **options: Any) -> None:
+    """The M study: one hallucination model per M (M = 0 is a plain ProtoNet) and seed, nested
+    runs under one parent with a table and a plot of test accuracy ± CI against M."""
     from dataclasses import replace
 
     from fsl.commands.sweep import run_sweep
+    from fsl.sweeps import parse_seeds
 
-    run_sweep(TrainConfig(**options), {"M": _values(values, int)},
+    ms = _values(values, int)
+    run_sweep(TrainConfig(**options), {"M": ms},
               replace(_run_options(register, registered_model_name, system_metrics), run_name="sweep-m"),
-              _reporter())
+              _reporter(), seeds=parse_seeds(seeds), baseline=baseline or ("M=0" if 0 in ms else None))
 
 
 @cli.command(context_settings=SHOW)
@@ -241,11 +251,15 @@ def sweep_m(values: str, register: bool, registered_model_name: str | None, syst
               help="Train plain ProtoNets, or hallucination models.")
 @click.option("--shard", default=0, help="This process's share of the grid: points with index % --shards == --shard.")
 @click.option("--shards", default=1, help="How many processes share the grid.")
+@seeds_option
+@click.option("--baseline", default=None, help="FIELD=VALUE, e.g. M=0: pair every point with the point that "
+              "differs from it only in FIELD, seed by seed (mean difference ± 95% t-CI over seeds).")
 @tracking_options
-def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, register: bool,
-          registered_model_name: str | None, system_metrics: bool, **options: Any) -> None:
+def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: str, baseline: str | None,
+          register: bool, registered_model_name: str | None, system_metrics: bool, **options: Any) -> None:
     """Train and test a grid of configurations as nested runs under one parent run."""
     from fsl.commands.sweep import run_sweep
+    from fsl.sweeps import parse_seeds
 
     if method == "protonet":
         options["hallucinator"] = None
@@ -260,7 +274,7 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, registe
                                      param_hint="--param")
         grid[key] = _values(text, _caster(FIELD_TYPES[key]))
     run_sweep(TrainConfig(**options), grid, _run_options(register, registered_model_name, system_metrics),
-              _reporter(), shard=shard, shards=shards)
+              _reporter(), seeds=parse_seeds(seeds), baseline=baseline, shard=shard, shards=shards)
 
 
 @cli.group()

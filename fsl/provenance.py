@@ -32,6 +32,10 @@ def git_commit() -> str | None:
     return head.stdout.strip() or None if head.returncode == 0 else None
 
 
+def environment_keys() -> tuple[str, ...]:
+    return ("torch_version", "torch_threads", "cpu_count")
+
+
 def environment() -> dict[str, str]:
     """Versions and threads that change a run's numbers: logged as params of every run."""
     import torch

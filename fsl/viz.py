@@ -18,6 +18,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write the PNG, free the figure; returns path."""
+    plt = _pyplot()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def learning_curve(history: Sequence, path: Path) -> Path:
     """Train loss, train accuracy and val accuracy per epoch (accuracies in percent)."""
     plt = _pyplot()
@@ -29,53 +38,85 @@ def learning_curve(history: Sequence, path: Path) -> Path:
     ax_acc.plot(epochs, [h.val_acc for h in history], marker="s", label="val")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Episode accuracy")
     ax_acc.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def tsne(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_labels: np.ndarray,
-         class_names: Sequence[str], path: Path, seed: int = 0) -> Path:
+         class_names: Sequence[str], path: Path, seed: int = 0,
+         prototypes: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     """Real and hallucinated features embedded together by t-SNE; colour = class,
-    marker = real (circle) or hallucinated (cross). real [R, D], fake [F, D]."""
+    marker = real (circle) or hallucinated (cross). real [R, D], fake [F, D].
+    prototypes: (real [C, D], final [C, D]), row c of class c: the class mean of the real support
+    (star) and the prototype after combining with the hallucinations (diamond), embedded
+    with the features."""
     from sklearn.manifold import TSNE
 
     plt = _pyplot()
-    points = np.concatenate([real, fake]).astype(np.float64)
+    extra = np.concatenate(prototypes) if prototypes is not None else np.zeros((0, real.shape[1]))
+    points = np.concatenate([real, fake, extra]).astype(np.float64)
     perplexity = float(min(30, max(2, (len(points) - 1) // 3)))
     xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
     fig, ax = plt.subplots(figsize=(7, 6))
     colours = plt.get_cmap("tab10")
+    n_real, n_fake, n_protos = len(real), len(fake), len(extra) // 2
     for c, name in enumerate(class_names):
-        r = xy[: len(real)][real_labels == c]
-        f = xy[len(real):][fake_labels == c]
+        r = xy[:n_real][real_labels == c]
+        f = xy[n_real:n_real + n_fake][fake_labels == c]
         ax.scatter(f[:, 0], f[:, 1], marker="x", s=14, alpha=0.6, color=colours(c % 10))
         ax.scatter(r[:, 0], r[:, 1], marker="o", s=40, edgecolor="black", color=colours(c % 10), label=name)
+        if c < n_protos:
+            p_real, p_final = xy[n_real + n_fake + c], xy[n_real + n_fake + n_protos + c]
+            ax.scatter(*p_real, marker="*", s=320, edgecolor="black", linewidth=1.2, color=colours(c % 10), zorder=3)
+            ax.scatter(*p_final, marker="D", s=110, edgecolor="black", linewidth=1.2, color=colours(c % 10), zorder=3)
+            ax.annotate("", xy=p_final, xytext=p_real, arrowprops={"arrowstyle": "->", "color": "black", "lw": 1})
     ax.scatter([], [], marker="o", color="grey", edgecolor="black", label="real (o)")
     ax.scatter([], [], marker="x", color="grey", label="hallucinated (x)")
+    if n_protos:
+        ax.scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="real prototype")
+        ax.scatter([], [], marker="D", s=50, color="grey", edgecolor="black", label="final prototype")
     ax.legend(fontsize=8, loc="best")
     ax.set(title="t-SNE of real and hallucinated test features", xticks=[], yticks=[])
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
-def metric_vs_value(rows: Sequence[dict], x: str, path: Path, group: str | None = None) -> Path:
-    """Test accuracy ± 95% CI against a swept value (e.g. M), one line per `group` value."""
+def sweep_plot(rows: Sequence[dict], x: str, group_fields: Sequence[str], path: Path) -> Path:
+    """A sweep's mean test accuracy over seeds against `x` (e.g. M), one line per combination of
+    `group_fields` (e.g. per hallucinator) with its 95% CI over seeds as a band, and each
+    baseline point (`is_baseline` true, e.g. ProtoNet at M = 0) as a horizontal band.
+
+    rows: `fsl.sweeps.aggregate` rows (test_acc, test_acc_ci95; NaN CI with one seed draws
+    no band). Non-numeric x values are placed in their first-seen order."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    groups = sorted({str(r[group]) for r in rows}) if group else [None]
-    for g in groups:
-        sel = [r for r in rows if group is None or str(r[group]) == g]
-        sel.sort(key=lambda r: float(r[x]))
-        ax.errorbar([float(r[x]) for r in sel], [r["test_acc"] for r in sel],
-                    yerr=[r["test_ci95"] for r in sel], marker="o", capsize=3, label=g)
-    ax.set(xlabel=x, ylabel="test accuracy (%)", title=f"Test accuracy ± 95% CI against {x}")
-    if group:
-        ax.legend(title=group)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.get_cmap("tab10")
+    baselines = [r for r in rows if r.get("is_baseline")]
+    lines = [r for r in rows if not r.get("is_baseline")]
+    try:
+        position = {v: float(v) for v in {r[x] for r in rows}}
+        ticks = None
+    except ValueError:
+        ticks = list(dict.fromkeys(r[x] for r in rows))
+        position = {v: float(i) for i, v in enumerate(ticks)}
+    groups = list(dict.fromkeys(",".join(f"{f}={r[f]}" for f in group_fields) for r in lines))
+    for i, g in enumerate(groups):
+        sel = sorted((r for r in lines if ",".join(f"{f}={r[f]}" for f in group_fields) == g),
+                     key=lambda r: position[r[x]])
+        xs = np.array([position[r[x]] for r in sel])
+        mean = np.array([float(r["test_acc"]) for r in sel])
+        half = np.array([float(r.get("test_acc_ci95", np.nan)) for r in sel])
+        ax.plot(xs, mean, marker="o", color=colours(i % 10), label=g or "test accuracy")
+        ax.fill_between(xs, mean - half, mean + half, color=colours(i % 10), alpha=0.2)
+    for j, r in enumerate(baselines):
+        colour = "black" if j == 0 else colours((len(groups) + j) % 10)
+        kind = "ProtoNet" if r.get("hallucinator") == "none" or r.get("M") == "0" else "baseline"
+        mean, half = float(r["test_acc"]), float(r.get("test_acc_ci95", np.nan))
+        ax.axhline(mean, color=colour, linestyle="--", linewidth=1, label=f"{kind} ({r['point']})")
+        if not np.isnan(half):
+            ax.axhspan(mean - half, mean + half, color=colour, alpha=0.12)
+    if ticks is not None:
+        ax.set_xticks(range(len(ticks)), ticks)
+    n = max((int(r.get("n_seeds", 1)) for r in rows), default=1)
+    ax.set(xlabel=x, ylabel="test accuracy (%)",
+           title=f"Mean test accuracy over {n} seed{'s' if n != 1 else ''} ± 95% CI against {x}")
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)

@@ -106,6 +106,11 @@ def test_hallucinate_command_logs_tsne_and_both_test_results(tracking):
         assert {f"test_acc{suffix}", f"test_ci95{suffix}"} <= set(run.data.metrics)
         assert len(client.get_metric_history(run.info.run_id, f"test_episode_acc{suffix}")) == 5
     assert "tsne.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # the hallucination diagnostics (fsl.diagnostics), in their defined ranges
+    metrics = run.data.metrics
+    assert metrics["halluc_mean_offset"] >= 0 and metrics["halluc_spread_ratio"] >= 0
+    assert 0 <= metrics["halluc_collapse"] <= 1
+    assert 0 < metrics["halluc_mix_weight"] < 1  # improved: sigmoid(mix_logit), started at 0.1
 
 
 def test_sweep_m_makes_one_parent_with_a_child_per_m(tracking):
@@ -117,7 +122,9 @@ def test_sweep_m_makes_one_parent_with_a_child_per_m(tracking):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 2
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-    assert sorted(c.data.params["M"] for c in children) == ["0", "2"]
+    # M = 0 is a plain ProtoNet (no generator params), M = 2 a hallucination run
+    assert {c.info.run_name: c.data.tags["fsl.method"] for c in children} == {"M=0": "protonet", "M=2": "hallucination"}
+    assert [c.data.params.get("M") for c in children if c.info.run_name == "M=2"] == ["2"]
     assert {"sweep.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 

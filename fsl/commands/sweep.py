@@ -1,90 +1,77 @@
-"""`fsl sweep` and `fsl sweep-m`: a grid of training runs as nested runs under one parent."""
+"""`fsl sweep` and `fsl sweep-m`: a grid of training runs, each point once per seed, as nested
+runs under one parent that aggregates over the seeds (planning and statistics: `fsl.sweeps`,
+`fsl.stats`)."""
 
 from __future__ import annotations
 
-import csv
-import itertools
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from fsl import viz
+from fsl import sweeps, viz
 from fsl.commands.common import Reporter, RunOptions, mlflow_runs, run_tags
-from fsl.commands.train import prepare_training, run_training
+from fsl.commands.train import config_hash, prepare_training, run_params, run_training
 from fsl.config import TrainConfig
-from fsl.errors import UsageError
 
 
 def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = RunOptions(),
-              reporter: Reporter = Reporter(), shard: int = 0, shards: int = 1) -> list[dict]:
-    """Train and test every point of `grid` (field -> values) as nested runs under one parent.
+              reporter: Reporter = Reporter(), *, seeds: list[int] | None = None, baseline: str | None = None,
+              shard: int = 0, shards: int = 1) -> list[dict]:
+    """Train and test every point of `grid` (field -> values), once per seed of `seeds`, as
+    nested runs under one parent run.
 
-    Points are enumerated in a fixed order; with `shards` > 1 this process runs only the points
-    whose index % shards == shard, so N processes (one per GPU or machine, one tracking server)
-    cover the grid once with no point run twice. The parent run gets a CSV table of every
-    point and a plot of test accuracy ± CI against the first swept field.
+    Every option and every child configuration is checked before the parent opens. A child whose
+    configuration already has a FINISHED run in the experiment (the same `fsl.config_hash`) is
+    not trained again: its metrics are reused, so a restarted sweep runs only the rest. The
+    parent gets `sweep.csv` (per point: mean ± t-CI over seeds, paired difference to the
+    baseline), `sweep_runs.csv` (per child), `sweep.png` and the aggregate as metrics.
     """
-    points = shard_points(grid, shard, shards)
-    configs = [replace(base, **p) for p in points]
+    plan = sweeps.plan_sweep(base, grid, seeds=seeds, baseline=baseline, shard=shard, shards=shards)
     runs = mlflow_runs()
     runs.check_store()
-    for c in configs:  # every point is checked before the parent run opens
-        prepare_training(c)
+    hashes = _child_hashes(plan)
     tags = run_tags("sweep") | {"fsl.sweep_grid": repr(grid), "fsl.sweep_shard": f"{shard}/{shards}"}
-    with runs.open(base.experiment, run_name=options.run_name or "sweep-" + "-".join(grid), tags=tags) as parent, \
+    with runs.open(base.experiment, run_name=options.run_name or "sweep-" + "-".join(grid), tags=tags,
+                   system_metrics=options.system_metrics) as parent, \
             tempfile.TemporaryDirectory(prefix="fsl-sweep-") as workdir:
         parent.log_params({"sweep_" + k: ",".join(map(str, v)) for k, v in grid.items()}
-                          | {"shard": shard, "shards": shards})
-        rows = [_run_point(point, cfg, options, reporter) for point, cfg in zip(points, configs)]
-        table = write_table(rows, Path(workdir) / "sweep.csv")
-        parent.log_artifact(table)
-        fields = list(grid)
-        group = fields[1] if len(fields) > 1 else None
-        parent.log_artifact(viz.metric_vs_value(rows, fields[0], Path(workdir) / "sweep.png", group))
-        best = max(rows, key=lambda r: r["test_acc"])
-        parent.log_metrics({"best_test_acc": best["test_acc"]})
-        reporter.echo(f"sweep done: {len(rows)} runs; best {best['test_acc']:.2f}% at "
-                      + ", ".join(f"{k}={best[k]}" for k in fields))
+                          | {"shard": shard, "shards": shards, "baseline": str(plan.baseline or ""),
+                             "seeds": ",".join(map(str, plan.seeds)) if plan.replicated else ""})
+        results = {child.name: _run_child(runs, child, hashes[child.name], options, reporter)
+                   for child in plan.children}
+        rows = sweeps.aggregate(plan, results)
+        out = Path(workdir)
+        parent.log_artifact(sweeps.write_csv(rows, out / "sweep.csv"))
+        parent.log_artifact(sweeps.write_csv(sweeps.child_rows(plan, results), out / "sweep_runs.csv"))
+        x, group_fields = sweeps.plot_axes(plan)
+        parent.log_artifact(viz.sweep_plot(rows, x, group_fields, out / "sweep.png"))
+        parent.log_metrics(sweeps.parent_metrics(rows))
+        reused = sum(r.reused for r in results.values())
+        parent.set_tags({"fsl.sweep_reused": reused})
+        for row in rows:
+            reporter.echo(sweeps.describe(row, plan.baseline is not None))
+        reporter.echo(f"sweep done: {len(plan.children)} runs ({reused} reused)")
     return rows
 
 
-def shard_points(grid: dict[str, list], shard: int, shards: int) -> list[dict]:
-    """This shard's grid points, in the grid's fixed order; usage errors for an empty grid or
-    shard."""
-    if shards < 1:
-        raise UsageError(f"--shards must be at least 1, got {shards}")
-    if not 0 <= shard < shards:
-        raise UsageError(f"--shard must be between 0 and {shards - 1}, got {shard}")
-    unknown = [f for f in grid if f not in TrainConfig.__dataclass_fields__]
-    if unknown:
-        raise UsageError(f"cannot sweep over {unknown}: not a training option")
-    empty = [f for f, values in grid.items() if not values]
-    if not grid or empty:
-        raise UsageError(f"the sweep has no values for {', '.join(empty) or 'any option'}")
-    points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-    mine = [p for i, p in enumerate(points) if i % shards == shard]
-    if not mine:
-        raise UsageError(f"--shard {shard} of {shards} has no grid points (the grid has {len(points)})")
-    return mine
+def _child_hashes(plan: sweeps.Plan) -> dict[str, str]:
+    """The `fsl.config_hash` each child's run will have. Preparing each point once also checks
+    every point (data, shapes, device) before the parent run opens."""
+    hashes = {}
+    for point in plan.mine:
+        children = [c for c in plan.children if c.point == point]
+        setup = prepare_training(children[0].cfg)
+        for child in children:
+            hashes[child.name] = config_hash(run_params(replace(setup, cfg=child.cfg.resolved()), 1))
+    return hashes
 
 
-def _run_point(point: dict, cfg: TrainConfig, options: RunOptions, reporter: Reporter) -> dict:
-    name = ",".join(f"{k}={v}" for k, v in point.items())
-    reporter.echo(f"--- sweep point {name}")
-    summary = run_training(cfg, replace(options, nested=True, run_name=name, resume=None), reporter)
-    row = dict(point) | {"run_id": summary.run_id, "best_val_acc": summary.best_val_acc,
-                         "test_acc": summary.test.mean, "test_ci95": summary.test.ci95}
-    if summary.test_no_hallucination is not None:
-        row |= {"test_acc_no_hallucination": summary.test_no_hallucination.mean,
-                "test_ci95_no_hallucination": summary.test_no_hallucination.ci95}
-    return row
-
-
-def write_table(rows: list[dict], path: Path) -> Path:
-    """Rows as a CSV whose columns are every key, in first-seen order."""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+def _run_child(runs, child: sweeps.Child, child_hash: str, options: RunOptions,
+               reporter: Reporter) -> sweeps.ChildResult:
+    found = runs.find_finished(child.cfg.experiment, child_hash)
+    if found is not None:
+        reporter.echo(f"--- sweep {child.name}: already finished as run {found[0]}, reused")
+        return sweeps.ChildResult(found[0], found[1], reused=True)
+    reporter.echo(f"--- sweep {child.name}")
+    summary = run_training(child.cfg, replace(options, nested=True, run_name=child.name, resume=None), reporter)
+    return sweeps.ChildResult(summary.run_id, runs.run_metrics(summary.run_id))

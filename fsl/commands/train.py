@@ -22,6 +22,7 @@ from fsl.commands.common import (LATEST, SILENT, Reporter, RunOptions, broadcast
 from fsl.config import TrainConfig
 from fsl.data import DataSet
 from fsl.data.episodes import EpisodeSampler
+from fsl.diagnostics import episode_prototypes, hallucination_diagnostics
 from fsl.errors import UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
@@ -69,21 +70,20 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
         setup = prepare_training(cfg, rank_device)
         cfg, data = setup.cfg, setup.data
         params = run_params(setup, world_size)
-        config_hash = digest(json.dumps({k: v for k, v in params.items() if k != "experiment"},
-                                        sort_keys=True, default=str).encode())
-        resume_id = broadcast(_resume_target(runs, cfg, config_hash, params, options.resume)
+        run_hash = config_hash(params)
+        resume_id = broadcast(_resume_target(runs, cfg, run_hash, params, options.resume)
                               if options.resume and rank == 0 else None)
         reporter.echo(f"{cfg.method}: {cfg.train_shape} training, {cfg.test_shape} testing on {cfg.data} "
                       f"({data.image_size}px, {data.channels} ch) on {setup.device} in {setup.precision}"
                       + (f", {world_size} processes" if world_size > 1 else "")
                       + (f"; resuming run {resume_id}" if resume_id else ""))
         runs.fail_stale_runs(cfg.experiment, keep=resume_id, alive=process_alive)
-        tags = run_tags(cfg.method, data.fingerprint, setup.precision) | {"fsl.config_hash": config_hash}
+        tags = run_tags(cfg.method, data.fingerprint, setup.precision) | {"fsl.config_hash": run_hash}
         with runs.open(cfg.experiment, run_name=options.run_name or run_name(cfg), nested=options.nested,
                        run_id=resume_id, tags=tags, system_metrics=options.system_metrics) as tracker:
             tracker.log_params(params)
             tracker.log_dataset(dataset_input(data, cfg), "training")
-            run_key = broadcast(tracker.run_id or resume_id or "untracked-" + config_hash)
+            run_key = broadcast(tracker.run_id or resume_id or "untracked-" + run_hash)
             checkpoints = cache_dir() / "runs" / run_key
             summary = _train_test_register(setup, tracker, checkpoints, resume_id, options, reporter, params)
         if rank == 0:  # the run FINISHED: best.pt is one of its artifacts now, and last.pt is spent
@@ -131,6 +131,16 @@ def run_params(setup: TrainingSetup, world_size: int) -> dict[str, Any]:
         "device_resolved": str(setup.device), "precision_resolved": setup.precision,
         "image_size_resolved": setup.data.image_size, "feature_dim": setup.model.feature_dim,
         "world_size": world_size} | environment()
+
+
+def config_hash(params: dict[str, Any]) -> str:
+    """The `fsl.config_hash` tag: a digest of the params that decide what is trained. It leaves
+    out the experiment and what the run ran on (versions, threads), so `--resume` and a
+    restarted sweep find the same configuration on another machine; sorted JSON, sha256."""
+    from fsl.provenance import environment_keys
+
+    key = {k: v for k, v in params.items() if k != "experiment" and k not in environment_keys()}
+    return digest(json.dumps(key, sort_keys=True, default=str).encode())
 
 
 def _initialise_from(model: FewShotClassifier, spec: str) -> None:
@@ -199,6 +209,7 @@ def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> t
     plain = evaluate(model, store, episodes, hallucinations=0, noise_seed=cfg.test_seed)
     log_eval(tracker, plain, "_no_hallucination")
     reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
+    tracker.log_metrics(hallucination_diagnostics(model, store, episodes, noise_seed=cfg.test_seed))
     if tracker.run_id:  # t-SNE takes seconds: only for a run that keeps it
         tracker.log_artifact(tsne_plot(model, store, cfg, workdir / "tsne.png"))
     return test, plain
@@ -206,7 +217,9 @@ def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> t
 
 def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, classes: int = 5,
               per_class: int = 40) -> Path:
-    """t-SNE of real test features and M hallucinated ones for `classes` fixed test classes.
+    """t-SNE of real test features and M hallucinated ones for `classes` fixed test classes,
+    with each class's real prototype (mean of its support) and final prototype (after combining
+    with the hallucinations, as the classifier does).
 
     The generator is seeded with `test_shots` real images of each class, as at test time.
     """
@@ -220,11 +233,12 @@ def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, cla
     with torch.no_grad():
         real = model.embed(store.images[rows])
         support = model.embed(store.images[seeds])
-        fake, fake_labels = model.hallucinate_support(support[None], seed_labels[None], classes,
-                                                      noise=make_generator(cfg.test_seed, model.device))
+        real_protos, final_protos, (fake, fake_labels) = episode_prototypes(
+            model, support[None], seed_labels[None], classes, noise=make_generator(cfg.test_seed, model.device))
         fake, fake_labels = fake[0], fake_labels[0]
     return viz.tsne(real.cpu().numpy(), labels[rows].cpu().numpy(), fake.float().cpu().numpy(),
-                    fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed)
+                    fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed,
+                    prototypes=(real_protos[0].cpu().numpy(), final_protos[0].float().cpu().numpy()))
 
 
 def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str) -> dict[str, Any]:

@@ -150,6 +150,20 @@ class MlflowRuns:
                        order_by=["attributes.start_time DESC"])  # MLflow's filters have no OR
         return [_record(r) for r in runs if r.info.status in UNFINISHED]
 
+    def find_finished(self, experiment: str, config_hash: str) -> tuple[str, dict[str, float]] | None:
+        """The newest FINISHED run of this configuration (`fsl.config_hash` tag) that has a
+        `test_acc`, as (run id, its metrics), or None: a sweep reuses it instead of training again."""
+        runs = _search(locked_client(), experiment, f"attributes.status = 'FINISHED' and "
+                       f"tags.`fsl.config_hash` = '{config_hash}'", order_by=["attributes.start_time DESC"])
+        for run in runs:
+            if "test_acc" in run.data.metrics:
+                return run.info.run_id, dict(run.data.metrics)
+        return None
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest value of every metric of a run."""
+        return dict(get_run(run_id).data.metrics)
+
     def run_record(self, run_id: str) -> RunRecord:
         return _record(get_run(run_id))
 

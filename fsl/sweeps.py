@@ -1,0 +1,391 @@
+"""Sweep planning and aggregation: pure functions, no torch, no MLflow.
+
+A sweep is a grid (training option -> values) times a list of seeds. This module turns it into
+the child runs to train, decides which of them a shard runs, pairs every point with its
+baseline, and aggregates the per-seed results into one row per point. `fsl.experiment.run_sweep`
+trains and tracks; everything it decides comes from here.
+
+Vocabulary:
+- a *point* is one combination of grid values, e.g. {hallucinator: wang, M: 10};
+- a *child* is a point trained with one seed (one nested MLflow run), named
+  `<point>-seed<k>` when seeds are replicates (`--seeds`), `<point>` otherwise;
+- the *baseline* (`--baseline FIELD=VALUE`) pairs each point with the point that differs from
+  it only in FIELD (set to VALUE), seed by seed.
+
+A point with M = 0 (or no hallucinator) is a plain ProtoNet whatever its hallucinator: such
+points are merged into one ProtoNet point (hallucinator None), trained once per seed, so a
+grid `hallucinator=wang,improved x M=0,10` has 3 points, and both hallucinators pair with the
+same ProtoNet runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fsl.config import TrainConfig
+from fsl.errors import UsageError
+from fsl.stats import paired_difference, seed_ci
+
+# The options that only mean something with a hallucinator (TrainConfig.to_params drops them
+# for a ProtoNet): on a ProtoNet point they are normalised so equal ProtoNets are one point.
+HALLUCINATION_FIELDS = ("hallucinator", "M", "diversity_weight")
+# Per-child metrics averaged over seeds into the aggregate table (with a t-CI for accuracies);
+# every metric named halluc_* (the hallucination diagnostics) is averaged too.
+CI_METRICS = ("test_acc", "test_acc_no_hallucination")
+MEAN_METRICS = ("best_val_acc",)
+
+
+def format_value(value: Any) -> str:
+    """A grid value as it appears in names and tables: None is 'none'."""
+    return "none" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: (field, value) pairs in the grid's field order (hashable)."""
+
+    items: tuple[tuple[str, Any], ...]
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return dict(self.items)
+
+    @property
+    def name(self) -> str:
+        """`field=value,field=value`, e.g. 'hallucinator=wang,M=10'."""
+        return ",".join(f"{k}={format_value(v)}" for k, v in self.items)
+
+    def with_value(self, field: str, value: Any) -> "Point":
+        return Point(tuple((k, value if k == field else v) for k, v in self.items))
+
+
+def is_protonet(cfg: TrainConfig) -> bool:
+    """A configuration that trains a plain ProtoNet: no hallucinator, or M = 0."""
+    return cfg.hallucinator is None or cfg.M == 0
+
+
+def point_config(base: TrainConfig, point: Point) -> TrainConfig:
+    """The training config of a point (seed not set). A ProtoNet point gets hallucinator None,
+    M 0 and the base's diversity_weight, so its config (and run identity) does not depend on
+    which hallucinator's M = 0 it came from."""
+    cfg = replace(base, **point.values)
+    if is_protonet(cfg):
+        cfg = replace(cfg, hallucinator=None, M=0, diversity_weight=TrainConfig.diversity_weight)
+    return cfg
+
+
+def normalise(base: TrainConfig, point: Point) -> Point:
+    """The point with its hallucination fields set as `point_config` sets them for a ProtoNet:
+    hallucinator None, M 0, diversity_weight None (it has none). Other points are unchanged."""
+    if not is_protonet(replace(base, **point.values)):
+        return point
+    fixed = {"hallucinator": None, "M": 0, "diversity_weight": None}
+    return Point(tuple((k, fixed[k] if k in fixed else v) for k, v in point.items))
+
+
+def expand_grid(base: TrainConfig, grid: Mapping[str, Sequence[Any]]) -> list[Point]:
+    """Every point of `grid` in itertools.product order (the first field varies slowest),
+    normalised, with duplicates (the merged ProtoNet points) kept at their first position."""
+    fields = list(grid)
+    points: dict[Point, None] = {}
+    for values in itertools.product(*grid.values()):
+        points.setdefault(normalise(base, Point(tuple(zip(fields, values)))), None)
+    return list(points)
+
+
+# ---------------------------------------------------------------------------------- input
+def parse_seeds(text: str | None) -> list[int] | None:
+    """`--seeds`: '0,1,2' -> [0, 1, 2]; None or 'auto' -> None (no replicates: the one --seed).
+    Empty, repeated or non-integer seeds raise UsageError."""
+    if text is None or text.strip() == "auto":
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise UsageError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}")
+    try:
+        seeds = [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}") from None
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise UsageError(f"--seeds must not repeat a seed, got {text!r} (repeated: {repeated})")
+    return seeds
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """`--baseline FIELD=VALUE`: field is a grid field, value one of its grid values."""
+
+    field: str
+    value: Any
+
+    def __str__(self) -> str:
+        return f"{self.field}={format_value(self.value)}"
+
+
+def _matches(value: Any, text: str) -> bool:
+    """Whether the grid value `value` is what `text` spells (read with the value's own type)."""
+    if value is None:
+        return text.lower() in ("none", "")
+    if isinstance(value, bool):
+        return text.lower() in (("true", "1", "yes") if value else ("false", "0", "no"))
+    try:
+        return type(value)(text) == value
+    except (TypeError, ValueError):
+        return False
+
+
+def parse_baseline(text: str | None, grid: Mapping[str, Sequence[Any]]) -> Baseline | None:
+    """`--baseline FIELD=VALUE` checked against the grid; UsageError unless FIELD is a grid field
+    and VALUE one of its values. None -> None. 'hallucinations' is read as M."""
+    if text is None:
+        return None
+    field, sep, value = text.partition("=")
+    field = field.strip().replace("-", "_")
+    field = "M" if field == "hallucinations" else field
+    value = value.strip()
+    if not sep or field not in grid:
+        raise UsageError(f"--baseline must be FIELD=VALUE with FIELD one of the swept fields "
+                         f"({', '.join(grid)}), got {text!r}")
+    for candidate in grid[field]:
+        if _matches(candidate, value):
+            return Baseline(field, candidate)
+    raise UsageError(f"--baseline {text}: {value!r} is not a point of the grid ({field} = "
+                     f"{','.join(format_value(v) for v in grid[field])})")
+
+
+# ---------------------------------------------------------------------------------- plan
+@dataclass(frozen=True)
+class Child:
+    """One nested run: a point trained with one seed. cfg is complete (seed set)."""
+
+    point: Point
+    seed: int
+    cfg: TrainConfig
+    name: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one sweep process runs.
+
+    points: every point of the grid (all shards); mine: the points this shard runs (its share,
+    plus the baseline partners of its share); children: mine x seeds, point-major;
+    seeds: the replicate seeds, or (base.seed,) without --seeds; replicated: --seeds given.
+    """
+
+    base: TrainConfig
+    grid: dict[str, list]
+    points: list[Point]
+    mine: list[Point]
+    children: list[Child]
+    seeds: tuple[int, ...]
+    replicated: bool
+    baseline: Baseline | None
+    shard: int
+    shards: int
+
+
+def baseline_partner(base: TrainConfig, point: Point, baseline: Baseline) -> Point:
+    """The point `point` is compared with: the same values except baseline.field =
+    baseline.value, normalised (so any hallucinator's M = 0 partner is the ProtoNet point)."""
+    return normalise(base, point.with_value(baseline.field, baseline.value))
+
+
+def is_baseline(base: TrainConfig, point: Point, baseline: Baseline | None) -> bool:
+    """Whether `point` is its own baseline partner (a baseline point)."""
+    return baseline is not None and baseline_partner(base, point, baseline) == point
+
+
+def shard_points(points: Sequence[Point], shard: int, shards: int) -> list[Point]:
+    """The points with index % shards == shard: shards split points, never the seeds of one."""
+    return [p for i, p in enumerate(points) if i % shards == shard]
+
+
+def child_name(point: Point, seed: int, replicated: bool) -> str:
+    """`<point>-seed<k>` for a replicate, `<point>` otherwise (e.g. 'hallucinator=wang,M=10-seed3')."""
+    return f"{point.name}-seed{seed}" if replicated else point.name
+
+
+def plan_sweep(base: TrainConfig, grid: Mapping[str, Sequence[Any]], *, seeds: Sequence[int] | None = None,
+               baseline: str | Baseline | None = None, shard: int = 0, shards: int = 1) -> Plan:
+    """Check the sweep's options and list its children. Raises UsageError, before any run opens,
+    for: a field that is not a training option, an empty value list, --seeds with a `seed` grid
+    axis, a bad shard, and a --baseline that is not a point of the grid."""
+    grid = {k: list(v) for k, v in grid.items()}
+    if not grid:
+        raise UsageError("a sweep needs at least one --param")
+    unknown = [f for f in grid if f not in TrainConfig.__dataclass_fields__]
+    if unknown:
+        raise UsageError(f"cannot sweep over {unknown}: not a training option")
+    empty = [f for f, v in grid.items() if not v]
+    if empty:
+        raise UsageError(f"--param {empty[0]}: no values")
+    if seeds is not None and "seed" in grid:
+        raise UsageError("--seeds and --param seed=... cannot be combined: --seeds repeats every point "
+                         "per seed and aggregates over them, --param seed makes seed a grid axis")
+    if seeds is not None and not seeds:
+        raise UsageError("--seeds needs at least one seed")
+    if shards < 1:
+        raise UsageError(f"--shards must be at least 1, got {shards}")
+    if not 0 <= shard < shards:
+        raise UsageError(f"--shard must be between 0 and {shards - 1}, got {shard}")
+    if not isinstance(baseline, Baseline):
+        baseline = parse_baseline(baseline, grid)
+    points = expand_grid(base, grid)
+    mine = shard_points(points, shard, shards)
+    if not mine:
+        raise UsageError(f"--shard {shard} of {shards} has no grid points (the grid has {len(points)})")
+    if baseline is not None:
+        partners = [baseline_partner(base, p, baseline) for p in mine]
+        mine = list(dict.fromkeys([q for q in partners if q not in mine] + mine))
+    replicated = seeds is not None
+    seed_list = tuple(seeds) if replicated else (base.seed,)
+    children = []
+    for point in mine:
+        cfg = point_config(base, point)
+        for s in seed_list:
+            children.append(Child(point, s, replace(cfg, seed=s), child_name(point, s, replicated)))
+    return Plan(base, grid, points, mine, children, seed_list, replicated, baseline, shard, shards)
+
+
+# ---------------------------------------------------------------------------------- aggregate
+@dataclass(frozen=True)
+class ChildResult:
+    """A finished child: its run, its metrics (name -> value), and whether an earlier run
+    with the same configuration was reused instead of training it again."""
+
+    run_id: str
+    metrics: dict[str, float]
+    reused: bool = False
+
+
+def child_rows(plan: Plan, results: Mapping[str, ChildResult]) -> list[dict]:
+    """One row per child (results keyed by child name): grid values, seed, run id, reused,
+    test_acc, test_ci95 (over episodes), and the other metrics of CI_METRICS, MEAN_METRICS
+    and halluc_*."""
+    rows = []
+    for child in plan.children:
+        result = results[child.name]
+        row = {k: format_value(v) for k, v in child.point.items}
+        row |= {"point": child.point.name, "seed": child.seed, "run_id": result.run_id, "reused": result.reused}
+        for key in sorted(result.metrics):
+            if key in CI_METRICS or key in MEAN_METRICS or key.startswith(("test_ci95", "halluc_")):
+                row[key] = result.metrics[key]
+        rows.append(row)
+    return rows
+
+
+def _per_seed(plan: Plan, point: Point, results: Mapping[str, ChildResult], metric: str) -> dict[int, float]:
+    out = {}
+    for child in plan.children:
+        if child.point == point and metric in results[child.name].metrics:
+            out[child.seed] = results[child.name].metrics[metric]
+    return out
+
+
+def aggregate(plan: Plan, results: Mapping[str, ChildResult]) -> list[dict]:
+    """One row per point of the plan, in plan order.
+
+    Columns: the grid values; `point`; `seeds` ('0,1,2'); `n_seeds`; `test_acc` and
+    `test_acc_ci95`: mean over seeds of each seed's mean test accuracy and the Student-t 95%
+    half-width over seeds (NaN with one seed); the same for `test_acc_no_hallucination` when the
+    children have it; the mean over seeds of best_val_acc and of every halluc_* diagnostic;
+    and with a baseline: `baseline` (the partner point's name), `is_baseline`, `diff_vs_baseline`
+    (mean of per-seed differences of test_acc, point minus partner), `diff_vs_baseline_ci95`
+    (Student t over those differences) and `diff_excludes_0` (True/False; empty for baseline
+    points, which are not compared with themselves).
+    """
+    rows = []
+    for point in plan.mine:
+        row: dict[str, Any] = {k: format_value(v) for k, v in point.items}
+        acc = _per_seed(plan, point, results, "test_acc")
+        row |= {"point": point.name, "seeds": ",".join(map(str, sorted(acc))), "n_seeds": len(acc)}
+        for metric in CI_METRICS:
+            values = _per_seed(plan, point, results, metric)
+            if values:
+                interval = seed_ci(list(values.values()))
+                row |= {metric: interval.mean, f"{metric}_ci95": interval.half}
+        if plan.baseline is not None:
+            partner = baseline_partner(plan.base, point, plan.baseline)
+            row |= {"baseline": partner.name, "is_baseline": partner == point}
+            if partner != point:
+                diff = paired_difference(acc, _per_seed(plan, partner, results, "test_acc"))
+                row |= {"diff_vs_baseline": diff.mean, "diff_vs_baseline_ci95": diff.half,
+                        "diff_excludes_0": diff.excludes_zero}
+        extra = sorted({k for c in plan.children if c.point == point for k in results[c.name].metrics
+                        if k in MEAN_METRICS or k.startswith("halluc_")})
+        for metric in extra:
+            values = list(_per_seed(plan, point, results, metric).values())
+            row[metric] = math.fsum(values) / len(values)
+        rows.append(row)
+    return rows
+
+
+def metric_key(name: str) -> str:
+    """A point name as an MLflow metric-name part: '=' -> '-', ',' -> '_', and any character
+    MLflow refuses (it allows letters, digits, '_', '-', '.', ' ') -> '_'.
+    'hallucinator=wang,M=10' -> 'hallucinator-wang_M-10'."""
+    return re.sub(r"[^\w.\- ]", "_", name.replace("=", "-").replace(",", "_"))
+
+
+def parent_metrics(rows: Sequence[dict]) -> dict[str, float]:
+    """The aggregate as the parent run's metrics: '<column>/<point>' for test_acc,
+    test_acc_ci95, diff_vs_baseline, diff_vs_baseline_ci95 and diff_excludes_0 (1.0 or 0.0), and
+    best_test_acc (the best mean test accuracy). NaN values (one seed) are left out."""
+    out: dict[str, float] = {}
+    for row in rows:
+        for column in ("test_acc", "test_acc_ci95", "diff_vs_baseline", "diff_vs_baseline_ci95", "diff_excludes_0"):
+            value = row.get(column)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                out[f"{column}/{metric_key(row['point'])}"] = float(value)
+    if rows:
+        out["best_test_acc"] = max(r["test_acc"] for r in rows)
+    return out
+
+
+def plot_axes(plan: Plan) -> tuple[str, list[str]]:
+    """The plot's x field and the fields that tell lines apart: x is M when swept, else the
+    baseline field, else the first numeric field, else the first field."""
+    fields = list(plan.grid)
+    numeric = [f for f in fields if all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                        for v in plan.grid[f])]
+    if "M" in fields:
+        x = "M"
+    elif plan.baseline is not None and plan.baseline.field in numeric:
+        x = plan.baseline.field
+    else:
+        x = numeric[0] if numeric else fields[0]
+    return x, [f for f in fields if f != x]
+
+
+def describe(row: dict, baseline: bool) -> str:
+    """One line of the sweep's summary for a point."""
+    text = f"{row['point']}: {row['test_acc']:.2f}"
+    if not math.isnan(row.get("test_acc_ci95", float("nan"))):
+        text += f" ± {row['test_acc_ci95']:.2f}"
+    text += f" over {row['n_seeds']} seed{'s' if row['n_seeds'] != 1 else ''}"
+    if baseline and not row.get("is_baseline", True):
+        text += f"; vs {row['baseline']}: {row['diff_vs_baseline']:+.2f}"
+        if not math.isnan(row["diff_vs_baseline_ci95"]):
+            text += f" ± {row['diff_vs_baseline_ci95']:.2f}"
+        text += " (CI excludes 0)" if row["diff_excludes_0"] else " (CI includes 0)"
+    elif row.get("is_baseline"):
+        text += " (baseline)"
+    return text
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> Path:
+    """Rows as CSV with the union of their keys as columns (first-seen order); returns path."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with Path(path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)

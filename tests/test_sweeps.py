@@ -1,0 +1,244 @@
+"""Replicated sweeps: planning (fsl.sweeps), aggregation by hand, and `fsl sweep` end to end."""
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from fsl import sweeps
+from fsl.cli import cli
+from fsl.config import TrainConfig
+from fsl.errors import UsageError
+from tests.conftest import TINY
+
+WANG = TrainConfig(hallucinator="wang", M=100)
+
+
+def names(points):
+    return [p.name for p in points]
+
+
+# ------------------------------------------------------------------------------ planning
+def test_m_zero_points_of_every_hallucinator_are_one_protonet_point():
+    grid = {"hallucinator": ["wang", "improved"], "M": [0, 10, 50]}
+    points = sweeps.expand_grid(WANG, grid)
+    assert names(points) == ["hallucinator=none,M=0", "hallucinator=wang,M=10", "hallucinator=wang,M=50",
+                             "hallucinator=improved,M=10", "hallucinator=improved,M=50"]
+    protonet = sweeps.point_config(WANG, points[0])
+    assert protonet.hallucinator is None and protonet.M == 0 and protonet.method == "protonet"
+    # wang's M=0 and improved's M=0 are the same run: the same logged params
+    for kind in ("wang", "improved"):
+        cfg = sweeps.point_config(WANG, sweeps.Point((("hallucinator", kind), ("M", 0))))
+        assert cfg.to_params() == protonet.to_params()
+
+
+def test_each_point_pairs_with_the_point_that_differs_only_in_the_baseline_field():
+    grid = {"hallucinator": ["wang", "improved"], "M": [0, 10], "shots": [1, 5]}
+    plan = sweeps.plan_sweep(WANG, grid, seeds=[0, 1], baseline="M=0")
+    partners = {p.name: sweeps.baseline_partner(WANG, p, plan.baseline).name for p in plan.points}
+    assert partners["hallucinator=improved,M=10,shots=5"] == "hallucinator=none,M=0,shots=5"
+    assert partners["hallucinator=wang,M=10,shots=1"] == "hallucinator=none,M=0,shots=1"
+    assert partners["hallucinator=none,M=0,shots=1"] == "hallucinator=none,M=0,shots=1"  # a baseline point
+
+
+def test_children_are_named_by_point_and_seed_and_carry_their_seed():
+    plan = sweeps.plan_sweep(WANG, {"hallucinator": ["wang"], "M": [10]}, seeds=[3, 7])
+    assert [(c.name, c.cfg.seed) for c in plan.children] == [("hallucinator=wang,M=10-seed3", 3),
+                                                             ("hallucinator=wang,M=10-seed7", 7)]
+    unreplicated = sweeps.plan_sweep(WANG, {"M": [10]})  # no --seeds: one run with --seed, old names
+    assert [(c.name, c.cfg.seed) for c in unreplicated.children] == [("M=10", 0)]
+
+
+def test_shards_split_points_never_seeds_and_each_shard_runs_its_baselines():
+    grid = {"hallucinator": ["wang", "improved"], "M": [0, 10, 50]}  # 5 points, ProtoNet first
+    plans = [sweeps.plan_sweep(WANG, grid, seeds=[0, 1, 2], baseline="M=0", shard=s, shards=2) for s in (0, 1)]
+    assert names(plans[0].mine) == ["hallucinator=none,M=0", "hallucinator=wang,M=50", "hallucinator=improved,M=50"]
+    assert names(plans[1].mine) == ["hallucinator=none,M=0", "hallucinator=wang,M=10", "hallucinator=improved,M=10"]
+    for plan in plans:  # every point of a shard has all its seeds there
+        for point in plan.mine:
+            assert sorted(c.seed for c in plan.children if c.point == point) == [0, 1, 2]
+    own = {p for plan in plans for p in sweeps.shard_points(plan.points, plan.shard, plan.shards)}
+    assert own == set(plans[0].points)  # without the baseline copies, the shards cover the grid once
+    no_baseline = sweeps.plan_sweep(WANG, grid, seeds=[0], shard=1, shards=2)
+    assert "hallucinator=none,M=0" not in names(no_baseline.mine)
+
+
+@pytest.mark.parametrize("text", ["", " ", "0,0", "1,2,1", "0,a", "1.5", "0,,1", "x"])
+def test_bad_seeds_are_usage_errors(text):
+    with pytest.raises(UsageError, match="--seeds"):
+        sweeps.parse_seeds(text)
+
+
+def test_seeds_parse_and_auto_means_no_replicates():
+    assert sweeps.parse_seeds("3, 1,2") == [3, 1, 2]
+    assert sweeps.parse_seeds("auto") is None and sweeps.parse_seeds(None) is None
+
+
+@pytest.mark.parametrize("grid, baseline, needle", [
+    ({"M": [0, 10]}, "M=5", "not a point of the grid"),
+    ({"M": [0, 10]}, "shots=1", "swept fields"),
+    ({"M": [0, 10]}, "M", "FIELD=VALUE"),
+    ({"seed": [0, 1]}, None, "--seeds and --param seed"),
+])
+def test_bad_plans_are_usage_errors(grid, baseline, needle):
+    with pytest.raises(UsageError, match=needle):
+        sweeps.plan_sweep(WANG, grid, seeds=[0, 1], baseline=baseline)
+
+
+def test_aggregate_by_hand():
+    plan = sweeps.plan_sweep(WANG, {"M": [0, 10, 50]}, seeds=[0, 1, 2], baseline="M=0")
+    acc = {("M=0", 0): 60.0, ("M=0", 1): 62.0, ("M=0", 2): 64.0,     # mean 62, s 2
+           ("M=10", 0): 61.0, ("M=10", 1): 64.0, ("M=10", 2): 65.0,  # differences 1, 2, 1
+           ("M=50", 0): 62.0, ("M=50", 1): 65.0, ("M=50", 2): 66.0}  # differences 2, 3, 2
+    results = {c.name: sweeps.ChildResult(f"run{c.name}", {"test_acc": acc[c.point.name, c.seed],
+                                                           "halluc_collapse": 0.1 * c.seed})
+               for c in plan.children}
+    base, m10, m50 = sweeps.aggregate(plan, results)
+    t2 = 4.302652729911275  # t_{0.975, 2}
+    assert base["test_acc"] == pytest.approx(62) and base["test_acc_ci95"] == pytest.approx(t2 * 2 / math.sqrt(3))
+    assert base["is_baseline"] and "diff_vs_baseline" not in base and base["n_seeds"] == 3
+    assert m10["test_acc"] == pytest.approx(190 / 3) and m10["seeds"] == "0,1,2"
+    # differences 1, 2, 1: mean 4/3, s = sqrt(1/3), half = t2 * s / sqrt(3) = 1.434: [-0.10, 2.77]
+    assert m10["diff_vs_baseline"] == pytest.approx(4 / 3)
+    assert m10["diff_vs_baseline_ci95"] == pytest.approx(t2 * math.sqrt(1 / 3) / math.sqrt(3))
+    assert m10["diff_excludes_0"] is False
+    # differences 2, 3, 2: mean 7/3, the same half-width: [0.90, 3.77]
+    assert m50["diff_vs_baseline"] == pytest.approx(7 / 3)
+    assert m50["diff_vs_baseline_ci95"] == pytest.approx(t2 * math.sqrt(1 / 3) / math.sqrt(3))
+    assert m50["diff_excludes_0"] is True
+    assert m10["halluc_collapse"] == pytest.approx(0.1)  # mean of 0, 0.1, 0.2
+    metrics = sweeps.parent_metrics([base, m10, m50])
+    assert metrics["diff_vs_baseline/M-50"] == pytest.approx(7 / 3) and metrics["diff_excludes_0/M-50"] == 1.0
+    assert metrics["diff_excludes_0/M-10"] == 0.0
+    assert metrics["test_acc/M-0"] == pytest.approx(62) and metrics["best_test_acc"] == pytest.approx(193 / 3)
+    assert "diff_vs_baseline/M-0" not in metrics
+
+
+def test_metric_keys_are_names_mlflow_accepts():
+    assert sweeps.metric_key("hallucinator=wang,M=10") == "hallucinator-wang_M-10"
+    assert sweeps.metric_key("data=/a/b.zip,lr=0.001") == "data-_a_b.zip_lr-0.001"
+
+
+# ------------------------------------------------------------------------------ end to end
+T_975_DF1 = 12.706204736174698  # Student's t, 95% two-sided, 1 degree of freedom (2 seeds)
+
+
+def all_runs(client):
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def parent_table(client, run_id, name="sweep.csv"):
+    with open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name)) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_replicated_sweep_aggregates_two_seeds_of_two_points_in_the_parent(tracking):
+    result = CliRunner().invoke(cli, ["sweep-m", *TINY, "--values", "0,2", "--seeds", "0,1"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient()
+    runs = all_runs(client)
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(children) == {"M=0-seed0", "M=0-seed1", "M=2-seed0", "M=2-seed1"}
+    for name, child in children.items():  # the children hold their seeds; M = 0 is a plain ProtoNet
+        assert child.data.params["seed"] == name[-1]
+        assert child.data.tags["fsl.method"] == ("protonet" if name.startswith("M=0") else "hallucination")
+    for name in ("M=2-seed0", "M=2-seed1"):
+        metrics = children[name].data.metrics
+        assert {"halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight"} <= set(metrics)
+        assert metrics["halluc_mix_weight"] == pytest.approx(2 / 3)  # wang at K=1, M=2: M / (K + M)
+    assert {"sweep.csv", "sweep_runs.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    acc = {name: child.data.metrics["test_acc"] for name, child in children.items()}
+    rows = {r["point"]: r for r in parent_table(client, parent.info.run_id)}
+    assert set(rows) == {"M=0", "M=2"}
+    for point in ("M=0", "M=2"):
+        a, b = acc[f"{point}-seed0"], acc[f"{point}-seed1"]
+        assert float(rows[point]["test_acc"]) == pytest.approx((a + b) / 2)
+        assert float(rows[point]["test_acc_ci95"]) == pytest.approx(T_975_DF1 * abs(a - b) / 2)
+        assert rows[point]["n_seeds"] == "2" and rows[point]["seeds"] == "0,1"
+    d0, d1 = acc["M=2-seed0"] - acc["M=0-seed0"], acc["M=2-seed1"] - acc["M=0-seed1"]
+    assert rows["M=0"]["is_baseline"] == "True" and rows["M=0"]["diff_vs_baseline"] == ""
+    assert float(rows["M=2"]["diff_vs_baseline"]) == pytest.approx((d0 + d1) / 2)
+    half = T_975_DF1 * abs(d0 - d1) / 2
+    assert float(rows["M=2"]["diff_vs_baseline_ci95"]) == pytest.approx(half)
+    assert rows["M=2"]["diff_excludes_0"] == str(abs((d0 + d1) / 2) > half)
+    metrics = parent.data.metrics
+    assert metrics["test_acc/M-2"] == pytest.approx(float(rows["M=2"]["test_acc"]))
+    assert metrics["diff_vs_baseline/M-2"] == pytest.approx((d0 + d1) / 2)
+    assert metrics["diff_vs_baseline_ci95/M-2"] == pytest.approx(half)
+    assert parent.data.params["seeds"] == "0,1" and parent.data.params["baseline"] == "M=0"
+    per_child = parent_table(client, parent.info.run_id, "sweep_runs.csv")
+    assert {(r["point"], r["seed"], r["run_id"]) for r in per_child} == \
+        {(n.rsplit("-seed", 1)[0], n[-1], c.info.run_id) for n, c in children.items()}
+
+
+def test_a_restarted_sweep_trains_only_the_children_that_did_not_finish(tracking, monkeypatch):
+    import fsl.commands.train
+
+    real_train, trained = fsl.commands.train.train, []
+
+    def recording(model, data, cfg, *args, **kwargs):
+        trained.append((cfg.shots, cfg.seed))
+        if fail_at == (cfg.shots, cfg.seed):
+            raise RuntimeError("interrupted")
+        return real_train(model, data, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(fsl.commands.train, "train", recording)
+    args = ["sweep", *TINY, "--param", "shots=1,2", "--seeds", "0,1"]
+    fail_at = (2, 1)  # the last of 4 children
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code != 0 and "interrupted" in str(first.exception)
+    assert trained == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    client = MlflowClient()
+    assert sorted(r.info.status for r in all_runs(client)) == ["FAILED", "FAILED", "FINISHED", "FINISHED", "FINISHED"]
+
+    trained.clear()
+    fail_at = None
+    second = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert second.exit_code == 0, second.output
+    assert trained == [(2, 1)]  # only the child that had not finished
+    assert second.output.count("already finished") == 3 and "4 runs (3 reused)" in second.output
+    [parent] = [r for r in all_runs(client) if r.data.tags.get("fsl.method") == "sweep" and r.info.status == "FINISHED"]
+    per_child = parent_table(client, parent.info.run_id, "sweep_runs.csv")
+    assert sorted((r["shots"], r["seed"], r["reused"]) for r in per_child) == [
+        ("1", "0", "True"), ("1", "1", "True"), ("2", "0", "True"), ("2", "1", "False")]
+    rows = parent_table(client, parent.info.run_id)
+    assert [r["n_seeds"] for r in rows] == ["2", "2"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sweep", "--param", "shots=1,2", "--seeds", ""], "--seeds"),
+    (["sweep", "--param", "shots=1,2", "--seeds", "0,0"], "must not repeat"),
+    (["sweep", "--param", "shots=1,2", "--seeds", "0,b"], "--seeds must be comma-separated integers"),
+    (["sweep", "--param", "seed=0,1", "--seeds", "0,1"], "--seeds and --param seed"),
+    (["sweep", "--method", "hallucinate", "--param", "M=0,10", "--baseline", "M=5"], "not a point of the grid"),
+    (["sweep", "--param", "shots=1,2", "--baseline", "ways=5"], "--baseline must be FIELD=VALUE"),
+    (["sweep-m", "--values", "0,2", "--baseline", "M=3"], "not a point of the grid"),
+    (["sweep-m", "--values", "0,2", "--seeds", "1,x"], "--seeds"),
+])
+def test_bad_sweep_input_is_one_line_exit_2_and_opens_no_run(tracking, args, needle):
+    result = CliRunner().invoke(cli, [args[0], *TINY, *args[1:]])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
+    assert all_runs(MlflowClient()) == []
+
+
+def test_the_config_hash_of_a_child_is_the_same_in_another_process(fsl_cache):
+    from fsl.commands.train import config_hash, prepare_training, run_params
+
+    code = ("from fsl.config import TrainConfig; from fsl.commands.train import config_hash, prepare_training, "
+            "run_params; print(config_hash(run_params(prepare_training(TrainConfig(image_size=16, "
+            "hallucinator='wang', M=3, seed=4, precision='fp32', device='cpu')), 1)))")
+    here = config_hash(run_params(prepare_training(TrainConfig(image_size=16, hallucinator="wang", M=3, seed=4,
+                                                               precision="fp32", device="cpu")), 1))
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=Path(__file__).parents[1]).stdout.strip()
+    assert here == there and len(here) == 16
