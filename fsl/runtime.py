@@ -202,9 +202,7 @@ def _writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         raise FslError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except RuntimeError as exc:
-        if "write" not in str(exc).lower():
-            raise
+    except RuntimeError as exc:  # only writes run in this block
         raise FslError(f"cannot write {path}: {str(exc).splitlines()[0]} (is the disk full?)") from None
 
 

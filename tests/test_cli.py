@@ -141,3 +141,43 @@ def test_a_sharded_sweep_runs_only_its_share_of_the_grid(tracking):
     assert points == {("1", "l2", "True"), ("2", "l2", "False"), ("2", "cosine", "True")}
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.data.params["shards"] == "3" and parent.data.params["sweep_shots"] == "1,2"
+
+
+def test_registering_a_failed_run_needs_allow_failed_and_never_changes_its_status(tracking):
+    assert invoke("protonet", *TINY).exit_code == 0
+    client = MlflowClient()
+    run_id = only_run(client).info.run_id
+    client.set_terminated(run_id, "FAILED")
+    refused = CliRunner().invoke(cli, ["register", "--run-id", run_id])
+    assert refused.exit_code == 2 and "is FAILED" in refused.output
+    allowed = invoke("register", "--run-id", run_id, "--allow-failed")
+    assert allowed.exit_code == 0 and "registered fsl-protonet version 1" in allowed.output
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
+def test_a_sweep_parent_whose_process_died_is_marked_failed_by_the_next_command(tracking):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    client = MlflowClient()
+    experiment = client.create_experiment("fsl")
+    parent = client.create_run(experiment, tags={"fsl.method": "sweep", "fsl.host": socket.gethostname(),
+                                                 "fsl.pid": dead})
+    assert invoke("protonet", *TINY).exit_code == 0
+    assert client.get_run(parent.info.run_id).info.status == "FAILED"
+
+
+def test_runs_have_descriptive_names_and_log_their_data_set(tracking):
+    assert invoke("hallucinate", *TINY, "-M", "3", "--hallucinator", "wang").exit_code == 0
+    assert invoke("protonet", *TINY).exit_code == 0
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              order_by=["attributes.start_time ASC"])
+    assert [r.info.run_name for r in runs] == ["hallucinate-wang-M3-5w1s", "protonet-5w1s-l2"]
+    [dataset] = runs[1].inputs.dataset_inputs
+    assert dataset.dataset.name == "synthetic" and dataset.dataset.digest == runs[1].data.tags["fsl.data_fingerprint"]
+    assert '"train_classes": 64' in dataset.dataset.profile and dataset.tags[0].value == "training"
+    assert runs[1].data.params["torch_threads"] == "1" and "torch_version" in runs[1].data.params

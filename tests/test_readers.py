@@ -377,3 +377,45 @@ def test_an_episode_file_of_rows_refuses_another_data_set(tmp_path, tiny_dataset
     source_record_path(path).unlink()
     with pytest.raises(DataError, match=r"ep.source.json, which says which data set they index, is missing"):
         read_episode_file(path, data)
+
+
+def test_a_truncated_array_in_the_cache_is_rebuilt_not_fatal(tmp_path):
+    root = make_split_folders(tmp_path / "data")
+    first = load_dataset(str(root))
+    [folder] = [p for p in (Path(__import__("os").environ["FSL_CACHE_DIR"]) / "datasets").iterdir()
+                if p.name.startswith("split-folders-") and (p / "meta.json").exists()
+                and json.loads((p / "meta.json").read_text())["fingerprint"] == first.fingerprint]
+    npy = folder / "train_images.npy"
+    npy.write_bytes(npy.read_bytes()[:200])
+    again = load_dataset(str(root))
+    assert torch.equal(again.split("train").images, first.split("train").images)
+
+
+def test_a_byte_order_mark_in_a_csv_header_is_accepted(tmp_path):
+    root = make_ravi(tmp_path / "ravi")
+    for split in ("train", "val", "test"):
+        path = root / f"{split}.csv"
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_dataset(str(root)).split("train").n_classes == 3
+
+
+def test_dead_writers_temporary_folders_are_removed_by_data_cache(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from fsl.cli import cli
+    from fsl.runtime import _temporary_prefix
+
+    monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
+    datasets = tmp_path / "cache" / "datasets"
+    code = ("import os, sys; from pathlib import Path; from fsl.runtime import _temporary_prefix; "
+            "p = Path(sys.argv[1]) / (_temporary_prefix('synthetic-x') + 'abc123'); p.mkdir(parents=True); "
+            "(p / 'train_images.npy').write_bytes(b'0' * 1000)")
+    subprocess.run([sys.executable, "-c", code, str(datasets)], check=True)  # a writer that is gone now
+    alive = datasets / (_temporary_prefix("synthetic-y") + "def456")  # this process: alive
+    alive.mkdir()
+    result = CliRunner().invoke(cli, ["data", "cache"])
+    assert result.exit_code == 0 and "removed 1 temporary folder" in result.output
+    assert [p.name for p in datasets.iterdir()] == [alive.name]

@@ -44,6 +44,8 @@ UNFINISHED = ("RUNNING", "KILLED", "FAILED")
 # Seconds between system-metric samples: MLflow's default (10 s, logged in batches of 1) would
 # leave a one-minute run with a handful of points; 2 s costs well under 1% of a core.
 SYSTEM_METRICS_INTERVAL = 2
+# Asks MLflow 3's UI to open the experiment in its "Model training" view, not the GenAI one.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 class Tracker:
@@ -184,7 +186,9 @@ class MlflowRuns:
             mlflow.set_system_metrics_samples_before_logging(1)
         with store_lock():
             if not (run_id or inherited):
-                mlflow.set_experiment(experiment)
+                exp = mlflow.set_experiment(experiment)
+                if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+                    MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         run = mlflow.start_run(run_id=run_id or inherited, run_name=None if run_id or inherited else run_name,
                                nested=nested, log_system_metrics=system_metrics)
         tracker = Tracker(run.info.run_id, MlflowClient())

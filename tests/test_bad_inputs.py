@@ -1,0 +1,305 @@
+"""Every bad input and fault we know of, in one table: each gets a one-line error that names the
+file or option, the right exit code (2 usage, 1 data and environment), no traceback, and no run
+left RUNNING in the tracking store.
+
+A row is (id, set-up, expected exit code, a fragment of the message). The set-up builds what the
+row needs under tmp_path and returns the command line, plus environment overrides for the rows
+that must run in a subprocess (another tracking URI, cache folder or resource limit)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from fsl.cli import cli
+from fsl.runtime import free_port
+from tests.conftest import TINY
+
+BUDGET = [*TINY, "--epochs", "3", "--episodes-per-epoch", "4"]
+
+
+# ------------------------------------------------------------------------------ set-up helpers
+def image_tree(root: Path, classes: int = 6, per_class: int = 4, first: bytes | None = None) -> Path:
+    """A class-folders tree of small PNGs; `first` replaces the bytes of its first image."""
+    for c in range(classes):
+        for i in range(per_class):
+            path = root / f"class{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (20, 20), (c * 40, i * 50, 90)).save(path)
+    if first is not None:
+        (root / "class0" / "0.png").write_bytes(first)
+    return root
+
+
+def bomb_png(path: Path, side: int = 16000) -> Path:
+    """A 1-bit PNG whose header says side x side pixels (over PIL's decompression-bomb limit)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def l2l_folder(root: Path, images=None, class_dict=None) -> Path:
+    root.mkdir()
+    for stem in ("train", "validation", "test"):
+        data = {"image_data": np.zeros((8, 84, 84, 3), np.uint8) if images is None else images,
+                "class_dict": {"n1": [0, 1, 2, 3], "n2": [4, 5, 6, 7]} if class_dict is None else class_dict}
+        with (root / f"mini-imagenet-cache-{stem}.pkl").open("wb") as f:
+            pickle.dump(data, f)
+    return root
+
+
+def episode_file(tmp: Path, text: str | bytes) -> Path:
+    """An episode CSV (with the source record of the built-in data set at 16 px)."""
+    from fsl.data import load_dataset
+    from fsl.data.episodes import source_record_path
+
+    path = tmp / "episodes.csv"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    source_record_path(path).write_text(json.dumps({"data_set": "synthetic",
+                                                    "source_id": load_dataset("synthetic", 16).source_id}))
+    return path
+
+
+def failed_run(tmp: Path) -> str:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("fsl") or client.get_experiment(client.create_experiment("fsl"))
+    run = client.create_run(experiment.experiment_id)
+    client.log_metric(run.info.run_id, "best_val_acc", 50.0)
+    client.set_tag(run.info.run_id, "fsl.protocol", "{}")
+    client.set_terminated(run.info.run_id, "FAILED")
+    return run.info.run_id
+
+
+def dead_server() -> dict:
+    return {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+
+
+# Each set-up: tmp -> (args, env or None). env != None runs `python -m fsl` in a subprocess.
+def cli_args(*args):
+    return lambda tmp, ckpt: (list(args), None)
+
+
+ROWS = [
+    # --- options checked before any work and before a run opens (issue 11, section 4)
+    ("registered-model-name-slash", cli_args("protonet", *TINY[:-1], "--registered-model-name", "a/b"), 2,
+     "Names cannot contain '/'"),
+    ("experiment-empty", cli_args("protonet", *TINY, "--experiment", ""), 2, "--experiment must not be empty"),
+    ("M-unbounded", cli_args("hallucinate", *TINY, "-M", "100000"), 2, "-M/--hallucinations must be between 0 and"),
+    ("image-size-huge", cli_args("protonet", *TINY[2:], "--image-size", "100000"), 2,
+     "--image-size must be between 16"),
+    ("inspect-image-size-0", cli_args("data", "inspect", "synthetic", "--image-size", "0"), 2, "--image-size"),
+    ("inspect-image-size-negative", cli_args("data", "inspect", "synthetic", "--image-size", "-5"), 2,
+     "--image-size"),
+    ("ways-1", cli_args("protonet", *TINY, "--ways", "1"), 2, "--ways must be at least 2"),
+    ("test-ways-1", cli_args("protonet", *TINY, "--test-ways", "1"), 2, "--test-ways must be at least 2"),
+    ("seed-huge", cli_args("protonet", *TINY, "--seed", "100000000000000000000000"), 2, "--seed must be between 0"),
+    ("lr-inf", cli_args("protonet", *TINY, "--lr", "inf"), 2, "--lr must be a positive finite number"),
+    ("lr-nan", cli_args("protonet", *TINY, "--lr", "nan"), 2, "--lr must be a positive finite number"),
+    ("device-cuda-abc", cli_args("protonet", *TINY, "--device", "cuda:abc"), 2, "--device must be one of"),
+    ("device-mps-absent", cli_args("protonet", *TINY, "--device", "mps"), 2, "MPS is not available"),
+    ("sweep-m-no-values", cli_args("sweep-m", *TINY, "--values", ""), 2, "no values"),
+    ("sweep-empty-shard", cli_args("sweep", *TINY, "--param", "shots=1", "--shard", "1", "--shards", "2"), 2,
+     "has no grid points"),
+    ("sweep-device-mps", cli_args("sweep", *TINY, "--param", "device=cpu,mps"), 2, "MPS is not available"),
+    ("sweep-shards-0", cli_args("sweep", *TINY, "--param", "shots=1,2", "--shards", "0"), 2,
+     "--shards must be at least 1"),
+    # --- a dead tracking server fails fast for every command (section 5)
+    ("dead-server-protonet", lambda tmp, ckpt: (["protonet", *TINY], dead_server()), 2, "unreachable"),
+    ("dead-server-evaluate", lambda tmp, ckpt: (["evaluate", "--model", str(ckpt)], dead_server()), 2, "unreachable"),
+    ("dead-server-sweep", lambda tmp, ckpt: (["sweep", *TINY, "--param", "shots=1,2"], dead_server()), 2,
+     "unreachable"),
+    ("dead-server-register", lambda tmp, ckpt: (["register", "--run-id", "abc"], dead_server()), 2, "unreachable"),
+    # --- images and data-set layouts (section 6)
+    ("unreadable-first-image", lambda tmp, ckpt: (["data", "inspect", str(image_tree(tmp / "d", first=b"no png"))],
+                                                  None), 1, "cannot decode image"),
+    ("decompression-bomb", lambda tmp, ckpt: (["data", "inspect", str(bomb_png(image_tree(tmp / "d") / "class1"
+                                                                                / "0.png").parents[1])], None), 1,
+     "cannot decode image"),
+    ("no-val-split", lambda tmp, ckpt: (["protonet", *TINY, "--data", str(_train_and_test_only(tmp))], None), 1,
+     "has no 'val' split"),
+    ("symlink-loop", lambda tmp, ckpt: (["data", "inspect", str(_with_link(image_tree(tmp / "d"), "loop", "loop"))],
+                                        None), 1, "cannot read"),
+    ("dangling-symlink", lambda tmp, ckpt: (["data", "inspect", str(_with_link(image_tree(tmp / "d"), "class0/x.png",
+                                                                               "/no/such/image.png"))], None), 1,
+     "cannot read"),
+    ("truncated-zip", lambda tmp, ckpt: (["data", "inspect", str(_truncated_zip(tmp))], None), 1,
+     "not a readable .zip"),
+    ("not-a-zip", lambda tmp, ckpt: (["data", "inspect", str(_write(tmp / "d.zip", b"plain text"))], None), 1,
+     "not a readable .zip"),
+    ("pickle-wrong-shape", lambda tmp, ckpt: (["data", "inspect", str(l2l_folder(tmp / "p", images=np.zeros(
+        (8, 84, 84), np.uint8)))], None), 1, "expected uint8 images of shape [N, H, W, 3]"),
+    ("pickle-row-out-of-range", lambda tmp, ckpt: (["data", "inspect", str(l2l_folder(tmp / "p", class_dict={
+        "n1": [0, 1, 2, 3], "n2": [4, 5, 6, 99]}))], None), 1, "names row 99"),
+    ("ravi-path-escapes", lambda tmp, ckpt: (["data", "inspect", str(_ravi_escaping(tmp))], None), 1,
+     "outside the data set's image folders"),
+    # --- episode CSV files
+    ("episodes-header-only", lambda tmp, ckpt: (_evaluate_file(ckpt, episode_file(tmp, "episode,role,label,path\n")),
+                                                None), 1, "has a header but no episodes"),
+    ("episodes-short-row", lambda tmp, ckpt: (_evaluate_file(ckpt, episode_file(
+        tmp, "episode,role,label,path\n0,support,a\n")), None), 1, "expected 4 fields"),
+    ("episodes-binary", lambda tmp, ckpt: (_evaluate_file(ckpt, episode_file(tmp, bytes(range(256)) * 4)), None), 1,
+     "not a text CSV"),
+    ("episodes-row-too-large", lambda tmp, ckpt: (_evaluate_file(ckpt, episode_file(
+        tmp, "episode,role,label,path\n0,support,a,test:0\n0,query,a,test:999999\n")), None), 1, "has rows 0 to"),
+    ("episodes-row-negative", lambda tmp, ckpt: (_evaluate_file(ckpt, episode_file(
+        tmp, "episode,role,label,path\n0,support,a,test:-1\n0,query,a,test:1\n")), None), 1, "has rows 0 to"),
+    ("episodes-of-another-data-set", lambda tmp, ckpt: (_evaluate_file(ckpt, _other_source(tmp)), None), 2,
+     "not --data 'synthetic'"),
+    # --- files that are not checkpoints
+    ("model-text-file", lambda tmp, ckpt: (["evaluate", "--model", str(_write(tmp / "m.pt", b"hello"))], None), 2,
+     "is not an fsl checkpoint"),
+    ("model-plain-dict", lambda tmp, ckpt: (["evaluate", "--model", str(_torch_dict(tmp))], None), 2,
+     "is not an fsl checkpoint"),
+    ("model-folder", lambda tmp, ckpt: (["evaluate", "--model", str(tmp)], None), 2, "is a folder"),
+    ("predict-model-text", lambda tmp, ckpt: (["predict", "--model", str(_write(tmp / "m.pt", b"hi")), "--support",
+                                               str(tmp), "--query", str(tmp)], None), 2, "is not an fsl checkpoint"),
+    # --- numeric faults
+    ("nan-loss", cli_args("protonet", *BUDGET, "--lr", "1e30", "--distance", "dot"), 1,
+     "non-finite training loss at epoch"),
+    # --- output that cannot be written
+    ("episodes-out-unwritable", cli_args("episodes", "--image-size", "16", "-n", "2", "-o", "/proc/fsl/ep.csv"), 1,
+     "cannot write"),
+    ("predict-out-missing-folder", lambda tmp, ckpt: (_predict(tmp, ckpt, str(tmp / "no" / "out.csv")), None), 2,
+     "does not exist"),
+    ("predict-out-a-folder", lambda tmp, ckpt: (_predict(tmp, ckpt, str(tmp)), None), 2, "is a folder"),
+    # --- tracking and cache stores
+    ("tracking-folder-unwritable", lambda tmp, ckpt: (["protonet", *TINY], {
+        "MLFLOW_TRACKING_URI": "sqlite:////proc/fsl/mlflow.db"}), 1, "cannot write to"),
+    ("mlflow-db-not-a-database", lambda tmp, ckpt: (["protonet", *TINY], {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{_write(tmp / 'bad.db', b'not sqlite' * 100)}"}), 1, "bad.db"),
+    ("cache-dir-unwritable", lambda tmp, ckpt: (["protonet", *TINY], {"FSL_CACHE_DIR": "/proc/fsl-cache"}), 1,
+     "/proc/fsl-cache"),
+    pytest.param("disk-full-cache", lambda tmp, ckpt: (["data", "inspect", "synthetic", "--image-size", "24"], {
+        "FSL_CACHE_DIR": str(tmp / "cache"), "FILE_SIZE_LIMIT": 2**20}), 1, "cannot write",
+        marks=pytest.mark.slow, id="disk-full-cache"),
+    pytest.param("disk-full-checkpoint", lambda tmp, ckpt: (_cached_48px(["hallucinate", *TINY[2:], "--image-size",
+                                                                           "48"]), {"FILE_SIZE_LIMIT": 3 * 2**20}),
+                 1, "cannot write", marks=pytest.mark.slow, id="disk-full-checkpoint"),
+    # --- registry
+    ("register-a-failed-run", lambda tmp, ckpt: (["register", "--run-id", failed_run(tmp)], None), 2, "is FAILED"),
+]
+
+
+def _cached_48px(args: list[str]) -> list[str]:
+    """The built-in data at 48 px, decoded into the cache beforehand: the 3 MiB file-size limit
+    then first bites on the 9 MB checkpoint of a 576-d hallucinator, not on the data cache."""
+    from fsl.data import load_dataset
+
+    load_dataset("synthetic", 48)
+    return args
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _with_link(root: Path, name: str, target: str) -> Path:
+    os.symlink(target, root / name)
+    return root
+
+
+def _train_and_test_only(tmp: Path) -> Path:
+    image_tree(tmp / "d" / "train")
+    image_tree(tmp / "d" / "test")
+    return tmp / "d"
+
+
+def _truncated_zip(tmp: Path) -> Path:
+    import zipfile
+
+    archive = tmp / "d.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(image_tree(tmp / "d").rglob("*.png")):
+            zf.write(p, p.relative_to(tmp))
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    return archive
+
+
+def _ravi_escaping(tmp: Path) -> Path:
+    root = tmp / "ravi"
+    (root / "images").mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        (root / f"{split}.csv").write_text("filename,label\n../../etc/passwd,n1\n")
+    return root
+
+
+def _evaluate_file(ckpt: Path, path: Path) -> list[str]:
+    return ["evaluate", "--model", str(ckpt), "--episodes", str(path), "--image-size", "16"]
+
+
+def _other_source(tmp: Path) -> Path:
+    from fsl.data.episodes import source_record_path
+
+    path = episode_file(tmp, "episode,role,label,path\n0,support,a,test:0\n0,query,a,test:1\n")
+    source_record_path(path).write_text(json.dumps({"data_set": "mini", "source_id": "0123"}))
+    return path
+
+
+def _torch_dict(tmp: Path) -> Path:
+    import torch
+
+    torch.save({"weights": torch.zeros(3)}, tmp / "dict.pt")
+    return tmp / "dict.pt"
+
+
+def _predict(tmp: Path, ckpt: Path, out: str) -> list[str]:
+    image_tree(tmp / "support", classes=2, per_class=1)
+    image_tree(tmp / "query", classes=1, per_class=1)
+    return ["predict", "--model", str(ckpt), "--support", str(tmp / "support"), "--query", str(tmp / "query" /
+                                                                                                "class0"), "--out", out]
+
+
+def _limit_files(limit: int) -> None:
+    """In the child, before exec: writes past `limit` bytes fail with EFBIG, as on a full disk."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def run_row(setup, tmp: Path, ckpt: Path) -> tuple[int, str]:
+    """Exit code and everything printed."""
+    args, env = setup(tmp, ckpt)
+    if env is None:
+        result = CliRunner().invoke(cli, args)
+        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+        return result.exit_code, result.output
+    limit = env.pop("FILE_SIZE_LIMIT", None)
+    out = subprocess.run([sys.executable, "-m", "fsl", *args], env=os.environ | env, capture_output=True, text=True,
+                         timeout=240, preexec_fn=functools.partial(_limit_files, limit) if limit else None)
+    return out.returncode, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("row_id, setup, code, fragment",
+                         [row if hasattr(row, "marks") else pytest.param(*row, id=row[0]) for row in ROWS])
+def test_a_bad_input_gets_one_line_the_right_exit_code_and_leaves_no_run(tracking, tmp_path, trained_checkpoint,
+                                                                         row_id, setup, code, fragment):
+    exit_code, output = run_row(setup, tmp_path, trained_checkpoint)
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert exit_code == code, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert len(errors) == 1 and fragment in errors[0], output[-3000:]
+    client = MlflowClient()
+    running = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                 filter_string="attributes.status = 'RUNNING'")
+    assert running == []
