@@ -122,6 +122,11 @@ training_options = _options(
     click.option("--compile", type=click.Choice(COMPILE_MODES), default=DEFAULTS.compile,
                  help="torch.compile the training step (CUDA graphs on CUDA); auto = on CUDA only, "
                  "where it measured 27-34% faster."),
+    click.option("--deterministic/--no-deterministic", default=DEFAULTS.deterministic,
+                 help="PyTorch's deterministic algorithms: the same seed on the same machine and thread count "
+                 "gives the same numbers to the last digit (README: what it costs)."),
+    click.option("--patience", default=DEFAULTS.patience,
+                 help="Stop after this many epochs without a better val accuracy (0 = train every epoch)."),
 )
 
 tracking_options = _options(

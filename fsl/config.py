@@ -58,6 +58,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: str = "auto"                  # torch.compile the training step: auto = on CUDA only
+    deterministic: bool = False            # deterministic kernels: the same seed gives the same numbers
+    patience: int = 0                      # stop after this many epochs without a better val accuracy; 0 = off
     experiment: str = "fsl"
     # Hallucination (Wang et al. 2018); hallucinator None is a plain ProtoNet.
     hallucinator: str | None = None
@@ -88,6 +90,7 @@ class TrainConfig:
         for name in ("shots", "queries", "test_queries", "epochs", "episodes_per_epoch",
                      "episodes_per_step", "val_episodes", "test_episodes", "lr_step"):
             _at_least(name, getattr(self, name), 1)
+        _at_least("patience", self.patience, 0)
         # One class is no classification: loss 0 and 100% accuracy say nothing.
         _at_least("ways", self.ways, 2)
         _at_least("test_ways", self.test_ways, 2)

@@ -29,6 +29,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def set_deterministic(on: bool) -> None:
+    """PyTorch's deterministic algorithms (and, on CUDA, cuBLAS's fixed workspace and no cuDNN
+    autotuning), so that the same seed on the same machine and thread count gives the same
+    numbers to the last digit. Off restores the defaults. What it costs: README, "Reproducible runs"."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
+    if on:
+        torch.backends.cudnn.benchmark = False
+
+
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A fresh generator on `device`, seeded: every repeatable draw in fsl takes one of these."""
     gen = torch.Generator(device=device)

@@ -184,6 +184,8 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
     Adam at cfg.lr, halved every cfg.lr_step steps (Snell et al. 2017). Validation runs on a
     fixed set of cfg.val_episodes val episodes (test way/shot/queries); the best epoch's weights
     are kept, written to `checkpoint_dir/best.pt` and loaded back into the model at the end.
+    With cfg.patience, training stops once val accuracy has not improved for that many epochs
+    (the best epoch is in `last.pt`, so a resumed run stops where the uninterrupted one would).
     With `checkpoint_dir`, `last.pt` is written atomically after every epoch, after `on_epoch`
     has recorded it (so a kill between the two loses no point that a resumed run would not
     record again): weights, optimiser, schedule, every RNG state, epoch and counters; `resume`
@@ -229,6 +231,8 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
             on_epoch(stats)
         if checkpoint_dir is not None:
             _save_last(checkpoint_dir, model, trainer, epoch, best_val, best_epoch, best_state, history)
+        if cfg.patience and epoch - best_epoch >= cfg.patience:
+            break  # early stopping: val accuracy has not improved for `patience` epochs
 
     if best_state is not None:
         model.load_state_dict(best_state)

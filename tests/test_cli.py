@@ -181,3 +181,26 @@ def test_runs_have_descriptive_names_and_log_their_data_set(tracking):
     assert dataset.dataset.name == "synthetic" and dataset.dataset.digest == runs[1].data.tags["fsl.data_fingerprint"]
     assert '"train_classes": 64' in dataset.dataset.profile and dataset.tags[0].value == "training"
     assert runs[1].data.params["torch_threads"] == "1" and "torch_version" in runs[1].data.params
+
+
+def test_deterministic_runs_with_one_seed_give_the_same_numbers_to_the_last_digit(tracking):
+    for _ in range(2):
+        assert invoke("hallucinate", *TINY, "-M", "4", "--deterministic", "--seed", "3").exit_code == 0
+    client = MlflowClient()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 2 and runs[0].data.params["deterministic"] == "True"
+    for key in ("test_acc", "test_acc_no_hallucination", "best_val_acc", "train_loss"):
+        assert runs[0].data.metrics[key] == runs[1].data.metrics[key], key
+    histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "test_episode_acc"),
+                                          key=lambda m: m.step)] for r in runs]
+    assert histories[0] == histories[1]
+
+
+def test_patience_stops_training_once_val_accuracy_stops_improving(tracking):
+    result = invoke("protonet", *TINY, "--epochs", "12", "--patience", "1", "--lr", "1e-6")
+    assert result.exit_code == 0, result.output
+    run = only_run(MlflowClient())
+    val = MlflowClient().get_metric_history(run.info.run_id, "val_acc")
+    best_epoch = int(run.data.metrics["best_epoch"])
+    assert len(val) == best_epoch + 1 < 12  # one epoch without improvement, then stop
+    assert run.data.params["patience"] == "1"

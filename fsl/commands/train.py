@@ -26,7 +26,8 @@ from fsl.diagnostics import episode_prototypes, hallucination_diagnostics
 from fsl.errors import UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
-from fsl.runtime import cache_dir, digest, distributed, make_generator, process_alive, resolve_precision, seed_everything
+from fsl.runtime import (cache_dir, digest, distributed, make_generator, process_alive, resolve_precision,
+                         seed_everything, set_deterministic)
 from fsl.tracking.null import NullRuns
 from fsl.train import train
 
@@ -115,6 +116,7 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> Tr
     EpisodeSampler(data.split("val"), cfg.test_shape, split="val", option_prefix="test-")
     EpisodeSampler(data.split("test"), cfg.test_shape, split="test", option_prefix="test-")
     seed_everything(cfg.seed)
+    set_deterministic(cfg.deterministic)
     model = FewShotClassifier.for_data(data, precision=precision, distance=cfg.distance,
                                        hallucinator=cfg.hallucinator, hallucinations=cfg.M)
     if cfg.init:
