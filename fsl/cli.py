@@ -129,8 +129,9 @@ register_options = _options(
 
 hallucination_options = _options(
     click.option("-M", "--hallucinations", "M", default=100, help="Hallucinated features per class per episode."),
-    click.option("--hallucinator", type=click.Choice(["wang", "improved"]), default="wang",
-                 help="wang: the original generator; improved: prototype-conditioned, residual, anti-collapse."),
+    click.option("--hallucinator", type=click.Choice(["wang", "improved", "calibrated"]), default="wang",
+                 help="wang: the original generator; improved: prototype-conditioned, residual, anti-collapse; "
+                      "calibrated: sampled from a class distribution calibrated with base-class statistics."),
     click.option("--diversity-weight", default=0.1, help="Weight of the anti-collapse term (improved only)."),
     click.option("--init", default=None, help="Start from a trained model: a checkpoint or an MLflow model URI."),
 )
