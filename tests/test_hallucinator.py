@@ -95,13 +95,14 @@ def test_one_training_step_sends_gradient_to_encoder_and_generator(kind):
         assert grads and sum(grads) > 0, type(part).__name__
 
 
-def test_hallucinate_command_logs_tsne_and_both_test_results(tracking):
-    result = CliRunner().invoke(cli, ["hallucinate", *TINY, "-M", "3", "--hallucinator", "improved"],
+@pytest.mark.parametrize("kind", ["improved", "calibrated"])
+def test_hallucinate_command_logs_tsne_and_both_test_results(tracking, kind):
+    result = CliRunner().invoke(cli, ["hallucinate", *TINY, "-M", "3", "--hallucinator", kind],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     client = MlflowClient()
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
-    assert run.data.params["M"] == "3" and run.data.params["hallucinator"] == "improved"
+    assert run.data.params["M"] == "3" and run.data.params["hallucinator"] == kind
     for suffix in ("", "_no_hallucination"):
         assert {f"test_acc{suffix}", f"test_ci95{suffix}"} <= set(run.data.metrics)
         assert len(client.get_metric_history(run.info.run_id, f"test_episode_acc{suffix}")) == 5
