@@ -146,7 +146,8 @@ hallucination_options = _options(
     click.option("-M", "--hallucinations", "M", default=DEFAULT_M,
                  help=f"Hallucinated features per class per episode (0 to {MAX_M})."),
     click.option("--hallucinator", type=click.Choice(HALLUCINATORS), default=DEFAULT_HALLUCINATOR,
-                 help="wang: the original generator; improved: prototype-conditioned, residual, anti-collapse."),
+                 help="wang: the original generator; improved: prototype-conditioned, residual, anti-collapse; "
+                 "calibrated: sampled from a class distribution calibrated with base-class statistics."),
     click.option("--diversity-weight", default=DEFAULTS.diversity_weight,
                  help="Weight of the anti-collapse term (improved only)."),
     click.option("--init", default=None, help="Start from a trained model: a checkpoint or an MLflow URI."),

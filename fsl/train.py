@@ -76,6 +76,9 @@ class EpisodeLoss(nn.Module):
         augment = (lambda x: random_affine(x, noise)) if self.augment else None
         s, q = self.model.embed_episode(support[None], query[None], self.compiled, augment)
         logits = self.model.logits_from_features(s, support_labels, q, self.ways, noise=noise)[0]
+        observe = getattr(self.model.generator, "observe", None)
+        if observe is not None and self.model.hallucinations:  # base-class statistics (`calibrated`)
+            observe(torch.cat([s, q], 1), torch.cat([support_labels, query_labels[None]], 1), self.ways)
         loss = F.cross_entropy(logits, query_labels)
         if self.diversity:
             loss = loss + self.diversity * mode_seeking_loss(self.model.generator, s, support_labels, self.ways, noise)

@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 from fsl.cli import cli
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.models.distances import prototypes
-from fsl.models.hallucinator import GENERATORS, WangGenerator, hallucinate
+from fsl.models.hallucinator import GENERATORS, CalibratedGenerator, WangGenerator, hallucinate
 from tests.conftest import TINY
 
 
@@ -81,7 +81,7 @@ def test_seeded_hallucination_repeats_and_another_seed_differs():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("kind", sorted(GENERATORS))
+@pytest.mark.parametrize("kind", sorted(k for k in GENERATORS if k != "calibrated"))  # calibrated has no weights
 def test_one_training_step_sends_gradient_to_encoder_and_generator(kind):
     import torch.nn.functional as F
 
@@ -95,13 +95,14 @@ def test_one_training_step_sends_gradient_to_encoder_and_generator(kind):
         assert grads and sum(grads) > 0, type(part).__name__
 
 
-def test_hallucinate_command_logs_tsne_and_both_test_results(tracking):
-    result = CliRunner().invoke(cli, ["hallucinate", *TINY, "-M", "3", "--hallucinator", "improved"],
+@pytest.mark.parametrize("kind", ["improved", "calibrated"])
+def test_hallucinate_command_logs_tsne_and_both_test_results(tracking, kind):
+    result = CliRunner().invoke(cli, ["hallucinate", *TINY, "-M", "3", "--hallucinator", kind],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     client = MlflowClient()
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
-    assert run.data.params["M"] == "3" and run.data.params["hallucinator"] == "improved"
+    assert run.data.params["M"] == "3" and run.data.params["hallucinator"] == kind
     for suffix in ("", "_no_hallucination"):
         assert {f"test_acc{suffix}", f"test_ci95{suffix}"} <= set(run.data.metrics)
         assert len(client.get_metric_history(run.info.run_id, f"test_episode_acc{suffix}")) == 5
@@ -167,3 +168,78 @@ def test_init_with_something_that_is_not_a_compatible_model_fails_before_trainin
     assert "training episodes" not in result.output
     client = MlflowClient()
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+
+
+def gaussian_classes(g, between_std, within_std, classes=400, per_class=16, seed=0):
+    """Features [1, classes * per_class, D] of classes whose centres are N(g, between^2) and
+    whose members are N(centre, within^2); labels [1, classes * per_class]."""
+    torch.manual_seed(seed)
+    centres = g + between_std * torch.randn(classes, g.shape[0])
+    features = centres.repeat_interleave(per_class, 0) + within_std * torch.randn(classes * per_class, g.shape[0])
+    return features[None], torch.arange(classes).repeat_interleave(per_class)[None]
+
+
+def test_calibrated_observe_recovers_the_grand_mean_and_the_within_and_between_class_variances():
+    d, ways = 8, 5
+    g = torch.linspace(5, 12, d)
+    features, labels = gaussian_classes(g, between_std=2.0, within_std=1.0, classes=2000)
+    gen = CalibratedGenerator(d, momentum=0.0)  # momentum 0: a plain running average
+    for e in range(0, 2000, ways):  # 400 episodes of 5 classes x 16 images
+        rows = (labels[0] >= e) & (labels[0] < e + ways)
+        gen.observe(features[:, rows], labels[:, rows] - e, ways)
+    assert int(gen.observed) == 400
+    assert torch.allclose(gen.grand_mean, g, atol=0.2)
+    assert torch.allclose(gen.within_var, torch.ones(d), atol=0.05)
+    assert torch.allclose(gen.between_var, torch.full((d,), 4.0), rtol=0.15)
+
+
+def test_calibrated_hallucinations_centre_on_the_shrunk_mean_with_the_base_spread():
+    d, k = 4, 1
+    gen = CalibratedGenerator(d)
+    gen.grand_mean.fill_(10.0), gen.within_var.fill_(4.0), gen.between_var.fill_(4.0)  # a = (4/1) / (4/1 + 4) = 0.5
+    x = torch.full((2, 3, d), 20.0)                                                     # [E, N, D]: the shot mean
+    torch.manual_seed(0)
+    shape = (2, 3, 1000, d)
+    fake = gen(x[..., None, :].expand(shape), torch.randn(shape), x[..., None, :].expand(shape),
+               torch.full(shape[:-1], k))
+    assert fake.shape == shape and (fake >= 0).all()
+    # antithetic noise: the mean of an even M is exactly the posterior centre (1 - a) x + a g = 15
+    assert torch.allclose(fake.mean(-2), torch.full((2, 3, d), 15.0), atol=1e-4)
+    # spread: S + a T = 4 + 2 = 6
+    assert abs(float(fake.var(-2).mean()) - 6.0) < 0.3
+    # 5 shots are trusted more: a = (4/5) / (4/5 + 4) = 1/6
+    five = gen(x[..., None, :].expand(shape), torch.randn(shape), x[..., None, :].expand(shape),
+               torch.full(shape[:-1], 5))
+    assert torch.allclose(five.mean(-2), torch.full((2, 3, d), 20 - 10 / 6), atol=1e-4)
+
+
+def test_calibrated_acts_at_test_time_only_and_is_a_protonet_before_it_has_statistics():
+    model = classifier("calibrated", m=10)
+    support, labels = torch.rand(2, 10, model.feature_dim) + 1, torch.arange(5).repeat_interleave(2).expand(2, -1)
+    queries = torch.rand(2, 7, model.feature_dim)
+    plain = -((queries[:, :, None] - prototypes(support, labels, 5)[:, None]) ** 2).sum(-1)
+    model.eval()
+    assert torch.allclose(model.logits_from_features(support, labels, queries, 5), plain)  # nothing observed
+    gen = model.generator
+    gen.grand_mean.fill_(0.5), gen.within_var.fill_(0.1), gen.between_var.fill_(0.1)
+    calibrated = model.logits_from_features(support, labels, queries, 5, noise=torch.Generator().manual_seed(0))
+    assert not torch.allclose(calibrated, plain)
+    model.train()  # training mode: no hallucination, the encoder trains as a plain ProtoNet
+    assert model.hallucinate_support(support, labels, 5) is None
+    assert torch.allclose(model.logits_from_features(support, labels, queries, 5), plain)
+
+
+def test_calibrated_statistics_are_gathered_by_the_training_loop_and_saved_in_checkpoints():
+    from fsl.models.classifier import FewShotClassifier
+    from fsl.train import EpisodeLoss
+
+    model = classifier("calibrated", m=10)
+    loss = EpisodeLoss(model, 5, 0.0, None)
+    s = torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8)
+    q = torch.randint(0, 255, (10, 3, 16, 16), dtype=torch.uint8)
+    loss(s, q, torch.arange(5)[None], torch.arange(5).repeat_interleave(2), torch.Generator().manual_seed(0))
+    gen = model.generator
+    assert int(gen.observed) == 1 and gen.within_var.sum() > 0 and gen.grand_mean.sum() > 0
+    restored = FewShotClassifier.from_checkpoint(model.checkpoint())
+    for name in ("grand_mean", "within_var", "between_var", "observed"):
+        assert torch.equal(getattr(restored.generator, name), getattr(gen, name))

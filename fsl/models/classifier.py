@@ -161,11 +161,14 @@ class FewShotClassifier(nn.Module):
         """M hallucinated features per class (Wang et al. 2018), or None with the generator off.
 
         support [E, N*K, D], labels int64 [E, N*K] -> (fake float32 [E, N*M, D], labels [E, N*M]),
-        class-major; `hallucinations` overrides M (0 turns the generator off).
+        class-major; `hallucinations` overrides M (0 turns the generator off). A generator with
+        `trains_with_encoder = False` is off in training mode.
         """
         m = self.hallucinations if hallucinations is None else hallucinations
         if m <= 0 or self.generator is None:
             return None
+        if self.training and not getattr(self.generator, "trains_with_encoder", True):
+            return None  # a test-time generator (`calibrated`): training is a plain ProtoNet's
         with autocast(self.device, self.config["precision"]):
             fake, fake_labels = hallucinate(self.generator, support, support_labels, ways, m, noise)
         return fake.float(), fake_labels
