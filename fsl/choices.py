@@ -6,7 +6,7 @@ of distances, hallucinators and readers all read these tuples, so a choice is ad
 """
 
 DISTANCES = ("l2", "cosine", "dot")
-HALLUCINATORS = ("wang", "improved")
+HALLUCINATORS = ("wang", "improved", "calibrated")
 FORMATS = ("ravi", "course", "split-folders", "class-folders", "l2l-pickle", "metaoptnet-pickle")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
