@@ -30,7 +30,7 @@ from fsl.train import EpisodeTrainer, train
 def _model(data, cfg: TrainConfig, precision: str, device) -> FewShotClassifier:
     seed_everything(cfg.seed)
     return FewShotClassifier.for_data(data, precision=precision, hallucinator=cfg.hallucinator,
-                                      hallucinations=cfg.M).place(device)
+                                      M=cfg.M).place(device)
 
 
 def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5) -> dict:
@@ -82,7 +82,7 @@ def study(episodes: int = 3000, ms=(0, 10, 50, 100), shots=(1, 5), kinds=("wang"
                 result = train(_model(data, cfg, precision, device), data, cfg, device)
                 eps = sample_episodes(test, cfg.test_shape, test_episodes, cfg.test_seed, "test")
                 on = evaluate(result.model, test, eps, noise_seed=cfg.test_seed)
-                off = evaluate(result.model, test, eps, hallucinations=0, noise_seed=cfg.test_seed)
+                off = evaluate(result.model, test, eps, M=0, noise_seed=cfg.test_seed)
                 rows.append({"shots": k, "hallucinator": kind if m else "none", "M": m,
                              "test_acc": on.mean, "test_ci95": on.ci95,
                              "test_acc_no_hallucination": off.mean, "test_ci95_no_hallucination": off.ci95,

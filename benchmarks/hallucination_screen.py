@@ -27,7 +27,7 @@ from fsl.config import TrainConfig
 from fsl.data import load_dataset
 from fsl.evaluate import sample_episodes
 from fsl.models.classifier import FewShotClassifier
-from fsl.models.hallucinator import GENERATORS
+from fsl.models.hallucinator import HALLUCINATORS
 from fsl.runtime import make_generator, seed_everything
 from fsl.train import train
 
@@ -52,7 +52,7 @@ def episode_accuracy(model: FewShotClassifier, features: torch.Tensor, episodes,
         s = features[episodes.support[start:start + chunk]]
         q = features[episodes.query[start:start + chunk]]
         logits = model.logits_from_features(s, support_labels.expand(s.shape[0], -1), q, shape.ways,
-                                            hallucinations=m, noise=make_generator(noise_seed * 1_000_003 + c))
+                                            M=m, rng=make_generator(noise_seed * 1_000_003 + c))
         out.append((logits.argmax(-1) == query_labels).float().mean(-1) * 100)
     return torch.cat(out)
 
@@ -66,13 +66,13 @@ def study_config(kind: str | None, seed: int, shots: int, m: int, episodes: int)
 def screen(kind: str | None, seeds, shots: int, ms, episodes: int = 2000, save: str | None = None):
     data = load_dataset("synthetic")
     test = data.split("test")
-    test_only = kind is not None and not getattr(GENERATORS[kind], "trains_with_encoder", True)
+    test_only = kind is not None and not getattr(HALLUCINATORS[kind], "trains_with_encoder", True)
     train_ms = [max(ms)] if (test_only or kind is None) else list(ms)
     for seed in seeds:
         for train_m in train_ms:
             cfg = study_config(kind, seed, shots, train_m, episodes)
             seed_everything(seed)
-            model = FewShotClassifier.for_data(data, precision="fp32", hallucinator=kind, hallucinations=train_m)
+            model = FewShotClassifier.for_data(data, precision="fp32", hallucinator=kind, M=train_m)
             t0 = time.perf_counter()
             result = train(model, data, cfg, torch.device("cpu"))
             seconds = time.perf_counter() - t0
@@ -101,7 +101,7 @@ def step_cost(kind: str, m: int = 100, steps: int = 20, repeats: int = 5) -> dic
     for label, k, mm in (("protonet", None, 0), (kind, kind, m)):
         cfg = TrainConfig(hallucinator=k, M=mm, precision="fp32")
         seed_everything(0)
-        model = FewShotClassifier.for_data(data, precision="fp32", hallucinator=k, hallucinations=mm)
+        model = FewShotClassifier.for_data(data, precision="fp32", hallucinator=k, M=mm)
         trainers[label] = EpisodeTrainer(model, store, cfg, torch.device("cpu"))
         float(trainers[label].run(3)[0])
     times = {label: [] for label in trainers}
@@ -116,7 +116,7 @@ def step_cost(kind: str, m: int = 100, steps: int = 20, repeats: int = 5) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kind", default="calibrated", help="a GENERATORS entry, or 'none' for ProtoNet")
+    p.add_argument("--kind", default="calibrated", help="a HALLUCINATORS entry, or 'none' for ProtoNet")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--shots", type=int, default=1)
     p.add_argument("--ms", default="10,50,100")

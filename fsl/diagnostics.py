@@ -107,7 +107,7 @@ def mix_weight(generator: torch.nn.Module, shots: int, m: int) -> float:
 
 
 def episode_prototypes(model, support: torch.Tensor, labels: torch.Tensor, ways: int,
-                       noise: torch.Generator | None = None, hallucinations: int | None = None
+                       rng: torch.Generator | None = None, M: int | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """The real and the final prototypes of episodes, as `FewShotClassifier.logits_from_features`
     makes them (a test checks they give its logits).
@@ -118,12 +118,12 @@ def episode_prototypes(model, support: torch.Tensor, labels: torch.Tensor, ways:
     """
     labels = labels.to(support.device)
     real = prototypes(support, labels, ways)
-    hallucinated = model.hallucinate_support(support, labels, ways, hallucinations, noise)
+    hallucinated = model.hallucinate_support(support, labels, ways, M, rng)
     if hallucinated is None:
         return real, real, None
     fake, fake_labels = hallucinated
     counts = torch.nn.functional.one_hot(labels, ways).sum(-2)
-    final = model.generator.combine(real, prototypes(fake, fake_labels, ways), counts, fake.shape[-2] // ways)
+    final = model.hallucinator.combine(real, prototypes(fake, fake_labels, ways), counts, fake.shape[-2] // ways)
     return real, final, hallucinated
 
 
@@ -132,8 +132,8 @@ def hallucination_diagnostics(model, store, episodes, noise_seed: int = 0, max_e
                               batch: int = 8) -> dict[str, float]:
     """The four `halluc_*` metrics (module docstring) of `model` on the first `max_episodes` of
     `episodes` (EpisodeIndices of `store`). {} for a model that does not hallucinate."""
-    m = model.hallucinations
-    if m <= 0:
+    M = model.M
+    if M <= 0:
         return {}
     was_training = model.training
     model.eval()
@@ -143,8 +143,8 @@ def hallucination_diagnostics(model, store, episodes, noise_seed: int = 0, max_e
     support_labels = episodes.support_labels().to(device)
     query_labels = episodes.query_labels().to(device)
     first_shots = torch.arange(shape.ways, device=device) * shape.shots  # support is class-major
-    noise = make_generator(noise_seed, device)
-    noise_a, noise_b = make_generator(noise_seed + 1, device), make_generator(noise_seed + 2, device)
+    rng = make_generator(noise_seed, device)
+    rng_a, rng_b = make_generator(noise_seed + 1, device), make_generator(noise_seed + 2, device)
     sums: dict[str, float] = {}
     try:
         for start in range(0, len(episodes), batch):
@@ -153,13 +153,13 @@ def hallucination_diagnostics(model, store, episodes, noise_seed: int = 0, max_e
             support, query = model.embed_episode(store.images[chunk.support.to(store.images.device)],
                                                  store.images[chunk.query.to(store.images.device)])
             labels = support_labels.expand(e, -1)
-            fake, fake_labels = model.hallucinate_support(support, labels, shape.ways, noise=noise)
+            fake, fake_labels = model.hallucinate_support(support, labels, shape.ways, rng=rng)
             one, one_labels = support[:, first_shots], support_labels[first_shots].expand(e, -1)
-            a = model.hallucinate_support(one, one_labels, shape.ways, noise=noise_a)[0]
-            b = model.hallucinate_support(one, one_labels, shape.ways, noise=noise_b)[0]
+            a = model.hallucinate_support(one, one_labels, shape.ways, rng=rng_a)[0]
+            b = model.hallucinate_support(one, one_labels, shape.ways, rng=rng_b)[0]
             real = torch.cat([support, query], 1)
             real_labels = torch.cat([labels, query_labels.expand(e, -1)], 1)
             sums = add_sums(sums, diagnostic_sums(real, real_labels, fake, fake_labels, a, b, shape.ways))
     finally:
         model.train(was_training)
-    return diagnostics_from_sums(sums) | {"halluc_mix_weight": mix_weight(model.generator, shape.shots, m)}
+    return diagnostics_from_sums(sums) | {"halluc_mix_weight": mix_weight(model.hallucinator, shape.shots, M)}

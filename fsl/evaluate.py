@@ -49,7 +49,7 @@ def sample_episodes(store: ImageStore, shape: EpisodeShape, n: int, seed: int, s
 
 @torch.no_grad()
 def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
-                    hallucinations: int | None = None, noise_seed: int = 0, batch: int = 0,
+                    M: int | None = None, noise_seed: int = 0, batch: int = 0,
                     progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """Correctly classified queries of each episode, float32 [E] on the model's device (no host
     sync); counts are exact in float32, and `evaluate` turns them into percent in float64.
@@ -65,7 +65,10 @@ def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: Episo
     device = model.device
     shape = episodes.shape
     images_per_episode = shape.ways * (shape.shots + shape.queries)
-    batch = batch or max(1, 4096 // images_per_episode)  # ~4k images per call fits any device
+    # ~4k images (and hallucinated rows, which pass through the hallucinator's wider layers) per
+    # call fits any device; -M 1000 would otherwise allocate gigabytes per chunk.
+    hallucinated = shape.ways * (model.M if M is None else M) * 4
+    batch = batch or max(1, 4096 // (images_per_episode + hallucinated))
     support_labels = episodes.support_labels().to(device)
     query_labels = episodes.query_labels().to(device)
     correct = torch.zeros(len(episodes), device=device)
@@ -75,12 +78,12 @@ def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: Episo
                 continue
             chunk = episodes.slice(start, start + batch)
             e = len(chunk)
-            noise = make_generator(noise_seed * 1_000_003 + chunk_index, device)
+            rng = make_generator(noise_seed * 1_000_003 + chunk_index, device)
             logits = model.episode_logits(
                 store.images[chunk.support.to(store.images.device)],
                 support_labels.expand(e, -1),
                 store.images[chunk.query.to(store.images.device)],
-                shape.ways, hallucinations=hallucinations, noise=noise)
+                shape.ways, M=M, rng=rng)
             correct[start:start + e] = (logits.argmax(-1) == query_labels).float().sum(-1)
             if progress:
                 progress(e)
@@ -94,10 +97,10 @@ def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: Episo
 
 
 def evaluate(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
-             hallucinations: int | None = None, noise_seed: int = 0,
+             M: int | None = None, noise_seed: int = 0,
              progress: Callable[[int], None] | None = None) -> EvalResult:
     """Per-episode accuracies with mean ± 95% CI, all in percent."""
-    correct = episode_correct(model, store, episodes, hallucinations, noise_seed, progress=progress)
+    correct = episode_correct(model, store, episodes, M, noise_seed, progress=progress)
     return EvalResult.from_accs(correct.double().cpu().numpy() * 100 / episodes.query.shape[1])
 
 
@@ -107,12 +110,12 @@ def evaluate_file_episodes(model: FewShotClassifier, episodes: list, noise_seed:
     """Evaluate episodes read from a CSV (`read_episode_file`); each may have its own shape."""
     was_training = model.training
     model.eval()
-    noise = make_generator(noise_seed, model.device)
+    rng = make_generator(noise_seed, model.device)
     accs = []
     try:
         for episode in episodes:
             logits = model.episode_logits(episode.support_images, episode.support_labels,
-                                          episode.query_images, episode.ways, noise=noise)
+                                          episode.query_images, episode.ways, rng=rng)
             accs.append(float((logits.argmax(-1).cpu() == episode.query_labels).sum()) * 100 / len(episode.query_labels))
             if progress:
                 progress(1)

@@ -30,7 +30,7 @@ from fsl.data.episodes import EpisodeSampler
 from fsl.data.store import DataSet
 from fsl.errors import FslError
 from fsl.evaluate import evaluate, sample_episodes
-from fsl.models.classifier import FewShotClassifier
+from fsl.models.classifier import FewShotClassifier, current_state_dict
 from fsl.models.hallucinator import mode_seeking_loss
 from fsl.runtime import atomic_save, compile_module, make_generator, resolve_compile, world
 
@@ -72,16 +72,16 @@ class EpisodeLoss(nn.Module):
         object.__setattr__(self, "compiled", encoder)  # shares model's weights: not a second submodule
 
     def forward(self, support: torch.Tensor, query: torch.Tensor, support_labels: torch.Tensor,
-                query_labels: torch.Tensor, noise: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        augment = (lambda x: random_affine(x, noise)) if self.augment else None
+                query_labels: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        augment = (lambda x: random_affine(x, rng)) if self.augment else None
         s, q = self.model.embed_episode(support[None], query[None], self.compiled, augment)
-        logits = self.model.logits_from_features(s, support_labels, q, self.ways, noise=noise)[0]
-        observe = getattr(self.model.generator, "observe", None)
-        if observe is not None and self.model.hallucinations:  # base-class statistics (`calibrated`)
+        logits = self.model.logits_from_features(s, support_labels, q, self.ways, rng=rng)[0]
+        observe = getattr(self.model.hallucinator, "observe", None)
+        if observe is not None and self.model.M:  # base-class statistics (`calibrated`)
             observe(torch.cat([s, q], 1), torch.cat([support_labels, query_labels[None]], 1), self.ways)
         loss = F.cross_entropy(logits, query_labels)
         if self.diversity:
-            loss = loss + self.diversity * mode_seeking_loss(self.model.generator, s, support_labels, self.ways, noise)
+            loss = loss + self.diversity * mode_seeking_loss(self.model.hallucinator, s, support_labels, self.ways, rng)
         return loss, logits
 
 
@@ -100,14 +100,14 @@ class EpisodeTrainer:
         self.per_step = cfg.episodes_per_step
         replicas = [rank * self.per_step + j for j in range(self.per_step)]
         # Which episodes: CPU generators, the same on every device. Noise: on the device.
-        self.episode_gens = [make_generator(cfg.seed + GENERATOR_STRIDE * r) for r in replicas]
-        self.noise_gens = [make_generator(cfg.seed + 2 + GENERATOR_STRIDE * r, device) for r in replicas]
+        self.episode_rngs = [make_generator(cfg.seed + GENERATOR_STRIDE * r) for r in replicas]
+        self.noise_rngs = [make_generator(cfg.seed + 2 + GENERATOR_STRIDE * r, device) for r in replicas]
         ways, shots, queries = self.shape.ways, self.shape.shots, self.shape.queries
         self.support_labels = torch.arange(ways, device=device).repeat_interleave(shots)[None]
         self.query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=0.5)
-        diversity = cfg.diversity_weight if cfg.hallucinator == "improved" and model.hallucinations else 0.0
+        diversity = cfg.diversity_weight if cfg.hallucinator == "improved" and model.M else 0.0
         # The compiled encoder lives here, not in the model: checkpoints, evaluation (other
         # shapes) and registered models use the plain one, which shares its weights.
         compiled = compile_module(model.encoder, device) if resolve_compile(cfg.compile, device) else None
@@ -115,14 +115,14 @@ class EpisodeTrainer:
         if world_size > 1:
             self.step_loss = nn.parallel.DistributedDataParallel(
                 self.step_loss, device_ids=[device] if device.type == "cuda" else None,
-                find_unused_parameters=model.generator is not None)
+                find_unused_parameters=model.hallucinator is not None)
         self.episodes_done = 0  # optimiser steps so far, over all epochs (resume)
 
     def run(self, n: int, progress: Callable[[int], None] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, device = self.store.images, self.device
         self.model.train()
-        draws = [self.sampler.sample(g, n) for g in self.episode_gens]  # one draw, one copy per epoch
+        draws = [self.sampler.sample(g, n) for g in self.episode_rngs]  # one draw, one copy per epoch
         support_idx = [d.support.to(device, non_blocking=True) for d in draws]
         query_idx = [d.query.to(device, non_blocking=True) for d in draws]
         steps = torch.arange(n, device=device)
@@ -136,7 +136,7 @@ class EpisodeTrainer:
                 sync = j == self.per_step - 1 or not isinstance(self.step_loss, nn.parallel.DistributedDataParallel)
                 with contextlib.nullcontext() if sync else self.step_loss.no_sync():
                     loss, logits = self.step_loss(images[support_idx[j][step]], images[query_idx[j][step]],
-                                                  self.support_labels, self.query_labels, self.noise_gens[j])
+                                                  self.support_labels, self.query_labels, self.noise_rngs[j])
                     (loss / self.per_step).backward()
                 step_loss += loss.detach()
                 correct += (logits.detach().argmax(-1) == self.query_labels).sum()
@@ -153,16 +153,16 @@ class EpisodeTrainer:
     def state(self) -> dict[str, Any]:
         """Optimiser, schedule and every generator: with the weights, all that resuming needs."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "episode_gens": [g.get_state() for g in self.episode_gens],
-                "noise_gens": [g.get_state().cpu() for g in self.noise_gens],
+                "episode_gens": [g.get_state() for g in self.episode_rngs],
+                "noise_gens": [g.get_state().cpu() for g in self.noise_rngs],
                 "torch_rng": torch.get_rng_state(), "episodes_done": self.episodes_done}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        for g, s in zip(self.episode_gens, state["episode_gens"]):
+        for g, s in zip(self.episode_rngs, state["episode_gens"]):
             g.set_state(s)
-        for g, s in zip(self.noise_gens, state["noise_gens"]):
+        for g, s in zip(self.noise_rngs, state["noise_gens"]):
             g.set_state(s.to(g.device) if g.device.type != "cpu" else s)
         torch.set_rng_state(state["torch_rng"])
         self.episodes_done = state["episodes_done"]
@@ -203,9 +203,10 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
     best_val, best_epoch, best_state, first_epoch = -1.0, 0, None, 1
     history: list[EpochStats] = []
     if resume is not None:
-        model.load_state_dict(resume["state_dict"])
+        model.load_state_dict(current_state_dict(resume))
         trainer.load_state(resume["trainer"] if rank == 0 else resume["trainer_by_rank"][rank])
-        best_val, best_epoch, best_state = resume["best_val"], resume["best_epoch"], resume["best_state"]
+        best_val, best_epoch = resume["best_val"], resume["best_epoch"]
+        best_state = resume["best_state"] and current_state_dict(resume | {"state_dict": resume["best_state"]})
         history = [EpochStats(**h) for h in resume["history"]]
         first_epoch = resume["epoch"] + 1
     save = checkpoint_dir is not None and rank == 0

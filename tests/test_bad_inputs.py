@@ -190,7 +190,8 @@ ROWS = [
         "FSL_CACHE_DIR": str(tmp / "cache"), "FILE_SIZE_LIMIT": 2**20}), 1, "cannot write",
         marks=pytest.mark.slow, id="disk-full-cache"),
     pytest.param("disk-full-checkpoint", lambda tmp, ckpt: (_cached_48px(["hallucinate", *TINY[2:], "--image-size",
-                                                                           "48"]), {"FILE_SIZE_LIMIT": 3 * 2**20}),
+                                                                           "48", "--hallucinator", "wang"]),
+                                                             {"FILE_SIZE_LIMIT": 3 * 2**20}),
                  1, "cannot write", marks=pytest.mark.slow, id="disk-full-checkpoint"),
     # --- registry
     ("register-a-failed-run", lambda tmp, ckpt: (["register", "--run-id", failed_run(tmp)], None), 2, "is FAILED"),

@@ -185,7 +185,8 @@ def test_runs_have_descriptive_names_and_log_their_data_set(tracking):
 
 def test_deterministic_runs_with_one_seed_give_the_same_numbers_to_the_last_digit(tracking):
     for _ in range(2):
-        assert invoke("hallucinate", *TINY, "-M", "4", "--deterministic", "--seed", "3").exit_code == 0
+        assert invoke("hallucinate", *TINY, "-M", "4", "--hallucinator", "wang", "--deterministic",
+                      "--seed", "3").exit_code == 0
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 2 and runs[0].data.params["deterministic"] == "True"

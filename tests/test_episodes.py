@@ -44,7 +44,7 @@ def test_the_same_seed_gives_the_same_episodes_and_another_seed_others():
 
 
 @pytest.mark.parametrize("shape, message", [
-    (EpisodeShape(11, 1, 1), r"--ways must be between 1 and 10 \(the split split has 10 classes\), got 11"),
+    (EpisodeShape(11, 1, 1), r"--ways must be between 2 and 10 \(the split split has 10 classes\), got 11"),
     (EpisodeShape(5, 5, 4), r"--shots \+ --queries must be at most 8 .* got 9"),
     (EpisodeShape(5, 0, 4), r"--shots must be at least 1"),
 ])

@@ -6,20 +6,20 @@ from mlflow.tracking import MlflowClient
 from fsl.cli import cli
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.models.distances import prototypes
-from fsl.models.hallucinator import GENERATORS, CalibratedGenerator, WangGenerator, hallucinate
+from fsl.models.hallucinator import HALLUCINATORS, CalibratedGenerator, WangGenerator, hallucinate
 from tests.conftest import TINY
 
 
 def classifier(hallucinator="wang", m=4, size=16):
     torch.manual_seed(0)
     return FewShotClassifier(model_config(image_size=size, channels=3, mean=[0.5] * 3, std=[0.25] * 3,
-                                          precision="fp32", hallucinator=hallucinator, hallucinations=m))
+                                          precision="fp32", hallucinator=hallucinator, M=m))
 
 
-@pytest.mark.parametrize("kind", sorted(GENERATORS))
+@pytest.mark.parametrize("kind", sorted(HALLUCINATORS))
 @pytest.mark.parametrize("d", [64, 256, 1600])
 def test_generators_map_features_and_noise_to_features_of_the_same_size(kind, d):
-    gen = GENERATORS[kind](d)
+    gen = HALLUCINATORS[kind](d)
     x = torch.rand(3, 7, d)
     assert gen(x, torch.randn(3, 7, d), x).shape == (3, 7, d)
 
@@ -44,15 +44,15 @@ def test_wang_prototypes_are_the_mean_of_real_and_hallucinated_features():
     model = classifier(m=4).eval()
     support, labels = torch.rand(1, 10, model.feature_dim), torch.arange(5).repeat_interleave(2)[None]
     queries = torch.rand(1, 3, model.feature_dim)
-    fake, fake_labels = model.hallucinate_support(support, labels, 5, noise=torch.Generator().manual_seed(1))
+    fake, fake_labels = model.hallucinate_support(support, labels, 5, rng=torch.Generator().manual_seed(1))
     expected = prototypes(torch.cat([support, fake], 1), torch.cat([labels, fake_labels], 1), 5)
-    got = model.logits_from_features(support, labels, queries, 5, noise=torch.Generator().manual_seed(1))
+    got = model.logits_from_features(support, labels, queries, 5, rng=torch.Generator().manual_seed(1))
     assert torch.allclose(got, -((queries[:, :, None] - expected[:, None]) ** 2).sum(-1), rtol=1e-4, atol=1e-3)
 
 
 def test_the_improved_prototype_mixes_real_and_hallucinated_means_by_a_learned_weight():
     model = classifier("improved", m=50).eval()
-    gen = model.generator
+    gen = model.hallucinator
     real, fake = torch.zeros(1, 2, 3), torch.ones(1, 2, 3)
     assert torch.allclose(gen.combine(real, fake, torch.tensor([[1, 1]]), 50), torch.full((1, 2, 3), 0.1))
     # M does not change the weight of the real shots, unlike Wang's mean (50/51 at K=1)
@@ -69,7 +69,7 @@ def test_m_zero_gives_exactly_the_plain_protonet_prototypes_and_logits():
     q = torch.randint(0, 255, (15, 3, 16, 16), dtype=torch.uint8)
     labels = torch.arange(5).repeat_interleave(2)
     assert torch.equal(model.episode_logits(s, labels, q, 5), plain.episode_logits(s, labels, q, 5))
-    assert model.hallucinate_support(torch.rand(1, 10, model.feature_dim), labels[None], 5, hallucinations=0) is None
+    assert model.hallucinate_support(torch.rand(1, 10, model.feature_dim), labels[None], 5, M=0) is None
 
 
 def test_seeded_hallucination_repeats_and_another_seed_differs():
@@ -81,16 +81,16 @@ def test_seeded_hallucination_repeats_and_another_seed_differs():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("kind", sorted(k for k in GENERATORS if k != "calibrated"))  # calibrated has no weights
+@pytest.mark.parametrize("kind", sorted(k for k in HALLUCINATORS if k != "calibrated"))  # calibrated has no weights
 def test_one_training_step_sends_gradient_to_encoder_and_generator(kind):
     import torch.nn.functional as F
 
     model = classifier(kind, m=5)
     s = torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8)
     q = torch.randint(0, 255, (10, 3, 16, 16), dtype=torch.uint8)
-    logits = model.episode_logits(s, torch.arange(5), q, 5, noise=torch.Generator().manual_seed(0))
+    logits = model.episode_logits(s, torch.arange(5), q, 5, rng=torch.Generator().manual_seed(0))
     F.cross_entropy(logits, torch.arange(5).repeat_interleave(2)).backward()
-    for part in (model.encoder, model.generator):
+    for part in (model.encoder, model.hallucinator):
         grads = [p.grad.abs().sum() for p in part.parameters() if p.grad is not None]
         assert grads and sum(grads) > 0, type(part).__name__
 
@@ -220,9 +220,9 @@ def test_calibrated_acts_at_test_time_only_and_is_a_protonet_before_it_has_stati
     plain = -((queries[:, :, None] - prototypes(support, labels, 5)[:, None]) ** 2).sum(-1)
     model.eval()
     assert torch.allclose(model.logits_from_features(support, labels, queries, 5), plain)  # nothing observed
-    gen = model.generator
+    gen = model.hallucinator
     gen.grand_mean.fill_(0.5), gen.within_var.fill_(0.1), gen.between_var.fill_(0.1)
-    calibrated = model.logits_from_features(support, labels, queries, 5, noise=torch.Generator().manual_seed(0))
+    calibrated = model.logits_from_features(support, labels, queries, 5, rng=torch.Generator().manual_seed(0))
     assert not torch.allclose(calibrated, plain)
     model.train()  # training mode: no hallucination, the encoder trains as a plain ProtoNet
     assert model.hallucinate_support(support, labels, 5) is None
@@ -238,8 +238,8 @@ def test_calibrated_statistics_are_gathered_by_the_training_loop_and_saved_in_ch
     s = torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8)
     q = torch.randint(0, 255, (10, 3, 16, 16), dtype=torch.uint8)
     loss(s, q, torch.arange(5)[None], torch.arange(5).repeat_interleave(2), torch.Generator().manual_seed(0))
-    gen = model.generator
+    gen = model.hallucinator
     assert int(gen.observed) == 1 and gen.within_var.sum() > 0 and gen.grand_mean.sum() > 0
     restored = FewShotClassifier.from_checkpoint(model.checkpoint())
     for name in ("grand_mean", "within_var", "between_var", "observed"):
-        assert torch.equal(getattr(restored.generator, name), getattr(gen, name))
+        assert torch.equal(getattr(restored.hallucinator, name), getattr(gen, name))

@@ -56,10 +56,10 @@ def test_main_is_protonet():
 def test_registries_name_exactly_the_choices():
     from fsl.data.readers import ARRAY_FORMATS, FILE_FORMATS
     from fsl.models.distances import DISTANCES
-    from fsl.models.hallucinator import GENERATORS
+    from fsl.models.hallucinator import HALLUCINATORS
 
     assert tuple(DISTANCES) == choices.DISTANCES
-    assert tuple(GENERATORS) == choices.HALLUCINATORS
+    assert tuple(HALLUCINATORS) == choices.HALLUCINATORS
     assert set(FILE_FORMATS) | set(ARRAY_FORMATS) == set(choices.FORMATS)
     [distance] = [p for p in cli.commands["protonet"].params if p.name == "distance"]
     assert tuple(distance.type.choices) == choices.DISTANCES

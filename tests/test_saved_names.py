@@ -32,7 +32,7 @@ def test_a_checkpoint_of_0_1_0_loads_and_gives_the_same_features(saved, images):
     from fsl.models.classifier import load_checkpoint
 
     model = load_checkpoint(saved / "checkpoint.pt").eval()
-    assert model.config["hallucinator"] == "wang" and model.hallucinations == 5
+    assert model.config["hallucinator"] == "wang" and model.M == 5
     assert torch.allclose(model.embed(images), torch.load(saved / "features.pt"), atol=1e-5)
 
 

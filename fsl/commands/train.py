@@ -118,7 +118,7 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> Tr
     seed_everything(cfg.seed)
     set_deterministic(cfg.deterministic)
     model = FewShotClassifier.for_data(data, precision=precision, distance=cfg.distance,
-                                       hallucinator=cfg.hallucinator, hallucinations=cfg.M)
+                                       hallucinator=cfg.hallucinator, M=cfg.M)
     if cfg.init:
         _initialise_from(model, cfg.init)
     model.place(device)
@@ -157,9 +157,9 @@ def _initialise_from(model: FewShotClassifier, spec: str) -> None:
             f"{source.config['channels']}-channel {source.config['image_size']}px images, this run needs "
             f"{model.feature_dim}-d from {model.config['channels']}-channel {model.config['image_size']}px")
     model.encoder.load_state_dict(source.encoder.state_dict())
-    if model.generator is not None and source.generator is not None and \
-            type(source.generator) is type(model.generator):
-        model.generator.load_state_dict(source.generator.state_dict())
+    if model.hallucinator is not None and source.hallucinator is not None and \
+            type(source.hallucinator) is type(model.hallucinator):
+        model.hallucinator.load_state_dict(source.hallucinator.state_dict())
 
 
 def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resume_id: str | None,
@@ -206,9 +206,9 @@ def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> t
         test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
     log_eval(tracker, test)
     reporter.echo(f"test ({cfg.test_shape}): {test}")
-    if not model.hallucinations:
+    if not model.M:
         return test, None
-    plain = evaluate(model, store, episodes, hallucinations=0, noise_seed=cfg.test_seed)
+    plain = evaluate(model, store, episodes, M=0, noise_seed=cfg.test_seed)
     log_eval(tracker, plain, "_no_hallucination")
     reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
     tracker.log_metrics(hallucination_diagnostics(model, store, episodes, noise_seed=cfg.test_seed))
@@ -236,7 +236,7 @@ def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, cla
         real = model.embed(store.images[rows])
         support = model.embed(store.images[seeds])
         real_protos, final_protos, (fake, fake_labels) = episode_prototypes(
-            model, support[None], seed_labels[None], classes, noise=make_generator(cfg.test_seed, model.device))
+            model, support[None], seed_labels[None], classes, rng=make_generator(cfg.test_seed, model.device))
         fake, fake_labels = fake[0], fake_labels[0]
     return viz.tsne(real.cpu().numpy(), labels[rows].cpu().numpy(), fake.float().cpu().numpy(),
                     fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed,

@@ -8,16 +8,16 @@ import torch
 import torch.nn.functional as F
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator | None, max_shift: float = 0.1,
+def random_affine(x: torch.Tensor, rng: torch.Generator | None, max_shift: float = 0.1,
                   max_degrees: float = 15.0, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
     """A random rotation, scale and shift per image. x: float [B, C, H, W] -> [B, C, H, W].
 
-    Borders are replicated (a white Omniglot page stays white). `generator` lives on x's device.
+    Borders are replicated (a white Omniglot page stays white). `rng` lives on x's device.
     """
     b = x.shape[0]
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return low + (high - low) * torch.rand(b, generator=generator, device=x.device)
+        return low + (high - low) * torch.rand(b, generator=rng, device=x.device)
 
     angle = uniform(-1, 1) * math.radians(max_degrees)
     s = uniform(*scale)

@@ -86,13 +86,13 @@ class EpisodeSampler:
         self._table = torch.full((store.n_classes, int(counts.max())), -1, dtype=torch.long)
         self._table[labels[order], slot] = order
 
-    def sample(self, generator: torch.Generator, n: int = 1) -> EpisodeIndices:
+    def sample(self, rng: torch.Generator, n: int = 1) -> EpisodeIndices:
         """Draw `n` episodes (indices on the CPU; move them with `.to(device)` to gather)."""
         ways, shots, queries = self.shape.ways, self.shape.shots, self.shape.queries
         n_classes, width = self._table.shape
-        classes = torch.rand(n, n_classes, generator=generator).argsort(dim=1)[:, :ways]
+        classes = torch.rand(n, n_classes, generator=rng).argsort(dim=1)[:, :ways]
         rows = self._table[classes]  # [n, ways, width]
-        keys = torch.rand(n, ways, width, generator=generator).masked_fill_(rows < 0, 2.0)
+        keys = torch.rand(n, ways, width, generator=rng).masked_fill_(rows < 0, 2.0)
         picked = rows.gather(2, keys.argsort(dim=2)[:, :, : shots + queries])
         support = picked[:, :, :shots].reshape(n, ways * shots)
         query = picked[:, :, shots:].reshape(n, ways * queries)

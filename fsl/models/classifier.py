@@ -17,10 +17,11 @@ from torch import nn
 
 from fsl.models.distances import DISTANCES, logits as distance_logits, prototypes
 from fsl.models.encoders import ENCODERS
-from fsl.models.hallucinator import GENERATORS, hallucinate
+from fsl.models.hallucinator import HALLUCINATORS, hallucinate
 from fsl.runtime import autocast, make_generator
 
-SCHEMA_VERSION = 1
+# 2: the hallucinator's weights are saved under `hallucinator.` (schema 1: `generator.`).
+SCHEMA_VERSION = 2
 CLASSIFY_SEED = 0  # the noise seed of `classify`: the same call always gives the same answer
 
 
@@ -34,19 +35,19 @@ class Prediction(NamedTuple):
 
 def model_config(*, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float],
                  distance: str = "l2", precision: str = "fp32", encoder: str = "conv4",
-                 hallucinator: str | None = None, hallucinations: int = 0) -> dict[str, Any]:
+                 hallucinator: str | None = None, M: int = 0) -> dict[str, Any]:
     """The plain dict that rebuilds a model: it is saved in every checkpoint and logged model."""
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; choose from {sorted(DISTANCES)}")
-    if hallucinator is not None and hallucinator not in GENERATORS:
-        raise ValueError(f"unknown hallucinator {hallucinator!r}; choose from {sorted(GENERATORS)}")
+    if hallucinator is not None and hallucinator not in HALLUCINATORS:
+        raise ValueError(f"unknown hallucinator {hallucinator!r}; choose from {sorted(HALLUCINATORS)}")
     return {"encoder": encoder, "image_size": int(image_size), "channels": int(channels),
             "mean": [float(v) for v in mean], "std": [float(v) for v in std], "distance": distance,
-            "precision": precision, "hallucinator": hallucinator, "hallucinations": int(hallucinations)}
+            "precision": precision, "hallucinator": hallucinator, "hallucinations": int(M)}  # saved key: M
 
 
 class FewShotClassifier(nn.Module):
-    """Encoder + optional generator + distance + preprocessing.
+    """Encoder + optional hallucinator + distance + preprocessing.
 
     Images enter as uint8 [B, C, H, W] (0..255) or float in [0, 1]; `prepare` resizes and
     normalises them on their device, so no PIL or per-image Python runs in a training step.
@@ -57,26 +58,27 @@ class FewShotClassifier(nn.Module):
         self.config = copy.deepcopy(config)
         self.encoder = ENCODERS[config["encoder"]](config["channels"], config["image_size"])
         kind = config.get("hallucinator")
-        self.generator = GENERATORS[kind](self.encoder.out_dim) if kind else None
+        self.hallucinator = HALLUCINATORS[kind](self.encoder.out_dim) if kind else None
         self.register_buffer("mean", torch.tensor(config["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config["std"]).view(1, -1, 1, 1), persistent=False)
 
     @classmethod
     def for_data(cls, data, *, precision: str = "fp32", distance: str = "l2", hallucinator: str | None = None,
-                 hallucinations: int = 0) -> "FewShotClassifier":
+                 M: int = 0) -> "FewShotClassifier":
         """A new model for a `DataSet`: its input size, channels and train-split normalisation."""
         mean, std = data.channel_stats()
         return cls(model_config(image_size=data.image_size, channels=data.channels, mean=mean, std=std,
                                 distance=distance, precision=precision, hallucinator=hallucinator,
-                                hallucinations=hallucinations if hallucinator else 0))
+                                M=M if hallucinator else 0))
 
     @property
     def feature_dim(self) -> int:
         return self.encoder.out_dim
 
     @property
-    def hallucinations(self) -> int:
-        return self.config["hallucinations"] if self.generator is not None else 0
+    def M(self) -> int:
+        """Hallucinated features per class (0 without a hallucinator)."""
+        return self.config["hallucinations"] if self.hallucinator is not None else 0
 
     @property
     def device(self) -> torch.device:
@@ -138,44 +140,44 @@ class FewShotClassifier(nn.Module):
         return features[: e * s].view(e, s, -1), features[e * s:].view(e, q, -1)
 
     def logits_from_features(self, support: torch.Tensor, support_labels: torch.Tensor,
-                             queries: torch.Tensor, ways: int, hallucinations: int | None = None,
-                             noise: torch.Generator | None = None) -> torch.Tensor:
+                             queries: torch.Tensor, ways: int, M: int | None = None,
+                             rng: torch.Generator | None = None) -> torch.Tensor:
         """support [E, S, D], labels int64 [E, S] in 0..ways-1, queries [E, Q, D] -> [E, Q, ways].
 
-        With a generator and M > 0, each prototype combines the class's K real and M hallucinated
-        features as the generator says (Wang: their plain mean). `hallucinations` overrides M.
+        With a hallucinator and M > 0, each prototype combines the class's K real and M hallucinated
+        features as the hallucinator says (Wang: their plain mean). `M` overrides the model's M.
         """
         labels = support_labels.to(support.device)
         protos = prototypes(support, labels, ways)
-        hallucinated = self.hallucinate_support(support, labels, ways, hallucinations, noise)
+        hallucinated = self.hallucinate_support(support, labels, ways, M, rng)
         if hallucinated is not None:
             fake, fake_labels = hallucinated
             real_counts = torch.nn.functional.one_hot(labels, ways).sum(-2)
-            m = fake.shape[-2] // ways
-            protos = self.generator.combine(protos, prototypes(fake, fake_labels, ways), real_counts, m)
+            protos = self.hallucinator.combine(protos, prototypes(fake, fake_labels, ways), real_counts,
+                                               fake.shape[-2] // ways)
         return distance_logits(queries, protos, self.config["distance"])
 
     def hallucinate_support(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
-                            hallucinations: int | None = None, noise: torch.Generator | None = None
+                            M: int | None = None, rng: torch.Generator | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """M hallucinated features per class (Wang et al. 2018), or None with the generator off.
+        """M hallucinated features per class (Wang et al. 2018), or None with the hallucinator off.
 
         support [E, N*K, D], labels int64 [E, N*K] -> (fake float32 [E, N*M, D], labels [E, N*M]),
-        class-major; `hallucinations` overrides M (0 turns the generator off). A generator with
+        class-major; `M` overrides the model's M (0 turns the hallucinator off). A hallucinator with
         `trains_with_encoder = False` is off in training mode.
         """
-        m = self.hallucinations if hallucinations is None else hallucinations
-        if m <= 0 or self.generator is None:
+        M = self.M if M is None else M
+        if M <= 0 or self.hallucinator is None:
             return None
-        if self.training and not getattr(self.generator, "trains_with_encoder", True):
-            return None  # a test-time generator (`calibrated`): training is a plain ProtoNet's
+        if self.training and not getattr(self.hallucinator, "trains_with_encoder", True):
+            return None  # a test-time hallucinator (`calibrated`): training is a plain ProtoNet's
         with autocast(self.device, self.config["precision"]):
-            fake, fake_labels = hallucinate(self.generator, support, support_labels, ways, m, noise)
+            fake, fake_labels = hallucinate(self.hallucinator, support, support_labels, ways, M, rng)
         return fake.float(), fake_labels
 
     def episode_logits(self, support_images: torch.Tensor, support_labels: torch.Tensor,
-                       query_images: torch.Tensor, ways: int, hallucinations: int | None = None,
-                       noise: torch.Generator | None = None) -> torch.Tensor:
+                       query_images: torch.Tensor, ways: int, M: int | None = None,
+                       rng: torch.Generator | None = None) -> torch.Tensor:
         """Logits of E episodes at once (E may be left out).
 
         support_images [E, S, C, H, W]; support_labels int64 [E, S] in 0..ways-1;
@@ -186,7 +188,7 @@ class FewShotClassifier(nn.Module):
             support_images, support_labels, query_images = (
                 support_images[None], support_labels[None], query_images[None])
         support, queries = self.embed_episode(support_images, query_images)
-        out = self.logits_from_features(support, support_labels, queries, ways, hallucinations, noise)
+        out = self.logits_from_features(support, support_labels, queries, ways, M, rng)
         return out[0] if single else out
 
     @torch.no_grad()
@@ -206,8 +208,8 @@ class FewShotClassifier(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            noise = make_generator(CLASSIFY_SEED, self.device)
-            logits = self.episode_logits(support_images, labels, query_images, len(classes), noise=noise)
+            rng = make_generator(CLASSIFY_SEED, self.device)
+            logits = self.episode_logits(support_images, labels, query_images, len(classes), rng=rng)
         finally:
             self.train(was_training)
         probs = logits.softmax(-1).cpu()
@@ -221,12 +223,29 @@ class FewShotClassifier(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "FewShotClassifier":
-        version = checkpoint.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"checkpoint schema {version} is not supported (expected {SCHEMA_VERSION})")
         model = cls(checkpoint["config"])
-        model.load_state_dict(checkpoint["state_dict"])
+        model.load_state_dict(current_state_dict(checkpoint))
         return model
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Models pickled by fsl 0.1.0 (registered PyTorch models) hold their hallucinator as the
+        submodule `generator`."""
+        modules = state.get("_modules", {})
+        if "generator" in modules:
+            modules["hallucinator"] = modules.pop("generator")
+        super().__setstate__(state)
+
+
+def current_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict under today's names (schema 1 and 2 are read)."""
+    version = checkpoint.get("schema_version")
+    if version not in (1, SCHEMA_VERSION):
+        raise ValueError(f"checkpoint schema {version} is not supported (expected 1 or {SCHEMA_VERSION})")
+    state = checkpoint["state_dict"]
+    if version == 1:
+        state = {("hallucinator." + k[len("generator."):] if k.startswith("generator.") else k): v
+                 for k, v in state.items()}
+    return state
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> FewShotClassifier:

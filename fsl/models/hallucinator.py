@@ -50,13 +50,13 @@ class WangGenerator(nn.Module):
         """seeds [..., D], noise [..., D], class_means [..., D] (unused here) -> [..., D]."""
         return self.net(torch.cat([seeds, noise], dim=-1))
 
-    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, m: int) -> torch.Tensor:
+    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, M: int) -> torch.Tensor:
         """Prototype = the mean of the K real and M hallucinated features of each class.
 
         real, fake: class means [..., N, D]; real_counts: K per class [..., N] -> [..., N, D].
         """
         k = real_counts.unsqueeze(-1).to(real.dtype)
-        return (k * real + m * fake) / (k + m)
+        return (k * real + M * fake) / (k + M)
 
 
 class PrototypeResidualGenerator(nn.Module):
@@ -92,7 +92,7 @@ class PrototypeResidualGenerator(nn.Module):
         delta, gate = self.net(torch.cat([seeds, noise, class_means], dim=-1)).chunk(2, dim=-1)
         return torch.relu(seeds + torch.sigmoid(gate) * delta)
 
-    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, m: int) -> torch.Tensor:
+    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, M: int) -> torch.Tensor:
         """Prototype = (1 - a) * real class mean + a * hallucinated class mean, a learned."""
         a = torch.sigmoid(self.mix_logit.float())
         return (1 - a) * real + a * fake
@@ -192,71 +192,71 @@ class CalibratedGenerator(nn.Module):
         centre, std = self.posterior(class_means.float(), shots)
         return torch.relu(centre + std * noise.float()).to(class_means.dtype)
 
-    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, m: int) -> torch.Tensor:
+    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, M: int) -> torch.Tensor:
         """Prototype = the mean of the K real and M hallucinated features (Wang's rule)."""
         k = real_counts.unsqueeze(-1).to(real.dtype)
-        return (k * real + m * fake) / (k + m)
+        return (k * real + M * fake) / (k + M)
 
 
-GENERATORS: dict[str, Callable[[int], nn.Module]] = {
+HALLUCINATORS: dict[str, Callable[[int], nn.Module]] = {
     "wang": WangGenerator,
     "improved": PrototypeResidualGenerator,
     "calibrated": CalibratedGenerator,
 }
 
 
-def pick_seeds(labels: torch.Tensor, ways: int, generator: torch.Generator | None) -> torch.Tensor:
+def pick_seeds(labels: torch.Tensor, ways: int, rng: torch.Generator | None) -> torch.Tensor:
     """For each class, the row of one support feature chosen uniformly at random.
 
     labels: int64 [..., S] in 0..ways-1 -> int64 [..., ways] (row indices into S).
     """
-    keys = torch.rand(labels.shape, generator=generator, device=labels.device)
+    keys = torch.rand(labels.shape, generator=rng, device=labels.device)
     member = labels.unsqueeze(-2) == torch.arange(ways, device=labels.device).unsqueeze(-1)  # [..., ways, S]
     return torch.where(member, keys.unsqueeze(-2), torch.full_like(keys.unsqueeze(-2), -1.0)).argmax(-1)
 
 
 def seeds_and_means(features: torch.Tensor, labels: torch.Tensor, ways: int,
-                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                    rng: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The generator's inputs per class: one random real feature, and the real class mean.
 
     features [..., S, D], labels [..., S] -> (seeds [..., ways, D], means [..., ways, D]).
     """
-    rows = pick_seeds(labels, ways, generator)
+    rows = pick_seeds(labels, ways, rng)
     seeds = features.gather(-2, rows.unsqueeze(-1).expand(*rows.shape, features.shape[-1]))
     return seeds, prototypes(features, labels, ways)
 
 
-def hallucinate(gen: nn.Module, features: torch.Tensor, labels: torch.Tensor, ways: int, m: int,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def hallucinate(hallucinator: nn.Module, features: torch.Tensor, labels: torch.Tensor, ways: int, M: int,
+                rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """M new features per class, all in one generator call.
 
     features: [..., S, D] real support features; labels: int64 [..., S] in 0..ways-1.
     Returns (hallucinated [..., ways*M, D], their labels int64 [..., ways*M]), class-major.
-    `generator` makes the seed choice and the noise repeatable (it must live on features' device).
+    `rng` makes the seed choice and the noise repeatable (it must live on features' device).
     """
-    seeds, means = seeds_and_means(features, labels, ways, generator)           # [..., ways, D] each
-    shape = (*seeds.shape[:-1], m, features.shape[-1])                          # [..., ways, M, D]
-    noise = torch.randn(shape, generator=generator, device=features.device, dtype=features.dtype)
+    seeds, means = seeds_and_means(features, labels, ways, rng)           # [..., ways, D] each
+    shape = (*seeds.shape[:-1], M, features.shape[-1])                          # [..., ways, M, D]
+    noise = torch.randn(shape, generator=rng, device=features.device, dtype=features.dtype)
     extra = {}
-    if getattr(gen, "conditions_on_shots", False):  # K real shots per class, for a K-aware generator
+    if getattr(hallucinator, "conditions_on_shots", False):  # K real shots per class, for a K-aware generator
         shots = torch.nn.functional.one_hot(labels, ways).sum(-2)                # [..., ways]
         extra["shots"] = shots.unsqueeze(-1).expand(shape[:-1])
-    fake = gen(seeds.unsqueeze(-2).expand(shape), noise, means.unsqueeze(-2).expand(shape), **extra)
-    fake_labels = torch.arange(ways, device=labels.device).repeat_interleave(m)
-    fake_labels = fake_labels.expand(*labels.shape[:-1], ways * m)
-    return fake.reshape(*shape[:-3], ways * m, shape[-1]), fake_labels
+    fake = hallucinator(seeds.unsqueeze(-2).expand(shape), noise, means.unsqueeze(-2).expand(shape), **extra)
+    fake_labels = torch.arange(ways, device=labels.device).repeat_interleave(M)
+    fake_labels = fake_labels.expand(*labels.shape[:-1], ways * M)
+    return fake.reshape(*shape[:-3], ways * M, shape[-1]), fake_labels
 
 
-def mode_seeking_loss(gen: nn.Module, features: torch.Tensor, labels: torch.Tensor, ways: int,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def mode_seeking_loss(hallucinator: nn.Module, features: torch.Tensor, labels: torch.Tensor, ways: int,
+                      rng: torch.Generator | None = None) -> torch.Tensor:
     """Anti-collapse regulariser: mean of |z1 - z2| / |g(z1) - g(z2)| over one pair per class.
 
     Small when different noises give different features; it grows without bound as the
     generator collapses (Mao et al., CVPR 2019). features [..., S, D]; returns a scalar.
     """
-    seeds, means = seeds_and_means(features, labels, ways, generator)
-    z1 = torch.randn(seeds.shape, generator=generator, device=features.device, dtype=features.dtype)
-    z2 = torch.randn(seeds.shape, generator=generator, device=features.device, dtype=features.dtype)
-    out_gap = (gen(seeds, z1, means) - gen(seeds, z2, means)).abs().mean(-1)
+    seeds, means = seeds_and_means(features, labels, ways, rng)
+    z1 = torch.randn(seeds.shape, generator=rng, device=features.device, dtype=features.dtype)
+    z2 = torch.randn(seeds.shape, generator=rng, device=features.device, dtype=features.dtype)
+    out_gap = (hallucinator(seeds, z1, means) - hallucinator(seeds, z2, means)).abs().mean(-1)
     noise_gap = (z1 - z2).abs().mean(-1)
     return (noise_gap / (out_gap + 1e-5)).mean()
