@@ -33,27 +33,34 @@ def _model(data, cfg: TrainConfig, precision: str, device) -> FewShotClassifier:
                                       M=cfg.M).place(device)
 
 
-def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5) -> dict:
-    """Median ms per 5-way 1-shot training step for M = 0 and M = 100, both generators."""
+def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5, sizes=(32, 84)) -> dict:
+    """Median ms per 5-way 1-shot training step for M = 0 and M = 100 with each hallucinator.
+
+    The configurations' timed blocks are interleaved (one block of each, `repeats` times), so
+    that all of them see the same machine."""
     device = resolve_device(device_name)
     precision = resolve_precision("auto", device)
     out = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "precision": precision}
-    for size in (32, 84):
+    configs = (("M0", None, 0), ("calibrated_M100", "calibrated", 100), ("wang_M100", "wang", 100),
+               ("improved_M100", "improved", 100))
+    for size in sizes:
         data = load_dataset("synthetic", image_size=size)
         store = data.split("train").to(device)
-        row = {}
-        for label, kind, m in (("M0", None, 0), ("wang_M100", "wang", 100), ("improved_M100", "improved", 100)):
+        trainers = {}
+        for label, kind, m in configs:
             cfg = TrainConfig(hallucinator=kind, M=m)
-            trainer = EpisodeTrainer(_model(data, cfg, precision, device), store, cfg, device)
-            float(trainer.run(3)[0])
-            times = []
-            for _ in range(repeats):
+            trainers[label] = EpisodeTrainer(_model(data, cfg, precision, device), store, cfg, device)
+            float(trainers[label].run(3)[0])  # warm-up
+        times: dict[str, list[float]] = {label: [] for label in trainers}
+        for _ in range(repeats):
+            for label, trainer in trainers.items():
                 t0 = time.perf_counter()
                 float(trainer.run(steps)[0])
-                times.append((time.perf_counter() - t0) / steps * 1e3)
-            row[label] = {"ms_per_step": statistics.median(times), "min": min(times), "max": max(times)}
-        for label in ("wang_M100", "improved_M100"):
-            row[label]["overhead_vs_M0"] = row[label]["ms_per_step"] / row["M0"]["ms_per_step"] - 1
+                times[label].append((time.perf_counter() - t0) / steps * 1e3)
+        row = {label: {"ms_per_step": statistics.median(t), "min": min(t), "max": max(t)} for label, t in times.items()}
+        for label in trainers:
+            if label != "M0":
+                row[label]["overhead_vs_M0"] = row[label]["ms_per_step"] / row["M0"]["ms_per_step"] - 1
         out[f"{size}px"] = row | {"feature_dim": 64 * (size // 16) ** 2}
     return out
 
@@ -125,10 +132,11 @@ def main() -> None:
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--steps", type=int, default=30, help="training steps per timed block (cost)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--sizes", default="32,84", help="image sizes (cost), comma-separated")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.what == "cost":
-        result = step_cost(args.device, steps=args.steps)
+        result = step_cost(args.device, steps=args.steps, sizes=tuple(int(v) for v in args.sizes.split(",")))
         print(json.dumps(result, indent=2))
     elif args.what == "study":
         result = study(args.episodes, test_episodes=args.test_episodes, device_name=args.device)
