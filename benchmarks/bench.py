@@ -123,13 +123,17 @@ def conv4_train_flops(size: int, images: int) -> float:
     return 3 * flops * images
 
 
-def matmul_tflops(device: torch.device) -> float:
-    n = 8192 if device.type == "cuda" else 2048
-    dtype = torch.bfloat16
+def matmul_tflops(device: torch.device, n: int | None = None) -> tuple[float, str]:
+    """The matmul rate that is the FLOP floor's yardstick, and its dtype: bf16 where the device
+    has bf16 units, else fp32 (an emulated bf16 matmul of 2048² takes minutes on such a CPU)."""
+    from fsl.runtime import cpu_has_fast_bf16
+
+    n = n or (8192 if device.type == "cuda" else 2048)
+    dtype = torch.bfloat16 if device.type == "cuda" or cpu_has_fast_bf16() else torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     reps = 20 if device.type == "cuda" else 3
     result = rate(lambda: (a @ b, 1)[1], device, warmup=2, repeats=reps)
-    return result["median"] * 2 * n**3 / 1e12
+    return result["median"] * 2 * n**3 / 1e12, str(dtype).replace("torch.", "")
 
 
 # --------------------------------------------------------------------------------- paths
@@ -291,8 +295,8 @@ def main() -> None:
               f"{results['schedule']['extrapolated_20000_s']:.0f} s", flush=True)
 
     # Floor: FLOPs of one 30-way and one 5-way training episode against the matmul rate.
-    tflops = matmul_tflops(device)
-    results["floor"] = {"matmul_bf16_tflops": tflops}
+    tflops, dtype = matmul_tflops(device, 256 if args.tiny else None)
+    results["floor"] = {"matmul_tflops": tflops, "matmul_dtype": dtype}
     for ways in (5, 30):
         flops = conv4_train_flops(args.size, ways * 16)
         floor_ms = flops / (tflops * 1e12) * 1e3

@@ -95,8 +95,8 @@ def interrupt(cache: Path, sig: int) -> tuple[subprocess.Popen, str]:
     return process, last.parent.name
 
 
-def assert_resumes_to(uri: str, run_id: str, whole_id: str) -> None:
-    resumed = fsl("protonet", *KILL_BUDGET, "--resume")
+def assert_resumes_to(uri: str, run_id: str, whole_id: str, explicit: bool = False) -> None:
+    resumed = fsl("protonet", *KILL_BUDGET, "--resume", *([run_id] if explicit else []))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming run {run_id}" in resumed.stdout
     client = MlflowClient(uri)
@@ -134,7 +134,7 @@ def test_sigterm_exits_143_ends_the_run_killed_and_resume_finishes_it(tracking, 
     assert process.returncode == 143
     assert MlflowClient(tracking).get_run(run_id).info.status == "KILLED"
     assert (fsl_cache / "runs" / run_id / "best.pt").exists()  # the last good checkpoint stays
-    assert_resumes_to(tracking, run_id, uninterrupted)
+    assert_resumes_to(tracking, run_id, uninterrupted, explicit=True)  # --resume RUN_ID
 
 
 def test_ctrl_c_ends_the_run_killed_and_keeps_a_loadable_checkpoint(tracking, fsl_cache):
