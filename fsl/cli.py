@@ -199,7 +199,7 @@ def protonet(register: bool, registered_model_name: str | None, system_metrics: 
 def hallucinate(register: bool, registered_model_name: str | None, system_metrics: bool, resume: str | None,
                 **options: Any) -> None:
     """Train ProtoNet jointly with a feature hallucinator (Wang et al. 2018), then test it
-    with the generator on and off on the same episodes."""
+    with the hallucinator on and off on the same episodes."""
     from fsl.commands.train import run_training
 
     run_training(TrainConfig(**options), _run_options(register, registered_model_name, system_metrics, resume),

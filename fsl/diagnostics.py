@@ -96,13 +96,13 @@ def feature_diagnostics(real, real_labels, fake, fake_labels, noise_a, noise_b, 
 
 
 @torch.no_grad()
-def mix_weight(generator: torch.nn.Module, shots: int, m: int) -> float:
+def mix_weight(hallucinator: torch.nn.Module, shots: int, M: int) -> float:
     """The weight of the hallucinated mean in the prototype: combine(real=0, fake=1) at K = shots."""
     real, fake = torch.zeros(1, 1, 1), torch.ones(1, 1, 1)
-    param = next(generator.parameters(), None)
+    param = next(hallucinator.parameters(), None)
     if param is not None:
         real, fake = real.to(param.device), fake.to(param.device)
-    out = generator.combine(real, fake, torch.full((1, 1), shots, device=real.device), m)
+    out = hallucinator.combine(real, fake, torch.full((1, 1), shots, device=real.device), M)
     return float(out.float().mean())
 
 

@@ -7,7 +7,7 @@ loop never waits on the host.
 
 One optimiser step averages the gradients of `episodes_per_step` episodes per process and,
 under torchrun, of every process (DistributedDataParallel). Episode j of process r is drawn
-from generator number r * episodes_per_step + j, so 2 processes x 1 episode and 1 process x 2
+from random generator number r * episodes_per_step + j, so 2 processes x 1 episode and 1 process x 2
 episodes draw the same episodes and take the same steps.
 """
 
@@ -99,7 +99,7 @@ class EpisodeTrainer:
         rank, world_size = world()
         self.per_step = cfg.episodes_per_step
         replicas = [rank * self.per_step + j for j in range(self.per_step)]
-        # Which episodes: CPU generators, the same on every device. Noise: on the device.
+        # Which episodes: CPU random generators, the same on every device. Noise: on the device.
         self.episode_rngs = [make_generator(cfg.seed + GENERATOR_STRIDE * r) for r in replicas]
         self.noise_rngs = [make_generator(cfg.seed + 2 + GENERATOR_STRIDE * r, device) for r in replicas]
         ways, shots, queries = self.shape.ways, self.shape.shots, self.shape.queries
@@ -151,7 +151,7 @@ class EpisodeTrainer:
         return loss_sum, correct / self.per_step, first_bad
 
     def state(self) -> dict[str, Any]:
-        """Optimiser, schedule and every generator: with the weights, all that resuming needs."""
+        """Optimiser, schedule and every random generator: with the weights, all that resuming needs."""
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "episode_gens": [g.get_state() for g in self.episode_rngs],
                 "noise_gens": [g.get_state().cpu() for g in self.noise_rngs],
@@ -212,6 +212,8 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
     save = checkpoint_dir is not None and rank == 0
     best_path = checkpoint_dir / "best.pt" if checkpoint_dir else None
 
+    if cfg.patience and first_epoch - 1 - best_epoch >= cfg.patience:
+        first_epoch = cfg.epochs + 1  # the interrupted run had already stopped early
     for epoch in range(first_epoch, cfg.epochs + 1):
         started = time.perf_counter()
         loss_sum, correct, first_bad = trainer.run(per_epoch, progress)
@@ -245,7 +247,7 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
 
 def _save_last(folder: Path, model: FewShotClassifier, trainer: EpisodeTrainer, epoch: int, best_val: float,
                best_epoch: int, best_state, history: list[EpochStats]) -> None:
-    """Rank 0 writes the resumable checkpoint; under DDP every rank's generators go into it."""
+    """Rank 0 writes the resumable checkpoint; under DDP every rank's random generators go into it."""
     import torch.distributed as dist
 
     rank, world_size = world()

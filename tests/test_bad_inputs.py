@@ -147,6 +147,14 @@ ROWS = [
         (8, 84, 84), np.uint8)))], None), 1, "expected uint8 images of shape [N, H, W, 3]"),
     ("pickle-row-out-of-range", lambda tmp, ckpt: (["data", "inspect", str(l2l_folder(tmp / "p", class_dict={
         "n1": [0, 1, 2, 3], "n2": [4, 5, 6, 99]}))], None), 1, "names row 99"),
+    ("pickle-class-dict-not-a-dict", lambda tmp, ckpt: (["data", "inspect", str(l2l_folder(tmp / "p", class_dict=[
+        "n1", "n2"]))], None), 1, "class_dict must map class names to row lists"),
+    ("pickle-row-not-a-number", lambda tmp, ckpt: (["data", "inspect", str(l2l_folder(tmp / "p", class_dict={
+        "n1": [0, 1, 2, "x"], "n2": [4, 5, 6, 7]}))], None), 1, "names row 'x'"),
+    ("episodes-image-size-huge", cli_args("episodes", "--image-size", "100000", "-o", "/tmp/never.csv"), 2,
+     "--image-size must be between 16"),
+    ("episodes-seed-huge", cli_args("episodes", "--image-size", "16", "--seed", "100000000000000000000000", "-o",
+                                    "/tmp/never.csv"), 2, "--seed must be between 0"),
     ("ravi-path-escapes", lambda tmp, ckpt: (["data", "inspect", str(_ravi_escaping(tmp))], None), 1,
      "outside the data set's image folders"),
     # --- episode CSV files

@@ -205,3 +205,10 @@ def test_patience_stops_training_once_val_accuracy_stops_improving(tracking):
     best_epoch = int(run.data.metrics["best_epoch"])
     assert len(val) == best_epoch + 1 < 12  # one epoch without improvement, then stop
     assert run.data.params["patience"] == "1"
+
+
+def test_resume_refuses_a_run_that_finished(tracking):
+    assert invoke("protonet", *TINY).exit_code == 0
+    run_id = only_run(MlflowClient()).info.run_id
+    again = CliRunner().invoke(cli, ["protonet", *TINY, "--resume", run_id])
+    assert again.exit_code == 2 and "the run FINISHED; there is nothing to resume" in again.output

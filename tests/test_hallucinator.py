@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 from fsl.cli import cli
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.models.distances import prototypes
-from fsl.models.hallucinator import HALLUCINATORS, CalibratedGenerator, WangGenerator, hallucinate
+from fsl.models.hallucinator import HALLUCINATORS, CalibratedHallucinator, WangGenerator, hallucinate
 from tests.conftest import TINY
 
 
@@ -183,7 +183,7 @@ def test_calibrated_observe_recovers_the_grand_mean_and_the_within_and_between_c
     d, ways = 8, 5
     g = torch.linspace(5, 12, d)
     features, labels = gaussian_classes(g, between_std=2.0, within_std=1.0, classes=2000)
-    gen = CalibratedGenerator(d, momentum=0.0)  # momentum 0: a plain running average
+    gen = CalibratedHallucinator(d, momentum=0.0)  # momentum 0: a plain running average
     for e in range(0, 2000, ways):  # 400 episodes of 5 classes x 16 images
         rows = (labels[0] >= e) & (labels[0] < e + ways)
         gen.observe(features[:, rows], labels[:, rows] - e, ways)
@@ -195,7 +195,7 @@ def test_calibrated_observe_recovers_the_grand_mean_and_the_within_and_between_c
 
 def test_calibrated_hallucinations_centre_on_the_shrunk_mean_with_the_base_spread():
     d, k = 4, 1
-    gen = CalibratedGenerator(d)
+    gen = CalibratedHallucinator(d)
     gen.grand_mean.fill_(10.0), gen.within_var.fill_(4.0), gen.between_var.fill_(4.0)  # a = (4/1) / (4/1 + 4) = 0.5
     x = torch.full((2, 3, d), 20.0)                                                     # [E, N, D]: the shot mean
     torch.manual_seed(0)

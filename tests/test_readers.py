@@ -375,7 +375,7 @@ def test_an_episode_file_of_rows_refuses_another_data_set(tmp_path, tiny_dataset
     with pytest.raises(UsageError, match="not --data 'synthetic'"):
         read_episode_file(path, lambda: tiny_dataset)  # loaded lazily, as `fsl evaluate` does
     source_record_path(path).unlink()
-    with pytest.raises(DataError, match=r"ep.source.json, which says which data set they index, is missing"):
+    with pytest.raises(DataError, match=r"ep.csv.source.json, which says which data set they index, is missing"):
         read_episode_file(path, data)
 
 

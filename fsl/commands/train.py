@@ -136,9 +136,10 @@ def run_params(setup: TrainingSetup, world_size: int) -> dict[str, Any]:
 
 
 def config_hash(params: dict[str, Any]) -> str:
-    """The `fsl.config_hash` tag: a digest of the params that decide what is trained. It leaves
-    out the experiment and what the run ran on (versions, threads), so `--resume` and a
-    restarted sweep find the same configuration on another machine; sorted JSON, sha256."""
+    """The `fsl.config_hash` tag: a digest of the params that decide what is trained, including
+    what `auto` resolved to (device, precision, image size). It leaves out the experiment and the
+    library versions and thread count, so `--resume` and a restarted sweep still find a run after
+    an upgrade or on another thread count; sorted JSON, sha256."""
     from fsl.provenance import environment_keys
 
     key = {k: v for k, v in params.items() if k != "experiment" and k not in environment_keys()}
@@ -174,7 +175,7 @@ def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resum
         reporter.echo(f"epoch {stats.epoch}/{cfg.epochs}: loss {stats.train_loss:.4f}, train {stats.train_acc:.2f}%, "
                       f"val {stats.val_acc:.2f}% ({stats.seconds:.1f} s)")
 
-    resume_state = torch.load(checkpoints / "last.pt", weights_only=True) if resume_id else None
+    resume_state = _load_last(checkpoints / "last.pt") if resume_id else None
     with reporter.progress(cfg.epochs * cfg.episodes_per_epoch, "training episodes") as advance:
         if resume_state:
             advance(resume_state["epoch"] * cfg.episodes_per_epoch)
@@ -215,6 +216,14 @@ def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> t
     if tracker.run_id:  # t-SNE takes seconds: only for a run that keeps it
         tracker.log_artifact(tsne_plot(model, store, cfg, workdir / "tsne.png"))
     return test, plain
+
+
+def _load_last(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as exc:  # torch raises several types for a torn or foreign file
+        raise UsageError(f"--resume: {path} is not a readable checkpoint ({type(exc).__name__}); "
+                         f"start the run again without --resume") from None
 
 
 def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, classes: int = 5,
@@ -259,11 +268,15 @@ def _resume_target(runs, cfg: TrainConfig, config_hash: str, params: dict[str, A
 
     if which != LATEST:
         record = runs.run_record(which)
+        if record.status == "FINISHED":
+            raise UsageError(f"--resume {which}: the run FINISHED; there is nothing to resume")
         if record.config_hash != config_hash:
             raise UsageError(f"--resume {which}: {_differences(record.params, params)}")
         candidates = [record]
     else:
-        unfinished = [r for r in runs.unfinished_runs(cfg.experiment) if has_checkpoint(r.run_id)]
+        # Without a run id, a RUNNING run of another host is left alone: its process cannot be checked.
+        unfinished = [r for r in runs.unfinished_runs(cfg.experiment) if has_checkpoint(r.run_id)
+                      and not (r.status == "RUNNING" and process_alive(r.host, r.pid) is None)]
         candidates = [r for r in unfinished if r.config_hash == config_hash]
         if not candidates and unfinished:
             raise UsageError(f"--resume: the newest interrupted run, {unfinished[0].run_id}, has another "
@@ -286,7 +299,10 @@ def _differences(logged: dict[str, str], params: dict[str, Any]) -> str:
         except (TypeError, ValueError):
             return a == str(b)
 
-    keys = [k for k in params if k in logged and not same(logged[k], params[k]) and k != "experiment"]
+    from fsl.provenance import environment_keys
+
+    ignored = {"experiment", *environment_keys()}
+    keys = [k for k in params if k in logged and not same(logged[k], params[k]) and k not in ignored]
     if not keys:
         return "its configuration differs (options it did not record)"
     return "; ".join(f"--{k.replace('_', '-')} was {logged[k]}, now {params[k]}" for k in keys)

@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from fsl.errors import FslError
 from fsl.runtime import cache_dir, process_alive, temporary_owner
 
 STALE_AFTER = 24 * 3600  # seconds: a temporary folder this old has no live writer
@@ -51,7 +52,10 @@ def describe_cache(clear: bool = False) -> list[str]:
         lines.append(f"{size / 2**20:10.1f} MiB  checkpoints of unfinished run {folder.name}")
     if clear:
         for folder, _ in datasets + checkpoints:
-            shutil.rmtree(folder)
+            try:
+                shutil.rmtree(folder)
+            except OSError as exc:
+                raise FslError(f"cannot remove {folder}: {exc.strerror or exc}") from None
     total = sum(size for _, size in datasets + checkpoints) / 2**20
     lines.append(f"{'removed' if clear else 'cached'}: {len(datasets)} data sets, {len(checkpoints)} run "
                  f"checkpoint folders, {total:.1f} MiB in {cache_dir()}")

@@ -119,12 +119,12 @@ class FileEpisode:
 
 
 def source_record_path(path: Path) -> Path:
-    """The sidecar of an episode file: `episodes.csv` -> `episodes.source.json`.
+    """The sidecar of an episode file: `episodes.csv` -> `episodes.csv.source.json`.
 
     A file whose rows are `<split>:<row>` references is only meaningful with the data set they
     index, so the writer records that data set's identity here; the CSV stays a plain CSV.
     """
-    return Path(path).with_suffix(".source.json")
+    return Path(path).with_name(Path(path).name + ".source.json")
 
 
 def write_episode_file(path: Path, dataset, split: str, episodes: EpisodeIndices) -> None:

@@ -83,14 +83,14 @@ def _to_array(img, image_size: int, channels: int) -> np.ndarray:
 
 # Integer greyscale modes: 16-bit PNGs and TIFFs open as one of these. PIL's convert("L") clips
 # them at 255 instead of scaling, which turns almost every pixel white.
-_WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def _eight_bit(img):
     """A 16-bit greyscale image scaled to 8 bits (0..65535 -> 0..255); other modes unchanged."""
     from PIL import Image
 
-    if img.mode not in _WIDE_GREY_MODES:
+    if img.mode not in WIDE_GREY_MODES:
         return img
     wide = np.asarray(img, dtype=np.float64)
     return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))  # mode L

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fsl.data.csvfile import read_rows
-from fsl.data.images import IMAGE_SUFFIXES, decode_all, image_mode
+from fsl.data.images import IMAGE_SUFFIXES, WIDE_GREY_MODES, decode_all, image_mode
 from fsl.data.safe_pickle import UnsafePickleError, load_data_pickle
 from fsl.choices import FORMATS, SPLITS
 from fsl.data.store import DataSet, ImageStore, cached
@@ -60,7 +60,7 @@ Listing = dict[str, list[tuple[str, str]]]  # split -> [(class name, image refer
 
 def infer_image_format(ref: str) -> tuple[int, int]:
     """Default (size, channels): 28 px greyscale for 1-bit/greyscale images (Omniglot), else 84 RGB."""
-    return GREYSCALE_DEFAULT if image_mode(ref) in ("1", "L", "LA", "I;16", "I") else MINI_IMAGENET
+    return GREYSCALE_DEFAULT if image_mode(ref) in ("1", "L", "LA", *WIDE_GREY_MODES) else MINI_IMAGENET
 
 
 # ------------------------------------------------------------------------------ file listings
@@ -201,10 +201,13 @@ def _arrays_l2l(root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
         data = _load_pickle(path, ("image_data", "class_dict"))
         images = _image_array(path, data["image_data"])
         names = [""] * len(images)
-        for name, rows in dict(data["class_dict"]).items():
+        if not isinstance(data["class_dict"], dict):
+            raise DataError(f"{path}: class_dict must map class names to row lists, found "
+                            f"{type(data['class_dict']).__name__}")
+        for name, rows in data["class_dict"].items():
             for r in rows:
-                if not 0 <= int(r) < len(images):
-                    raise DataError(f"{path}: class {name!r} names row {r}, but there are {len(images)} images")
+                if not isinstance(r, (int, np.integer)) or not 0 <= int(r) < len(images):
+                    raise DataError(f"{path}: class {name!r} names row {r!r}, but the rows are 0 to {len(images) - 1}")
                 names[int(r)] = str(name)
         if "" in names:
             raise DataError(f"{path}: image {names.index('')} belongs to no class of class_dict")

@@ -26,8 +26,21 @@ ALLOWED_GLOBALS = frozenset({
     ("numpy", "dtype"),
     ("_codecs", "encode"),
 })
-# Pickles written by NumPy 1.x name the same functions under numpy.core.
+# Pickles written by NumPy 1.x name the same functions under numpy.core: both spellings are
+# checked as numpy._core, then loaded from whichever of the two this NumPy has.
 _RENAMED_MODULES = {"numpy.core.multiarray": "numpy._core.multiarray", "numpy.core.numeric": "numpy._core.numeric"}
+
+
+def _installed(module: str) -> str:
+    import importlib.util
+
+    if not module.startswith("numpy._core."):
+        return module
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    return module if found else module.replace("numpy._core.", "numpy.core.", 1)
 
 
 class UnsafePickleError(DataError):
@@ -44,7 +57,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) not in ALLOWED_GLOBALS:
             raise UnsafePickleError(f"{self.source}: refused to load: the pickle references {module}.{name}, "
                                     f"which a data set never needs (it could run code)")
-        return super().find_class(module, name)
+        return super().find_class(_installed(module), name)
 
 
 def load_data_pickle(path: Path) -> Any:

@@ -15,6 +15,7 @@ the images of a class, so the set builds in seconds; it is then cached on disk.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -136,7 +137,12 @@ def generate(image_size: int = DEFAULT_IMAGE_SIZE, images_per_class: int = IMAGE
         splits[split] = ImageStore(torch.from_numpy(images), torch.from_numpy(labels), names)
         start += count
     return DataSet("synthetic", splits, fingerprint(image_size, images_per_class, seed),
-                   source_id=f"synthetic-v{VERSION}-n{images_per_class}-seed{seed}")
+                   source_id=source_id(images_per_class, seed))
+
+
+def source_id(images_per_class: int, seed: int) -> str:
+    """What episode files record: the same rows at every image size."""
+    return f"synthetic-v{VERSION}-n{images_per_class}-seed{seed}"
 
 
 def fingerprint(image_size: int, images_per_class: int, seed: int) -> str:
@@ -148,4 +154,5 @@ def load(image_size: int = DEFAULT_IMAGE_SIZE, images_per_class: int = IMAGES_PE
          seed: int = SEED) -> DataSet:
     """The cached data set, generated and written atomically on first use."""
     folder = cache_dir() / "datasets" / f"synthetic-{fingerprint(image_size, images_per_class, seed)}"
-    return cached(folder, lambda: generate(image_size, images_per_class, seed))
+    data = cached(folder, lambda: generate(image_size, images_per_class, seed))
+    return replace(data, source_id=source_id(images_per_class, seed))  # caches written before it existed

@@ -4,7 +4,7 @@ A generator maps (a real support feature, Gaussian noise) to a new feature of th
 For each class of an episode one real support feature is picked at random and M features are
 generated from it, all classes and all M in one batched call.
 
-`calibrated` (CalibratedGenerator) has no weights: it samples from a class distribution
+`calibrated` (CalibratedHallucinator) has no weights: it samples from a class distribution
 calibrated with running base-class statistics (Yang, Liu and Xu, ICLR 2021) and acts at test time only.
 """
 
@@ -98,7 +98,7 @@ class PrototypeResidualGenerator(nn.Module):
         return (1 - a) * real + a * fake
 
 
-class CalibratedGenerator(nn.Module):
+class CalibratedHallucinator(nn.Module):
     """`calibrated`: hallucinate from a class distribution calibrated with base-class statistics.
 
     After distribution calibration (Yang, Liu and Xu, ICLR 2021, "Free Lunch for Few-shot
@@ -201,7 +201,7 @@ class CalibratedGenerator(nn.Module):
 HALLUCINATORS: dict[str, Callable[[int], nn.Module]] = {
     "wang": WangGenerator,
     "improved": PrototypeResidualGenerator,
-    "calibrated": CalibratedGenerator,
+    "calibrated": CalibratedHallucinator,
 }
 
 

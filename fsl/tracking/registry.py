@@ -48,6 +48,8 @@ def load_model_uri(spec: str, map_location: str = "cpu"):
         return load_checkpoint(download(spec), map_location)
     except mlflow.exceptions.MlflowException as exc:
         raise UsageError(f"--model {spec}: {str(exc).splitlines()[0]}") from exc
+    except ValueError as exc:  # load_checkpoint: the artifact is not an fsl checkpoint
+        raise UsageError(f"--model {spec}: {exc}") from None
 
 
 CHAMPION = "champion"
