@@ -212,3 +212,11 @@ def test_resume_refuses_a_run_that_finished(tracking):
     run_id = only_run(MlflowClient()).info.run_id
     again = CliRunner().invoke(cli, ["protonet", *TINY, "--resume", run_id])
     assert again.exit_code == 2 and "the run FINISHED; there is nothing to resume" in again.output
+
+
+def test_a_run_made_by_mlflow_run_gets_a_descriptive_name(tracking, monkeypatch):
+    client = MlflowClient()
+    made = client.create_run(client.create_experiment("fsl"))  # what `mlflow run` does before the command
+    monkeypatch.setenv("MLFLOW_RUN_ID", made.info.run_id)
+    assert invoke("protonet", *TINY).exit_code == 0
+    assert client.get_run(made.info.run_id).info.run_name == "protonet-5w1s-l2"

@@ -192,6 +192,8 @@ class MlflowRuns:
         run = mlflow.start_run(run_id=run_id or inherited, run_name=None if run_id or inherited else run_name,
                                nested=nested, log_system_metrics=system_metrics)
         tracker = Tracker(run.info.run_id, MlflowClient())
+        if inherited and not run_id and run_name:
+            tags = (tags or {}) | {"mlflow.runName": run_name}  # `mlflow run` named it at random
         if tags:
             tracker.set_tags(tags)
         try:
