@@ -13,3 +13,4 @@ COMPILE_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # cuda may carry an index: cuda:1
 SPLITS = ("train", "val", "test")
 METHODS = ("protonet", "hallucinate")  # what `fsl sweep --method` trains
+RESUME_LATEST = "latest"  # `--resume` given without a run id

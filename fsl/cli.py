@@ -12,7 +12,7 @@ from typing import Any, Callable
 import click
 
 import fsl
-from fsl.choices import COMPILE_MODES, DISTANCES, FORMATS, HALLUCINATORS, METHODS, PRECISIONS, SPLITS
+from fsl.choices import COMPILE_MODES, DISTANCES, FORMATS, HALLUCINATORS, METHODS, PRECISIONS, RESUME_LATEST, SPLITS
 from fsl.config import DEFAULT_HALLUCINATOR, DEFAULT_M, DEFAULTS, FIELD_TYPES, MAX_M, TrainConfig
 from fsl.errors import FslError
 
@@ -138,7 +138,7 @@ tracking_options = _options(
 )
 
 resume_option = click.option(
-    "--resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_ID]",
+    "--resume", is_flag=False, flag_value=RESUME_LATEST, default=None, metavar="[RUN_ID]",
     help="Continue an interrupted run from its last epoch, in the same MLflow run: the newest unfinished "
     "(killed, failed or crashed) run of this configuration, or RUN_ID.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import fsl
 
 
+@functools.lru_cache(maxsize=1)  # three git calls; a sweep asks once per child
 def git_commit() -> str | None:
     """The commit of the checkout that holds fsl's own source, or None.
 
@@ -32,13 +34,12 @@ def git_commit() -> str | None:
     return head.stdout.strip() or None if head.returncode == 0 else None
 
 
-def environment_keys() -> tuple[str, ...]:
-    return ("torch_version", "torch_threads", "cpu_count")
+ENVIRONMENT_KEYS = ("torch_version", "torch_threads", "cpu_count")
 
 
 def environment() -> dict[str, str]:
-    """Versions and threads that change a run's numbers: logged as params of every run."""
+    """Versions and threads that change a run's numbers (ENVIRONMENT_KEYS): logged as params of
+    every run, and left out of the config hash."""
     import torch
 
-    return {"torch_version": torch.__version__, "torch_threads": str(torch.get_num_threads()),
-            "cpu_count": str(os.cpu_count())}
+    return dict(zip(ENVIRONMENT_KEYS, (torch.__version__, str(torch.get_num_threads()), str(os.cpu_count()))))

@@ -15,13 +15,14 @@ from typing import Any, Callable, Iterator
 import torch
 
 import fsl
+from fsl.choices import RESUME_LATEST
 from fsl.config import TrainConfig
 from fsl.data import DataSet, load_dataset
 from fsl.errors import UsageError
 from fsl.progress import progress
 from fsl.runtime import resolve_device
 
-LATEST = "latest"  # `--resume` without a run id
+LATEST = RESUME_LATEST  # `--resume` without a run id
 
 
 @dataclass(frozen=True)

@@ -140,9 +140,9 @@ def config_hash(params: dict[str, Any]) -> str:
     what `auto` resolved to (device, precision, image size). It leaves out the experiment and the
     library versions and thread count, so `--resume` and a restarted sweep still find a run after
     an upgrade or on another thread count; sorted JSON, sha256."""
-    from fsl.provenance import environment_keys
+    from fsl.provenance import ENVIRONMENT_KEYS
 
-    key = {k: v for k, v in params.items() if k != "experiment" and k not in environment_keys()}
+    key = {k: v for k, v in params.items() if k != "experiment" and k not in ENVIRONMENT_KEYS}
     return digest(json.dumps(key, sort_keys=True, default=str).encode())
 
 
@@ -299,9 +299,9 @@ def _differences(logged: dict[str, str], params: dict[str, Any]) -> str:
         except (TypeError, ValueError):
             return a == str(b)
 
-    from fsl.provenance import environment_keys
+    from fsl.provenance import ENVIRONMENT_KEYS
 
-    ignored = {"experiment", *environment_keys()}
+    ignored = {"experiment", *ENVIRONMENT_KEYS}
     keys = [k for k in params if k in logged and not same(logged[k], params[k]) and k not in ignored]
     if not keys:
         return "its configuration differs (options it did not record)"

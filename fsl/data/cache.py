@@ -29,8 +29,8 @@ def remove_dead_temporaries() -> list[Path]:
     the host is this one and the pid is gone, or when it is older than a day."""
     removed = []
     for parent in (cache_dir() / "datasets", cache_dir() / "runs"):
-        candidates = [p for p in parent.glob(".*")] + [p for p in parent.glob("*/.*")] if parent.exists() else []
-        for path in candidates:
+        # temporaries sit beside what they become: datasets/.x.tmp-*, runs/.x.tmp-*, runs/<id>/.best.pt.tmp-*
+        for path in [*parent.glob(".*"), *parent.glob("*/.*")]:
             owner = temporary_owner(path.name)
             if owner is None:
                 continue
