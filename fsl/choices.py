@@ -7,6 +7,9 @@ of distances, hallucinators and readers all read these tuples, so a choice is ad
 
 DISTANCES = ("l2", "cosine", "dot")
 HALLUCINATORS = ("wang", "improved", "calibrated")
+# Hallucinators that do not act in training: the trained weights do not depend on M, so a sweep
+# trains one model per seed for all M and tests it at each (`fsl.sweeps.trained_twin`).
+TEST_TIME_HALLUCINATORS = ("calibrated",)
 FORMATS = ("ravi", "course", "split-folders", "class-folders", "l2l-pickle", "metaoptnet-pickle")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")

@@ -16,6 +16,10 @@ A point with M = 0 (or no hallucinator) is a plain ProtoNet whatever its halluci
 points are merged into one ProtoNet point (hallucinator None), trained once per seed, so a
 grid `hallucinator=wang,improved x M=0,10` has 3 points, and both hallucinators pair with the
 same ProtoNet runs.
+
+A hallucinator that does not act in training (`TEST_TIME_HALLUCINATORS`, e.g. calibrated)
+trains the same weights at every M: of the children that differ only in M, the one with the
+largest M is trained and the others are tested from its model (`trained_twin`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from fsl.choices import TEST_TIME_HALLUCINATORS
 from fsl.config import TrainConfig
 from fsl.errors import UsageError
 from fsl.stats import paired_difference, seed_ci
@@ -253,6 +258,27 @@ def plan_sweep(base: TrainConfig, grid: Mapping[str, Sequence[Any]], *, seeds: S
         for s in seed_list:
             children.append(Child(point, s, replace(cfg, seed=s), child_name(point, s, replicated)))
     return Plan(base, grid, points, mine, children, seed_list, replicated, baseline, shard, shards)
+
+
+def trained_twin(plan: Plan, child: Child) -> Child | None:
+    """The child whose trained model `child` is tested from, or None if `child` trains itself.
+
+    For a test-time hallucinator (TEST_TIME_HALLUCINATORS), the children of one seed that
+    differ only in M (M > 0) train the same weights; the one with the largest M trains and the
+    others borrow its model (its checkpoint was chosen, and early stopping decided, on val
+    accuracy at that M). Only children of this plan (this shard) are considered.
+    """
+    if child.cfg.hallucinator not in TEST_TIME_HALLUCINATORS or not child.cfg.M:
+        return None
+    twins = [c for c in plan.children if c.seed == child.seed and c.cfg.M > child.cfg.M
+             and replace(c.cfg, M=child.cfg.M) == child.cfg]
+    return max(twins, key=lambda c: c.cfg.M, default=None)
+
+
+def run_order(plan: Plan) -> list[Child]:
+    """The children in the order to run them: those that train first, then those tested from a
+    trained twin (plan order within each)."""
+    return sorted(plan.children, key=lambda c: trained_twin(plan, c) is not None)
 
 
 # ---------------------------------------------------------------------------------- aggregate

@@ -60,6 +60,8 @@ def test_registries_name_exactly_the_choices():
 
     assert tuple(DISTANCES) == choices.DISTANCES
     assert tuple(HALLUCINATORS) == choices.HALLUCINATORS
+    assert choices.TEST_TIME_HALLUCINATORS == tuple(
+        k for k, v in HALLUCINATORS.items() if not getattr(v, "trains_with_encoder", True))
     assert set(FILE_FORMATS) | set(ARRAY_FORMATS) == set(choices.FORMATS)
     [distance] = [p for p in cli.commands["protonet"].params if p.name == "distance"]
     assert tuple(distance.type.choices) == choices.DISTANCES

@@ -55,6 +55,24 @@ def test_children_are_named_by_point_and_seed_and_carry_their_seed():
     assert [(c.name, c.cfg.seed) for c in unreplicated.children] == [("M=10", 0)]
 
 
+def test_a_test_time_hallucinator_trains_its_largest_m_once_per_seed_and_tests_the_others_from_it():
+    calibrated = TrainConfig(hallucinator="calibrated", M=100)
+    plan = sweeps.plan_sweep(calibrated, {"M": [0, 10, 100, 50]}, seeds=[0, 1], baseline="M=0")
+    twins = {c.name: getattr(sweeps.trained_twin(plan, c), "name", None) for c in plan.children}
+    assert twins == {"M=0-seed0": None, "M=0-seed1": None, "M=100-seed0": None, "M=100-seed1": None,
+                     "M=10-seed0": "M=100-seed0", "M=10-seed1": "M=100-seed1",
+                     "M=50-seed0": "M=100-seed0", "M=50-seed1": "M=100-seed1"}
+    order = [c.name for c in sweeps.run_order(plan)]
+    assert order == ["M=0-seed0", "M=0-seed1", "M=100-seed0", "M=100-seed1",
+                     "M=10-seed0", "M=10-seed1", "M=50-seed0", "M=50-seed1"]
+    # another option than M differs: no twin; a hallucinator that trains (wang): no twin
+    other = sweeps.plan_sweep(calibrated, {"M": [10, 100], "shots": [1, 5]})
+    assert [sweeps.trained_twin(other, c).name for c in other.children if c.cfg.M == 10] == \
+        ["M=100,shots=1", "M=100,shots=5"]
+    wang = sweeps.plan_sweep(WANG, {"M": [10, 100]}, seeds=[0])
+    assert [sweeps.trained_twin(wang, c) for c in wang.children] == [None, None]
+
+
 def test_shards_split_points_never_seeds_and_each_shard_runs_its_baselines():
     grid = {"hallucinator": ["wang", "improved"], "M": [0, 10, 50]}  # 5 points, ProtoNet first
     plans = [sweeps.plan_sweep(WANG, grid, seeds=[0, 1, 2], baseline="M=0", shard=s, shards=2) for s in (0, 1)]
@@ -211,6 +229,39 @@ def test_a_restarted_sweep_trains_only_the_children_that_did_not_finish(tracking
         ("1", "0", "True"), ("1", "1", "True"), ("2", "0", "True"), ("2", "1", "False")]
     rows = parent_table(client, parent.info.run_id)
     assert [r["n_seeds"] for r in rows] == ["2", "2"]
+
+
+def test_a_calibrated_sweep_trains_once_per_seed_and_tests_each_m_from_that_model(tracking, monkeypatch):
+    import fsl.commands.train
+
+    real_train, trained = fsl.commands.train.train, []
+
+    def recording(model, data, cfg, *args, **kwargs):
+        trained.append((cfg.M, cfg.seed))
+        return real_train(model, data, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(fsl.commands.train, "train", recording)
+    args = ["sweep", *TINY, "--method", "hallucinate", "--hallucinator", "calibrated",
+            "--param", "M=0,2,6", "--seeds", "0,1", "--baseline", "M=0"]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert trained == [(0, 0), (0, 1), (6, 0), (6, 1)]  # M=2 is tested from the M=6 model
+    client = MlflowClient()
+    children = {r.info.run_name: r for r in all_runs(client) if "mlflow.parentRunId" in r.data.tags}
+    for seed in (0, 1):
+        tested, twin = children[f"M=2-seed{seed}"], children[f"M=6-seed{seed}"]
+        assert tested.data.tags["fsl.trained_in"] == twin.info.run_id and "fsl.trained_in" not in twin.data.tags
+        assert tested.data.params["M"] == "2" and tested.data.params["seed"] == str(seed)
+        assert tested.data.metrics["best_val_acc"] == twin.data.metrics["best_val_acc"]
+        assert {"test_acc", "test_acc_no_hallucination", "halluc_mean_offset"} <= set(tested.data.metrics)
+        # the same encoder: the same accuracy without hallucination, on the same episodes
+        assert tested.data.metrics["test_acc_no_hallucination"] == twin.data.metrics["test_acc_no_hallucination"]
+        model = fsl.commands.train.load_model(f"runs:/{tested.info.run_id}")
+        assert model.M == 2 and model.config["hallucinator"] == "calibrated"
+        assert {a.path for a in client.list_artifacts(tested.info.run_id)} >= {"checkpoints", "tsne.png"}
+    trained.clear()
+    again = CliRunner().invoke(cli, args, catch_exceptions=False)  # a restart reuses all six
+    assert again.exit_code == 0 and trained == [] and "6 runs (6 reused)" in again.output, again.output
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fsl import sweeps, viz
 from fsl.commands.common import Reporter, RunOptions, mlflow_runs, run_tags
-from fsl.commands.train import config_hash, prepare_training, run_params, run_training
+from fsl.commands.train import config_hash, prepare_training, run_params, run_test_of_twin, run_training
 from fsl.config import TrainConfig
 
 
@@ -37,8 +37,11 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
         parent.log_params({"sweep_" + k: ",".join(map(str, v)) for k, v in grid.items()}
                           | {"shard": shard, "shards": shards, "baseline": str(plan.baseline or ""),
                              "seeds": ",".join(map(str, plan.seeds)) if plan.replicated else ""})
-        results = {child.name: _run_child(runs, child, hashes[child.name], options, reporter)
-                   for child in plan.children}
+        results: dict[str, sweeps.ChildResult] = {}
+        for child in sweeps.run_order(plan):
+            twin = sweeps.trained_twin(plan, child)
+            results[child.name] = _run_child(runs, child, hashes[child.name], options, reporter,
+                                             results[twin.name].run_id if twin else None)
         rows = sweeps.aggregate(plan, results)
         out = Path(workdir)
         parent.log_artifact(sweeps.write_csv(rows, out / "sweep.csv"))
@@ -66,12 +69,18 @@ def _child_hashes(plan: sweeps.Plan) -> dict[str, str]:
     return hashes
 
 
-def _run_child(runs, child: sweeps.Child, child_hash: str, options: RunOptions,
-               reporter: Reporter) -> sweeps.ChildResult:
+def _run_child(runs, child: sweeps.Child, child_hash: str, options: RunOptions, reporter: Reporter,
+               twin_run_id: str | None) -> sweeps.ChildResult:
+    """Reuse a FINISHED run of the child's configuration, or test its trained twin's model
+    (`sweeps.trained_twin`), or train it."""
     found = runs.find_finished(child.cfg.experiment, child_hash)
     if found is not None:
         reporter.echo(f"--- sweep {child.name}: already finished as run {found[0]}, reused")
         return sweeps.ChildResult(found[0], found[1], reused=True)
     reporter.echo(f"--- sweep {child.name}")
-    summary = run_training(child.cfg, replace(options, nested=True, run_name=child.name, resume=None), reporter)
+    child_options = replace(options, nested=True, run_name=child.name, resume=None)
+    if twin_run_id is not None:
+        summary = run_test_of_twin(child.cfg, twin_run_id, child_options, reporter)
+    else:
+        summary = run_training(child.cfg, child_options, reporter)
     return sweeps.ChildResult(summary.run_id, runs.run_metrics(summary.run_id))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from fsl.diagnostics import episode_prototypes, hallucination_diagnostics
 from fsl.errors import UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
-from fsl.runtime import (cache_dir, digest, distributed, make_generator, process_alive, resolve_precision,
+from fsl.runtime import (atomic_save, cache_dir, digest, distributed, make_generator, process_alive, resolve_precision,
                          seed_everything, set_deterministic)
 from fsl.tracking.null import NullRuns
 from fsl.train import train
@@ -90,6 +90,45 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
         if rank == 0:  # the run FINISHED: best.pt is one of its artifacts now, and last.pt is spent
             shutil.rmtree(checkpoints, ignore_errors=True)
         return summary
+
+
+def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = RunOptions(),
+                     reporter: Reporter = Reporter()) -> RunSummary:
+    """A run of `cfg` that tests the model trained by run `twin_run_id` instead of training.
+
+    For a test-time hallucinator (`fsl.choices.TEST_TIME_HALLUCINATORS`) runs that differ only
+    in M train the same weights, so `fsl sweep` trains one of them per seed and makes the others
+    here: the twin's best checkpoint, set to this run's M, tested on the same test episodes. The
+    run logs what a trained run logs except the training history (params, test metrics,
+    diagnostics, t-SNE, the checkpoint at this M), the twin's best_val_acc and best_epoch, and the
+    tag `fsl.trained_in`.
+    """
+    runs = mlflow_runs()
+    runs.check_store()
+    setup = prepare_training(cfg)
+    model = load_model(f"runs:/{twin_run_id}").set_hallucinations(setup.cfg.M).place(setup.device)
+    if model.config | {"hallucinations": 0} != setup.model.config | {"hallucinations": 0}:
+        raise UsageError(f"run {twin_run_id} trained another kind of model than {run_name(setup.cfg)}")
+    setup = replace(setup, model=model)
+    params = run_params(setup, 1)
+    tags = run_tags(cfg.method, setup.data.fingerprint, setup.precision) | {
+        "fsl.config_hash": config_hash(params), "fsl.trained_in": twin_run_id}
+    reporter.echo(f"{cfg.method}: testing the model of run {twin_run_id} at M = {setup.cfg.M} (no training: "
+                  f"the {setup.cfg.hallucinator} hallucinator does not act in training)")
+    with runs.open(cfg.experiment, run_name=options.run_name or run_name(setup.cfg), nested=options.nested,
+                   tags=tags) as tracker, tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
+        tracker.log_params(params)
+        tracker.log_dataset(dataset_input(setup.data, setup.cfg), "training")
+        twin = runs.run_metrics(twin_run_id)
+        best_val = twin.get("best_val_acc", float("nan"))
+        tracker.log_metrics({k: twin[k] for k in ("best_val_acc", "best_epoch") if k in twin})
+        checkpoint = Path(workdir) / "best.pt"
+        atomic_save(model.checkpoint(val_acc=best_val, trained_in=twin_run_id), checkpoint)
+        tracker.log_artifact(checkpoint, "checkpoints")
+        test, plain = _test(setup, tracker, reporter, Path(workdir))
+        protocol = registry_protocol(setup.cfg, setup.data.fingerprint, setup.precision)
+        tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True)})
+        return RunSummary(tracker.run_id, best_val, test, plain, params)
 
 
 def run_name(cfg: TrainConfig) -> str:

@@ -80,6 +80,14 @@ class FewShotClassifier(nn.Module):
         """Hallucinated features per class (0 without a hallucinator)."""
         return self.config["hallucinations"] if self.hallucinator is not None else 0
 
+    def set_hallucinations(self, M: int) -> "FewShotClassifier":
+        """Hallucinate M features per class from now on (saved in the config). Meant for a
+        hallucinator that does not train with the encoder, where M is a test-time choice."""
+        if self.hallucinator is None:
+            raise ValueError("this model has no hallucinator")
+        self.config["hallucinations"] = int(M)
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.mean.device
