@@ -1,26 +1,29 @@
 """Hallucination: what it costs per training step, and the M study without MLflow.
 
     python -m benchmarks.hallucination cost            # step time for M = 0 vs 100, 32 and 84 px
-    python -m benchmarks.hallucination study [--episodes 3000]   # the M x hallucinator table
-    python -m benchmarks.hallucination omniglot-study [--episodes 500]  # the same on Omniglot
+    python -m benchmarks.hallucination study [--seeds 0,1,2] [--hallucinators calibrated,wang]
+    python -m benchmarks.hallucination omniglot-study [--seeds 0,1,2,3,4]   # train Omniglot set 1, test set 2
 
-`study` trains one model per (shots, hallucinator, M) on the built-in data exactly as
-`fsl hallucinate` does (same trainer, same evaluation, same fixed test episodes) and prints a
-markdown table of test accuracy ± 95% CI with the generator on and off. It is the benchmark
-form of `fsl sweep-m`, kept free of MLflow so that it also runs on a bare GPU machine.
+`study` and `omniglot-study` are `fsl sweep --method hallucinate --param hallucinator=...
+--param M=0,10,50,100 --seeds ... --baseline M=0` without MLflow: the same plan, trainer,
+fixed test episodes, diagnostics and statistics (fsl.sweeps), so they also run on a bare GPU
+machine, and on train and test data from two different sets, which the CLI cannot do.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
 
 import torch
 
+from fsl import sweeps
 from fsl.config import TrainConfig
 from fsl.data import load_dataset
+from fsl.diagnostics import hallucination_diagnostics
 from fsl.evaluate import evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
 from fsl.runtime import resolve_device, resolve_precision, seed_everything
@@ -65,42 +68,65 @@ def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5, size
     return out
 
 
-def study(episodes: int = 3000, ms=(0, 10, 50, 100), shots=(1, 5), kinds=("wang", "improved"),
-          test_episodes: int = 600, device_name: str = "auto", image_size: int = 32, data=None,
-          test=None, **train_options) -> list[dict]:
-    """One model per (shots, hallucinator, M). `data` (default: the built-in set) gives the
-    train and val splits; `test` (default: data's test split) the test classes;
-    `train_options` override TrainConfig fields (ways, queries, augment, ...)."""
+def replicated_study(plan: sweeps.Plan, data, test=None, device_name: str = "auto", log=print) -> dict:
+    """Run every child of `plan` as `fsl sweep` does, without MLflow: train on `data` (its
+    train and val splits), test on `test` (default: data's test split) with the generator on and
+    off and the hallucination diagnostics; a test-time hallucinator's other M are tested from its
+    trained twin (`fsl.sweeps.trained_twin`). The statistics are fsl.sweeps' (`aggregate`: mean
+    ± t-CI over seeds, paired difference to the baseline ± t-CI), so these rows read like a
+    sweep's `sweep.csv`. Returns {"rows": per point, "children": per child}."""
     device = resolve_device(device_name)
     precision = resolve_precision("auto", device)
-    data = data or load_dataset("synthetic", image_size=image_size)
     test = (test or data.split("test")).to(device)
-    rows = []
-    per_epoch = max(1, episodes // 10)
-    for k in shots:
-        for kind in kinds:
-            for m in ms:
-                if m == 0 and kind != kinds[0]:
-                    continue  # M = 0 is the same plain ProtoNet for every generator
-                cfg = TrainConfig(shots=k, epochs=episodes // per_epoch, episodes_per_epoch=per_epoch,
-                                  val_episodes=100, hallucinator=kind if m else None, M=m,
-                                  **train_options).resolved()
-                t0 = time.perf_counter()
-                result = train(_model(data, cfg, precision, device), data, cfg, device)
-                eps = sample_episodes(test, cfg.test_shape, test_episodes, cfg.test_seed, "test")
-                on = evaluate(result.model, test, eps, noise_seed=cfg.test_seed)
-                off = evaluate(result.model, test, eps, M=0, noise_seed=cfg.test_seed)
-                rows.append({"shots": k, "hallucinator": kind if m else "none", "M": m,
-                             "test_acc": on.mean, "test_ci95": on.ci95,
-                             "test_acc_no_hallucination": off.mean, "test_ci95_no_hallucination": off.ci95,
-                             "best_val_acc": result.best_val_acc, "seconds": time.perf_counter() - t0})
-                print(json.dumps(rows[-1]), flush=True)
-    return rows
+    results, trained = {}, {}
+    for child in sweeps.run_order(plan):
+        cfg, twin = child.cfg.resolved(), sweeps.trained_twin(plan, child)
+        t0 = time.perf_counter()
+        if twin is None:
+            result = train(_model(data, cfg, precision, device), data, cfg, device)
+            trained[child.name] = (result.model, result.best_val_acc)
+            model, best_val = trained[child.name]
+        else:
+            source, best_val = trained[twin.name]
+            model = copy.deepcopy(source).set_hallucinations(cfg.M)
+        episodes = sample_episodes(test, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
+        on = evaluate(model, test, episodes, noise_seed=cfg.test_seed)
+        metrics = {"test_acc": on.mean, "test_ci95": on.ci95, "best_val_acc": best_val}
+        if model.M:
+            off = evaluate(model, test, episodes, M=0, noise_seed=cfg.test_seed)
+            metrics |= {"test_acc_no_hallucination": off.mean, "test_ci95_no_hallucination": off.ci95}
+            metrics |= hallucination_diagnostics(model, test, episodes, noise_seed=cfg.test_seed)
+        results[child.name] = sweeps.ChildResult("", metrics)
+        log(json.dumps({"child": child.name, "trained_in": twin.name if twin else None,
+                        "seconds": round(time.perf_counter() - t0, 1)} | metrics))
+    return {"rows": sweeps.aggregate(plan, results), "children": sweeps.child_rows(plan, results)}
 
 
-def omniglot_study(episodes: int = 500, test_episodes: int = 600, device_name: str = "auto") -> list[dict]:
-    """The M study on the Omniglot check's data (benchmarks/omniglot.py): background characters
-    with rotations for training, the three unseen alphabets for testing; 20-way training."""
+def study_plan(episodes: int, seeds, kinds, ms, shots: int = 1, test_episodes: int = 600,
+               **options) -> sweeps.Plan:
+    """The M study's plan: hallucinator x M, once per seed, paired with ProtoNet (M = 0);
+    `episodes` training episodes in 4 epochs (validation after each), `options` other fields."""
+    base = TrainConfig(**{"hallucinator": kinds[0], "M": max(ms), "shots": shots, "epochs": 4,
+                          "episodes_per_epoch": max(1, episodes // 4), "val_episodes": 100,
+                          "test_episodes": test_episodes} | options)
+    return sweeps.plan_sweep(base, {"hallucinator": list(kinds), "M": list(ms)}, seeds=list(seeds),
+                             baseline="M=0")
+
+
+def study(episodes: int = 2000, seeds=(0, 1, 2), kinds=("calibrated", "wang", "improved"), ms=(0, 10, 50, 100),
+          shots: int = 1, test_episodes: int = 600, device_name: str = "auto", image_size: int = 32) -> dict:
+    """The M study on the built-in data (the form of `fsl sweep ... --seeds --baseline M=0`
+    that runs on a bare GPU machine)."""
+    plan = study_plan(episodes, seeds, kinds, ms, shots, test_episodes)
+    return replicated_study(plan, load_dataset("synthetic", image_size=image_size), device_name=device_name)
+
+
+def omniglot_study(episodes: int = 1000, seeds=(0, 1, 2, 3, 4), kinds=("calibrated",), ms=(0, 10, 50, 100),
+                   test_episodes: int = 600, device_name: str = "auto") -> dict:
+    """The M study on the Omniglot check's data (benchmarks/omniglot.py): train on every
+    character of images_background_small1 with rotations (20-way 1-shot 5-query episodes,
+    augmentation, a seeded 10% of classes for validation), test 5-way 1-shot 5-query on the
+    three alphabets only images_background_small2 has."""
     import tempfile
     from pathlib import Path
 
@@ -112,23 +138,36 @@ def omniglot_study(episodes: int = 500, test_episodes: int = 600, device_name: s
     split_file = unseen_split_file(OMNIGLOT / "images_background_small2.zip",
                                    Path(tempfile.mkdtemp()) / "unseen.txt")
     unseen = read(OMNIGLOT / "images_background_small2.zip", opts=ReadOptions(split_file=str(split_file)))
-    return study(episodes, test_episodes=test_episodes, device_name=device_name, data=background,
-                 test=unseen.split("test"), ways=20, queries=5, test_queries=5, augment=True)
+    plan = study_plan(episodes, seeds, kinds, ms, 1, test_episodes, ways=20, queries=5, test_queries=5,
+                      augment=True)
+    return replicated_study(plan, background, unseen.split("test"), device_name)
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| shots | hallucinator | M | test acc (generator on) | same encoder, generator off |",
-             "| --- | --- | --- | --- | --- |"]
+    """The aggregate rows as a table: mean ± t-CI over seeds, paired difference to ProtoNet."""
+    lines = ["| point | seeds | test acc | generator off | vs ProtoNet (paired) | offset | spread | collapse | mix |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['shots']} | {r['hallucinator']} | {r['M']} | {r['test_acc']:.2f} ± {r['test_ci95']:.2f} "
-                     f"| {r['test_acc_no_hallucination']:.2f} ± {r['test_ci95_no_hallucination']:.2f} |")
-    return "\n".join(lines)
+        def ci(key):
+            return f"{r[key]:.2f} ± {r[key + '_ci95']:.2f}" if key in r else ""
+        diff = "" if r.get("is_baseline") else \
+            f"{r['diff_vs_baseline']:+.2f} ± {r['diff_vs_baseline_ci95']:.2f}" + (" *" if r["diff_excludes_0"] else "")
+        diag = [f"{r[k]:.3f}" if k in r else "" for k in
+                ("halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight")]
+        lines.append(f"| {r['point']} | {r['n_seeds']} | {ci('test_acc')} | {ci('test_acc_no_hallucination')} "
+                     f"| {diff} | " + " | ".join(diag) + " |")
+    return "\n".join(lines) + "\n\n* the 95% CI of the paired difference excludes 0"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["cost", "study", "omniglot-study"])
-    parser.add_argument("--episodes", type=int, default=3000, help="training episodes per model (study)")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="training episodes per model (study: 2000, omniglot-study: 1000)")
+    parser.add_argument("--seeds", default=None, help="training seeds (study: 0,1,2; omniglot-study: 0,1,2,3,4)")
+    parser.add_argument("--hallucinators", default=None, help="study: calibrated,wang,improved; omniglot: calibrated")
+    parser.add_argument("--ms", default="0,10,50,100", help="values of M (0: ProtoNet, the baseline)")
+    parser.add_argument("--shots", type=int, default=1, help="study: training and test shots")
     parser.add_argument("--test-episodes", type=int, default=600)
     parser.add_argument("--steps", type=int, default=30, help="training steps per timed block (cost)")
     parser.add_argument("--device", default="auto")
@@ -138,12 +177,20 @@ def main() -> None:
     if args.what == "cost":
         result = step_cost(args.device, steps=args.steps, sizes=tuple(int(v) for v in args.sizes.split(",")))
         print(json.dumps(result, indent=2))
-    elif args.what == "study":
-        result = study(args.episodes, test_episodes=args.test_episodes, device_name=args.device)
-        print(markdown(result))
     else:
-        result = omniglot_study(args.episodes, args.test_episodes, args.device)
-        print(markdown(result))
+        options = {"test_episodes": args.test_episodes, "device_name": args.device,
+                   "ms": tuple(int(v) for v in args.ms.split(","))}
+        if args.episodes:
+            options["episodes"] = args.episodes
+        if args.seeds:
+            options["seeds"] = tuple(int(v) for v in args.seeds.split(","))
+        if args.hallucinators:
+            options["kinds"] = tuple(args.hallucinators.split(","))
+        if args.what == "study":
+            result = study(shots=args.shots, **options)
+        else:
+            result = omniglot_study(**options)
+        print(markdown(result["rows"]))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

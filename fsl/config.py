@@ -45,7 +45,7 @@ class TrainConfig:
     test_shots: int | None = None          # None: the same as shots
     test_queries: int = 15
     distance: str = "l2"
-    epochs: int = 20
+    epochs: int = 4                        # 2,000 episodes: the replicated study's schedule (BENCHMARKS.md §4)
     episodes_per_epoch: int = 500          # optimiser steps per epoch
     episodes_per_step: int = 1             # episodes averaged per step and process (DDP: per rank)
     val_episodes: int = 100

@@ -23,3 +23,25 @@ def test_the_speed_benchmark_runs_both_paths_at_a_tiny_size(tmp_path):
     assert result["eval"]["5way"]["ratio"] > 0 and result["floor"]["matmul_tflops"] > 0
     assert set(result["first_episode_s"]) == {"product_cold", "product_warm", "reference"}
     assert "train 30-way 1-shot (episodes/s)" in done.stdout
+
+
+def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_from_one_model():
+    from benchmarks.hallucination import markdown, replicated_study, study_plan
+    from fsl.data import load_dataset
+
+    plan = study_plan(8, seeds=(0, 1), kinds=("calibrated", "wang"), ms=(0, 2, 4), test_episodes=5,
+                      image_size=16, queries=3, test_queries=3, val_episodes=3, precision="fp32")
+    result = replicated_study(plan, load_dataset("synthetic", image_size=16), device_name="cpu", log=lambda _: None)
+    children = {(c["point"], c["seed"]): c for c in result["children"]}
+    assert len(children) == 2 * 5  # ProtoNet, calibrated M=2, 4, wang M=2, 4 per seed
+    for seed in (0, 1):  # calibrated M=2 is the M=4 model: the same encoder, the same generator-off accuracy
+        assert children["hallucinator=calibrated,M=2", seed]["test_acc_no_hallucination"] == \
+            children["hallucinator=calibrated,M=4", seed]["test_acc_no_hallucination"]
+    rows = {r["point"]: r for r in result["rows"]}
+    wang = rows["hallucinator=wang,M=4"]
+    diffs = [children["hallucinator=wang,M=4", s]["test_acc"] - children["hallucinator=none,M=0", s]["test_acc"]
+             for s in (0, 1)]
+    assert wang["diff_vs_baseline"] == pytest.approx(sum(diffs) / 2)
+    assert wang["diff_vs_baseline_ci95"] == pytest.approx(12.706204736 * abs(diffs[0] - diffs[1]) / 2)
+    assert 0 <= wang["halluc_spread_ratio"] and 0 <= wang["halluc_mix_weight"] <= 1
+    assert "hallucinator=calibrated,M=2" in markdown(result["rows"])
