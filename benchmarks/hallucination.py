@@ -3,6 +3,7 @@
     python -m benchmarks.hallucination cost            # step time for M = 0 vs 100, 32 and 84 px
     python -m benchmarks.hallucination study [--seeds 0,1,2] [--hallucinators calibrated,wang]
     python -m benchmarks.hallucination omniglot-study [--seeds 0,1,2,3,4]   # train Omniglot set 1, test set 2
+    python -m benchmarks.hallucination table sweep.csv [...]   # a sweep parent's table as markdown
 
 `study` and `omniglot-study` are `fsl sweep --method hallucinate --param hallucinator=...
 --param M=0,10,50,100 --seeds ... --baseline M=0` without MLflow: the same plan, trainer,
@@ -154,14 +155,31 @@ def markdown(rows: list[dict]) -> str:
             f"{r['diff_vs_baseline']:+.2f} ± {r['diff_vs_baseline_ci95']:.2f}" + (" *" if r["diff_excludes_0"] else "")
         diag = [f"{r[k]:.3f}" if k in r else "" for k in
                 ("halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight")]
-        lines.append(f"| {r['point']} | {r['n_seeds']} | {ci('test_acc')} | {ci('test_acc_no_hallucination')} "
+        lines.append(f"| {r['point']} | {int(r['n_seeds'])} | {ci('test_acc')} | {ci('test_acc_no_hallucination')} "
                      f"| {diff} | " + " | ".join(diag) + " |")
     return "\n".join(lines) + "\n\n* the 95% CI of the paired difference excludes 0"
 
 
+def read_rows(path: str) -> list[dict]:
+    """Aggregate rows back from a sweep's `sweep.csv` (numbers as floats, booleans as bool)."""
+    import csv
+
+    def value(text: str):
+        if text in ("True", "False"):
+            return text == "True"
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+    with open(path, newline="") as f:
+        return [{k: value(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["cost", "study", "omniglot-study"])
+    parser.add_argument("what", choices=["cost", "study", "omniglot-study", "table"])
+    parser.add_argument("csv", nargs="*", help="table: sweep.csv files of sweep parents")
     parser.add_argument("--episodes", type=int, default=None,
                         help="training episodes per model (study: 2000, omniglot-study: 1000)")
     parser.add_argument("--seeds", default=None, help="training seeds (study: 0,1,2; omniglot-study: 0,1,2,3,4)")
@@ -177,6 +195,9 @@ def main() -> None:
     if args.what == "cost":
         result = step_cost(args.device, steps=args.steps, sizes=tuple(int(v) for v in args.sizes.split(",")))
         print(json.dumps(result, indent=2))
+    elif args.what == "table":
+        result = [row for path in args.csv for row in read_rows(path)]
+        print(markdown(result))
     else:
         options = {"test_episodes": args.test_episodes, "device_name": args.device,
                    "ms": tuple(int(v) for v in args.ms.split(","))}
