@@ -10,6 +10,6 @@ timeout 250 python3 -m benchmarks.bench --classes 64 --per-class 100 --steps 200
     --schedule-steps 2000 --parity-steps 1000 --compile --out "$OUT/bench_gpu.json" 2>&1 | tee "$OUT/bench_gpu.log"
 timeout 45 python3 -m benchmarks.hallucination cost --out "$OUT/hallucination_cost_gpu.json" 2>&1 | tail -n 40
 timeout 75 python3 -m benchmarks.omniglot --steps 3000 --episodes 1000 2>&1 | tee "$OUT/omniglot_gpu.json"
-timeout 140 python3 -m benchmarks.hallucination study --episodes 2000 --out "$OUT/m_study_gpu.json" \
+timeout 140 python3 -m benchmarks.hallucination study --seeds 0 --hallucinators calibrated,wang --out "$OUT/m_study_gpu.json" \
     2>&1 | tee "$OUT/m_study_gpu.log"
 exit 0

@@ -33,8 +33,8 @@ from fsl.train import EpisodeTrainer, train
 
 def _model(data, cfg: TrainConfig, precision: str, device) -> FewShotClassifier:
     seed_everything(cfg.seed)
-    return FewShotClassifier.for_data(data, precision=precision, hallucinator=cfg.hallucinator,
-                                      M=cfg.M).place(device)
+    return FewShotClassifier.for_data(data, precision=precision, distance=cfg.distance,
+                                      hallucinator=cfg.hallucinator, M=cfg.M).place(device)
 
 
 def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5, sizes=(32, 84)) -> dict:
@@ -77,14 +77,13 @@ def replicated_study(plan: sweeps.Plan, data, test=None, device_name: str = "aut
     ± t-CI over seeds, paired difference to the baseline ± t-CI), so these rows read like a
     sweep's `sweep.csv`. Returns {"rows": per point, "children": per child}."""
     device = resolve_device(device_name)
-    precision = resolve_precision("auto", device)
     test = (test or data.split("test")).to(device)
     results, trained = {}, {}
     for child in sweeps.run_order(plan):
         cfg, twin = child.cfg.resolved(), sweeps.trained_twin(plan, child)
         t0 = time.perf_counter()
         if twin is None:
-            result = train(_model(data, cfg, precision, device), data, cfg, device)
+            result = train(_model(data, cfg, resolve_precision(cfg.precision, device), device), data, cfg, device)
             trained[child.name] = (result.model, result.best_val_acc)
             model, best_val = trained[child.name]
         else:
@@ -151,7 +150,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         def ci(key):
             return f"{r[key]:.2f} ± {r[key + '_ci95']:.2f}" if key in r else ""
-        diff = "" if r.get("is_baseline") else \
+        diff = "" if r.get("is_baseline", True) or "diff_vs_baseline" not in r else \
             f"{r['diff_vs_baseline']:+.2f} ± {r['diff_vs_baseline_ci95']:.2f}" + (" *" if r["diff_excludes_0"] else "")
         diag = [f"{r[k]:.3f}" if k in r else "" for k in
                 ("halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight")]

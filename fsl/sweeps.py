@@ -256,7 +256,8 @@ def plan_sweep(base: TrainConfig, grid: Mapping[str, Sequence[Any]], *, seeds: S
     for point in mine:
         cfg = point_config(base, point)
         for s in seed_list:
-            children.append(Child(point, s, replace(cfg, seed=s), child_name(point, s, replicated)))
+            child_cfg = replace(cfg, seed=s) if replicated else cfg  # else: --seed, or a `seed` grid axis
+            children.append(Child(point, child_cfg.seed, child_cfg, child_name(point, s, replicated)))
     return Plan(base, grid, points, mine, children, seed_list, replicated, baseline, shard, shards)
 
 

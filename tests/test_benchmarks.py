@@ -25,15 +25,26 @@ def test_the_speed_benchmark_runs_both_paths_at_a_tiny_size(tmp_path):
     assert "train 30-way 1-shot (episodes/s)" in done.stdout
 
 
-def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_from_one_model():
+def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_from_one_model(monkeypatch):
+    import benchmarks.hallucination
     from benchmarks.hallucination import markdown, replicated_study, study_plan
     from fsl.data import load_dataset
+
+    real_train, trained = benchmarks.hallucination.train, []
+
+    def recording(model, data, cfg, *args, **kwargs):
+        trained.append((cfg.hallucinator, cfg.M, cfg.seed))
+        return real_train(model, data, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(benchmarks.hallucination, "train", recording)
 
     plan = study_plan(8, seeds=(0, 1), kinds=("calibrated", "wang"), ms=(0, 2, 4), test_episodes=5,
                       image_size=16, queries=3, test_queries=3, val_episodes=3, precision="fp32")
     result = replicated_study(plan, load_dataset("synthetic", image_size=16), device_name="cpu", log=lambda _: None)
     children = {(c["point"], c["seed"]): c for c in result["children"]}
     assert len(children) == 2 * 5  # ProtoNet, calibrated M=2, 4, wang M=2, 4 per seed
+    assert sorted(trained, key=str) == sorted([(None, 0, s) for s in (0, 1)] + [("calibrated", 4, s) for s in (0, 1)]
+                                              + [("wang", m, s) for m in (2, 4) for s in (0, 1)], key=str)
     for seed in (0, 1):  # calibrated M=2 is the M=4 model: the same encoder, the same generator-off accuracy
         assert children["hallucinator=calibrated,M=2", seed]["test_acc_no_hallucination"] == \
             children["hallucinator=calibrated,M=4", seed]["test_acc_no_hallucination"]

@@ -79,8 +79,7 @@ def _run_child(runs, child: sweeps.Child, child_hash: str, options: RunOptions, 
         return sweeps.ChildResult(found[0], found[1], reused=True)
     reporter.echo(f"--- sweep {child.name}")
     child_options = replace(options, nested=True, run_name=child.name, resume=None)
-    if twin_run_id is not None:
-        summary = run_test_of_twin(child.cfg, twin_run_id, child_options, reporter)
-    else:
+    summary = run_test_of_twin(child.cfg, twin_run_id, child_options, reporter) if twin_run_id else None
+    if summary is None:
         summary = run_training(child.cfg, child_options, reporter)
     return sweeps.ChildResult(summary.run_id, runs.run_metrics(summary.run_id))

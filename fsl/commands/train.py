@@ -93,42 +93,54 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
 
 
 def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = RunOptions(),
-                     reporter: Reporter = Reporter()) -> RunSummary:
-    """A run of `cfg` that tests the model trained by run `twin_run_id` instead of training.
+                     reporter: Reporter = Reporter()) -> RunSummary | None:
+    """A run of `cfg` that tests the model trained by run `twin_run_id` instead of training;
+    None (no run opened) if that run's model is not `cfg`'s model at another M.
 
     For a test-time hallucinator (`fsl.choices.TEST_TIME_HALLUCINATORS`) runs that differ only
     in M train the same weights, so `fsl sweep` trains one of them per seed and makes the others
-    here: the twin's best checkpoint, set to this run's M, tested on the same test episodes. The
-    run logs what a trained run logs except the training history (params, test metrics,
-    diagnostics, t-SNE, the checkpoint at this M), the twin's best_val_acc and best_epoch, and the
-    tag `fsl.trained_in`.
+    here: the twin's best checkpoint (kept by val accuracy at the twin's M), set to this run's M.
+    The run logs what a trained run logs except the training history: params, `best_val_acc`
+    (the fixed val episodes at this M; the twin's as `twin_best_val_acc`), the checkpoint at this
+    M, test metrics, diagnostics, t-SNE, registration, and the tag `fsl.trained_in`.
     """
-    runs = mlflow_runs()
-    runs.check_store()
-    setup = prepare_training(cfg)
-    model = load_model(f"runs:/{twin_run_id}").set_hallucinations(setup.cfg.M).place(setup.device)
-    if model.config | {"hallucinations": 0} != setup.model.config | {"hallucinations": 0}:
-        raise UsageError(f"run {twin_run_id} trained another kind of model than {run_name(setup.cfg)}")
-    setup = replace(setup, model=model)
-    params = run_params(setup, 1)
-    tags = run_tags(cfg.method, setup.data.fingerprint, setup.precision) | {
-        "fsl.config_hash": config_hash(params), "fsl.trained_in": twin_run_id}
-    reporter.echo(f"{cfg.method}: testing the model of run {twin_run_id} at M = {setup.cfg.M} (no training: "
-                  f"the {setup.cfg.hallucinator} hallucinator does not act in training)")
-    with runs.open(cfg.experiment, run_name=options.run_name or run_name(setup.cfg), nested=options.nested,
-                   tags=tags) as tracker, tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
-        tracker.log_params(params)
-        tracker.log_dataset(dataset_input(setup.data, setup.cfg), "training")
-        twin = runs.run_metrics(twin_run_id)
-        best_val = twin.get("best_val_acc", float("nan"))
-        tracker.log_metrics({k: twin[k] for k in ("best_val_acc", "best_epoch") if k in twin})
-        checkpoint = Path(workdir) / "best.pt"
-        atomic_save(model.checkpoint(val_acc=best_val, trained_in=twin_run_id), checkpoint)
-        tracker.log_artifact(checkpoint, "checkpoints")
-        test, plain = _test(setup, tracker, reporter, Path(workdir))
-        protocol = registry_protocol(setup.cfg, setup.data.fingerprint, setup.precision)
-        tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True)})
-        return RunSummary(tracker.run_id, best_val, test, plain, params)
+    with sigterm_as_interrupt():
+        runs = mlflow_runs()
+        runs.check_store()
+        setup = prepare_training(cfg)
+        try:
+            model = load_model(f"runs:/{twin_run_id}")
+        except UsageError as exc:
+            raise UsageError(f"the trained twin of {options.run_name or run_name(setup.cfg)}: "
+                             f"{str(exc).removeprefix('--model ')}") from None
+        if model.config | {"hallucinations": 0} != setup.model.config | {"hallucinations": 0}:
+            reporter.echo(f"run {twin_run_id} holds another kind of model (an older fsl?): training instead")
+            return None
+        setup = replace(setup, model=model.set_hallucinations(setup.cfg.M).place(setup.device))
+        params = run_params(setup, 1)
+        tags = run_tags(cfg.method, setup.data.fingerprint, setup.precision) | {
+            "fsl.config_hash": config_hash(params), "fsl.trained_in": twin_run_id}
+        reporter.echo(f"{cfg.method}: testing the model of run {twin_run_id} at M = {setup.cfg.M} (no "
+                      f"training: the {setup.cfg.hallucinator} hallucinator does not act in training)")
+        with runs.open(cfg.experiment, run_name=options.run_name or run_name(setup.cfg), nested=options.nested,
+                       tags=tags, system_metrics=options.system_metrics) as tracker, \
+                tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
+            tracker.log_params(params)
+            tracker.log_dataset(dataset_input(setup.data, setup.cfg), "training")
+            val_store = setup.data.split("val").to(setup.device)
+            val_episodes = sample_episodes(val_store, setup.cfg.test_shape, setup.cfg.val_episodes,
+                                           setup.cfg.val_seed, "val")
+            best_val = evaluate(model, val_store, val_episodes).mean
+            twin = runs.run_metrics(twin_run_id)
+            tracker.log_metrics({"best_val_acc": best_val} | {
+                new: twin[old] for old, new in (("best_val_acc", "twin_best_val_acc"), ("best_epoch", "best_epoch"))
+                if old in twin})
+            checkpoint = Path(workdir) / "best.pt"
+            atomic_save(model.checkpoint(val_acc=best_val, trained_in=twin_run_id), checkpoint)
+            tracker.log_artifact(checkpoint, "checkpoints")
+            test, plain = _test(setup, tracker, reporter, Path(workdir))
+            _tag_and_register(setup, tracker, checkpoint, best_val, options, reporter)
+            return RunSummary(tracker.run_id, best_val, test, plain, params)
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -225,15 +237,22 @@ def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resum
     with tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
         tracker.log_artifact(viz.learning_curve(result.history, Path(workdir) / "learning_curve.png"))
         test, plain = _test(setup, tracker, reporter, Path(workdir))
-    protocol = registry_protocol(cfg, data.fingerprint, setup.precision)
+    _tag_and_register(setup, tracker, result.best_checkpoint, result.best_val_acc, options, reporter)
+    return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params)
+
+
+def _tag_and_register(setup: TrainingSetup, tracker, checkpoint: Path, best_val: float, options: RunOptions,
+                      reporter: Reporter) -> None:
+    """Tag the run with its registry protocol and, with --register, register its model."""
+    cfg = setup.cfg
+    protocol = registry_protocol(cfg, setup.data.fingerprint, setup.precision)
     tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True)})
     if options.register and tracker.run_id:
         from fsl.commands.register import register_model
 
         name = options.registered_model_name or f"fsl-{cfg.method}"
-        reg = register_model(tracker, model, result.best_checkpoint, name, result.best_val_acc, protocol)
+        reg = register_model(tracker, setup.model, checkpoint, name, best_val, protocol)
         reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
-    return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params)
 
 
 def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> tuple[EvalResult, EvalResult | None]:
