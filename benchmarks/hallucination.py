@@ -145,15 +145,16 @@ def omniglot_study(episodes: int = 1000, seeds=(0, 1, 2, 3, 4), kinds=("calibrat
 
 def markdown(rows: list[dict]) -> str:
     """The aggregate rows as a table: mean ± t-CI over seeds, paired difference to ProtoNet."""
-    lines = ["| point | seeds | test acc | generator off | vs ProtoNet (paired) | offset | spread | collapse | mix |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| point | seeds | test acc | generator off | vs ProtoNet (paired) | offset | spread | collapse | mix "
+             "| real proto offset | final proto offset |", "| --- " * 11 + "|"]
     for r in rows:
         def ci(key):
             return f"{r[key]:.2f} ± {r[key + '_ci95']:.2f}" if key in r else ""
         diff = "" if r.get("is_baseline", True) or "diff_vs_baseline" not in r else \
             f"{r['diff_vs_baseline']:+.2f} ± {r['diff_vs_baseline_ci95']:.2f}" + (" *" if r["diff_excludes_0"] else "")
         diag = [f"{r[k]:.3f}" if k in r else "" for k in
-                ("halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight")]
+                ("halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight",
+                 "halluc_support_offset", "halluc_prototype_offset")]
         lines.append(f"| {r['point']} | {int(r['n_seeds'])} | {ci('test_acc')} | {ci('test_acc_no_hallucination')} "
                      f"| {diff} | " + " | ".join(diag) + " |")
     return "\n".join(lines) + "\n\n* the 95% CI of the paired difference excludes 0"

@@ -23,6 +23,11 @@ Metrics (ratios of sums over all episodes and classes, so no small denominator d
   independent draws of a distribution with RMS spread sigma lie sqrt(2) sigma apart on
   average, so 0 means the noise alone spreads the outputs as widely as real class variation,
   and 1 means the generator ignores its noise (mode collapse).
+- `halluc_support_offset` and `halluc_prototype_offset`, in [0, inf), in the same units as
+  `halluc_mean_offset`: how far the real prototype (the support mean, ProtoNet's) and the final
+  prototype (after mixing in the hallucinations, what queries are scored against) lie from the
+  real class mean mu_c. Hallucination can only help the nearest-prototype rule where the second
+  is smaller than the first.
 - `halluc_mix_weight` in [0, 1]: the weight of the hallucinated class mean in the final
   prototype, read off the model's own `combine` as combine(real=0, fake=1) at the test shots K
   and M: Wang's plain mean gives M / (K + M), `improved` gives sigmoid(mix_logit). It works for
@@ -39,20 +44,29 @@ import torch
 from fsl.models.distances import prototypes
 from fsl.runtime import make_generator
 
-METRICS = ("halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight")
-_SUMS = ("offset", "n_classes", "between", "n_pairs", "fake_sq", "n_fake", "real_sq", "n_real", "noise_sq", "n_noise")
+METRICS = ("halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight",
+           "halluc_support_offset", "halluc_prototype_offset")
+_SUMS = ("offset", "n_classes", "between", "n_pairs", "fake_sq", "n_fake", "real_sq", "n_real", "noise_sq", "n_noise",
+         "support_offset", "prototype_offset")
 
 
 def diagnostic_sums(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.Tensor, fake_labels: torch.Tensor,
-                    noise_a: torch.Tensor, noise_b: torch.Tensor, ways: int) -> dict[str, float]:
+                    noise_a: torch.Tensor, noise_b: torch.Tensor, ways: int,
+                    support_protos: torch.Tensor | None = None, final_protos: torch.Tensor | None = None
+                    ) -> dict[str, float]:
     """The sums behind the metrics, for E episodes (add the dicts of several batches).
 
     real [E, R, D] with real_labels int64 [E, R]; fake [E, F, D] with fake_labels [E, F], all
     labels in 0..ways-1; noise_a, noise_b [E, P, D]: generator outputs that differ only in the
-    noise, row by row.
+    noise, row by row; support_protos, final_protos [E, ways, D]: the real and final prototypes
+    (the prototype offsets are left out without them).
     """
     real, fake, noise_a, noise_b = (t.double() for t in (real, fake, noise_a, noise_b))
     mu = prototypes(real, real_labels, ways)                                   # [E, ways, D]
+    offsets = {}
+    if support_protos is not None and final_protos is not None:
+        offsets = {"support_offset": float((support_protos.double() - mu).norm(dim=-1).sum()),
+                   "prototype_offset": float((final_protos.double() - mu).norm(dim=-1).sum())}
     h = prototypes(fake, fake_labels, ways)
     between = torch.cdist(mu, mu)                                              # [E, ways, ways]
     return {
@@ -63,7 +77,7 @@ def diagnostic_sums(real: torch.Tensor, real_labels: torch.Tensor, fake: torch.T
         "real_sq": float(((real - mu.gather(-2, _rows(real_labels, real))) ** 2).sum()),
         "n_real": real.shape[0] * real.shape[1],
         "noise_sq": float(((noise_a - noise_b) ** 2).sum()), "n_noise": noise_a.shape[0] * noise_a.shape[1],
-    }
+    } | offsets
 
 
 def _rows(labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -76,15 +90,19 @@ def add_sums(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 
 
 def diagnostics_from_sums(s: dict[str, float]) -> dict[str, float]:
-    """halluc_mean_offset, halluc_spread_ratio and halluc_collapse (module docstring) from the sums.
-    NaN where a denominator is 0 (one way; identical real features)."""
+    """halluc_mean_offset, halluc_spread_ratio, halluc_collapse and, when the sums have them, the
+    prototype offsets (module docstring) from the sums. NaN where a denominator is 0 (one way;
+    identical real features)."""
     def ratio(a: float, b: float) -> float:
         return a / b if b > 0 else float("nan")
 
     sigma = math.sqrt(ratio(s["real_sq"], s["n_real"]))
     noise_rms = math.sqrt(ratio(s["noise_sq"], s["n_noise"]))
-    return {
-        "halluc_mean_offset": ratio(ratio(s["offset"], s["n_classes"]), ratio(s["between"], s["n_pairs"])),
+    between = ratio(s["between"], s["n_pairs"])
+    offsets = {f"halluc_{key}": ratio(ratio(s[key], s["n_classes"]), between)
+               for key in ("support_offset", "prototype_offset") if key in s}
+    return offsets | {
+        "halluc_mean_offset": ratio(ratio(s["offset"], s["n_classes"]), between),
         "halluc_spread_ratio": ratio(math.sqrt(ratio(s["fake_sq"], s["n_fake"])), sigma),
         "halluc_collapse": 1 - min(1.0, ratio(noise_rms, math.sqrt(2) * sigma)),
     }
@@ -130,7 +148,7 @@ def episode_prototypes(model, support: torch.Tensor, labels: torch.Tensor, ways:
 @torch.no_grad()
 def hallucination_diagnostics(model, store, episodes, noise_seed: int = 0, max_episodes: int = 100,
                               batch: int = 8) -> dict[str, float]:
-    """The four `halluc_*` metrics (module docstring) of `model` on the first `max_episodes` of
+    """The six `halluc_*` metrics (module docstring) of `model` on the first `max_episodes` of
     `episodes` (EpisodeIndices of `store`). {} for a model that does not hallucinate."""
     M = model.M
     if M <= 0:
@@ -153,13 +171,15 @@ def hallucination_diagnostics(model, store, episodes, noise_seed: int = 0, max_e
             support, query = model.embed_episode(store.images[chunk.support.to(store.images.device)],
                                                  store.images[chunk.query.to(store.images.device)])
             labels = support_labels.expand(e, -1)
-            fake, fake_labels = model.hallucinate_support(support, labels, shape.ways, rng=rng)
+            support_protos, final_protos, (fake, fake_labels) = episode_prototypes(model, support, labels,
+                                                                                   shape.ways, rng=rng)
             one, one_labels = support[:, first_shots], support_labels[first_shots].expand(e, -1)
             a = model.hallucinate_support(one, one_labels, shape.ways, rng=rng_a)[0]
             b = model.hallucinate_support(one, one_labels, shape.ways, rng=rng_b)[0]
             real = torch.cat([support, query], 1)
             real_labels = torch.cat([labels, query_labels.expand(e, -1)], 1)
-            sums = add_sums(sums, diagnostic_sums(real, real_labels, fake, fake_labels, a, b, shape.ways))
+            sums = add_sums(sums, diagnostic_sums(real, real_labels, fake, fake_labels, a, b, shape.ways,
+                                                  support_protos, final_protos))
     finally:
         model.train(was_training)
     return diagnostics_from_sums(sums) | {"halluc_mix_weight": mix_weight(model.hallucinator, shape.shots, M)}

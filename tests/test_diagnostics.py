@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from fsl.diagnostics import (METRICS, episode_prototypes, feature_diagnostics, hallucination_diagnostics,
-                             mix_weight)
+from fsl.diagnostics import (METRICS, diagnostic_sums, diagnostics_from_sums, episode_prototypes, feature_diagnostics,
+                             hallucination_diagnostics, mix_weight)
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.models.distances import logits
 from fsl.models.hallucinator import HALLUCINATORS
@@ -29,6 +29,12 @@ def test_diagnostics_of_a_hand_computed_episode():
     assert out["halluc_mean_offset"] == pytest.approx((2 + 0) / 2 / 10)          # 0.1
     assert out["halluc_spread_ratio"] == pytest.approx(math.sqrt((1 + 1 + 0 + 0) / 4) / 1)
     assert out["halluc_collapse"] == pytest.approx(1 - math.sqrt(0.5) / (math.sqrt(2) * 1))  # 0.5
+    assert "halluc_prototype_offset" not in out  # no prototypes given
+    # real prototypes (0,0) and (11,0): 1 and 0 from the class means; final (1,1) and (11,3): 1 and 3
+    with_protos = diagnostics_from_sums(diagnostic_sums(real, real_labels, fake, fake_labels, a, b, 2,
+                                                        t([[0, 0], [11, 0]]), t([[1, 1], [11, 3]])))
+    assert with_protos["halluc_support_offset"] == pytest.approx((1 + 0) / 2 / 10)
+    assert with_protos["halluc_prototype_offset"] == pytest.approx((1 + 3) / 2 / 10)
 
 
 def test_a_generator_that_ignores_its_noise_is_fully_collapsed_and_wide_noise_is_not():
@@ -81,5 +87,6 @@ def test_model_diagnostics_on_test_episodes_are_in_their_ranges(kind, tiny_datas
     assert set(out) == set(METRICS)
     assert out["halluc_mean_offset"] >= 0 and out["halluc_spread_ratio"] >= 0
     assert 0 <= out["halluc_collapse"] <= 1 and 0 <= out["halluc_mix_weight"] <= 1
+    assert out["halluc_support_offset"] > 0 and out["halluc_prototype_offset"] >= 0
     assert out == hallucination_diagnostics(model, store, episodes, noise_seed=2, batch=4)  # seeded: repeatable
     assert hallucination_diagnostics(FewShotClassifier.for_data(tiny_dataset), store, episodes) == {}

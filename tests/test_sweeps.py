@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from fsl import sweeps
 from fsl.cli import cli
 from fsl.config import TrainConfig
+from fsl.diagnostics import METRICS
 from fsl.errors import UsageError
 from tests.conftest import TINY
 
@@ -172,7 +173,7 @@ def test_a_replicated_sweep_aggregates_two_seeds_of_two_points_in_the_parent(tra
         assert child.data.tags["fsl.method"] == ("protonet" if name.startswith("M=0") else "hallucination")
     for name in ("M=2-seed0", "M=2-seed1"):
         metrics = children[name].data.metrics
-        assert {"halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight"} <= set(metrics)
+        assert set(METRICS) <= set(metrics)
         assert metrics["halluc_mix_weight"] == pytest.approx(2 / 3)  # wang at K=1, M=2: M / (K + M)
     assert {"sweep.csv", "sweep_runs.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     acc = {name: child.data.metrics["test_acc"] for name, child in children.items()}
