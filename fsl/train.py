@@ -177,6 +177,13 @@ def _sync_buffers(model: nn.Module) -> None:
             dist.broadcast(buffer, 0)
 
 
+def validation_episodes(data: DataSet, cfg: TrainConfig, device: torch.device):
+    """The val split on `device` and the fixed val episodes every epoch is scored on
+    (cfg.val_episodes of the test shape, seeded by cfg.val_seed)."""
+    store = data.split("val").to(device)
+    return store, sample_episodes(store, cfg.test_shape, cfg.val_episodes, cfg.val_seed, "val")
+
+
 def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: torch.device,
           checkpoint_dir: Path | None = None,
           on_epoch: Callable[[EpochStats], None] | None = None,
@@ -196,8 +203,7 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
     """
     rank, _ = world()
     trainer = EpisodeTrainer(model, data.split("train").to(device), cfg, device)
-    val_store = data.split("val").to(device)
-    val_episodes = sample_episodes(val_store, cfg.test_shape, cfg.val_episodes, cfg.val_seed, "val")
+    val_store, val_episodes = validation_episodes(data, cfg, device)
     per_epoch = cfg.episodes_per_epoch
     queries_per_epoch = per_epoch * len(trainer.query_labels)
     best_val, best_epoch, best_state, first_epoch = -1.0, 0, None, 1

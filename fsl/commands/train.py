@@ -29,7 +29,7 @@ from fsl.models.classifier import FewShotClassifier
 from fsl.runtime import (atomic_save, cache_dir, digest, distributed, make_generator, process_alive, resolve_precision,
                          seed_everything, set_deterministic)
 from fsl.tracking.null import NullRuns
-from fsl.train import train
+from fsl.train import train, validation_episodes
 
 
 @dataclass
@@ -127,10 +127,7 @@ def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = R
                 tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
             tracker.log_params(params)
             tracker.log_dataset(dataset_input(setup.data, setup.cfg), "training")
-            val_store = setup.data.split("val").to(setup.device)
-            val_episodes = sample_episodes(val_store, setup.cfg.test_shape, setup.cfg.val_episodes,
-                                           setup.cfg.val_seed, "val")
-            best_val = evaluate(model, val_store, val_episodes).mean
+            best_val = evaluate(model, *validation_episodes(setup.data, setup.cfg, setup.device)).mean
             twin = runs.run_metrics(twin_run_id)
             tracker.log_metrics({"best_val_acc": best_val} | {
                 new: twin[old] for old, new in (("best_val_acc", "twin_best_val_acc"), ("best_epoch", "best_epoch"))
