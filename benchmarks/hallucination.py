@@ -4,6 +4,8 @@
     python -m benchmarks.hallucination study [--seeds 0,1,2] [--hallucinators calibrated,wang]
     python -m benchmarks.hallucination omniglot-study [--seeds 0,1,2,3,4]   # train Omniglot set 1, test set 2
     python -m benchmarks.hallucination table sweep.csv [...]   # a sweep parent's table as markdown
+    python -m benchmarks.hallucination logs study.log [...] --hallucinators wang --seeds 0,1,2
+                                                       # a study's table from the model lines of its logs
 
 `study` and `omniglot-study` are `fsl sweep --method hallucinate --param hallucinator=...
 --param M=0,10,50,100 --seeds ... --baseline M=0` without MLflow: the same plan, trainer,
@@ -78,7 +80,7 @@ def replicated_study(plan: sweeps.Plan, data, test=None, device_name: str = "aut
     sweep's `sweep.csv`. Returns {"rows": per point, "children": per child}."""
     device = resolve_device(device_name)
     test = (test or data.split("test")).to(device)
-    results, trained = {}, {}
+    results, trained, started = {}, {}, time.perf_counter()
     for child in sweeps.run_order(plan):
         cfg, twin = child.cfg.resolved(), sweeps.trained_twin(plan, child)
         t0 = time.perf_counter()
@@ -99,7 +101,13 @@ def replicated_study(plan: sweeps.Plan, data, test=None, device_name: str = "aut
         results[child.name] = sweeps.ChildResult("", metrics)
         log(json.dumps({"child": child.name, "trained_in": twin.name if twin else None,
                         "seconds": round(time.perf_counter() - t0, 1)} | metrics))
-    return {"rows": sweeps.aggregate(plan, results), "children": sweeps.child_rows(plan, results)}
+    environment = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
+                   "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "precision": resolve_precision(plan.base.precision, device),
+                   "compile": plan.base.compile, "seconds": round(time.perf_counter() - started, 1)}
+    log(json.dumps({"environment": environment}))
+    return {"rows": sweeps.aggregate(plan, results), "children": sweeps.child_rows(plan, results),
+            "environment": environment}
 
 
 def study_plan(episodes: int, seeds, kinds, ms, shots: int = 1, test_episodes: int = 600,
@@ -114,10 +122,11 @@ def study_plan(episodes: int, seeds, kinds, ms, shots: int = 1, test_episodes: i
 
 
 def study(episodes: int = 2000, seeds=(0, 1, 2), kinds=("calibrated", "wang", "improved"), ms=(0, 10, 50, 100),
-          shots: int = 1, test_episodes: int = 600, device_name: str = "auto", image_size: int = 32) -> dict:
+          shots: int = 1, test_episodes: int = 600, device_name: str = "auto", image_size: int = 32,
+          compile: str = "auto") -> dict:
     """The M study on the built-in data (the form of `fsl sweep ... --seeds --baseline M=0`
-    that runs on a bare GPU machine)."""
-    plan = study_plan(episodes, seeds, kinds, ms, shots, test_episodes)
+    that runs on a bare GPU machine); `image_size` 84 gives Mini-ImageNet's shape."""
+    plan = study_plan(episodes, seeds, kinds, ms, shots, test_episodes, image_size=image_size, compile=compile)
     return replicated_study(plan, load_dataset("synthetic", image_size=image_size), device_name=device_name)
 
 
@@ -176,10 +185,30 @@ def read_rows(path: str) -> list[dict]:
         return [{k: value(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
+def rows_from_logs(plan: sweeps.Plan, paths) -> dict:
+    """Aggregate a study from the one-JSON-line-per-model logs of `replicated_study` (for a
+    study cut short or split over several calls): the first line of each child counts; a later
+    line of the same child (a baseline trained again by another call) must agree with it."""
+    names, results = {child.name for child in plan.children}, {}
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line) if line.startswith('{"child"') else {}
+                name = record.pop("child", None)
+                if name not in names:
+                    continue
+                metrics = {k: v for k, v in record.items() if k not in ("trained_in", "seconds")}
+                if name in results and results[name].metrics["test_acc"] != metrics["test_acc"]:
+                    raise ValueError(f"{path}: {name} has test_acc {metrics['test_acc']}, "
+                                     f"another log {results[name].metrics['test_acc']}")
+                results.setdefault(name, sweeps.ChildResult("", metrics))
+    return {"rows": sweeps.aggregate(plan, results), "children": sweeps.child_rows(plan, results)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["cost", "study", "omniglot-study", "table"])
-    parser.add_argument("csv", nargs="*", help="table: sweep.csv files of sweep parents")
+    parser.add_argument("what", choices=["cost", "study", "omniglot-study", "table", "logs"])
+    parser.add_argument("files", nargs="*", help="table: sweep.csv files of sweep parents; logs: study logs")
     parser.add_argument("--episodes", type=int, default=None,
                         help="training episodes per model (study: 2000, omniglot-study: 1000)")
     parser.add_argument("--seeds", default=None, help="training seeds (study: 0,1,2; omniglot-study: 0,1,2,3,4)")
@@ -190,14 +219,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="training steps per timed block (cost)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", default="32,84", help="image sizes (cost), comma-separated")
+    parser.add_argument("--image-size", type=int, default=32, help="study: image size of the built-in data")
+    parser.add_argument("--compile", default="auto", help="study: torch.compile the step (auto: on CUDA)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.what == "cost":
         result = step_cost(args.device, steps=args.steps, sizes=tuple(int(v) for v in args.sizes.split(",")))
         print(json.dumps(result, indent=2))
     elif args.what == "table":
-        result = [row for path in args.csv for row in read_rows(path)]
+        result = [row for path in args.files for row in read_rows(path)]
         print(markdown(result))
+    elif args.what == "logs":
+        plan = study_plan(args.episodes or 2000, [int(v) for v in (args.seeds or "0,1,2").split(",")],
+                          tuple((args.hallucinators or "calibrated").split(",")),
+                          tuple(int(v) for v in args.ms.split(",")), args.shots, args.test_episodes,
+                          image_size=args.image_size, compile=args.compile)
+        result = rows_from_logs(plan, args.files)
+        print(markdown(result["rows"]))
     else:
         options = {"test_episodes": args.test_episodes, "device_name": args.device,
                    "ms": tuple(int(v) for v in args.ms.split(","))}
@@ -208,7 +246,7 @@ def main() -> None:
         if args.hallucinators:
             options["kinds"] = tuple(args.hallucinators.split(","))
         if args.what == "study":
-            result = study(shots=args.shots, **options)
+            result = study(shots=args.shots, image_size=args.image_size, compile=args.compile, **options)
         else:
             result = omniglot_study(**options)
         print(markdown(result["rows"]))

@@ -296,9 +296,11 @@ class ChildResult:
 def child_rows(plan: Plan, results: Mapping[str, ChildResult]) -> list[dict]:
     """One row per child (results keyed by child name): grid values, seed, run id, reused,
     test_acc, test_ci95 (over episodes), and the other metrics of CI_METRICS, MEAN_METRICS
-    and halluc_*."""
+    and halluc_*; a child missing from `results` has no row."""
     rows = []
     for child in plan.children:
+        if child.name not in results:
+            continue
         result = results[child.name]
         row = {k: format_value(v) for k, v in child.point.items}
         row |= {"point": child.point.name, "seed": child.seed, "run_id": result.run_id, "reused": result.reused}
@@ -312,7 +314,7 @@ def child_rows(plan: Plan, results: Mapping[str, ChildResult]) -> list[dict]:
 def _per_seed(plan: Plan, point: Point, results: Mapping[str, ChildResult], metric: str) -> dict[int, float]:
     out = {}
     for child in plan.children:
-        if child.point == point and metric in results[child.name].metrics:
+        if child.point == point and child.name in results and metric in results[child.name].metrics:
             out[child.seed] = results[child.name].metrics[metric]
     return out
 
@@ -327,7 +329,9 @@ def aggregate(plan: Plan, results: Mapping[str, ChildResult]) -> list[dict]:
     and with a baseline: `baseline` (the partner point's name), `is_baseline`, `diff_vs_baseline`
     (mean of per-seed differences of test_acc, point minus partner), `diff_vs_baseline_ci95`
     (Student t over those differences) and `diff_excludes_0` (True/False; empty for baseline
-    points, which are not compared with themselves).
+    points, which are not compared with themselves). A child missing from `results` (a study
+    cut short) is left out: `n_seeds` says how many a point has, and a difference pairs only
+    the seeds both points have.
     """
     rows = []
     for point in plan.mine:
@@ -342,12 +346,14 @@ def aggregate(plan: Plan, results: Mapping[str, ChildResult]) -> list[dict]:
         if plan.baseline is not None:
             partner = baseline_partner(plan.base, point, plan.baseline)
             row |= {"baseline": partner.name, "is_baseline": partner == point}
-            if partner != point:
-                diff = paired_difference(acc, _per_seed(plan, partner, results, "test_acc"))
+            partner_acc = _per_seed(plan, partner, results, "test_acc")
+            common = sorted(acc.keys() & partner_acc.keys())
+            if partner != point and common:
+                diff = paired_difference({s: acc[s] for s in common}, {s: partner_acc[s] for s in common})
                 row |= {"diff_vs_baseline": diff.mean, "diff_vs_baseline_ci95": diff.half,
                         "diff_excludes_0": diff.excludes_zero}
-        extra = sorted({k for c in plan.children if c.point == point for k in results[c.name].metrics
-                        if k in MEAN_METRICS or k.startswith("halluc_")})
+        extra = sorted({k for c in plan.children if c.point == point and c.name in results
+                        for k in results[c.name].metrics if k in MEAN_METRICS or k.startswith("halluc_")})
         for metric in extra:
             values = list(_per_seed(plan, point, results, metric).values())
             row[metric] = math.fsum(values) / len(values)

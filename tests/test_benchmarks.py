@@ -25,9 +25,9 @@ def test_the_speed_benchmark_runs_both_paths_at_a_tiny_size(tmp_path):
     assert "train 30-way 1-shot (episodes/s)" in done.stdout
 
 
-def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_from_one_model(monkeypatch):
+def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_from_one_model(monkeypatch, tmp_path):
     import benchmarks.hallucination
-    from benchmarks.hallucination import markdown, replicated_study, study_plan
+    from benchmarks.hallucination import markdown, replicated_study, rows_from_logs, study_plan
     from fsl.data import load_dataset
 
     real_train, trained = benchmarks.hallucination.train, []
@@ -40,7 +40,8 @@ def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_
 
     plan = study_plan(8, seeds=(0, 1), kinds=("calibrated", "wang"), ms=(0, 2, 4), test_episodes=5,
                       image_size=16, queries=3, test_queries=3, val_episodes=3, precision="fp32")
-    result = replicated_study(plan, load_dataset("synthetic", image_size=16), device_name="cpu", log=lambda _: None)
+    lines = []
+    result = replicated_study(plan, load_dataset("synthetic", image_size=16), device_name="cpu", log=lines.append)
     children = {(c["point"], c["seed"]): c for c in result["children"]}
     assert len(children) == 2 * 5  # ProtoNet, calibrated M=2, 4, wang M=2, 4 per seed
     assert sorted(trained, key=str) == sorted([(None, 0, s) for s in (0, 1)] + [("calibrated", 4, s) for s in (0, 1)]
@@ -56,3 +57,18 @@ def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_
     assert wang["diff_vs_baseline_ci95"] == pytest.approx(12.706204736 * abs(diffs[0] - diffs[1]) / 2)
     assert 0 <= wang["halluc_spread_ratio"] and 0 <= wang["halluc_mix_weight"] <= 1
     assert "hallucinator=calibrated,M=2" in markdown(result["rows"])
+    assert json.loads(lines[-1])["environment"]["precision"] == "fp32"
+
+    # The table again from the logs of a study split over two calls (ProtoNet in both, as when
+    # a call is cut short and the rest run again), and a log that contradicts another is refused.
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    first.write_text("\n".join(lines[:6]) + "\n")
+    second.write_text("\n".join(line for line in lines[6:] if "hallucinator=none" not in line) + "\n"
+                      + "\n".join(line for line in lines if "hallucinator=none" in line) + "\n")
+    assert rows_from_logs(plan, [first, second])["rows"] == result["rows"]
+    partial = rows_from_logs(plan, [first])["rows"]
+    assert sum(r["n_seeds"] for r in partial) == 6
+    bad = json.loads(lines[0]) | {"test_acc": -1.0}
+    second.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(ValueError, match="another log"):
+        rows_from_logs(plan, [first, second])

@@ -141,6 +141,21 @@ def test_aggregate_by_hand():
     assert "diff_vs_baseline/M-0" not in metrics
 
 
+def test_aggregate_of_a_study_cut_short_pairs_only_the_seeds_both_points_have():
+    plan = sweeps.plan_sweep(WANG, {"M": [0, 10, 50]}, seeds=[0, 1, 2], baseline="M=0")
+    acc = {("M=0", 0): 60.0, ("M=0", 1): 62.0, ("M=0", 2): 64.0,
+           ("M=50", 0): 62.0, ("M=50", 1): 65.0}                      # M=50 seed 2 and all of M=10 missing
+    results = {c.name: sweeps.ChildResult("", {"test_acc": acc[c.point.name, c.seed]})
+               for c in plan.children if (c.point.name, c.seed) in acc}
+    base, m10, m50 = sweeps.aggregate(plan, results)
+    assert base["n_seeds"] == 3 and m10["n_seeds"] == 0 and "diff_vs_baseline" not in m10
+    # differences 2, 3 on seeds 0 and 1: mean 2.5, s = sqrt(1/2), half = t1 * s / sqrt(2) = t1 / 2
+    assert m50["n_seeds"] == 2 and m50["seeds"] == "0,1" and m50["test_acc"] == pytest.approx(63.5)
+    assert m50["diff_vs_baseline"] == pytest.approx(2.5)
+    assert m50["diff_vs_baseline_ci95"] == pytest.approx(T_975_DF1 / 2)
+    assert len(sweeps.child_rows(plan, results)) == 5
+
+
 def test_metric_keys_are_names_mlflow_accepts():
     assert sweeps.metric_key("hallucinator=wang,M=10") == "hallucinator-wang_M-10"
     assert sweeps.metric_key("data=/a/b.zip,lr=0.001") == "data-_a_b.zip_lr-0.001"
