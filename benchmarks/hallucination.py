@@ -24,6 +24,7 @@ import time
 import torch
 
 from fsl import sweeps
+from fsl.choices import COMPILE_MODES
 from fsl.config import TrainConfig
 from fsl.data import load_dataset
 from fsl.diagnostics import hallucination_diagnostics
@@ -220,7 +221,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sizes", default="32,84", help="image sizes (cost), comma-separated")
     parser.add_argument("--image-size", type=int, default=32, help="study: image size of the built-in data")
-    parser.add_argument("--compile", default="auto", help="study: torch.compile the step (auto: on CUDA)")
+    parser.add_argument("--compile", default="auto", choices=COMPILE_MODES,
+                        help="study: torch.compile the step (auto: on CUDA)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     if args.what == "cost":
