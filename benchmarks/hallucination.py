@@ -122,13 +122,18 @@ def study_plan(episodes: int, seeds, kinds, ms, shots: int = 1, test_episodes: i
                              baseline="M=0")
 
 
-def study(episodes: int = 2000, seeds=(0, 1, 2), kinds=("calibrated", "wang", "improved"), ms=(0, 10, 50, 100),
-          shots: int = 1, test_episodes: int = 600, device_name: str = "auto", image_size: int = 32,
-          compile: str = "auto") -> dict:
+def builtin_plan(episodes: int = 2000, seeds=(0, 1, 2), kinds=("calibrated", "wang", "improved"),
+                 ms=(0, 10, 50, 100), shots: int = 1, test_episodes: int = 600, image_size: int = 32,
+                 compile: str = "auto") -> sweeps.Plan:
+    """The M study's plan on the built-in data; `image_size` 84 gives Mini-ImageNet's shape."""
+    return study_plan(episodes, seeds, kinds, ms, shots, test_episodes, image_size=image_size, compile=compile)
+
+
+def study(device_name: str = "auto", **plan_options) -> dict:
     """The M study on the built-in data (the form of `fsl sweep ... --seeds --baseline M=0`
-    that runs on a bare GPU machine); `image_size` 84 gives Mini-ImageNet's shape."""
-    plan = study_plan(episodes, seeds, kinds, ms, shots, test_episodes, image_size=image_size, compile=compile)
-    return replicated_study(plan, load_dataset("synthetic", image_size=image_size), device_name=device_name)
+    that runs on a bare GPU machine); `plan_options` as `builtin_plan`'s."""
+    plan = builtin_plan(**plan_options)
+    return replicated_study(plan, load_dataset("synthetic", image_size=plan.base.image_size), device_name=device_name)
 
 
 def omniglot_study(episodes: int = 1000, seeds=(0, 1, 2, 3, 4), kinds=("calibrated",), ms=(0, 10, 50, 100),
@@ -231,26 +236,21 @@ def main() -> None:
     elif args.what == "table":
         result = [row for path in args.files for row in read_rows(path)]
         print(markdown(result))
-    elif args.what == "logs":
-        plan = study_plan(args.episodes or 2000, [int(v) for v in (args.seeds or "0,1,2").split(",")],
-                          tuple((args.hallucinators or "calibrated").split(",")),
-                          tuple(int(v) for v in args.ms.split(",")), args.shots, args.test_episodes,
-                          image_size=args.image_size, compile=args.compile)
-        result = rows_from_logs(plan, args.files)
-        print(markdown(result["rows"]))
     else:
-        options = {"test_episodes": args.test_episodes, "device_name": args.device,
-                   "ms": tuple(int(v) for v in args.ms.split(","))}
+        options = {"test_episodes": args.test_episodes, "ms": tuple(int(v) for v in args.ms.split(","))}
         if args.episodes:
             options["episodes"] = args.episodes
         if args.seeds:
             options["seeds"] = tuple(int(v) for v in args.seeds.split(","))
         if args.hallucinators:
             options["kinds"] = tuple(args.hallucinators.split(","))
-        if args.what == "study":
-            result = study(shots=args.shots, image_size=args.image_size, compile=args.compile, **options)
+        built_in = {"shots": args.shots, "image_size": args.image_size, "compile": args.compile}
+        if args.what == "logs":  # the child names are the grid's, so an Omniglot study's logs read the same
+            result = rows_from_logs(builtin_plan(**built_in, **options), args.files)
+        elif args.what == "study":
+            result = study(args.device, **built_in, **options)
         else:
-            result = omniglot_study(**options)
+            result = omniglot_study(device_name=args.device, **options)
         print(markdown(result["rows"]))
     if args.out:
         with open(args.out, "w") as f:

@@ -15,7 +15,7 @@ set -euo pipefail
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///m-study.db}
 STUDY=(--epochs 4 --episodes-per-epoch 500 --val-episodes 100 --test-episodes 600 --patience 0
        --no-register --no-system-metrics --experiment m-study --baseline M=0)
-OMNIGLOT=(--episodes 1000 --ms 0,10,50,100)
+OMNIGLOT=(python -m benchmarks.hallucination omniglot-study --episodes 1000)
 parts=("${@:-calibrated-1shot calibrated-5shot omniglot wang improved omniglot-wang omniglot-improved}")
 for part in ${parts[@]}; do
   case "$part" in
@@ -25,11 +25,11 @@ for part in ${parts[@]}; do
                         --param M=0,10,50,100 --seeds 0,1,2 "${STUDY[@]}" ;;
     wang|improved)    fsl sweep --method hallucinate --param hallucinator="$part" --param M=0,10,50,100 \
                         --seeds 0,1,2 "${STUDY[@]}" ;;
-    omniglot)         python -m benchmarks.hallucination omniglot-study "${OMNIGLOT[@]}" --seeds 0,1,2,3,4 \
-                        --hallucinators calibrated --out omniglot_calibrated.json ;;
+    omniglot)         "${OMNIGLOT[@]}" --ms 0,10,50,100 --seeds 0,1,2,3,4 --hallucinators calibrated \
+                        --out omniglot_calibrated.json ;;
     omniglot-wang|omniglot-improved)   # M = 100 first: the setting users run
-                      python -m benchmarks.hallucination omniglot-study --episodes 1000 --ms 0,100,10,50 \
-                        --seeds 0,1,2 --hallucinators "${part#omniglot-}" --out "${part/-/_}.json" ;;
+                      "${OMNIGLOT[@]}" --ms 0,100,10,50 --seeds 0,1,2 --hallucinators "${part#omniglot-}" \
+                        --out "${part/-/_}.json" ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done
