@@ -6,6 +6,10 @@ of distances, hallucinators and readers all read these tuples, so a choice is ad
 """
 
 DISTANCES = ("l2", "cosine", "dot")
+ENCODERS = ("conv4", "resnet12")
+AUGMENTATIONS = ("none", "omniglot", "standard")  # a bare --augment is omniglot (fsl 0.1)
+# Test-time feature transforms: cl2n centres on the base-class mean and l2-normalises (SimpleShot).
+FEATURE_TRANSFORMS = ("none", "cl2n")
 HALLUCINATORS = ("wang", "improved", "calibrated")
 # Hallucinators that do not act in training: the trained weights do not depend on M, so a sweep
 # trains one model per seed for all M and tests it at each (`fsl.sweeps.trained_twin`).

@@ -12,7 +12,8 @@ from typing import Any, Callable
 import click
 
 import fsl
-from fsl.choices import COMPILE_MODES, DISTANCES, FORMATS, HALLUCINATORS, METHODS, PRECISIONS, RESUME_LATEST, SPLITS
+from fsl.choices import (AUGMENTATIONS, COMPILE_MODES, DISTANCES, ENCODERS, FEATURE_TRANSFORMS, FORMATS, HALLUCINATORS,
+                         METHODS, PRECISIONS, RESUME_LATEST, SPLITS)
 from fsl.config import DEFAULT_HALLUCINATOR, DEFAULT_M, DEFAULTS, FIELD_TYPES, MAX_M, TrainConfig
 from fsl.errors import FslError
 
@@ -101,11 +102,37 @@ run_options = _options(
     click.option("--experiment", default=DEFAULTS.experiment, help="MLflow experiment (ignored inside `mlflow run`)."),
 )
 
+model_options = _options(
+    click.option("--encoder", type=click.Choice(ENCODERS), default=DEFAULTS.encoder,
+                 help="Backbone: conv4 (Snell et al.) or resnet12 (64-160-320-640, as in MetaOptNet and FEAT)."),
+    click.option("--encoder-width", default=DEFAULTS.encoder_width,
+                 help="Multiply the encoder's channel counts (1 = the published network; 0.25 for a quick CPU run)."),
+    click.option("--augment", type=click.Choice(AUGMENTATIONS), is_flag=False, flag_value="omniglot",
+                 default=DEFAULTS.augment, help="Training-image augmentation, batched on the device: omniglot = random "
+                 "rotation (15 deg), scale (0.9-1.1) and shift (10%) (a bare --augment); standard = random resized crop, "
+                 "horizontal flip and colour jitter (RGB photographs); none (also --no-augment)."),
+    click.option("--no-augment", "no_augment", is_flag=True, hidden=True, help="The same as --augment none."),
+    click.option("--feature-transform", type=click.Choice(FEATURE_TRANSFORMS), default=DEFAULTS.feature_transform,
+                 help="Test-time features: cl2n centres them on the base-class mean and l2-normalises them "
+                 "(SimpleShot, Wang et al. 2019); training is unchanged."),
+)
+
+pretrain_options = _options(
+    click.option("--pretrain-epochs", default=DEFAULTS.pretrain_epochs,
+                 help="First pre-train the encoder for this many epochs as a classifier over all training classes "
+                 "(fsl pretrain), then train episodically. 0 = no pre-training."),
+    click.option("--pretrain-lr", default=DEFAULTS.pretrain_lr, help="Pre-training: SGD learning rate (cosine decay)."),
+    click.option("--pretrain-batch-size", default=DEFAULTS.pretrain_batch_size, help="Pre-training: images per batch."),
+    click.option("--pretrain-weight-decay", default=DEFAULTS.pretrain_weight_decay, help="Pre-training: weight decay."),
+)
+
 training_options = _options(
     data_options,
     episode_options,
-    click.option("--augment/--no-augment", default=DEFAULTS.augment,
-                 help="Randomly rotate (15 deg), scale (0.9-1.1) and shift (10%) training images, batched on the device."),
+    model_options,
+    pretrain_options,
+    click.option("--init", default=None, help="Start from a trained model (its encoder, and its hallucinator if "
+                 "compatible): a checkpoint or an MLflow URI, e.g. the runs:/ID of an `fsl pretrain` run."),
     click.option("--distance", type=click.Choice(DISTANCES), default=DEFAULTS.distance,
                  help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper."),
     click.option("--epochs", default=DEFAULTS.epochs, help="Epochs; each ends with validation and keeps the best model."),
@@ -150,8 +177,14 @@ hallucination_options = _options(
                  "calibrated: sampled from a class distribution calibrated with base-class statistics."),
     click.option("--diversity-weight", default=DEFAULTS.diversity_weight,
                  help="Weight of the anti-collapse term (improved only)."),
-    click.option("--init", default=None, help="Start from a trained model: a checkpoint or an MLflow URI."),
 )
+
+
+def train_config(options: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a training command's options (`--no-augment` is `--augment none`)."""
+    if options.pop("no_augment", False):
+        options["augment"] = "none"
+    return TrainConfig(**options)
 
 
 def _run_options(register: bool, registered_model_name: str | None, system_metrics: bool,
@@ -187,7 +220,7 @@ def protonet(register: bool, registered_model_name: str | None, system_metrics: 
     """Train a Prototypical Network (Snell et al. 2017), then test it on --test-episodes episodes."""
     from fsl.commands.train import run_training
 
-    run_training(TrainConfig(**options), _run_options(register, registered_model_name, system_metrics, resume),
+    run_training(train_config(options), _run_options(register, registered_model_name, system_metrics, resume),
                  _reporter())
 
 
@@ -202,8 +235,40 @@ def hallucinate(register: bool, registered_model_name: str | None, system_metric
     with the hallucinator on and off on the same episodes."""
     from fsl.commands.train import run_training
 
-    run_training(TrainConfig(**options), _run_options(register, registered_model_name, system_metrics, resume),
+    run_training(train_config(options), _run_options(register, registered_model_name, system_metrics, resume),
                  _reporter())
+
+
+@cli.command(context_settings=SHOW)
+@data_options
+@model_options
+@click.option("--epochs", default=20, help="Pre-training epochs (passes over the training split).")
+@click.option("--batch-size", default=DEFAULTS.pretrain_batch_size, help="Images per batch.")
+@click.option("--lr", default=DEFAULTS.pretrain_lr, help="SGD learning rate (momentum 0.9, cosine decay to 0).")
+@click.option("--weight-decay", default=DEFAULTS.pretrain_weight_decay, help="SGD weight decay.")
+@click.option("--test-ways", default=DEFAULTS.test_ways, help="Classes per val/test episode, at least 2.")
+@click.option("--test-shots", default=1, help="Support images per class in val/test episodes.")
+@click.option("--test-queries", default=DEFAULTS.test_queries, help="Query images per class in val/test episodes.")
+@click.option("--val-episodes", default=DEFAULTS.val_episodes, help="Fixed val episodes scored after each epoch.")
+@click.option("--test-episodes", default=DEFAULTS.test_episodes, help="Test episodes of the pre-trained encoder.")
+@run_options
+@click.option("--deterministic/--no-deterministic", default=DEFAULTS.deterministic,
+              help="PyTorch's deterministic algorithms (the same seed gives the same numbers).")
+@click.option("--patience", default=DEFAULTS.patience, help="Stop after this many epochs without a better val accuracy.")
+@click.option("--register/--no-register", default=False, help="Register the pre-trained model (fsl-pretrain).")
+@click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-pretrain]")
+@click.option("--system-metrics/--no-system-metrics", default=True, help="Record CPU and memory use every 2 s.")
+@resume_option
+def pretrain(epochs: int, batch_size: int, lr: float, weight_decay: float, register: bool,
+             registered_model_name: str | None, system_metrics: bool, resume: str | None, **options: Any) -> None:
+    """Pre-train the encoder as a classifier over all training classes (cross-entropy on batches
+    of images; Chen et al. 2019), validate it by nearest prototype on the fixed val episodes after
+    each epoch, keep the best, and test it as is. Fine-tune it with `fsl protonet --init runs:/ID`."""
+    from fsl.commands.train import run_training
+
+    cfg = train_config(options | {"epochs": 0, "pretrain_epochs": epochs, "pretrain_batch_size": batch_size,
+                                  "pretrain_lr": lr, "pretrain_weight_decay": weight_decay})
+    run_training(cfg, _run_options(register, registered_model_name, system_metrics, resume), _reporter())
 
 
 def _caster(annotation: str) -> Callable[[str], Any]:
@@ -243,7 +308,7 @@ def sweep_m(values: str, seeds: str, baseline: str | None, register: bool, regis
     from fsl.sweeps import parse_seeds
 
     ms = _values(values, int)
-    run_sweep(TrainConfig(**options), {"M": ms},
+    run_sweep(train_config(options), {"M": ms},
               replace(_run_options(register, registered_model_name, system_metrics), run_name="sweep-m"),
               _reporter(), seeds=parse_seeds(seeds), baseline=baseline or ("M=0" if 0 in ms else None))
 
@@ -279,7 +344,7 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: 
             raise click.BadParameter(f"expected OPTION=V1,V2,... with a training option, got {item!r}",
                                      param_hint="--param")
         grid[key] = _values(text, _caster(FIELD_TYPES[key]))
-    run_sweep(TrainConfig(**options), grid, _run_options(register, registered_model_name, system_metrics),
+    run_sweep(train_config(options), grid, _run_options(register, registered_model_name, system_metrics),
               _reporter(), seeds=parse_seeds(seeds), baseline=baseline, shard=shard, shards=shards)
 
 

@@ -14,7 +14,8 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from fsl.choices import COMPILE_MODES, DEVICES, DISTANCES, HALLUCINATORS, PRECISIONS
+from fsl.choices import (AUGMENTATIONS, COMPILE_MODES, DEVICES, DISTANCES, ENCODERS, FEATURE_TRANSFORMS, HALLUCINATORS,
+                         PRECISIONS)
 from fsl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -37,7 +38,10 @@ class TrainConfig:
     image_size: int | None = None          # None: the data set's own size (32 for synthetic)
     channels: int | None = None            # None: inferred (greyscale trees -> 1, else 3)
     rotations: bool = False                # add 90/180/270-degree rotations as classes (Omniglot)
-    augment: bool = False                  # random rotation/scale/shift of training images, on the device
+    augment: str = "none"                  # training-image augmentation policy, on the device (fsl.data.augment)
+    encoder: str = "conv4"                 # fsl.models.encoders.ENCODERS
+    encoder_width: float = 1.0             # channel multiplier of the encoder (1 = the published network)
+    feature_transform: str = "none"        # test-time features: cl2n = centre on the base-class mean, l2-normalise
     ways: int = 5
     shots: int = 1
     queries: int = 15
@@ -66,6 +70,18 @@ class TrainConfig:
     M: int = 0
     diversity_weight: float = 0.1          # weight of the anti-collapse term (improved only)
     init: str | None = None                # start from a trained model (checkpoint or MLflow URI)
+    # Pre-training (Chen et al. 2019): a linear classifier over all training classes, on batches
+    # of images, before the episodic epochs. 0 = none; `fsl pretrain` is this with no episodes.
+    pretrain_epochs: int = 0
+    pretrain_lr: float = 0.05              # SGD with momentum 0.9, cosine decay to 0
+    pretrain_batch_size: int = 64
+    pretrain_weight_decay: float = 5e-4
+
+    def __post_init__(self) -> None:
+        # `augment` was a boolean before it named a policy: True (--augment) is `omniglot`.
+        flag = {"true": "omniglot", "1": "omniglot", "yes": "omniglot", "false": "none", "0": "none", "no": "none"}
+        if isinstance(self.augment, bool) or str(self.augment).lower() in flag:
+            object.__setattr__(self, "augment", flag[str(self.augment).lower()])
 
     @property
     def train_shape(self) -> "EpisodeShape":
@@ -82,15 +98,19 @@ class TrainConfig:
 
     @property
     def method(self) -> str:
-        return "hallucination" if self.hallucinator else "protonet"
+        if self.hallucinator:
+            return "hallucination"
+        return "pretrain" if self.epochs == 0 else "protonet"  # `fsl pretrain`: no episodic epochs
 
     def validate(self) -> None:
         """Raise UsageError naming the option for any value outside its range: before any data
         is loaded and before any run opens."""
-        for name in ("shots", "queries", "test_queries", "epochs", "episodes_per_epoch",
-                     "episodes_per_step", "val_episodes", "test_episodes", "lr_step"):
+        for name in ("shots", "queries", "test_queries", "episodes_per_epoch",
+                     "episodes_per_step", "val_episodes", "test_episodes", "lr_step", "pretrain_batch_size"):
             _at_least(name, getattr(self, name), 1)
         _at_least("patience", self.patience, 0)
+        _at_least("pretrain_epochs", self.pretrain_epochs, 0)
+        _at_least("epochs", self.epochs, 0 if self.pretrain_epochs else 1)
         # One class is no classification: loss 0 and 100% accuracy say nothing.
         _at_least("ways", self.ways, 2)
         _at_least("test_ways", self.test_ways, 2)
@@ -103,6 +123,12 @@ class TrainConfig:
             raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a positive finite number, got {self.lr}")
+        for name in ("pretrain_lr", "encoder_width"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
+        if not (math.isfinite(self.pretrain_weight_decay) and self.pretrain_weight_decay >= 0):
+            raise UsageError(f"--pretrain-weight-decay must be a finite number >= 0, got {self.pretrain_weight_decay}")
         if not (math.isfinite(self.diversity_weight) and self.diversity_weight >= 0):
             raise UsageError(f"--diversity-weight must be a finite number >= 0, got {self.diversity_weight}")
         for name in ("seed", "val_seed", "test_seed"):
@@ -112,6 +138,9 @@ class TrainConfig:
         _one_of("distance", self.distance, DISTANCES)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("compile", self.compile, COMPILE_MODES)
+        _one_of("encoder", self.encoder, ENCODERS)
+        _one_of("augment", self.augment, AUGMENTATIONS)
+        _one_of("feature_transform", self.feature_transform, FEATURE_TRANSFORMS)
         if not re.fullmatch(r"(auto|cpu|mps|cuda(:\d+)?)", self.device):
             raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
         if self.hallucinator is not None:
@@ -132,7 +161,33 @@ class TrainConfig:
         if not self.hallucinator:  # a ProtoNet run has no generator settings to record
             for key in ("hallucinator", "M", "diversity_weight"):
                 params.pop(key)
+        if not self.pretrain_epochs:  # nor a run without pre-training pre-training settings
+            for key in PRETRAIN_FIELDS:
+                params.pop(key)
+        if self.method == "pretrain":  # nor `fsl pretrain` the settings of episodic training
+            for key in EPISODIC_FIELDS:
+                params.pop(key)
         return {k: ("" if v is None else v) for k, v in params.items()}
+
+
+# The fields that only episodic training reads.
+EPISODIC_FIELDS = ("ways", "shots", "queries", "episodes_per_epoch", "episodes_per_step", "lr", "lr_step",
+                   "compile", "init")
+# The fields that only pre-training reads.
+PRETRAIN_FIELDS = ("pretrain_epochs", "pretrain_lr", "pretrain_batch_size", "pretrain_weight_decay")
+# Params added after fsl 0.1 with the value that reproduces a run made before them: at that
+# value they are left out of the run identity (`fsl.config_hash`), so `--resume` and sweep reuse
+# still find the runs made before they existed. `augment` was a boolean.
+PRE_CHANGE_PARAMS = {"encoder": "conv4", "encoder_width": 1.0, "feature_transform": "none"}
+PRE_CHANGE_AUGMENT = {"none": False, "omniglot": True}
+
+
+def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` as a run made before the new options would have logged them (see PRE_CHANGE_PARAMS)."""
+    out = {k: v for k, v in params.items() if not (k in PRE_CHANGE_PARAMS and v == PRE_CHANGE_PARAMS[k])}
+    if out.get("augment") in PRE_CHANGE_AUGMENT:
+        out["augment"] = PRE_CHANGE_AUGMENT[out["augment"]]
+    return out
 
 
 DEFAULTS = TrainConfig()

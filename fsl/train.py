@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl.config import TrainConfig
-from fsl.data.augment import random_affine
+from fsl.data.augment import AUGMENTATIONS
 from fsl.data.episodes import EpisodeSampler
 from fsl.data.store import DataSet
 from fsl.errors import FslError
@@ -66,14 +66,15 @@ class EpisodeLoss(nn.Module):
     """One episode's loss as a module, so DistributedDataParallel can wrap the whole step."""
 
     def __init__(self, model: FewShotClassifier, ways: int, diversity: float, encoder: nn.Module | None,
-                 augment: bool = False):
+                 augment: str = "none"):
         super().__init__()
-        self.model, self.ways, self.diversity, self.augment = model, ways, diversity, augment
+        self.model, self.ways, self.diversity = model, ways, diversity
+        self.policy = AUGMENTATIONS[augment]
         object.__setattr__(self, "compiled", encoder)  # shares model's weights: not a second submodule
 
     def forward(self, support: torch.Tensor, query: torch.Tensor, support_labels: torch.Tensor,
                 query_labels: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        augment = (lambda x: random_affine(x, rng)) if self.augment else None
+        augment = augmenter(self.model, self.policy, rng)
         s, q = self.model.embed_episode(support[None], query[None], self.compiled, augment)
         logits = self.model.logits_from_features(s, support_labels, q, self.ways, rng=rng)[0]
         observe = getattr(self.model.hallucinator, "observe", None)
@@ -83,6 +84,14 @@ class EpisodeLoss(nn.Module):
         if self.diversity:
             loss = loss + self.diversity * mode_seeking_loss(self.model.hallucinator, s, support_labels, self.ways, rng)
         return loss, logits
+
+
+def augmenter(model: FewShotClassifier, policy: Callable[..., torch.Tensor] | None, rng: torch.Generator
+              ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A policy of fsl.data.augment bound to the model's normalisation and a device generator."""
+    if policy is None:
+        return None
+    return lambda x: policy(x, rng, model.mean, model.std)
 
 
 class EpisodeTrainer:
@@ -105,6 +114,7 @@ class EpisodeTrainer:
         ways, shots, queries = self.shape.ways, self.shape.shots, self.shape.queries
         self.support_labels = torch.arange(ways, device=device).repeat_interleave(shots)[None]
         self.query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
+        self.samples_per_step = len(self.query_labels)  # what train accuracy is counted over
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=0.5)
         diversity = cfg.diversity_weight if cfg.hallucinator == "improved" and model.M else 0.0
@@ -189,23 +199,37 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
           on_epoch: Callable[[EpochStats], None] | None = None,
           progress: Callable[[int], None] | None = None,
           resume: dict[str, Any] | None = None) -> TrainResult:
-    """Train `model` for cfg.epochs x cfg.episodes_per_epoch steps; validate after each epoch.
+    """Train `model` for cfg.epochs x cfg.episodes_per_epoch episodic steps; validate after each epoch.
 
-    Adam at cfg.lr, halved every cfg.lr_step steps (Snell et al. 2017). Validation runs on a
-    fixed set of cfg.val_episodes val episodes (test way/shot/queries); the best epoch's weights
-    are kept, written to `checkpoint_dir/best.pt` and loaded back into the model at the end.
+    Adam at cfg.lr, halved every cfg.lr_step steps (Snell et al. 2017). The epochs, validation,
+    best-model keeping, early stopping and checkpoints are `fit`'s.
+    """
+    trainer = EpisodeTrainer(model, data.split("train").to(device), cfg, device)
+    return fit(model, trainer, data, cfg, device, epochs=cfg.epochs, steps_per_epoch=cfg.episodes_per_epoch,
+               checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, progress=progress, resume=resume)
+
+
+def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, device: torch.device, *, epochs: int,
+        steps_per_epoch: int, checkpoint_dir: Path | None = None,
+        on_epoch: Callable[[EpochStats], None] | None = None, progress: Callable[[int], None] | None = None,
+        resume: dict[str, Any] | None = None, prefix: str = "") -> TrainResult:
+    """The epochs of one training phase (episodic: `train`; pre-training: `fsl.pretrain`).
+
+    `trainer` takes the steps (`run(n)`, `state()`, `load_state()`, `scheduler`, `samples_per_step`).
+    After each epoch, validation runs on a fixed set of cfg.val_episodes val episodes (test
+    way/shot/queries, seeded by cfg.val_seed); the best epoch's weights are kept, written to
+    `checkpoint_dir/<prefix>best.pt` and loaded back into the model at the end. A model whose
+    test-time features need the base-class mean gets it from the training split first.
     With cfg.patience, training stops once val accuracy has not improved for that many epochs
     (the best epoch is in `last.pt`, so a resumed run stops where the uninterrupted one would).
-    With `checkpoint_dir`, `last.pt` is written atomically after every epoch, after `on_epoch`
-    has recorded it (so a kill between the two loses no point that a resumed run would not
-    record again): weights, optimiser, schedule, every RNG state, epoch and counters; `resume`
+    With `checkpoint_dir`, `<prefix>last.pt` is written atomically after every epoch, after
+    `on_epoch` has recorded it (so a kill between the two loses no point that a resumed run would
+    not record again): weights, optimiser, schedule, every RNG state, epoch and counters; `resume`
     is such a checkpoint to continue from.
     """
     rank, _ = world()
-    trainer = EpisodeTrainer(model, data.split("train").to(device), cfg, device)
     val_store, val_episodes = validation_episodes(data, cfg, device)
-    per_epoch = cfg.episodes_per_epoch
-    queries_per_epoch = per_epoch * len(trainer.query_labels)
+    samples_per_epoch = steps_per_epoch * trainer.samples_per_step
     best_val, best_epoch, best_state, first_epoch = -1.0, 0, None, 1
     history: list[EpochStats] = []
     if resume is not None:
@@ -216,22 +240,25 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
         history = [EpochStats(**h) for h in resume["history"]]
         first_epoch = resume["epoch"] + 1
     save = checkpoint_dir is not None and rank == 0
-    best_path = checkpoint_dir / "best.pt" if checkpoint_dir else None
+    best_path = checkpoint_dir / f"{prefix}best.pt" if checkpoint_dir else None
 
     if cfg.patience and first_epoch - 1 - best_epoch >= cfg.patience:
-        first_epoch = cfg.epochs + 1  # the interrupted run had already stopped early
-    for epoch in range(first_epoch, cfg.epochs + 1):
+        first_epoch = epochs + 1  # the interrupted run had already stopped early
+    for epoch in range(first_epoch, epochs + 1):
         started = time.perf_counter()
-        loss_sum, correct, first_bad = trainer.run(per_epoch, progress)
+        loss_sum, correct, first_bad = trainer.run(steps_per_epoch, progress)
         bad = int(first_bad)  # the one host sync of the epoch's training part
-        if bad < per_epoch:
+        if bad < steps_per_epoch:
             kept = f"the last good checkpoint is {best_path}" if best_path and best_path.exists() else \
                 "no checkpoint was written"
-            raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, episode {bad + 1} of {per_epoch}; "
-                                     f"{kept} (try a lower --lr or --precision fp32)")
+            raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, step {bad + 1} of {steps_per_epoch}"
+                                     f"{' of pre-training' if prefix else ''}; {kept} (try a lower --lr or "
+                                     f"--precision fp32)")
         _sync_buffers(model)
+        if model.needs_base_mean:
+            model.set_base_mean(base_class_mean(model, trainer.store))
         val_acc = evaluate(model, val_store, val_episodes).mean
-        stats = EpochStats(epoch, float(loss_sum) / per_epoch, float(correct) * 100 / queries_per_epoch,
+        stats = EpochStats(epoch, float(loss_sum) / steps_per_epoch, float(correct) * 100 / samples_per_epoch,
                            val_acc, trainer.scheduler.get_last_lr()[0], time.perf_counter() - started)
         history.append(stats)
         if val_acc > best_val:
@@ -242,7 +269,8 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
         if on_epoch:
             on_epoch(stats)
         if checkpoint_dir is not None:
-            _save_last(checkpoint_dir, model, trainer, epoch, best_val, best_epoch, best_state, history)
+            _save_last(checkpoint_dir / f"{prefix}last.pt", model, trainer, epoch, best_val, best_epoch, best_state,
+                       history)
         if cfg.patience and epoch - best_epoch >= cfg.patience:
             break  # early stopping: val accuracy has not improved for `patience` epochs
 
@@ -251,7 +279,21 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
     return TrainResult(model, best_val, best_epoch, history, best_path)
 
 
-def _save_last(folder: Path, model: FewShotClassifier, trainer: EpisodeTrainer, epoch: int, best_val: float,
+@torch.no_grad()
+def base_class_mean(model: FewShotClassifier, store, per_class: int = 64, batch: int = 256) -> torch.Tensor:
+    """The mean feature [D] of up to `per_class` images of every class of `store` (the first ones:
+    the same images every time), in eval mode, as SimpleShot centres its features."""
+    rows = torch.cat([(store.labels == c).nonzero().flatten()[:per_class] for c in range(store.n_classes)])
+    was_training = model.training
+    model.eval()
+    try:
+        total = sum(model.embed(store.images[rows[i:i + batch]]).sum(0) for i in range(0, len(rows), batch))
+    finally:
+        model.train(was_training)
+    return total / len(rows)
+
+
+def _save_last(path: Path, model: FewShotClassifier, trainer, epoch: int, best_val: float,
                best_epoch: int, best_state, history: list[EpochStats]) -> None:
     """Rank 0 writes the resumable checkpoint; under DDP every rank's random generators go into it."""
     import torch.distributed as dist
@@ -266,4 +308,4 @@ def _save_last(folder: Path, model: FewShotClassifier, trainer: EpisodeTrainer, 
         checkpoint = model.checkpoint() | {
             "trainer": states[0], "trainer_by_rank": states, "epoch": epoch, "best_val": best_val,
             "best_epoch": best_epoch, "best_state": best_state, "history": [asdict(h) for h in history]}
-        atomic_save(checkpoint, folder / "last.pt")
+        atomic_save(checkpoint, path)

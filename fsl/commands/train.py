@@ -19,7 +19,7 @@ import torch
 from fsl import viz
 from fsl.commands.common import (LATEST, SILENT, Reporter, RunOptions, broadcast, dataset_input, device_option,
                                  load_data, load_model, log_eval, mlflow_runs, run_tags, sigterm_as_interrupt)
-from fsl.config import TrainConfig
+from fsl.config import TrainConfig, canonical_params
 from fsl.data import DataSet
 from fsl.data.episodes import EpisodeSampler
 from fsl.diagnostics import episode_prototypes, hallucination_diagnostics
@@ -29,6 +29,7 @@ from fsl.models.classifier import FewShotClassifier
 from fsl.runtime import (atomic_save, cache_dir, digest, distributed, make_generator, process_alive, resolve_precision,
                          seed_everything, set_deterministic)
 from fsl.tracking.null import NullRuns
+from fsl.pretrain import PREFIX as PRETRAIN, check_pretraining, pretrain, pretrain_steps
 from fsl.train import train, validation_episodes
 
 
@@ -141,11 +142,17 @@ def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = R
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """A descriptive run name, e.g. `protonet-5w1s-l2` or `hallucinate-wang-M100-5w1s`."""
+    """A descriptive run name, e.g. `protonet-5w1s-l2`, `hallucinate-wang-M100-5w1s` or
+    `pretrain-resnet12-e20`; a backbone other than Conv-4 and pre-training are named too."""
     shape = f"{cfg.ways}w{cfg.shots}s"
+    encoder = "" if cfg.encoder == "conv4" and cfg.encoder_width == 1 else \
+        "-" + cfg.encoder + (f"x{cfg.encoder_width:g}" if cfg.encoder_width != 1 else "")
+    if cfg.method == "pretrain":
+        return f"pretrain{encoder or '-conv4'}-e{cfg.pretrain_epochs}"
+    stages = f"{encoder}-pre{cfg.pretrain_epochs}" if cfg.pretrain_epochs else encoder
     if cfg.hallucinator:
-        return f"hallucinate-{cfg.hallucinator}-M{cfg.M}-{shape}"
-    return f"protonet-{shape}-{cfg.distance}"
+        return f"hallucinate-{cfg.hallucinator}-M{cfg.M}-{shape}{stages}"
+    return f"protonet-{shape}-{cfg.distance}{stages}"
 
 
 def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> TrainingSetup:
@@ -163,10 +170,17 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> Tr
     EpisodeSampler(data.split("train"), cfg.train_shape, split="train")
     EpisodeSampler(data.split("val"), cfg.test_shape, split="val", option_prefix="test-")
     EpisodeSampler(data.split("test"), cfg.test_shape, split="test", option_prefix="test-")
+    if cfg.pretrain_epochs:
+        check_pretraining(cfg, data.split("train"))
     seed_everything(cfg.seed)
     set_deterministic(cfg.deterministic)
-    model = FewShotClassifier.for_data(data, precision=precision, distance=cfg.distance,
-                                       hallucinator=cfg.hallucinator, M=cfg.M)
+    try:
+        model = FewShotClassifier.for_data(data, precision=precision, distance=cfg.distance,
+                                           hallucinator=cfg.hallucinator, M=cfg.M, encoder=cfg.encoder,
+                                           encoder_width=cfg.encoder_width,
+                                           feature_transform=cfg.feature_transform)
+    except ValueError as exc:  # e.g. an encoder that cannot take this image size
+        raise UsageError(f"--encoder {cfg.encoder}: {exc}") from None
     if cfg.init:
         _initialise_from(model, cfg.init)
     model.place(device)
@@ -187,10 +201,11 @@ def config_hash(params: dict[str, Any]) -> str:
     """The `fsl.config_hash` tag: a digest of the params that decide what is trained, including
     what `auto` resolved to (device, precision, image size). It leaves out the experiment and the
     library versions and thread count, so `--resume` and a restarted sweep still find a run after
-    an upgrade or on another thread count; sorted JSON, sha256."""
+    an upgrade or on another thread count, and options added since at the value that reproduces
+    the older runs (`fsl.config.canonical_params`); sorted JSON, sha256."""
     from fsl.provenance import ENVIRONMENT_KEYS
 
-    key = {k: v for k, v in params.items() if k != "experiment" and k not in ENVIRONMENT_KEYS}
+    key = {k: v for k, v in canonical_params(params).items() if k != "experiment" and k not in ENVIRONMENT_KEYS}
     return digest(json.dumps(key, sort_keys=True, default=str).encode())
 
 
@@ -200,15 +215,22 @@ def _initialise_from(model: FewShotClassifier, spec: str) -> None:
         source = load_model(spec)
     except UsageError as exc:
         raise UsageError(f"--init {spec}: not a model ({exc})") from exc
-    if source.feature_dim != model.feature_dim or source.config["channels"] != model.config["channels"]:
-        raise UsageError(
-            f"--init {spec}: incompatible model: it makes {source.feature_dim}-d features from "
-            f"{source.config['channels']}-channel {source.config['image_size']}px images, this run needs "
-            f"{model.feature_dim}-d from {model.config['channels']}-channel {model.config['image_size']}px")
+    mine, theirs = _encoder_identity(model), _encoder_identity(source)
+    if mine != theirs:
+        raise UsageError(f"--init {spec}: incompatible model: it is {theirs}, this run needs {mine}")
     model.encoder.load_state_dict(source.encoder.state_dict())
     if model.hallucinator is not None and source.hallucinator is not None and \
             type(source.hallucinator) is type(model.hallucinator):
         model.hallucinator.load_state_dict(source.hallucinator.state_dict())
+
+
+def _encoder_identity(model: FewShotClassifier) -> str:
+    """What must match to copy one model's encoder weights into another, as a user reads it."""
+    from fsl.models.classifier import config_value
+
+    width = config_value(model.config, "encoder_width")
+    return (f"{model.config['encoder']}{f' x{width:g}' if width != 1 else ''} on {model.config['channels']}-channel "
+            f"{model.config['image_size']}px images ({model.feature_dim}-d features)")
 
 
 def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resume_id: str | None,
@@ -223,12 +245,20 @@ def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resum
         reporter.echo(f"epoch {stats.epoch}/{cfg.epochs}: loss {stats.train_loss:.4f}, train {stats.train_acc:.2f}%, "
                       f"val {stats.val_acc:.2f}% ({stats.seconds:.1f} s)")
 
-    resume_state = _load_last(checkpoints / "last.pt") if resume_id else None
-    with reporter.progress(cfg.epochs * cfg.episodes_per_epoch, "training episodes") as advance:
-        if resume_state:
-            advance(resume_state["epoch"] * cfg.episodes_per_epoch)
-        result = train(model, data, cfg, setup.device, checkpoint_dir=checkpoints, on_epoch=on_epoch,
-                       progress=advance, resume=resume_state)
+    resume_state = _load_last(checkpoints / "last.pt") if resume_id and (checkpoints / "last.pt").exists() else None
+    result = None
+    if cfg.pretrain_epochs and resume_state is None:  # a resumed episodic phase had finished pre-training
+        result = _pretrain_phase(setup, tracker, checkpoints, resume_id, reporter)
+    if cfg.epochs:
+        with reporter.progress(cfg.epochs * cfg.episodes_per_epoch, "training episodes") as advance:
+            if resume_state:
+                advance(resume_state["epoch"] * cfg.episodes_per_epoch)
+            result = train(model, data, cfg, setup.device, checkpoint_dir=checkpoints, on_epoch=on_epoch,
+                           progress=advance, resume=resume_state)
+    assert result is not None and result.best_checkpoint is not None  # validate(): epochs >= 1 unless pre-training
+    if result.best_checkpoint.name != "best.pt":  # `fsl pretrain`: its model is the run's model, under the usual name
+        shutil.copy(result.best_checkpoint, checkpoints / "best.pt")
+        result.best_checkpoint = checkpoints / "best.pt"
     tracker.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
     tracker.log_artifact(result.best_checkpoint, "checkpoints")
     with tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
@@ -236,6 +266,29 @@ def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resum
         test, plain = _test(setup, tracker, reporter, Path(workdir))
     _tag_and_register(setup, tracker, result.best_checkpoint, result.best_val_acc, options, reporter)
     return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params)
+
+
+def _pretrain_phase(setup: TrainingSetup, tracker, checkpoints: Path, resume_id: str | None, reporter: Reporter):
+    """Pre-train the encoder (fsl.pretrain); its epochs are logged as `pretrain_*` metrics."""
+    cfg = setup.cfg
+
+    def on_epoch(stats) -> None:
+        tracker.log_metrics({f"{PRETRAIN}train_loss": stats.train_loss, f"{PRETRAIN}train_acc": stats.train_acc,
+                             f"{PRETRAIN}val_acc": stats.val_acc, f"{PRETRAIN}learning_rate": stats.lr,
+                             f"{PRETRAIN}epoch_seconds": stats.seconds}, step=stats.epoch)
+        reporter.echo(f"pre-training epoch {stats.epoch}/{cfg.pretrain_epochs}: loss {stats.train_loss:.4f}, "
+                      f"train {stats.train_acc:.2f}%, val {stats.val_acc:.2f}% ({stats.seconds:.1f} s)")
+
+    last = checkpoints / f"{PRETRAIN}last.pt"
+    resume_state = _load_last(last) if resume_id and last.exists() else None
+    steps_per_epoch = pretrain_steps(cfg, setup.data.split("train")) // cfg.pretrain_epochs
+    with reporter.progress(cfg.pretrain_epochs * steps_per_epoch, "pre-training batches") as advance:
+        if resume_state:
+            advance(resume_state["epoch"] * steps_per_epoch)
+        result = pretrain(setup.model, setup.data, cfg, setup.device, checkpoint_dir=checkpoints, on_epoch=on_epoch,
+                          progress=advance, resume=resume_state)
+    tracker.log_metrics({f"{PRETRAIN}best_val_acc": result.best_val_acc, f"{PRETRAIN}best_epoch": result.best_epoch})
+    return result
 
 
 def _tag_and_register(setup: TrainingSetup, tracker, checkpoint: Path, best_val: float, options: RunOptions,
@@ -319,7 +372,8 @@ def _resume_target(runs, cfg: TrainConfig, config_hash: str, params: dict[str, A
     this configuration with a `last.pt` on this machine, whatever its status. A run whose
     process still lives on this host is never taken over."""
     def has_checkpoint(run_id: str) -> bool:
-        return (cache_dir() / "runs" / run_id / "last.pt").exists()
+        folder = cache_dir() / "runs" / run_id
+        return (folder / "last.pt").exists() or (folder / f"{PRETRAIN}last.pt").exists()
 
     if which != LATEST:
         record = runs.run_record(which)
@@ -338,7 +392,7 @@ def _resume_target(runs, cfg: TrainConfig, config_hash: str, params: dict[str, A
                              f"configuration: {_differences(unfinished[0].params, params)}")
     if not candidates or not has_checkpoint(candidates[0].run_id):
         raise UsageError(f"--resume: no interrupted run of this configuration with a checkpoint "
-                         f"(last.pt) on this machine in experiment {cfg.experiment!r}")
+                         f"(last.pt or {PRETRAIN}last.pt) on this machine in experiment {cfg.experiment!r}")
     target = candidates[0]
     if target.status == "RUNNING" and process_alive(target.host, target.pid):
         raise UsageError(f"--resume: run {target.run_id} is still running (pid {target.pid} on this host); "

@@ -1,8 +1,13 @@
-"""Training-time augmentation on the device, batched: no PIL, no per-image Python."""
+"""Training-time augmentation on the device, batched: no PIL, no per-image Python.
+
+`AUGMENTATIONS` names the `--augment` policies: `omniglot` (small affine jitter of strokes),
+`standard` (random resized crop, flip and colour jitter, for RGB photographs) and `none`.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,3 +31,80 @@ def random_affine(x: torch.Tensor, rng: torch.Generator | None, max_shift: float
                          torch.stack([sin, cos, uniform(-max_shift, max_shift) * 2], -1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_resized_crop_flip(x: torch.Tensor, rng: torch.Generator | None, scale: tuple[float, float] = (0.35, 1.0),
+                             ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per image: a random crop of `scale` of the area with aspect in `ratio`, resized back to the
+    full side, and a horizontal flip with probability 1/2. x: float [B, C, H, W] -> [B, C, H, W].
+
+    One affine resampling does both (bilinear, borders replicated), so the batch stays on the
+    device. The smallest share is 0.35, not torchvision's 0.08: few-shot images are 32-84 px.
+    """
+    b = x.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(b, generator=rng, device=x.device)
+
+    area = uniform(*scale)
+    aspect = torch.exp(uniform(math.log(ratio[0]), math.log(ratio[1])))
+    width = (area * aspect).sqrt().clamp(max=1.0)      # crop side over image side, in [0, 1]
+    height = (area / aspect).sqrt().clamp(max=1.0)
+    flip = torch.where(torch.rand(b, generator=rng, device=x.device) < 0.5, -1.0, 1.0)
+    centre_x = uniform(-1, 1) * (1 - width)            # the crop stays inside the image
+    centre_y = uniform(-1, 1) * (1 - height)
+    zero = torch.zeros_like(width)
+    theta = torch.stack([torch.stack([width * flip, zero, centre_x], -1),
+                         torch.stack([zero, height, centre_y], -1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def colour_jitter(x: torch.Tensor, rng: torch.Generator | None, brightness: float = 0.4, contrast: float = 0.4,
+                  saturation: float = 0.4) -> torch.Tensor:
+    """Random brightness, contrast and saturation factors in [1 - v, 1 + v] per image, in that
+    order, as torchvision's ColorJitter (without hue). x: float [B, C, H, W] in [0, 1] -> same.
+    Saturation acts on 3-channel images only."""
+    b = x.shape[0]
+
+    def factor(v: float) -> torch.Tensor:
+        return (1 - v + 2 * v * torch.rand(b, generator=rng, device=x.device)).view(b, 1, 1, 1).to(x.dtype)
+
+    def grey(t: torch.Tensor) -> torch.Tensor:
+        if t.shape[1] != 3:
+            return t
+        weights = torch.tensor([0.299, 0.587, 0.114], device=t.device, dtype=t.dtype).view(1, 3, 1, 1)
+        return (t * weights).sum(1, keepdim=True)
+
+    x = (x * factor(brightness)).clamp(0, 1)
+    mean = grey(x).mean((1, 2, 3), keepdim=True)
+    x = ((x - mean) * factor(contrast) + mean).clamp(0, 1)
+    s = factor(saturation)  # drawn for every image, so the stream does not depend on the channels
+    if x.shape[1] == 3:
+        g = grey(x)
+        x = ((x - g) * s + g).clamp(0, 1)
+    return x
+
+
+def standard_augment(x: torch.Tensor, rng: torch.Generator | None, mean: torch.Tensor,
+                     std: torch.Tensor) -> torch.Tensor:
+    """The RGB recipe of Chen et al. 2019 and Tian et al. 2020: random resized crop, horizontal
+    flip, colour jitter. x: normalised float [B, C, H, W]; mean, std: [1, C, 1, 1], the model's
+    normalisation, undone for the jitter (which acts on [0, 1] pixels) and applied again."""
+    x = random_resized_crop_flip(x, rng)
+    return (colour_jitter(x * std + mean, rng) - mean) / std
+
+
+def omniglot_augment(x: torch.Tensor, rng: torch.Generator | None, mean: torch.Tensor,
+                     std: torch.Tensor) -> torch.Tensor:
+    """Small random rotation, scale and shift (the `--augment` of fsl 0.1: Omniglot strokes).
+    Geometric only, so it acts on the normalised batch as it is."""
+    return random_affine(x, rng)
+
+
+# `--augment` policies: (normalised batch, device generator, mean, std) -> augmented batch.
+AUGMENTATIONS: dict[str, Callable[..., torch.Tensor] | None] = {
+    "none": None,
+    "omniglot": omniglot_augment,
+    "standard": standard_augment,
+}

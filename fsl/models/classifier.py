@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsl.choices import FEATURE_TRANSFORMS
 from fsl.models.distances import DISTANCES, logits as distance_logits, prototypes
-from fsl.models.encoders import ENCODERS
+from fsl.models.encoders import ENCODERS, build_encoder
 from fsl.models.hallucinator import HALLUCINATORS, hallucinate
 from fsl.runtime import autocast, make_generator
 
@@ -35,15 +36,33 @@ class Prediction(NamedTuple):
 
 def model_config(*, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float],
                  distance: str = "l2", precision: str = "fp32", encoder: str = "conv4",
+                 encoder_width: float = 1.0, feature_transform: str = "none",
                  hallucinator: str | None = None, M: int = 0) -> dict[str, Any]:
-    """The plain dict that rebuilds a model: it is saved in every checkpoint and logged model."""
+    """The plain dict that rebuilds a model: it is saved in every checkpoint and logged model.
+
+    Keys added after fsl 0.1 (`encoder_width`, `feature_transform`) are read with their
+    pre-change defaults (`config_value`), so older checkpoints and pickles still load."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
+    if feature_transform not in FEATURE_TRANSFORMS:
+        raise ValueError(f"unknown feature transform {feature_transform!r}; choose from {', '.join(FEATURE_TRANSFORMS)}")
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; choose from {sorted(DISTANCES)}")
     if hallucinator is not None and hallucinator not in HALLUCINATORS:
         raise ValueError(f"unknown hallucinator {hallucinator!r}; choose from {sorted(HALLUCINATORS)}")
     return {"encoder": encoder, "image_size": int(image_size), "channels": int(channels),
             "mean": [float(v) for v in mean], "std": [float(v) for v in std], "distance": distance,
-            "precision": precision, "hallucinator": hallucinator, "hallucinations": int(M)}  # saved key: M
+            "precision": precision, "hallucinator": hallucinator, "hallucinations": int(M),  # saved key: M
+            "encoder_width": float(encoder_width), "feature_transform": feature_transform}
+
+
+# Defaults of the config keys that models saved before them lack.
+CONFIG_DEFAULTS = {"encoder_width": 1.0, "feature_transform": "none"}
+
+
+def config_value(config: dict[str, Any], key: str) -> Any:
+    """A model config's value, with the pre-change default for keys older models lack."""
+    return config.get(key, CONFIG_DEFAULTS[key])
 
 
 class FewShotClassifier(nn.Module):
@@ -56,20 +75,35 @@ class FewShotClassifier(nn.Module):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         self.config = copy.deepcopy(config)
-        self.encoder = ENCODERS[config["encoder"]](config["channels"], config["image_size"])
+        self.encoder = build_encoder(config["encoder"], config["channels"], config["image_size"],
+                                     config_value(config, "encoder_width"))
         kind = config.get("hallucinator")
         self.hallucinator = HALLUCINATORS[kind](self.encoder.out_dim) if kind else None
         self.register_buffer("mean", torch.tensor(config["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config["std"]).view(1, -1, 1, 1), persistent=False)
+        if config_value(config, "feature_transform") == "cl2n":
+            # The base-class feature mean: saved with the weights, set by `set_base_mean`.
+            self.register_buffer("base_mean", torch.zeros(self.encoder.out_dim))
 
     @classmethod
     def for_data(cls, data, *, precision: str = "fp32", distance: str = "l2", hallucinator: str | None = None,
-                 M: int = 0) -> "FewShotClassifier":
+                 M: int = 0, encoder: str = "conv4", encoder_width: float = 1.0,
+                 feature_transform: str = "none") -> "FewShotClassifier":
         """A new model for a `DataSet`: its input size, channels and train-split normalisation."""
         mean, std = data.channel_stats()
         return cls(model_config(image_size=data.image_size, channels=data.channels, mean=mean, std=std,
-                                distance=distance, precision=precision, hallucinator=hallucinator,
-                                M=M if hallucinator else 0))
+                                distance=distance, precision=precision, encoder=encoder,
+                                encoder_width=encoder_width, feature_transform=feature_transform,
+                                hallucinator=hallucinator, M=M if hallucinator else 0))
+
+    @property
+    def needs_base_mean(self) -> bool:
+        """Whether the test-time features need the base-class mean of the current encoder."""
+        return hasattr(self, "base_mean")
+
+    def set_base_mean(self, mean: torch.Tensor) -> None:
+        """mean: float [D], the mean feature of the base (training) classes under this encoder."""
+        self.base_mean.copy_(mean.to(self.base_mean))
 
     @property
     def feature_dim(self) -> int:
@@ -163,7 +197,16 @@ class FewShotClassifier(nn.Module):
             real_counts = torch.nn.functional.one_hot(labels, ways).sum(-2)
             protos = self.hallucinator.combine(protos, prototypes(fake, fake_labels, ways), real_counts,
                                                fake.shape[-2] // ways)
+        if self.needs_base_mean and not self.training:
+            protos, queries = self.centre_and_normalise(protos), self.centre_and_normalise(queries)
         return distance_logits(queries, protos, self.config["distance"])
+
+    def centre_and_normalise(self, features: torch.Tensor) -> torch.Tensor:
+        """SimpleShot's CL2N (Wang et al. 2019): [..., D] -> (f - base mean) / |f - base mean|.
+
+        Applied at test time to the final prototypes (after any hallucination, which works on raw
+        features) and to the queries; training is a plain ProtoNet's."""
+        return F.normalize(features - self.base_mean, dim=-1)
 
     def hallucinate_support(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
                             M: int | None = None, rng: torch.Generator | None = None
@@ -236,9 +279,12 @@ class FewShotClassifier(nn.Module):
         return model
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Models pickled by fsl 0.1.0 (registered PyTorch models) hold their hallucinator as the
-        submodule `generator`."""
+        """Models pickled by fsl 0.1.0 (registered PyTorch models) skip `__init__`: they hold their
+        hallucinator as the submodule `generator`, and their config lacks the keys added since
+        (CONFIG_DEFAULTS), which get the defaults that reproduce them."""
         modules = state.get("_modules", {})
+        state.setdefault("config", {}).update(
+            {k: v for k, v in CONFIG_DEFAULTS.items() if k not in state["config"]})
         if "generator" in modules:
             modules["hallucinator"] = modules.pop("generator")
         super().__setstate__(state)

@@ -1,11 +1,34 @@
-"""Feature extractors. Conv-4 is the backbone of Snell et al. (2017) and of most few-shot papers."""
+"""Feature extractors: images [B, C, S, S] -> features [B, out_dim].
+
+`ENCODERS` is the one registry: the `--encoder` choices, the checkpoint's `encoder` key and the
+model's constructor all read it, so a new backbone is one class here plus one line in it. Every
+encoder takes (in_channels, image_size, width) and sets `out_dim`; `width` multiplies every
+channel count (1.0 is the published network; CI trains the same classes at 0.25).
+
+- `conv4`: the backbone of Snell et al. (2017) and of most few-shot papers.
+- `resnet12`: the 4-stage ResNet-12 of TADAM, MetaOptNet, FEAT and Meta-Baseline, 64-160-320-640
+  channels, leaky ReLU, max-pool per stage, global average pooling.
+"""
 
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+MIN_IMAGE_SIZE = 16  # both encoders halve the input four times
+
+
+def scaled(channels: int, width: float) -> int:
+    """A channel count under a width multiplier, never below 1."""
+    return max(1, round(channels * width))
+
+
+def _check_size(name: str, image_size: int) -> None:
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"{name} needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}, got {image_size}")
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -21,21 +44,100 @@ class Conv4(nn.Module):
     """Four blocks of conv3x3(pad 1) -> BatchNorm -> ReLU -> max-pool 2, flattened.
 
     [B, C, S, S] -> [B, out_dim] with out_dim = hidden * (S // 16)^2 after four floor-halvings:
-    84 -> 1600, 32 -> 256, 28 -> 64.
+    84 -> 1600, 32 -> 256, 28 -> 64 (hidden = 64 x width).
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 84, hidden: int = 64) -> None:
+    def __init__(self, in_channels: int = 3, image_size: int = 84, width: float = 1.0, hidden: int = 64) -> None:
         super().__init__()
+        _check_size("Conv-4", image_size)
+        hidden = scaled(hidden, width)
         self.blocks = nn.Sequential(*(conv_block(in_channels if i == 0 else hidden, hidden) for i in range(4)))
         side = image_size
         for _ in range(4):
             side //= 2
-        if side < 1:
-            raise ValueError(f"Conv-4 needs images of at least 16x16, got {image_size}")
         self.out_dim = hidden * side * side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x).flatten(1)
 
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4}
+class DropBlock(nn.Module):
+    """DropBlock (Ghiasi et al. 2018): drops square blocks of a feature map in training.
+
+    `drop_rate` is the share of units dropped; 0 makes it the identity. The kept units are
+    rescaled so that the expected activation is unchanged. Uses the global random generator.
+    """
+
+    def __init__(self, drop_rate: float = 0.0, block_size: int = 5) -> None:
+        super().__init__()
+        self.drop_rate, self.block_size = drop_rate, block_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_rate <= 0:
+            return x
+        side = x.shape[-1]
+        block = min(self.block_size, side)
+        valid = max(side - block + 1, 1)
+        gamma = self.drop_rate / block ** 2 * side ** 2 / valid ** 2
+        centres = (torch.rand(x.shape[0], x.shape[1], valid, valid, device=x.device) < gamma).to(x.dtype)
+        pad = block - 1
+        mask = 1 - F.max_pool2d(F.pad(centres, (pad, pad, pad, pad)), block, stride=1)[..., :side, :side]
+        return x * mask * (mask.numel() / mask.sum().clamp_min(1.0))
+
+
+class ResidualStage(nn.Module):
+    """3 x (conv3x3 -> BN -> leaky ReLU 0.1), the last without its ReLU, plus a 1x1 conv + BN
+    shortcut; then leaky ReLU, max-pool 2 and DropBlock. [B, Ci, S, S] -> [B, Co, S//2, S//2]."""
+
+    def __init__(self, in_channels: int, out_channels: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(3):
+            layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(out_channels)]
+            if i < 2:
+                layers.append(nn.LeakyReLU(0.1))
+        self.body = nn.Sequential(*layers)
+        self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.pool = nn.MaxPool2d(2)
+        self.drop = DropBlock(drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.pool(F.leaky_relu(self.body(x) + self.shortcut(x), 0.1)))
+
+
+class ResNet12(nn.Module):
+    """The standard few-shot ResNet-12: four residual stages of 64-160-320-640 channels (times
+    `width`), each halving the side, then global average pooling.
+
+    [B, C, S, S] -> [B, out_dim], out_dim = 640 x width whatever S (>= 16). `drop_rate` > 0 adds
+    DropBlock to the last two stages (off by default: it needs long schedules to pay).
+    """
+
+    CHANNELS = (64, 160, 320, 640)
+
+    def __init__(self, in_channels: int = 3, image_size: int = 84, width: float = 1.0,
+                 drop_rate: float = 0.0) -> None:
+        super().__init__()
+        _check_size("ResNet-12", image_size)
+        widths = [scaled(c, width) for c in self.CHANNELS]
+        ins = [in_channels, *widths[:-1]]
+        self.stages = nn.Sequential(*(ResidualStage(i, o, drop_rate if k >= 2 else 0.0)
+                                      for k, (i, o) in enumerate(zip(ins, widths))))
+        self.out_dim = widths[-1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x).mean((-2, -1))
+
+
+ENCODERS: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12}
+
+
+def build_encoder(name: str, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    """The registered encoder `name`; raises ValueError naming the choices for an unknown one."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
+    return ENCODERS[name](in_channels, image_size, width)

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The replicated, paired recipe study of issue 18 (BENCHMARKS.md §6): each step of the recipe
+# (pre-training, test-time CL2N features, augmentation, episodic fine-tuning) on the built-in
+# data, 5-way 1-shot at 32 px, 3 seeds, the same 600 test episodes, fp32. A rerun skips the
+# children that already FINISHED in the experiment (the config hash), so parts share runs.
+#
+#   bash benchmarks/recipes.sh [PART...]
+#   parts: pretrain-only finetune
+#
+# pretrain-only: `fsl pretrain` (10 epochs) tested as is, with and without CL2N and the standard
+#                augmentation, paired against no augmentation.
+# finetune:      today's ProtoNet (2,000 episodes) with and without 10 epochs of pre-training
+#                first, with and without CL2N, paired against no pre-training.
+# `python -m benchmarks.recipes table` pairs every child with today's ProtoNet seed by seed.
+#
+# Runs in its own tracking store (./recipes.db, artifacts in ./mlruns) with --no-register.
+set -euo pipefail
+export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///recipes.db}
+STUDY=(--epochs 4 --episodes-per-epoch 500 --val-episodes 100 --test-episodes 600 --patience 0 --precision fp32
+       --seeds 0,1,2 --no-register --no-system-metrics --experiment recipes)
+parts=("${@:-pretrain-only finetune}")
+for part in ${parts[@]}; do
+  case "$part" in
+    pretrain-only) fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --param feature_transform=none,cl2n \
+                     --param augment=none,standard --baseline augment=none ;;
+    finetune)      fsl sweep "${STUDY[@]}" --param pretrain_epochs=0,10 --param feature_transform=none,cl2n \
+                     --baseline pretrain_epochs=0 ;;
+    *) echo "unknown part $part" >&2; exit 2 ;;
+  esac
+done
