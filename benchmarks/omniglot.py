@@ -37,7 +37,10 @@ def unseen_split_file(archive: Path, out: Path) -> Path:
 
 
 def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 5, seed: int = 0,
-        device: str = "auto", workdir: Path | None = None, augment: bool = False) -> dict:
+        device: str = "auto", workdir: Path | None = None, augment: bool | str = False, pretrain_epochs: int = 0,
+        feature_transform: str = "none", encoder: str = "conv4", encoder_width: float = 1.0) -> dict:
+    """Train (pre-training for `pretrain_epochs`, then `steps` episodes; either may be 0) and test
+    on the unseen alphabets; a JSON-able summary."""
     from fsl.config import TrainConfig
     from fsl.data.episodes import EpisodeShape
     from fsl.data.readers import ReadOptions, read
@@ -60,15 +63,25 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     per_epoch = max(1, steps // 10)
     cfg = TrainConfig(ways=ways, shots=1, queries=queries, test_ways=20, test_shots=1, test_queries=5,
                       epochs=steps // per_epoch, episodes_per_epoch=per_epoch, val_episodes=100,
-                      lr_step=max(1, steps // 2), seed=seed, augment=augment)
+                      lr_step=max(1, steps // 2), seed=seed, augment=augment, pretrain_epochs=pretrain_epochs,
+                      feature_transform=feature_transform, encoder=encoder, encoder_width=encoder_width)
+    cfg.validate()
     seed_everything(seed)
-    model = FewShotClassifier.for_data(background, precision=precision).place(dev)
+    model = FewShotClassifier.for_data(background, precision=precision, encoder=encoder, encoder_width=encoder_width,
+                                       feature_transform=feature_transform).place(dev)
     t0 = time.perf_counter()
-    result = train(model, background, cfg, dev)
+    if pretrain_epochs:
+        from fsl.pretrain import pretrain
+
+        result = pretrain(model, background, cfg, dev)
+    if steps:
+        result = train(model, background, cfg, dev)
     trained = time.perf_counter() - t0
     test = unseen.split("test").to(dev)
     out = {"train_classes": background.split("train").n_classes, "test_classes": test.n_classes,
-           "steps": cfg.epochs * cfg.episodes_per_epoch, "train_shape": str(cfg.train_shape), "augment": augment,
+           "steps": cfg.epochs * cfg.episodes_per_epoch, "train_shape": str(cfg.train_shape), "augment": cfg.augment,
+           "pretrain_epochs": pretrain_epochs, "feature_transform": feature_transform, "encoder": encoder,
+           "encoder_width": encoder_width,
            "best_val_acc_20way": result.best_val_acc, "device": str(dev), "precision": precision,
            "load_seconds": round(loaded, 1), "train_seconds": round(trained, 1)}
     for way in (5, 20):
@@ -85,11 +98,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--episodes", type=int, default=1000)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--augment", action="store_true", help="random rotation/scale/shift in training")
+    parser.add_argument("--augment", nargs="?", const="omniglot", default="none",
+                        help="augmentation policy (a bare --augment: omniglot, random rotation/scale/shift)")
+    parser.add_argument("--pretrain-epochs", type=int, default=0, help="pre-train the encoder first (fsl.pretrain)")
+    parser.add_argument("--feature-transform", default="none", help="test-time features: none or cl2n")
+    parser.add_argument("--encoder", default="conv4")
+    parser.add_argument("--encoder-width", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if not OMNIGLOT.exists():
         raise SystemExit(f"{OMNIGLOT} is absent: this check needs the shared Omniglot zips")
-    print(json.dumps(run(args.steps, args.episodes, device=args.device, augment=args.augment), indent=2))
+    print(json.dumps(run(args.steps, args.episodes, seed=args.seed, device=args.device, augment=args.augment,
+                         pretrain_epochs=args.pretrain_epochs, feature_transform=args.feature_transform,
+                         encoder=args.encoder, encoder_width=args.encoder_width), indent=2))
 
 
 if __name__ == "__main__":

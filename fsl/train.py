@@ -251,9 +251,9 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
         if bad < steps_per_epoch:
             kept = f"the last good checkpoint is {best_path}" if best_path and best_path.exists() else \
                 "no checkpoint was written"
-            raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, step {bad + 1} of {steps_per_epoch}"
-                                     f"{' of pre-training' if prefix else ''}; {kept} (try a lower --lr or "
-                                     f"--precision fp32)")
+            step = "pre-training batch" if prefix else "episode"
+            raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, {step} {bad + 1} of {steps_per_epoch}; "
+                                     f"{kept} (try a lower --lr or --precision fp32)")
         _sync_buffers(model)
         if model.needs_base_mean:
             model.set_base_mean(base_class_mean(model, trainer.store))

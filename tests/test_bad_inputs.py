@@ -201,6 +201,25 @@ ROWS = [
                                                                            "48", "--hallucinator", "wang"]),
                                                              {"FILE_SIZE_LIMIT": 3 * 2**20}),
                  1, "cannot write", marks=pytest.mark.slow, id="disk-full-checkpoint"),
+    # --- backbones and pre-training (issue 18)
+    ("encoder-unknown", cli_args("protonet", *TINY, "--encoder", "vgg"), 2, "'vgg' is not one of 'conv4', 'resnet12'"),
+    ("encoder-width-0", cli_args("protonet", *TINY, "--encoder-width", "0"), 2,
+     "--encoder-width must be a positive finite number"),
+    ("init-another-encoder", lambda tmp, ckpt: (["protonet", *TINY, "--encoder", "resnet12", "--encoder-width", "0.25",
+                                                 "--init", str(ckpt)], None), 2,
+     "it is conv4 on 3-channel 16px images (64-d features), this run needs resnet12 x0.25 on 3-channel 16px"),
+    ("init-another-image-size", lambda tmp, ckpt: (["protonet", *TINY[2:], "--image-size", "20", "--init", str(ckpt)],
+                                                   None), 2, "this run needs conv4 on 3-channel 20px images"),
+    ("init-another-channel-count", lambda tmp, ckpt: (["protonet", *TINY, "--data", str(_split_tree(tmp)),
+                                                       "--channels", "1", "--init", str(ckpt)], None), 2, "this run needs conv4 on 1-channel 16px images"),
+    ("pretrain-one-class", lambda tmp, ckpt: (["pretrain", "--data", str(_one_training_class(tmp)), "--epochs", "1",
+                                               "--test-ways", "2", "--test-queries", "1"], None), 2,
+     "pre-training needs at least 2 training classes, the data set has 1"),
+    ("pretrain-batch-too-large", cli_args("pretrain", "--image-size", "16", "--batch-size", "100000"), 2,
+     "--pretrain-batch-size 100000 is larger than the training set (3840 images)"),
+    ("pretrain-epochs-negative", cli_args("pretrain", "--image-size", "16", "--epochs", "-1"), 2,
+     "--pretrain-epochs must be at least 0"),
+    ("epochs-0-without-pretraining", cli_args("protonet", *TINY, "--epochs", "0"), 2, "--epochs must be at least 1"),
     # --- registry
     ("register-a-failed-run", lambda tmp, ckpt: (["register", "--run-id", failed_run(tmp)], None), 2, "is FAILED"),
 ]
@@ -229,6 +248,19 @@ def _with_link(root: Path, name: str, target: str) -> Path:
 def _train_and_test_only(tmp: Path) -> Path:
     image_tree(tmp / "d" / "train")
     image_tree(tmp / "d" / "test")
+    return tmp / "d"
+
+
+def _split_tree(tmp: Path) -> Path:
+    for split in ("train", "val", "test"):
+        image_tree(tmp / "d" / split, classes=5)
+    return tmp / "d"
+
+
+def _one_training_class(tmp: Path) -> Path:
+    image_tree(tmp / "d" / "train", classes=1)
+    image_tree(tmp / "d" / "val", classes=2)
+    image_tree(tmp / "d" / "test", classes=2)
     return tmp / "d"
 
 

@@ -26,7 +26,7 @@ def option_feeding(command: str, parameter: str) -> str:
     return words[index - 1]
 
 
-@pytest.mark.parametrize("name", ["main", "protonet", "hallucinate", "sweep_m"])
+@pytest.mark.parametrize("name", ["main", "protonet", "hallucinate", "sweep_m", "pretrain"])
 def test_every_entry_point_parameter_defaults_to_its_cli_option_default(name):
     entry = entry_points()[name]
     words = shlex.split(entry.command)
@@ -56,9 +56,13 @@ def test_main_is_protonet():
 def test_registries_name_exactly_the_choices():
     from fsl.data.readers import ARRAY_FORMATS, FILE_FORMATS
     from fsl.models.distances import DISTANCES
+    from fsl.data.augment import AUGMENTATIONS
+    from fsl.models.encoders import ENCODERS
     from fsl.models.hallucinator import HALLUCINATORS
 
     assert tuple(DISTANCES) == choices.DISTANCES
+    assert tuple(ENCODERS) == choices.ENCODERS
+    assert tuple(AUGMENTATIONS) == choices.AUGMENTATIONS
     assert tuple(HALLUCINATORS) == choices.HALLUCINATORS
     assert choices.TEST_TIME_HALLUCINATORS == tuple(
         k for k, v in HALLUCINATORS.items() if not getattr(v, "trains_with_encoder", True))

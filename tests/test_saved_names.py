@@ -43,6 +43,9 @@ def test_a_registered_model_of_0_1_0_loads_with_mlflow_and_classifies(saved, ima
 
     model = mlflow.pytorch.load_model(str(saved / "model"))
     assert isinstance(model, FewShotClassifier)
+    # its pickle skips __init__: the config keys added since get the values that reproduce it
+    assert model.config["encoder_width"] == 1.0 and model.config["feature_transform"] == "none"
+    assert not model.needs_base_mean
     assert torch.allclose(model.eval().embed(images), torch.load(saved / "features.pt"), atol=1e-5)
     from fsl.models.classifier import load_checkpoint
 

@@ -66,11 +66,12 @@ def start(*args: str) -> subprocess.Popen:
                             text=True)
 
 
-def wait_for_first_epoch(process: subprocess.Popen, cache: Path, before: set, timeout: float = 120) -> Path:
-    """The new run's `last.pt`, as soon as the process has written it (it then trains epoch 2)."""
+def wait_for_first_epoch(process: subprocess.Popen, cache: Path, before: set, timeout: float = 120,
+                         name: str = "last.pt") -> Path:
+    """The new run's `last.pt` (or `name`), as soon as the process has written it (it then trains epoch 2)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        fresh = [p for p in (cache / "runs").glob("*/last.pt") if p.parent.name not in before]
+        fresh = [p for p in (cache / "runs").glob(f"*/{name}") if p.parent.name not in before]
         if fresh:
             return fresh[0]
         assert process.poll() is None, process.communicate()[1][-2000:]
@@ -135,6 +136,31 @@ def test_sigterm_exits_143_ends_the_run_killed_and_resume_finishes_it(tracking, 
     assert MlflowClient(tracking).get_run(run_id).info.status == "KILLED"
     assert (fsl_cache / "runs" / run_id / "best.pt").exists()  # the last good checkpoint stays
     assert_resumes_to(tracking, run_id, uninterrupted, explicit=True)  # --resume RUN_ID
+
+
+# Pre-training at 16 px: 60 batches of 64 per epoch, so a kill after the first epoch lands in the second.
+PRETRAIN_BUDGET = ["--image-size", "16", "--epochs", "3", "--val-episodes", "3", "--test-episodes", "5",
+                   "--test-queries", "3", "--precision", "fp32", "--augment", "standard"]
+
+
+def test_pretraining_killed_with_sigkill_resumes_to_the_history_of_an_uninterrupted_run(tracking, fsl_cache):
+    whole = fsl("pretrain", *PRETRAIN_BUDGET)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    whole_id = runs(tracking)[-1].info.run_id
+    process = start("pretrain", *PRETRAIN_BUDGET)
+    run_id = wait_for_first_epoch(process, fsl_cache, run_folders(fsl_cache), name="pretrain_last.pt").parent.name
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=120)
+    resumed = fsl("pretrain", *PRETRAIN_BUDGET, "--resume")
+    assert resumed.returncode == 0 and f"resuming run {run_id}" in resumed.stdout, resumed.stderr[-2000:]
+    client = MlflowClient(tracking)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for key in ("test_acc", "best_val_acc", "pretrain_best_val_acc"):
+        assert client.get_run(run_id).data.metrics[key] == client.get_run(whole_id).data.metrics[key], key
+    for key in ("pretrain_val_acc", "pretrain_train_loss", "test_episode_acc"):
+        history = metric_history(tracking, run_id, key)
+        assert history == metric_history(tracking, whole_id, key), key
+    assert len(metric_history(tracking, run_id, "pretrain_val_acc")) == 3
 
 
 def test_ctrl_c_ends_the_run_killed_and_keeps_a_loadable_checkpoint(tracking, fsl_cache):

@@ -167,7 +167,8 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> Tr
         raise UsageError(str(exc)) from exc
     data = load_data(cfg)
     # Building the samplers checks ways and shots + queries against every split used.
-    EpisodeSampler(data.split("train"), cfg.train_shape, split="train")
+    if cfg.epochs:  # `fsl pretrain` draws no training episodes
+        EpisodeSampler(data.split("train"), cfg.train_shape, split="train")
     EpisodeSampler(data.split("val"), cfg.test_shape, split="val", option_prefix="test-")
     EpisodeSampler(data.split("test"), cfg.test_shape, split="test", option_prefix="test-")
     if cfg.pretrain_epochs:

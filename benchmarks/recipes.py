@@ -1,0 +1,96 @@
+"""The recipe study's table (issue 18, BENCHMARKS.md §6): every recipe of `benchmarks/recipes.sh`
+paired seed by seed with today's ProtoNet, across the sweeps of the study.
+
+    python -m benchmarks.recipes table [--experiment recipes] [--out rows.csv]
+
+Reads the FINISHED sweep children of the experiment in the current tracking store
+(MLFLOW_TRACKING_URI); a recipe is the values of RECIPE_PARAMS, the baseline is ProtoNet with
+none of the steps. Statistics are fsl's own (`fsl.stats`: Student t over seeds); a run's time
+is its wall-clock time, pre-training and testing included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+from fsl.stats import paired_difference, seed_ci
+
+# What tells two recipes apart, with the value a ProtoNet of fsl 0.1 has.
+RECIPE_PARAMS = {"encoder": "conv4", "encoder_width": "1.0", "pretrain_epochs": "0", "epochs": "4",
+                 "augment": "none", "feature_transform": "none", "hallucinator": "", "M": "0", "shots": "1"}
+BASELINE = tuple(RECIPE_PARAMS.values())
+
+
+def recipe_of(params: dict[str, str]) -> tuple[str, ...]:
+    return tuple(params.get(k, default) for k, default in RECIPE_PARAMS.items())
+
+
+def describe(recipe: tuple[str, ...]) -> str:
+    """The steps of a recipe that differ from the baseline, as options."""
+    steps = [f"{k}={v}" for (k, default), v in zip(RECIPE_PARAMS.items(), recipe) if v != default]
+    return ", ".join(steps) or "ProtoNet (today)"
+
+
+def collect(experiment: str) -> dict[tuple[str, ...], dict[int, tuple[float, float]]]:
+    """recipe -> seed -> (test accuracy, minutes) of every finished sweep child."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise SystemExit(f"no experiment {experiment!r} in this tracking store")
+    out: dict[tuple[str, ...], dict[int, tuple[float, float]]] = defaultdict(dict)
+    for run in client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'", max_results=5000):
+        if "mlflow.parentRunId" not in run.data.tags or "test_acc" not in run.data.metrics:
+            continue
+        minutes = (run.info.end_time - run.info.start_time) / 60000
+        out[recipe_of(run.data.params)][int(run.data.params["seed"])] = (run.data.metrics["test_acc"], minutes)
+    return out
+
+
+def table(results: dict[tuple[str, ...], dict[int, tuple[float, float]]], baseline=BASELINE) -> list[dict]:
+    """One row per recipe: mean ± t-CI over seeds, and the paired difference to `baseline`."""
+    base = {s: acc for s, (acc, _) in results.get(baseline, {}).items()}
+    rows = []
+    for recipe, seeds in sorted(results.items(), key=lambda kv: (kv[0] != baseline, kv[0])):
+        acc = {s: a for s, (a, _) in seeds.items()}
+        interval = seed_ci(list(acc.values()))
+        row = {"recipe": describe(recipe), "seeds": ",".join(map(str, sorted(acc))), "test_acc": interval.mean,
+               "test_acc_ci95": interval.half, "minutes": sum(m for _, m in seeds.values()) / len(seeds)}
+        common = sorted(acc.keys() & base.keys())
+        if recipe != baseline and len(common) >= 2:
+            diff = paired_difference({s: acc[s] for s in common}, {s: base[s] for s in common})
+            row |= {"diff": diff.mean, "diff_ci95": diff.half, "excludes_0": diff.excludes_zero}
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| recipe | seeds | test acc | vs ProtoNet (paired) | minutes per model |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        diff = f"{r['diff']:+.2f} ± {r['diff_ci95']:.2f}{' ✓' if r['excludes_0'] else ''}" if "diff" in r else "—"
+        lines.append(f"| {r['recipe']} | {r['seeds']} | {r['test_acc']:.2f} ± {r['test_acc_ci95']:.2f} | {diff} "
+                     f"| {r['minutes']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["table"])
+    parser.add_argument("--experiment", default="recipes")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows as CSV")
+    args = parser.parse_args()
+    rows = table(collect(args.experiment))
+    print(markdown(rows))
+    if args.out:
+        with args.out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
