@@ -29,6 +29,11 @@ DEFAULT_M = 100
 MAX_IMAGE_SIZE = 512
 MAX_M = 1000
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+# Episode and epoch counts: room for real schedules (the paper's 20,000 training episodes, 10^5
+# test episodes), not for a typo that would run until it is killed (10^12).
+MAX_EPISODES = 10**6
+MAX_EPOCHS = 10**4
+MAX_EXPERIMENT_NAME = 256
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,10 @@ class TrainConfig:
         _at_least("patience", self.patience, 0)
         _at_least("pretrain_epochs", self.pretrain_epochs, 0)
         _at_least("epochs", self.epochs, 0 if self.pretrain_epochs else 1)
+        for name in ("episodes_per_epoch", "val_episodes", "test_episodes"):
+            _at_most(name, getattr(self, name), MAX_EPISODES)
+        for name in ("epochs", "pretrain_epochs"):
+            _at_most(name, getattr(self, name), MAX_EPOCHS)
         # One class is no classification: loss 0 and 100% accuracy say nothing.
         _at_least("ways", self.ways, 2)
         _at_least("test_ways", self.test_ways, 2)
@@ -149,6 +158,9 @@ class TrainConfig:
             raise UsageError(f"-M/--hallucinations must be between 0 and {MAX_M}, got {self.M}")
         if not self.experiment.strip():
             raise UsageError("--experiment must not be empty")
+        if len(self.experiment) > MAX_EXPERIMENT_NAME or not self.experiment.isprintable():
+            raise UsageError(f"--experiment must be at most {MAX_EXPERIMENT_NAME} printable characters, got "
+                             f"{len(self.experiment)}")
         if not self.data.strip():
             raise UsageError("--data must not be empty (use 'synthetic' for the built-in set)")
 
@@ -197,6 +209,11 @@ FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def _at_most(name: str, value: int, high: int) -> None:
+    if value > high:
+        raise UsageError(f"--{name.replace('_', '-')} must be at most {high:,}, got {value:,}")
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -220,6 +220,21 @@ ROWS = [
     ("pretrain-epochs-negative", cli_args("pretrain", "--image-size", "16", "--epochs", "-1"), 2,
      "--pretrain-epochs must be at least 0"),
     ("epochs-0-without-pretraining", cli_args("protonet", *TINY, "--epochs", "0"), 2, "--epochs must be at least 1"),
+    # --- bounds and one-line errors (issue 21, section 5)
+    ("episodes-per-epoch-absurd", cli_args("protonet", *TINY, "--episodes-per-epoch", str(10**12)), 2,
+     "--episodes-per-epoch must be at most 1,000,000"),
+    ("test-episodes-absurd", cli_args("protonet", *TINY, "--test-episodes", str(10**11)), 2,
+     "--test-episodes must be at most 1,000,000"),
+    ("evaluate-test-episodes-absurd", lambda tmp, ckpt: (["evaluate", "--model", str(ckpt), "--test-episodes",
+                                                          str(10**11)], None), 2, "--test-episodes must be at most"),
+    ("episodes-n-absurd", cli_args("episodes", "--image-size", "16", "-n", str(10**7), "-o", "/tmp/never.csv"), 2,
+     "-n/--episodes must be between 1 and 1,000,000"),
+    ("experiment-too-long", cli_args("protonet", *TINY, "--experiment", "x" * 600), 2,
+     "--experiment must be at most 256 printable characters, got 600"),
+    ("predict-out-disk-full", lambda tmp, ckpt: (_predict(tmp, ckpt, "/dev/full"), None), 1,
+     "--out /dev/full: cannot write"),
+    ("model-pickled-object", lambda tmp, ckpt: (["evaluate", "--model", str(_pickled_object(tmp))], None), 2,
+     "holds objects other than tensors and plain values, which fsl refuses to load"),
     # --- registry
     ("register-a-failed-run", lambda tmp, ckpt: (["register", "--run-id", failed_run(tmp)], None), 2, "is FAILED"),
 ]
@@ -295,6 +310,19 @@ def _other_source(tmp: Path) -> Path:
     return path
 
 
+class ArbitraryObject:
+    """Any class: weights-only loading refuses to import it."""
+
+
+def _pickled_object(tmp: Path) -> Path:
+    """A torch file holding an object that weights-only loading refuses (torch's own message
+    then advises weights_only=False)."""
+    import torch
+
+    torch.save({"config": ArbitraryObject()}, tmp / "object.pt")
+    return tmp / "object.pt"
+
+
 def _torch_dict(tmp: Path) -> Path:
     import torch
 
@@ -340,6 +368,7 @@ def test_a_bad_input_gets_one_line_the_right_exit_code_and_leaves_no_run(trackin
     assert exit_code == code, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     assert len(errors) == 1 and fragment in errors[0], output[-3000:]
+    assert "weights_only=False" not in output  # never the advice to load an untrusted file unsafely
     client = MlflowClient()
     running = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                  filter_string="attributes.status = 'RUNNING'")

@@ -259,3 +259,58 @@ def test_a_failed_run_registers_nothing(tracking):
                                       "--registered-model-name", "fsl-never"])
     assert result.exit_code != 0
     assert MlflowClient().search_registered_models(filter_string="name = 'fsl-never'") == []
+
+
+class _Payload:
+    """Unpickling this writes `marker`: the proof that a pickle ran code."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("the registered pickle ran",))
+
+
+@pytest.mark.slow
+def test_fsl_commands_never_run_a_registered_models_pickle_or_its_code_folder(tracking, tmp_path, tiny_dataset):
+    """The registered model's data/model.pth is replaced by a payload and a module is planted in
+    its code/ folder: evaluate, predict and --init of models:/ URIs still work (from the run's
+    weights-only checkpoint) and run neither; a version whose checkpoint is gone is refused."""
+    import torch
+
+    invoke = CliRunner().invoke
+    assert invoke(cli, ["protonet", *TRAIN], catch_exceptions=False).exit_code == 0
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("fsl-protonet", "champion")
+    model_id = version.source.removeprefix("models:/")
+    folder = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    marker, planted = tmp_path / "pickle-ran", tmp_path / "code-ran"
+    torch.save(_Payload(str(marker)), folder / "data" / "model.pth")
+    code = folder / "code"  # MLflow puts this first on sys.path when it loads the model
+    (code / "sitecustomize.py").write_text(f"open({str(planted)!r}, 'w').write('planted code ran')\n")
+    init = code / "fsl" / "__init__.py"
+    init.write_text(f"open({str(planted)!r}, 'w').write('planted code ran')\n" + init.read_text())
+    support, query = png_folder(tmp_path, tiny_dataset)
+    for uri in ("models:/fsl-protonet@champion", f"models:/fsl-protonet/{version.version}",
+                f"models:/{model_id}"):
+        evaluated = invoke(cli, ["evaluate", "--model", uri, "--image-size", "16", "--test-episodes", "3"])
+        assert evaluated.exit_code == 0, evaluated.output
+        assert f"run {version.run_id}" in evaluated.output or "test (" in evaluated.output
+        predicted = invoke(cli, ["predict", "--model", uri, "--support", str(support), "--query", str(query)])
+        assert predicted.exit_code == 0, predicted.output
+    tuned = invoke(cli, ["protonet", *TINY, "--init", "models:/fsl-protonet@champion"])
+    assert tuned.exit_code == 0, tuned.output
+    assert not marker.exists() and not planted.exists()
+    # the same pickle does run under mlflow.pytorch.load_model: the payload is live, the test is real
+    import mlflow.pytorch
+
+    with pytest.raises(Exception):
+        mlflow.pytorch.load_model("models:/fsl-protonet@champion")
+    assert marker.exists()
+    # a version whose run lost its checkpoint is refused, naming the version; no fallback to the pickle
+    marker.unlink()
+    run_artifacts = Path(client.get_run(version.run_id).info.artifact_uri.removeprefix("file://"))
+    (run_artifacts / "checkpoints" / "best.pt").unlink()
+    gone = invoke(cli, ["evaluate", "--model", "models:/fsl-protonet@champion", "--image-size", "16"])
+    assert gone.exit_code == 2 and f"version {version.version} of fsl-protonet" in gone.output
+    assert "never falls back" in gone.output and not marker.exists()

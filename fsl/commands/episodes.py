@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fsl.commands.common import Reporter, load_data
-from fsl.config import MAX_SEED, TrainConfig
+from fsl.config import MAX_EPISODES, MAX_SEED, TrainConfig
 from fsl.data.episodes import EpisodeShape, write_episode_file
 from fsl.errors import FslError, UsageError
 from fsl.evaluate import sample_episodes
@@ -14,8 +14,8 @@ from fsl.evaluate import sample_episodes
 def write_episodes(cfg: TrainConfig, split: str, count: int, shape: EpisodeShape, seed: int, out: str,
                    reporter: Reporter = Reporter()) -> None:
     cfg.validate()
-    if count < 1:
-        raise UsageError(f"-n/--episodes must be at least 1, got {count}")
+    if not 1 <= count <= MAX_EPISODES:
+        raise UsageError(f"-n/--episodes must be between 1 and {MAX_EPISODES:,}, got {count:,}")
     if not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     data = load_data(cfg)

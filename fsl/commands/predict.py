@@ -41,10 +41,13 @@ def predict_folder(model_spec: str, support_dir: str, query_dir: str, out: str |
     for name, label, prob in rows:
         reporter.echo(f"{name:{width}s}  {label:20s} {prob:.4f}")
     if out:
-        with open(out, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["query", "predicted", "probability"])
-            writer.writerows(rows)
+        try:
+            with open(out, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["query", "predicted", "probability"])
+                writer.writerows(rows)
+        except OSError as exc:  # a full disk shows only when the table is written
+            raise FslError(f"--out {out}: cannot write ({exc.strerror or exc})") from None
     return rows
 
 

@@ -307,7 +307,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for "not a checkpoint"
-        raise ValueError(f"{path} is not an fsl checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        if "weights only" in reason.lower() or "weights_only" in reason:
+            # torch's own text advises weights_only=False: the wrong advice for an untrusted file
+            reason = "it holds objects other than tensors and plain values, which fsl refuses to load"
+        raise ValueError(f"{path} is not an fsl checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or "config" not in checkpoint:
         raise ValueError(f"{path} is not an fsl checkpoint (no model config in it)")
     return FewShotClassifier.from_checkpoint(checkpoint)

@@ -28,28 +28,84 @@ from fsl.tracking.runs import Tracker, download
 from fsl.tracking.serving import FewShotServe
 
 
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a `models:/` URI names: the registered name and version (None for `models:/m-<id>`),
+    the run that trained it and the logged model's id (None where the version has none)."""
+
+    uri: str
+    name: str | None
+    version: str | None
+    run_id: str
+    model_id: str | None
+
+    def __str__(self) -> str:
+        what = f"version {self.version} of {self.name}" if self.version else f"logged model {self.model_id}"
+        return f"{self.uri} ({what}, run {self.run_id})"
+
+
+def resolve_model_uri(spec: str) -> ResolvedModel:
+    """The run behind `models:/NAME@ALIAS`, `models:/NAME/VERSION` or `models:/m-<model id>`,
+    read from the registry's records only: nothing of the model's own files is opened.
+
+    A version's run is its `run_id`, else the `fsl.run_id` tag fsl writes when it registers; a
+    logged model's run is its `source_run_id`. Raises UsageError naming the URI."""
+    client = MlflowClient()
+    path = spec[len("models:/"):].strip("/")
+    try:
+        if path.startswith("m-") and "/" not in path and "@" not in path:
+            logged = client.get_logged_model(path)
+            run_id, name, version, model_id = logged.source_run_id, None, None, logged.model_id
+        else:
+            if "@" in path:
+                name, alias = path.split("@", 1)
+                found = client.get_model_version_by_alias(name, alias)
+            elif path.count("/") == 1:
+                name, number = path.split("/")
+                found = client.get_model_version(name, number)
+            else:
+                raise UsageError(f"--model {spec}: expected models:/NAME@ALIAS, models:/NAME/VERSION or "
+                                 f"models:/m-<model id>")
+            run_id = found.run_id or found.tags.get("fsl.run_id")
+            # MLflow 3 records the logged model as the version's source (`models:/m-<id>`); a
+            # SQL store leaves `model_id` itself empty.
+            source = found.source or ""
+            model_id = found.model_id or (source[len("models:/"):] if source.startswith("models:/m-") else None)
+            name, version = found.name, str(found.version)
+    except mlflow.exceptions.MlflowException as exc:
+        raise UsageError(f"--model {spec}: {str(exc).splitlines()[0]}") from None
+    if not run_id:
+        raise UsageError(f"--model {spec}: version {version} of {name} names no run, so fsl has no "
+                         f"checkpoint to load (it never unpickles a registered model)")
+    return ResolvedModel(spec, name, version, run_id, model_id)
+
+
 def load_model_uri(spec: str, map_location: str = "cpu"):
-    """A `FewShotClassifier` from an MLflow URI:
+    """A `FewShotClassifier` from an MLflow URI, always from a weights-only checkpoint:
 
     - `runs:/<run_id>`: that run's best checkpoint (`checkpoints/best.pt`);
     - any artifact URI ending in `.pt` (`runs:/<id>/checkpoints/best.pt`, `mlflow-artifacts:/...`);
-    - `models:/<name>/<version>` or `models:/<name>@<alias>`: a logged PyTorch model.
+    - `models:/<name>/<version>`, `models:/<name>@<alias>` or `models:/m-<id>`: the best
+      checkpoint of the run that trained it (`resolve_model_uri`). The registered PyTorch model
+      itself (a pickle, plus a `code/` folder MLflow puts on sys.path) is never loaded here: on a
+      shared store, whoever can write one artifact could otherwise run code on every machine
+      that evaluates the champion. `mlflow.pytorch.load_model` remains the user's own choice.
     """
-    from fsl.models.classifier import FewShotClassifier, load_checkpoint
+    from fsl.models.classifier import load_checkpoint
 
+    resolved = resolve_model_uri(spec) if spec.startswith("models:/") else None
+    uri = f"runs:/{resolved.run_id}/checkpoints/best.pt" if resolved else spec
+    if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
+        uri = uri.rstrip("/") + "/checkpoints/best.pt"
     try:
-        if spec.startswith("models:/"):
-            model = mlflow.pytorch.load_model(spec, map_location=map_location)
-            if not isinstance(model, FewShotClassifier):
-                raise UsageError(f"--model {spec}: is a {type(model).__name__}, not an fsl model")
-            return model
-        if spec.startswith("runs:/") and spec.rstrip("/").count("/") == 1:
-            spec = spec.rstrip("/") + "/checkpoints/best.pt"
-        return load_checkpoint(download(spec), map_location)
+        return load_checkpoint(download(uri), map_location)
     except mlflow.exceptions.MlflowException as exc:
+        if resolved:
+            raise UsageError(f"--model {resolved}: its run or its checkpoint (checkpoints/best.pt) is gone; "
+                             f"fsl never falls back to the registered pickle") from None
         raise UsageError(f"--model {spec}: {str(exc).splitlines()[0]}") from exc
     except ValueError as exc:  # load_checkpoint: the artifact is not an fsl checkpoint
-        raise UsageError(f"--model {spec}: {exc}") from None
+        raise UsageError(f"--model {resolved or spec}: {exc}") from None
 
 
 CHAMPION = "champion"
