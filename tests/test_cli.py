@@ -221,3 +221,15 @@ def test_a_run_made_by_mlflow_run_gets_a_descriptive_name(tracking, monkeypatch)
     monkeypatch.setenv("MLFLOW_RUN_ID", made.info.run_id)
     assert invoke("protonet", *TINY).exit_code == 0
     assert client.get_run(made.info.run_id).info.run_name == "protonet-5w1s-l2"
+
+
+def test_evaluating_an_mlflow_uri_leaves_no_downloaded_checkpoint_behind(tracking, tmp_path, monkeypatch):
+    import tempfile
+
+    invoke("protonet", *TINY)
+    run_id = only_run(MlflowClient()).info.run_id
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    invoke("evaluate", "--model", f"runs:/{run_id}", "--image-size", "16", "--test-episodes", "3")
+    assert list(temporary.rglob("*.pt")) == []

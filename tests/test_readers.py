@@ -358,6 +358,34 @@ def test_a_16_bit_gradient_is_scaled_to_8_bits_not_clipped(tmp_path, dtype, suff
     assert np.array_equal(images.decode_bytes(path.read_bytes(), 64, 1)[0], decoded)  # predict and serving
 
 
+@pytest.mark.parametrize("scale", [1.0, 255.0])
+def test_a_float_tiff_is_scaled_by_its_range_not_blacked_out(tmp_path, scale):
+    unit = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    path = tmp_path / "float.tif"
+    Image.fromarray(unit * np.float32(scale)).save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == "F"
+    decoded = images.decode_image(str(path), 64, 1)[0]
+    assert np.abs(decoded.astype(int) - np.rint(unit * 255)).max() <= 1
+    assert np.array_equal(images.decode_bytes(path.read_bytes(), 64, 1)[0], decoded)  # predict and serving
+
+
+@pytest.mark.parametrize("array, needle", [
+    (np.full((8, 8), 2**30, dtype=np.int32), "32-bit integer image with values"),
+    (np.full((8, 8), -5, dtype=np.int32), "32-bit integer image with values"),
+    (np.full((8, 8), 300.0, dtype=np.float32), "float image with values 300..300"),
+    (np.full((8, 8), np.nan, dtype=np.float32), "NaN or infinite"),
+])
+def test_pixels_that_cannot_be_mapped_to_8_bits_are_refused_naming_the_file(tmp_path, array, needle):
+    path = tmp_path / "wide.tif"
+    Image.fromarray(array).save(path)
+    with pytest.raises(DataError, match=needle) as info:
+        images.decode_image(str(path), 8, 1)
+    assert "wide.tif" in str(info.value)
+    with pytest.raises(DataError, match=needle):
+        images.decode_bytes(path.read_bytes(), 8, 1)
+
+
 def test_an_episode_file_of_rows_refuses_another_data_set(tmp_path, tiny_dataset):
     from fsl.errors import UsageError
 

@@ -4,6 +4,7 @@ register them under the champion rule."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from fsl.commands.common import Reporter, mlflow_runs
@@ -38,10 +39,10 @@ def register_run(run_id: str, name: str | None = None, allow_failed: bool = Fals
     if run.info.status != "FINISHED" and not allow_failed:
         raise UsageError(f"--run-id {run_id}: the run is {run.info.status}, not FINISHED; "
                          f"pass --allow-failed to register its best checkpoint anyway")
-    checkpoint = download(f"runs:/{run_id}/checkpoints/best.pt")
-    model = load_checkpoint(checkpoint)
     name = name or f"fsl-{run.data.tags.get('fsl.method', 'protonet')}"
-    reg = register_model(Tracker(run_id, locked_client()), model, checkpoint, name,
-                         run.data.metrics["best_val_acc"], json.loads(run.data.tags["fsl.protocol"]))
+    with tempfile.TemporaryDirectory(prefix="fsl-register-") as folder:  # removed, error or not
+        checkpoint = download(f"runs:/{run_id}/checkpoints/best.pt", folder)
+        reg = register_model(Tracker(run_id, locked_client()), load_checkpoint(checkpoint), checkpoint, name,
+                             run.data.metrics["best_val_acc"], json.loads(run.data.tags["fsl.protocol"]))
     reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
     return reg

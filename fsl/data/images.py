@@ -67,6 +67,8 @@ def decode_bytes(data: bytes, image_size: int, channels: int, name: str = "an im
     try:
         with Image.open(io.BytesIO(data)) as img:
             return _to_array(img, image_size, channels)
+    except UnsupportedPixels as exc:
+        raise DataError(f"cannot decode {name}: {exc}") from None
     except Exception as exc:  # PIL raises many types for bad bytes, bombs included
         raise DataError(f"cannot decode {name}: {type(exc).__name__}") from None
 
@@ -86,14 +88,41 @@ def _to_array(img, image_size: int, channels: int) -> np.ndarray:
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+class UnsupportedPixels(ValueError):
+    """Pixel values fsl cannot map to 0..255 without guessing (the message says which)."""
+
+
 def _eight_bit(img):
-    """A 16-bit greyscale image scaled to 8 bits (0..65535 -> 0..255); other modes unchanged."""
+    """A wide greyscale image as 8 bits; other modes unchanged.
+
+    - 16-bit integers (and 32-bit ones whose values fit in 0..65535): 0..65535 -> 0..255;
+    - 32-bit floats (mode F): values in [0, 1] -> 0..255, values in [0, 255] kept;
+    - anything else (negative or larger integers, other float ranges, NaN or inf) is refused:
+      PIL's convert("L") would saturate or black it out, and a wrong image with exit code 0 is
+      worse than an error.
+    """
     from PIL import Image
 
-    if img.mode not in WIDE_GREY_MODES:
+    if img.mode not in WIDE_GREY_MODES and img.mode != "F":
         return img
     wide = np.asarray(img, dtype=np.float64)
-    return Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8))  # mode L
+    low, high = (float(wide.min()), float(wide.max())) if wide.size else (0.0, 0.0)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise UnsupportedPixels(f"{img.mode} image with NaN or infinite values")
+    if img.mode == "F":
+        if low >= 0 and high <= 1:
+            scaled = wide * 255.0
+        elif low >= 0 and high <= 255:
+            scaled = wide
+        else:
+            raise UnsupportedPixels(f"float image with values {low:g}..{high:g}: fsl reads float pixels in "
+                                    f"[0, 1] or [0, 255]; convert it to 8 or 16 bits")
+    elif low >= 0 and high <= 65535:
+        scaled = wide / 257.0
+    else:
+        raise UnsupportedPixels(f"32-bit integer image with values {low:g}..{high:g}: fsl reads integer pixels "
+                                f"in 0..65535; convert it to 8 or 16 bits")
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # mode L
 
 
 def _decode_chunk(args: tuple[list[str], int, int]) -> np.ndarray:

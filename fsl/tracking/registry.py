@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +99,8 @@ def load_model_uri(spec: str, map_location: str = "cpu"):
     if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
         uri = uri.rstrip("/") + "/checkpoints/best.pt"
     try:
-        return load_checkpoint(download(uri), map_location)
+        with tempfile.TemporaryDirectory(prefix="fsl-model-") as folder:  # removed, error or not
+            return load_checkpoint(download(uri, folder), map_location)
     except mlflow.exceptions.MlflowException as exc:
         if resolved:
             raise UsageError(f"--model {resolved}: its run or its checkpoint (checkpoints/best.pt) is gone; "

@@ -281,6 +281,7 @@ def get_run(run_id: str):
         raise UsageError(f"run {run_id}: {str(exc).splitlines()[0]}") from None
 
 
-def download(uri: str) -> Path:
-    """A local copy of an MLflow artifact URI (runs:/..., models:/..., or any artifact store)."""
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+def download(uri: str, folder: str | Path | None = None) -> Path:
+    """A local copy of an MLflow artifact URI (runs:/..., models:/..., or any artifact store),
+    in `folder` (default: a new temporary folder of MLflow's, which nobody removes)."""
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder) if folder else None))
