@@ -169,6 +169,13 @@ def test_a_sweep_parent_whose_process_died_is_marked_failed_by_the_next_command(
                                                  "fsl.pid": dead})
     assert invoke("protonet", *TINY).exit_code == 0
     assert client.get_run(parent.info.run_id).info.status == "FAILED"
+    # an evaluation reaps too (the README promises it of every command that opens a run)
+    killed = client.create_run(experiment, tags={"fsl.method": "protonet", "fsl.host": socket.gethostname(),
+                                                 "fsl.pid": dead})
+    finished = client.search_runs([experiment], "attributes.status = 'FINISHED'")[0].info.run_id
+    model = f"runs:/{finished}"
+    assert invoke("evaluate", "--model", model, "--image-size", "16", "--test-episodes", "3").exit_code == 0
+    assert client.get_run(killed.info.run_id).info.status == "FAILED"
 
 
 def test_runs_have_descriptive_names_and_log_their_data_set(tracking):

@@ -10,7 +10,7 @@ from fsl.commands.train import RunSummary
 from fsl.config import TrainConfig
 from fsl.data.episodes import read_episode_file
 from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
-from fsl.runtime import digest
+from fsl.runtime import digest, process_alive
 
 
 def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None = None,
@@ -41,6 +41,7 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
                    "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes}
         label = str(cfg.test_shape)
     tags = run_tags("evaluate", fingerprint, model.config["precision"])
+    runs.fail_stale_runs(cfg.experiment, alive=process_alive)  # as every command that opens a run
     with runs.open(cfg.experiment, run_name=evaluation_name(model_spec), tags=tags) as tracker:
         tracker.log_params(params)
         if data is not None:
