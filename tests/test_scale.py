@@ -187,6 +187,20 @@ def test_resume_never_takes_over_a_live_run_and_names_a_changed_option(tracking,
     assert [r.info.status for r in runs(tracking)] == ["FINISHED"]  # one run, and nobody took it over
 
 
+def test_clearing_the_cache_keeps_the_checkpoints_of_a_live_run_and_names_them(tracking, fsl_cache):
+    process = start("protonet", *KILL_BUDGET)
+    folder = wait_for_first_epoch(process, fsl_cache, run_folders(fsl_cache)).parent
+    process.send_signal(signal.SIGSTOP)
+    try:
+        cleared = fsl("data", "cache", "--clear")
+        assert cleared.returncode == 0, cleared.stderr
+        assert f"kept the checkpoints of run {folder.name}: its process is still running" in cleared.stdout
+        assert (folder / "last.pt").exists() and (folder / "best.pt").exists()
+    finally:
+        process.send_signal(signal.SIGCONT)
+    assert process.wait(timeout=120) == 0
+
+
 def test_a_nan_loss_fails_the_run_with_epoch_and_episode_and_keeps_a_loadable_checkpoint(tracking, fsl_cache):
     out = fsl("protonet", *BUDGET, "--lr", "1e30", "--distance", "dot")
     assert out.returncode != 0

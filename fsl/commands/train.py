@@ -21,6 +21,7 @@ from fsl.commands.common import (LATEST, SILENT, Reporter, RunOptions, broadcast
                                  load_data, load_model, log_eval, mlflow_runs, run_tags, sigterm_as_interrupt)
 from fsl.config import TrainConfig, canonical_params
 from fsl.data import DataSet
+from fsl.data.cache import claim_checkpoint_folder
 from fsl.data.episodes import EpisodeSampler
 from fsl.diagnostics import episode_prototypes, hallucination_diagnostics
 from fsl.errors import UsageError
@@ -87,6 +88,8 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
             tracker.log_dataset(dataset_input(data, cfg), "training")
             run_key = broadcast(tracker.run_id or resume_id or "untracked-" + run_hash)
             checkpoints = cache_dir() / "runs" / run_key
+            if rank == 0:
+                claim_checkpoint_folder(checkpoints)
             summary = _train_test_register(setup, tracker, checkpoints, resume_id, options, reporter, params)
         if rank == 0:  # the run FINISHED: best.pt is one of its artifacts now, and last.pt is spent
             shutil.rmtree(checkpoints, ignore_errors=True)

@@ -3,7 +3,10 @@ for runs that did not finish, and the temporary folders of writers that died."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -21,6 +24,25 @@ def cached_datasets() -> list[tuple[Path, int]]:
 def kept_checkpoints() -> list[tuple[Path, int]]:
     """(folder, bytes) of the checkpoints of runs that did not finish (`--resume` needs them)."""
     return _folders(cache_dir() / "runs")
+
+
+OWNER_FILE = "owner.json"  # in a run's checkpoint folder: the host and pid of the process training it
+
+
+def claim_checkpoint_folder(folder: Path) -> None:
+    """Record in a run's checkpoint folder which process writes it, so that `fsl data cache
+    --clear` leaves the folder of a live run alone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / OWNER_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
+
+
+def owner_alive(folder: Path) -> bool:
+    """Whether the process recorded in `folder` still runs on this host (False where unknown)."""
+    try:
+        owner = json.loads((folder / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(process_alive(owner.get("host"), owner.get("pid")))
 
 
 def remove_dead_temporaries() -> list[Path]:
@@ -51,6 +73,10 @@ def describe_cache(clear: bool = False) -> list[str]:
     for folder, size in checkpoints:
         lines.append(f"{size / 2**20:10.1f} MiB  checkpoints of unfinished run {folder.name}")
     if clear:
+        live = [folder for folder, _ in checkpoints if owner_alive(folder)]
+        for folder in live:
+            lines.append(f"kept the checkpoints of run {folder.name}: its process is still running")
+        checkpoints = [(folder, size) for folder, size in checkpoints if folder not in live]
         for folder, _ in datasets + checkpoints:
             try:
                 shutil.rmtree(folder)
