@@ -34,6 +34,31 @@ def git_commit() -> str | None:
     return head.stdout.strip() or None if head.returncode == 0 else None
 
 
+MAX_DIFF_BYTES = 2**20  # a run's `git_diff.patch` artifact is cut here
+
+
+@functools.lru_cache(maxsize=1)
+def source_diff() -> str | None:
+    """What fsl's own checkout holds beyond its commit: `git diff HEAD` plus the names of
+    untracked files, cut at MAX_DIFF_BYTES; None for a clean checkout or no checkout (see
+    `git_commit`). A run made from a modified checkout is not its clean commit, so it says so."""
+    if git_commit() is None:
+        return None
+    top = str(Path(fsl.__file__).resolve().parent.parent)
+    try:
+        diff = subprocess.run(["git", "-C", top, "diff", "HEAD"], capture_output=True, text=True, timeout=10)
+        untracked = subprocess.run(["git", "-C", top, "ls-files", "--others", "--exclude-standard"],
+                                   capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = diff.stdout + "".join(f"untracked: {name}\n" for name in untracked.stdout.splitlines())
+    if not text:
+        return None
+    if len(text.encode()) > MAX_DIFF_BYTES:
+        text = text.encode()[:MAX_DIFF_BYTES].decode(errors="ignore") + f"\n[cut at {MAX_DIFF_BYTES} bytes]\n"
+    return text
+
+
 ENVIRONMENT_KEYS = ("torch_version", "torch_threads", "cpu_count")
 
 

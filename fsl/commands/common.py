@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,16 +88,28 @@ def load_model(spec: str, map_location: str = "cpu"):
 def run_tags(method: str, fingerprint: str | None = None, precision: str | None = None) -> dict[str, str]:
     """Tags of every run: what made it (version, commit), on what data, and which process
     (host and pid: how stale-run cleanup and `--resume` tell a live run from a dead one)."""
-    from fsl.provenance import git_commit
+    from fsl import provenance
 
     tags = {"fsl.version": fsl.__version__, "fsl.method": method, "fsl.host": socket.gethostname(),
             "fsl.pid": str(os.getpid())}
     if fingerprint is not None:
         tags |= {"fsl.data_fingerprint": fingerprint, "fsl.precision": precision}
-    commit = git_commit()
+    commit = provenance.git_commit()
     if commit:
-        tags["fsl.git_commit"] = commit
+        tags |= {"fsl.git_commit": commit, "fsl.git_dirty": str(provenance.source_diff() is not None).lower()}
     return tags
+
+
+def log_source_diff(tracker) -> None:
+    """Log `git_diff.patch` (fsl's uncommitted changes) to a run made from a modified checkout."""
+    from fsl import provenance
+
+    diff = provenance.source_diff()
+    if diff is not None and tracker.run_id:
+        with tempfile.TemporaryDirectory(prefix="fsl-diff-") as folder:
+            path = Path(folder) / "git_diff.patch"
+            path.write_text(diff)
+            tracker.log_artifact(path)
 
 
 def dataset_input(data: DataSet, cfg: TrainConfig) -> dict[str, Any]:

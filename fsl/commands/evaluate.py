@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fsl.commands.common import (Reporter, dataset_input, device_option, load_data, load_model, log_eval,
-                                 mlflow_runs, run_tags)
+                                 log_source_diff, mlflow_runs, run_tags)
 from fsl.commands.train import RunSummary
 from fsl.config import TrainConfig
 from fsl.data.episodes import read_episode_file
@@ -44,6 +44,7 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     runs.fail_stale_runs(cfg.experiment, alive=process_alive)  # as every command that opens a run
     with runs.open(cfg.experiment, run_name=evaluation_name(model_spec), tags=tags) as tracker:
         tracker.log_params(params)
+        log_source_diff(tracker)
         if data is not None:
             tracker.log_dataset(dataset_input(data, cfg), "evaluation")
         else:

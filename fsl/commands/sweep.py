@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from fsl import sweeps, viz
-from fsl.commands.common import Reporter, RunOptions, mlflow_runs, run_tags
+from fsl.commands.common import Reporter, RunOptions, log_source_diff, mlflow_runs, run_tags
 from fsl.commands.train import config_hash, prepare_training, run_params, run_test_of_twin, run_training
 from fsl.config import TrainConfig
 
@@ -34,6 +34,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
     with runs.open(base.experiment, run_name=options.run_name or "sweep-" + "-".join(grid), tags=tags,
                    system_metrics=options.system_metrics) as parent, \
             tempfile.TemporaryDirectory(prefix="fsl-sweep-") as workdir:
+        log_source_diff(parent)
         parent.log_params({"sweep_" + k: ",".join(map(str, v)) for k, v in grid.items()}
                           | {"shard": shard, "shards": shards, "baseline": str(plan.baseline or ""),
                              "seeds": ",".join(map(str, plan.seeds)) if plan.replicated else ""})

@@ -18,7 +18,8 @@ import torch
 
 from fsl import viz
 from fsl.commands.common import (LATEST, SILENT, Reporter, RunOptions, broadcast, dataset_input, device_option,
-                                 load_data, load_model, log_eval, mlflow_runs, run_tags, sigterm_as_interrupt)
+                                 load_data, load_model, log_eval, log_source_diff, mlflow_runs, run_tags,
+                                 sigterm_as_interrupt)
 from fsl.config import TrainConfig, canonical_params
 from fsl.data import DataSet
 from fsl.data.cache import claim_checkpoint_folder
@@ -85,6 +86,7 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
         with runs.open(cfg.experiment, run_name=options.run_name or run_name(cfg), nested=options.nested,
                        run_id=resume_id, tags=tags, system_metrics=options.system_metrics) as tracker:
             tracker.log_params(params)
+            log_source_diff(tracker)
             tracker.log_dataset(dataset_input(data, cfg), "training")
             run_key = broadcast(tracker.run_id or resume_id or "untracked-" + run_hash)
             checkpoints = cache_dir() / "runs" / run_key
@@ -130,6 +132,7 @@ def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = R
                        tags=tags, system_metrics=options.system_metrics) as tracker, \
                 tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
             tracker.log_params(params)
+            log_source_diff(tracker)
             tracker.log_dataset(dataset_input(setup.data, setup.cfg), "training")
             best_val = evaluate(model, *validation_episodes(setup.data, setup.cfg, setup.device)).mean
             twin = runs.run_metrics(twin_run_id)
