@@ -215,6 +215,69 @@ def test_mlflow_models_serve_answers_a_json_request(registered, store, tiny_data
         server.wait(timeout=20)
 
 
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_each_bad_request_with_a_400_naming_the_row(registered, store, tiny_dataset,
+                                                                              tmp_path):
+    """A real `mlflow models serve` and a real HTTP client: each bad request is a 400 whose body
+    names the row and the field and holds no stack trace; a decompression bomb is refused from
+    its header within a second."""
+    import urllib.error
+
+    from tests.test_bad_inputs import bomb_png
+
+    folder, uri, _ = store
+    port = free_port()
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/fsl-protonet-serve@champion",
+                               "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+                              cwd=folder, env=os.environ | {"MLFLOW_TRACKING_URI": uri}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+
+    def post(frame) -> tuple[int, dict, float]:
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read()), time.monotonic() - started
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read()), time.monotonic() - started
+
+    good = request_frame(tiny_dataset)
+    bomb = base64.b64encode(bomb_png(tmp_path / "bomb.png", side=9400).read_bytes()).decode()
+    cases = {
+        "role": (good.assign(role=["SUPPORT", "query", "support", "Query", "suport", "query"]),
+                 "row 4, field 'role': 'suport' is not 'support' or 'query'"),
+        "label": (good.assign(label=["class-0", "", None, "", "class-2", ""]),
+                  "row 2, field 'label': a support row needs a non-empty string label"),
+        "no query": (good[good["role"] == "support"], "at least one row with role 'support'"),
+        "bomb": (good.assign(image=[*good["image"][:5], bomb]), "row 5, field 'image': 9400x9400 pixels"),
+    }
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # the server is up once it answers a good request
+            try:
+                status, answer, _ = post(good)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        assert status == 200 and len(answer["predictions"]) == 3
+        # upper-case and padded roles are roles: nothing is dropped
+        status, answer, _ = post(good.assign(role=[" SUPPORT", "Query", "support ", "QUERY", "Support", "query"]))
+        assert status == 200 and len(answer["predictions"]) == 3
+        for name, (frame, needle) in cases.items():
+            status, answer, seconds = post(frame)
+            assert status == 400, (name, answer)
+            assert needle in answer["message"], (name, answer["message"][-500:])
+            assert answer["error_code"] == "INVALID_PARAMETER_VALUE", name
+            assert "stack_trace" not in answer and "Traceback" not in json.dumps(answer), name
+            assert seconds < 5, (name, seconds)  # the bomb: refused from its header, not decoded
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--model", "models:/no-such-model@champion"], "no-such-model"),
     (["--model", "models:/fsl-protonet@nosuchalias"], "nosuchalias"),
