@@ -218,9 +218,9 @@ def test_mlflow_models_serve_answers_a_json_request(registered, store, tiny_data
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_each_bad_request_with_a_400_naming_the_row(registered, store, tiny_dataset,
                                                                               tmp_path):
-    """A real `mlflow models serve` and a real HTTP client: each bad request is a 400 whose body
-    names the row and the field and holds no stack trace; a decompression bomb is refused from
-    its header within a second."""
+    """A real `mlflow models serve`, with pickle deserialisation disabled, and a real HTTP client:
+    each bad request is a 400 whose body names the row and the field and holds no stack trace; a
+    decompression bomb is refused from its header within a second."""
     import urllib.error
 
     from tests.test_bad_inputs import bomb_png
@@ -229,8 +229,10 @@ def test_mlflow_models_serve_answers_each_bad_request_with_a_400_naming_the_row(
     port = free_port()
     server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/fsl-protonet-serve@champion",
                                "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-                              cwd=folder, env=os.environ | {"MLFLOW_TRACKING_URI": uri}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
+                              cwd=folder, env=os.environ | {"MLFLOW_TRACKING_URI": uri,
+                                                           # models-from-code: no pickle to allow
+                                                           "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def post(frame) -> tuple[int, dict, float]:
         body = json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode()

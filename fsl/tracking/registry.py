@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 import fsl
 from fsl.errors import UsageError
 from fsl.tracking.runs import Tracker, download
-from fsl.tracking.serving import FewShotServe
+from fsl.data.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES
 
 
 @dataclass(frozen=True)
@@ -168,9 +168,12 @@ def log_models(tracker: Tracker, model, checkpoint: Path) -> tuple[str, str]:
         info = mlflow.pytorch.log_model(
             cpu_model, name="model", serialization_format="pickle", code_paths=_code_paths(),
             pip_requirements=pip_requirements(), signature=_tensor_signature(cpu_model))
+        # Models-from-code: the pyfunc is this file, not a pickle, so a server can refuse pickles.
         serve = mlflow.pyfunc.log_model(
-            name="serve", python_model=FewShotServe(), artifacts={"checkpoint": str(checkpoint)},
-            code_paths=_code_paths(), pip_requirements=pip_requirements(), signature=_serve_signature())
+            name="serve", python_model=str(Path(__file__).with_name("serve_model.py")),
+            artifacts={"checkpoint": str(checkpoint)}, code_paths=_code_paths(),
+            model_config={"max_image_pixels": MAX_IMAGE_PIXELS, "max_request_bytes": MAX_REQUEST_BYTES},
+            pip_requirements=pip_requirements(), signature=_serve_signature())
     return info.model_uri, serve.model_uri
 
 

@@ -38,6 +38,9 @@ with contextlib.redirect_stderr(io.StringIO()):
             from fsl.models.classifier import load_checkpoint
 
             self.model = load_checkpoint(context.artifacts["checkpoint"]).eval()
+            config = getattr(context, "model_config", None) or {}  # models-from-code: the budgets live here
+            self.max_image_pixels = int(config.get("max_image_pixels", self.max_image_pixels))
+            self.max_request_bytes = int(config.get("max_request_bytes", self.max_request_bytes))
 
         def predict(self, context, model_input, params=None):
             import numpy as np
