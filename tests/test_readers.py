@@ -195,6 +195,29 @@ def test_the_cache_is_hit_then_invalidated_by_a_changed_source(tmp_path, monkeyp
     assert not torch.equal(changed.split("train").images, first.split("train").images)
 
 
+def test_an_image_rewritten_in_place_with_its_size_and_mtime_is_decoded_again(tmp_path):
+    """`cp -p`, `rsync -a` and `tar x` keep a file's size and mtime: the fingerprint (names, sizes,
+    mtimes, the same on every machine) stays, but the cache must not serve the old pixels."""
+    import os
+
+    root = tmp_path / "data"
+    for split in ("train", "val", "test"):
+        for c in range(2):
+            (root / split / f"{split}{c}").mkdir(parents=True)
+            for i in range(2):  # BMP: the file size depends only on the image size
+                Image.new("RGB", (16, 16), (40 * c, 60 * i, 90)).save(root / split / f"{split}{c}" / f"{i}.bmp")
+    first = load_dataset(str(root))
+    target = root / "train" / "train0" / "0.bmp"
+    stat = target.stat()
+    Image.new("RGB", (16, 16), (255, 255, 255)).save(target)  # new content, the same size
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old mtime, as cp -p leaves it
+    assert target.stat().st_size == stat.st_size and target.stat().st_mtime_ns == stat.st_mtime_ns
+    again = load_dataset(str(root))
+    assert again.fingerprint == first.fingerprint and again.source_id == first.source_id
+    assert not torch.equal(again.split("train").images, first.split("train").images)
+    assert int(again.split("train").images.max()) == 255
+
+
 def test_a_load_that_fails_while_writing_the_cache_leaves_no_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
     root = make_split_folders(tmp_path / "data")

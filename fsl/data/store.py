@@ -143,20 +143,30 @@ class DataSet:
                    meta.get("source_id", ""))
 
 
-def cached(folder: Path, build: Callable[[], "DataSet"]) -> "DataSet":
+VALIDITY_FILE = "validity"  # in a cache folder: what the source files looked like on this machine
+
+
+def cached(folder: Path, build: Callable[[], "DataSet"], validity: str | None = None) -> "DataSet":
     """The data set saved in `folder`, built by `build()` and saved atomically on first use.
 
-    A cache that no longer loads (a truncated `.npy`, a schema from another version) is removed
-    and built again, instead of failing every run until someone clears it.
+    A cache that no longer loads (a truncated `.npy`, a schema from another version), or whose
+    recorded `validity` (a digest of the sources as this machine sees them) differs from the
+    given one, is removed and built again, instead of serving stale pixels or failing every run
+    until someone clears it.
     """
     from fsl.runtime import atomic_directory
 
     if (folder / "meta.json").exists():
-        try:
-            return DataSet.load(folder)
-        except (OSError, ValueError, EOFError, KeyError):
-            shutil.rmtree(folder, ignore_errors=True)
+        recorded = (folder / VALIDITY_FILE).read_text() if (folder / VALIDITY_FILE).exists() else None
+        if validity is None or recorded == validity:
+            try:
+                return DataSet.load(folder)
+            except (OSError, ValueError, EOFError, KeyError):
+                pass
+        shutil.rmtree(folder, ignore_errors=True)
     dataset = build()
     with atomic_directory(folder) as tmp:
         dataset.save(tmp)
+        if validity is not None:
+            (tmp / VALIDITY_FILE).write_text(validity)
     return DataSet.load(folder)
