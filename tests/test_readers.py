@@ -472,3 +472,39 @@ def test_dead_writers_temporary_folders_are_removed_by_data_cache(tmp_path, monk
     result = CliRunner().invoke(cli, ["data", "cache"])
     assert result.exit_code == 0 and "removed 1 temporary folder" in result.output
     assert [p.name for p in datasets.iterdir()] == [alive.name]
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda root: (root / "test.csv").open("a").write("n0100000000.jpg,n01\n"),
+     "class 'n01' is in the train split and in the test split"),
+    (lambda root: (root / "train.csv").open("a").write("n0100000000.jpg,n02\n"),
+     "n0100000000.jpg is under two labels, 'n01' and 'n02', in the train split"),
+    (lambda root: (root / "train.csv").open("a").write("n0100000000.jpg,n01\n"),
+     "n0100000000.jpg is listed twice in class 'n01' of the train split"),
+    (lambda root: (root / "test.csv").open("a").write("n0200000000.jpg,n07\n"),
+     "n0200000000.jpg is in the train split (class 'n02') and in the test split (class 'n07')"),
+])
+def test_train_test_leakage_is_an_error_naming_both_places(tmp_path, edit, needle):
+    root = make_ravi(tmp_path / "ravi")
+    edit(root)
+    with pytest.raises(DataError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(str(root))
+
+
+def test_a_class_in_two_splits_is_an_error_in_every_reader_and_in_data_inspect(tmp_path):
+    from click.testing import CliRunner
+
+    from fsl.cli import cli
+
+    root = make_split_folders(tmp_path / "tree")
+    save_image(root / "test" / "n01" / "extra.jpg", "n01", 9)  # class n01 is also a test class
+    with pytest.raises(DataError, match="class 'n01' is in the train split and in the test split"):
+        load_dataset(str(root))
+    result = CliRunner().invoke(cli, ["data", "inspect", str(root)])
+    assert result.exit_code == 1 and "class 'n01' is in the train split and in the test split" in result.output
+    pickles = make_l2l(tmp_path / "l2l")
+    with (pickles / "mini-imagenet-cache-test.pkl").open("wb") as f:
+        images, labels = array_split(["n01"])
+        pickle.dump({"image_data": images, "class_dict": {"n01": list(range(len(labels)))}}, f)
+    with pytest.raises(DataError, match="class 'n01' is in the train split and in the test split"):
+        load_dataset(str(pickles))

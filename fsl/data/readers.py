@@ -351,8 +351,39 @@ def read(path: str | Path, fmt: str | None = None, opts: ReadOptions = ReadOptio
     except (OSError, zipfile.BadZipFile) as exc:  # unreadable, dangling or looping files, broken zips
         where = getattr(exc, "filename", None) or root
         raise DataError(f"--data {path}: cannot read {where}: {getattr(exc, 'strerror', None) or exc}") from None
+    check_leakage(dataset, path)
     dataset = replace(dataset, source_id=source_id)
     return dataset.with_rotations() if opts.rotations else dataset
+
+
+def check_leakage(dataset: DataSet, path: str | Path) -> None:
+    """Raise DataError where the splits share what they must not: a class name in two splits,
+    an image file in two splits, one file under two labels, or one file listed twice (an episode
+    could use it as support and query; checked on every read, cached or
+    not, since a cache made by an older fsl was never checked). No format fsl reads needs any of
+    these, so there is no option to allow them."""
+    owner: dict[str, str] = {}
+    for split, store in dataset.splits.items():
+        for name in store.class_names:
+            if owner.setdefault(name, split) != split:
+                raise DataError(f"--data {path}: class {name!r} is in the {owner[name]} split and in the {split} "
+                                f"split: its test accuracy would be measured on training classes")
+    seen: dict[str, tuple[str, str]] = {}
+    for split, refs in (dataset.sources or {}).items():
+        store = dataset.splits[split]
+        for ref, label in zip(refs, store.labels.tolist()):
+            name = store.class_names[label]
+            if ref not in seen:
+                seen[ref] = (split, name)
+                continue
+            first = seen[ref]
+            if first[0] != split:
+                where = f"in the {first[0]} split (class {first[1]!r}) and in the {split} split (class {name!r})"
+            elif first[1] != name:
+                where = f"under two labels, {first[1]!r} and {name!r}, in the {split} split"
+            else:  # one image as both support and query of an episode
+                where = f"listed twice in class {name!r} of the {split} split"
+            raise DataError(f"--data {path}: the image {ref} is {where}")
 
 
 def _decode(root: Path, fmt: str, opts: ReadOptions, key: str) -> DataSet:
