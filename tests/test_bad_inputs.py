@@ -32,15 +32,16 @@ BUDGET = [*TINY, "--epochs", "3", "--episodes-per-epoch", "4"]
 
 
 # ------------------------------------------------------------------------------ set-up helpers
-def image_tree(root: Path, classes: int = 6, per_class: int = 4, first: bytes | None = None) -> Path:
+def image_tree(root: Path, classes: int = 6, per_class: int = 4, first: bytes | None = None,
+               prefix: str = "class") -> Path:
     """A class-folders tree of small PNGs; `first` replaces the bytes of its first image."""
     for c in range(classes):
         for i in range(per_class):
-            path = root / f"class{c}" / f"{i}.png"
+            path = root / f"{prefix}{c}" / f"{i}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.new("RGB", (20, 20), (c * 40, i * 50, 90)).save(path)
     if first is not None:
-        (root / "class0" / "0.png").write_bytes(first)
+        (root / f"{prefix}0" / "0.png").write_bytes(first)
     return root
 
 
@@ -261,21 +262,21 @@ def _with_link(root: Path, name: str, target: str) -> Path:
 
 
 def _train_and_test_only(tmp: Path) -> Path:
-    image_tree(tmp / "d" / "train")
-    image_tree(tmp / "d" / "test")
+    image_tree(tmp / "d" / "train", prefix="train")
+    image_tree(tmp / "d" / "test", prefix="test")
     return tmp / "d"
 
 
 def _split_tree(tmp: Path) -> Path:
     for split in ("train", "val", "test"):
-        image_tree(tmp / "d" / split, classes=5)
+        image_tree(tmp / "d" / split, classes=5, prefix=split)
     return tmp / "d"
 
 
 def _one_training_class(tmp: Path) -> Path:
-    image_tree(tmp / "d" / "train", classes=1)
-    image_tree(tmp / "d" / "val", classes=2)
-    image_tree(tmp / "d" / "test", classes=2)
+    image_tree(tmp / "d" / "train", classes=1, prefix="train")
+    image_tree(tmp / "d" / "val", classes=2, prefix="val")
+    image_tree(tmp / "d" / "test", classes=2, prefix="test")
     return tmp / "d"
 
 

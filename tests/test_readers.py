@@ -508,3 +508,21 @@ def test_a_class_in_two_splits_is_an_error_in_every_reader_and_in_data_inspect(t
         pickle.dump({"image_data": images, "class_dict": {"n01": list(range(len(labels)))}}, f)
     with pytest.raises(DataError, match="class 'n01' is in the train split and in the test split"):
         load_dataset(str(pickles))
+
+
+def test_a_tree_with_one_split_folder_is_read_as_that_split_and_inspect_names_the_missing_ones(tmp_path):
+    from click.testing import CliRunner
+
+    from fsl.cli import cli
+
+    root = tmp_path / "only-test"
+    for name in CLASSES["test"]:
+        for i in range(PER_CLASS):
+            save_image(root / "test" / name / f"{name}_{i}.jpg", name, i)
+    data = load_dataset(str(root))
+    assert list(data.splits) == ["test"] and data.split("test").n_classes == 2
+    result = CliRunner().invoke(cli, ["data", "inspect", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "splits: test; missing: train, val (training needs train and val" in result.output
+    with pytest.raises(DataError, match="has no 'train' split \\(it has test\\); training needs train and val"):
+        data.split("train")

@@ -84,16 +84,18 @@ def _tree_entries(root: Path) -> list[tuple[str, str]]:
     return sorted(entries)
 
 
-def _strip_common_top(entries: list[tuple[str, str]]) -> list[tuple[list[str], str]]:
-    """Split relative paths into parts, dropping a top folder every entry shares (zip roots)."""
+def _strip_common_top(entries: list[tuple[str, str]], keep: Iterable[str] = ()) -> list[tuple[list[str], str]]:
+    """Split relative paths into parts, dropping a top folder every entry shares (zip roots),
+    unless it is one of `keep` (a tree holding only `train/` is a train split, not a root)."""
     parts = [(rel.split("/"), ref) for rel, ref in entries]
-    while parts and all(len(p) > 2 for p, _ in parts) and len({p[0] for p, _ in parts}) == 1:
+    while parts and all(len(p) > 2 for p, _ in parts) and len(tops := {p[0] for p, _ in parts}) == 1 \
+            and not tops & set(keep):
         parts = [(p[1:], ref) for p, ref in parts]
     return parts
 
 
 def _list_split_folders(root: Path, opts: ReadOptions) -> Listing:
-    parts = _strip_common_top(_tree_entries(root))
+    parts = _strip_common_top(_tree_entries(root), keep=SPLITS)
     listing: Listing = {s: [] for s in SPLITS}
     for p, ref in parts:
         if len(p) >= 3 and p[0] in SPLITS:

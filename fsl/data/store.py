@@ -19,6 +19,8 @@ import torch
 from fsl.errors import DataError
 
 CACHE_SCHEMA = 1
+# Which command needs which split: said wherever one is missing.
+NEEDS = "training needs train and val (and test, to test at the end); fsl evaluate and fsl episodes need test"
 
 
 @dataclass
@@ -72,8 +74,8 @@ class DataSet:
 
     def split(self, name: str) -> ImageStore:
         if name not in self.splits:
-            raise DataError(f"data set {self.name!r} has no {name!r} split (it has {', '.join(sorted(self.splits))}); "
-                            f"fsl needs train, val and test classes")
+            raise DataError(f"data set {self.name!r} has no {name!r} split (it has "
+                            f"{', '.join(sorted(self.splits)) or 'none'}); {NEEDS}")
         return self.splits[name]
 
     @property
@@ -96,6 +98,9 @@ class DataSet:
     def describe(self) -> str:
         """A human summary: format notes, then per split the classes, images per class and size."""
         lines = [f"data set: {self.name} (fingerprint {self.fingerprint})"] + list(self.notes)
+        missing = [s for s in ("train", "val", "test") if s not in self.splits]
+        lines.append(f"splits: {', '.join(s for s in ('train', 'val', 'test') if s in self.splits) or 'none'}"
+                     + (f"; missing: {', '.join(missing)} ({NEEDS})" if missing else ""))
         for split, store in self.splits.items():
             counts = store.images_per_class().numpy()
             lines.append(f"{split:>5}: {store.n_classes} classes, {store.images.shape[0]} images; images per class "
