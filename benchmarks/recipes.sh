@@ -5,12 +5,15 @@
 # children that already FINISHED in the experiment (the config hash), so parts share runs.
 #
 #   bash benchmarks/recipes.sh [PART...]
-#   parts: pretrain-only finetune
+#   parts: pretrain-only finetune hallucinate 5shot
 #
 # pretrain-only: `fsl pretrain` (10 epochs) tested as is, with and without CL2N and the standard
 #                augmentation, paired against no augmentation.
 # finetune:      today's ProtoNet (2,000 episodes) with and without 10 epochs of pre-training
 #                first, with and without CL2N, paired against no pre-training.
+# hallucinate:   the calibrated hallucinator on top of the best recipe (pre-training + CL2N, tested
+#                as is), M = 0, 10, 100, paired against M = 0 (the same model, hallucinator off).
+# 5shot:         today's ProtoNet against the best recipe at 5-way 5-shot.
 # `python -m benchmarks.recipes table` pairs every child with today's ProtoNet seed by seed.
 #
 # Runs in its own tracking store (./recipes.db, artifacts in ./mlruns) with --no-register.
@@ -18,13 +21,17 @@ set -euo pipefail
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///recipes.db}
 STUDY=(--epochs 4 --episodes-per-epoch 500 --val-episodes 100 --test-episodes 600 --patience 0 --precision fp32
        --seeds 0,1,2 --no-register --no-system-metrics --experiment recipes)
-parts=("${@:-pretrain-only finetune}")
+parts=("${@:-pretrain-only finetune hallucinate 5shot}")
 for part in ${parts[@]}; do
   case "$part" in
     pretrain-only) fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --param feature_transform=none,cl2n \
                      --param augment=none,standard --baseline augment=none ;;
     finetune)      fsl sweep "${STUDY[@]}" --param pretrain_epochs=0,10 --param feature_transform=none,cl2n \
                      --baseline pretrain_epochs=0 ;;
+    hallucinate)   fsl sweep "${STUDY[@]}" --method hallucinate --epochs 0 --pretrain-epochs 10 \
+                     --feature-transform cl2n --param hallucinator=calibrated --param M=0,10,100 --baseline M=0 ;;
+    5shot)         fsl sweep "${STUDY[@]}" --shots 5 --param pretrain_epochs=0,10 --param epochs=4,0 \
+                     --param feature_transform=none,cl2n --baseline pretrain_epochs=0 ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done

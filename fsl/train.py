@@ -255,8 +255,15 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
             raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, {step} {bad + 1} of {steps_per_epoch}; "
                                      f"{kept} (try a lower --lr or --precision fp32)")
         _sync_buffers(model)
-        if model.needs_base_mean:
-            model.set_base_mean(base_class_mean(model, trainer.store))
+        # Test-time statistics of the encoder as it now is: SimpleShot's base mean, and, while
+        # pre-training (no episodes to observe), the calibrated hallucinator's base statistics.
+        calibrate = bool(prefix) and hasattr(model.hallucinator, "calibrate")
+        if model.needs_base_mean or calibrate:
+            features, labels = base_class_features(model, trainer.store)
+            if model.needs_base_mean:
+                model.set_base_mean(features.mean(0))
+            if calibrate:
+                model.hallucinator.calibrate(features, labels, trainer.store.n_classes)
         val_acc = evaluate(model, val_store, val_episodes).mean
         stats = EpochStats(epoch, float(loss_sum) / steps_per_epoch, float(correct) * 100 / samples_per_epoch,
                            val_acc, trainer.scheduler.get_last_lr()[0], time.perf_counter() - started)
@@ -280,17 +287,24 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
 
 
 @torch.no_grad()
-def base_class_mean(model: FewShotClassifier, store, per_class: int = 64, batch: int = 256) -> torch.Tensor:
-    """The mean feature [D] of up to `per_class` images of every class of `store` (the first ones:
-    the same images every time), in eval mode, as SimpleShot centres its features."""
+def base_class_features(model: FewShotClassifier, store, per_class: int = 64, batch: int = 256
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features float [N, D] and labels int64 [N] of up to `per_class` images of every class of
+    `store` (the first ones: the same images every time), in eval mode: what SimpleShot centres
+    on, and what the calibrated hallucinator's base statistics are taken from."""
     rows = torch.cat([(store.labels == c).nonzero().flatten()[:per_class] for c in range(store.n_classes)])
     was_training = model.training
     model.eval()
     try:
-        total = sum(model.embed(store.images[rows[i:i + batch]]).sum(0) for i in range(0, len(rows), batch))
+        features = torch.cat([model.embed(store.images[rows[i:i + batch]]) for i in range(0, len(rows), batch)])
     finally:
         model.train(was_training)
-    return total / len(rows)
+    return features, store.labels[rows]
+
+
+def base_class_mean(model: FewShotClassifier, store, per_class: int = 64) -> torch.Tensor:
+    """The mean feature [D] of `base_class_features`."""
+    return base_class_features(model, store, per_class)[0].mean(0)
 
 
 def _save_last(path: Path, model: FewShotClassifier, trainer, epoch: int, best_val: float,

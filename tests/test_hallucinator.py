@@ -243,3 +243,38 @@ def test_calibrated_statistics_are_gathered_by_the_training_loop_and_saved_in_ch
     restored = FewShotClassifier.from_checkpoint(model.checkpoint())
     for name in ("grand_mean", "within_var", "between_var", "observed"):
         assert torch.equal(getattr(restored.hallucinator, name), getattr(gen, name))
+
+
+def test_calibrate_sets_the_base_statistics_from_all_classes_at_once():
+    from fsl.models.hallucinator import CalibratedHallucinator
+
+    h = CalibratedHallucinator(2)
+    h.observe(torch.randn(1, 8, 2), torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]]), 2)  # earlier statistics are replaced
+    # class 0 at (0, 0) +- 1 on the first axis, class 1 at (4, 2) +- 1 on the first axis; 2 images each
+    features = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [3.0, 2.0], [5.0, 2.0]])
+    h.calibrate(features, torch.tensor([0, 0, 1, 1]), 2)
+    assert torch.allclose(h.grand_mean, torch.tensor([2.0, 1.0]))
+    assert torch.allclose(h.within_var, torch.tensor([2.0, 0.0]))  # (4 x 1) / (4 - 2)
+    # spread of the class means (8, 2) over ways - 1, less within / n_harmonic (2)
+    assert torch.allclose(h.between_var, torch.tensor([8.0 - 1.0, 2.0]))
+    assert int(h.observed) == 1
+
+
+@pytest.mark.slow
+def test_a_pre_trained_calibrated_model_has_base_statistics_without_episodes(tracking):
+    from click.testing import CliRunner
+
+    from fsl.cli import cli
+    from fsl.commands.common import load_model
+    from tests.conftest import TINY
+
+    args = [a for a in TINY if a not in ("--epochs", "1")]
+    result = CliRunner().invoke(cli, ["hallucinate", *args, "--epochs", "0", "--pretrain-epochs", "1", "-M", "4"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    from mlflow.tracking import MlflowClient
+
+    [run] = MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()])
+    model = load_model(f"runs:/{run.info.run_id}")
+    assert int(model.hallucinator.observed) == 1 and model.hallucinator.within_var.sum() > 0
+    assert run.data.metrics["test_acc"] != run.data.metrics["test_acc_no_hallucination"]

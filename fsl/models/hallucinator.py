@@ -168,6 +168,14 @@ class CalibratedHallucinator(nn.Module):
             buffer.lerp_(value, w)
         self.observed += 1
 
+    @torch.no_grad()
+    def calibrate(self, features: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
+        """Set g, S, T afresh from labelled base-class features: features float [N, D], labels
+        int64 [N] in 0..classes-1 (at least 2 images per class). For an encoder trained without
+        episodes (pre-training), where `observe` never ran; one `observe` of all classes at once."""
+        self.observed.zero_()
+        self.observe(features[None], labels[None], classes)
+
     def posterior(self, class_means: torch.Tensor, shots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """class_means [..., D] (the mean of K real shots), shots [...] (K) ->
         (posterior centre [..., D], predictive std [..., D])."""
