@@ -21,7 +21,6 @@ from fsl.stats import paired_difference, seed_ci
 # What tells two recipes apart, with the value a ProtoNet of fsl 0.1 has.
 RECIPE_PARAMS = {"encoder": "conv4", "encoder_width": "1.0", "pretrain_epochs": "0", "epochs": "4",
                  "augment": "none", "feature_transform": "none", "hallucinator": "", "M": "0", "shots": "1"}
-BASELINE = tuple(RECIPE_PARAMS.values())
 
 
 def recipe_of(params: dict[str, str]) -> tuple[str, ...]:
@@ -51,11 +50,18 @@ def collect(experiment: str) -> dict[tuple[str, ...], dict[int, tuple[float, flo
     return out
 
 
-def table(results: dict[tuple[str, ...], dict[int, tuple[float, float]]], baseline=BASELINE) -> list[dict]:
-    """One row per recipe: mean ± t-CI over seeds, and the paired difference to `baseline`."""
-    base = {s: acc for s, (acc, _) in results.get(baseline, {}).items()}
+def baseline_of(recipe: tuple[str, ...]) -> tuple[str, ...]:
+    """Today's ProtoNet at the recipe's shots."""
+    return tuple(v if k == "shots" else default for (k, default), v in zip(RECIPE_PARAMS.items(), recipe))
+
+
+def table(results: dict[tuple[str, ...], dict[int, tuple[float, float]]]) -> list[dict]:
+    """One row per recipe: mean ± t-CI over seeds, and the paired difference to today's ProtoNet
+    at the same shots (seed by seed, the same test episodes)."""
     rows = []
-    for recipe, seeds in sorted(results.items(), key=lambda kv: (kv[0] != baseline, kv[0])):
+    for recipe, seeds in sorted(results.items(), key=lambda kv: (kv[0][-1], kv[0] != baseline_of(kv[0]), kv[0])):
+        baseline = baseline_of(recipe)
+        base = {s: acc for s, (acc, _) in results.get(baseline, {}).items()}
         acc = {s: a for s, (a, _) in seeds.items()}
         interval = seed_ci(list(acc.values()))
         row = {"recipe": describe(recipe), "seeds": ",".join(map(str, sorted(acc))), "test_acc": interval.mean,

@@ -30,8 +30,10 @@ for part in ${parts[@]}; do
                      --baseline pretrain_epochs=0 ;;
     hallucinate)   fsl sweep "${STUDY[@]}" --method hallucinate --epochs 0 --pretrain-epochs 10 \
                      --feature-transform cl2n --param hallucinator=calibrated --param M=0,10,100 --baseline M=0 ;;
-    5shot)         fsl sweep "${STUDY[@]}" --shots 5 --param pretrain_epochs=0,10 --param epochs=4,0 \
-                     --param feature_transform=none,cl2n --baseline pretrain_epochs=0 ;;
+    5shot)         fsl sweep "${STUDY[@]}" --shots 5 --param feature_transform=none,cl2n \
+                     --baseline feature_transform=none
+                   fsl sweep "${STUDY[@]}" --shots 5 --epochs 0 --pretrain-epochs 10 \
+                     --param feature_transform=none,cl2n --baseline feature_transform=none ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done
