@@ -31,7 +31,6 @@ from fsl.data.store import DataSet
 from fsl.errors import FslError
 from fsl.evaluate import evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier, current_state_dict
-from fsl.models.hallucinator import mode_seeking_loss
 from fsl.runtime import atomic_save, compile_module, make_generator, resolve_compile, world
 
 GENERATOR_STRIDE = 7919  # seed offset between the episode streams of replicas (a prime)
@@ -65,10 +64,9 @@ class TrainResult:
 class EpisodeLoss(nn.Module):
     """One episode's loss as a module, so DistributedDataParallel can wrap the whole step."""
 
-    def __init__(self, model: FewShotClassifier, ways: int, diversity: float, encoder: nn.Module | None,
-                 augment: str = "none"):
+    def __init__(self, model: FewShotClassifier, ways: int, encoder: nn.Module | None, augment: str = "none"):
         super().__init__()
-        self.model, self.ways, self.diversity = model, ways, diversity
+        self.model, self.ways = model, ways
         self.policy = AUGMENTATIONS[augment]
         object.__setattr__(self, "compiled", encoder)  # shares model's weights: not a second submodule
 
@@ -77,13 +75,12 @@ class EpisodeLoss(nn.Module):
         augment = augmenter(self.model, self.policy, rng)
         s, q = self.model.embed_episode(support[None], query[None], self.compiled, augment)
         logits = self.model.logits_from_features(s, support_labels, q, self.ways, rng=rng)[0]
-        observe = getattr(self.model.hallucinator, "observe", None)
-        if observe is not None and self.model.M:  # base-class statistics (`calibrated`)
-            observe(torch.cat([s, q], 1), torch.cat([support_labels, query_labels[None]], 1), self.ways)
+        hallucinator = self.model.hallucinator if self.model.M else None
+        if hallucinator is not None:  # e.g. base-class statistics (`calibrated`)
+            hallucinator.observe(torch.cat([s, q], 1), torch.cat([support_labels, query_labels[None]], 1), self.ways)
         loss = F.cross_entropy(logits, query_labels)
-        if self.diversity:
-            loss = loss + self.diversity * mode_seeking_loss(self.model.hallucinator, s, support_labels, self.ways, rng)
-        return loss, logits
+        extra = hallucinator.extra_loss(s, support_labels, self.ways, rng) if hallucinator is not None else None
+        return (loss if extra is None else loss + extra), logits
 
 
 def augmenter(model: FewShotClassifier, policy: Callable[..., torch.Tensor] | None, rng: torch.Generator
@@ -117,11 +114,12 @@ class EpisodeTrainer:
         self.samples_per_step = len(self.query_labels)  # what train accuracy is counted over
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=0.5)
-        diversity = cfg.diversity_weight if cfg.hallucinator == "improved" and model.M else 0.0
+        if model.hallucinator is not None:
+            model.hallucinator.configure(cfg)
         # The compiled encoder lives here, not in the model: checkpoints, evaluation (other
         # shapes) and registered models use the plain one, which shares its weights.
         compiled = compile_module(model.encoder, device) if resolve_compile(cfg.compile, device) else None
-        self.step_loss: nn.Module = EpisodeLoss(model, ways, diversity, compiled, cfg.augment)
+        self.step_loss: nn.Module = EpisodeLoss(model, ways, compiled, cfg.augment)
         if world_size > 1:
             self.step_loss = nn.parallel.DistributedDataParallel(
                 self.step_loss, device_ids=[device] if device.type == "cuda" else None,

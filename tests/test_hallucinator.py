@@ -234,7 +234,7 @@ def test_calibrated_statistics_are_gathered_by_the_training_loop_and_saved_in_ch
     from fsl.train import EpisodeLoss
 
     model = classifier("calibrated", m=10)
-    loss = EpisodeLoss(model, 5, 0.0, None)
+    loss = EpisodeLoss(model, 5, None)
     s = torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8)
     q = torch.randint(0, 255, (10, 3, 16, 16), dtype=torch.uint8)
     loss(s, q, torch.arange(5)[None], torch.arange(5).repeat_interleave(2), torch.Generator().manual_seed(0))

@@ -220,7 +220,7 @@ class FewShotClassifier(nn.Module):
         M = self.M if M is None else M
         if M <= 0 or self.hallucinator is None:
             return None
-        if self.training and not getattr(self.hallucinator, "trains_with_encoder", True):
+        if self.training and not self.hallucinator.trains_with_encoder:
             return None  # a test-time hallucinator (`calibrated`): training is a plain ProtoNet's
         with autocast(self.device, self.config["precision"]):
             fake, fake_labels = hallucinate(self.hallucinator, support, support_labels, ways, M, rng)

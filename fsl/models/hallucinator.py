@@ -29,7 +29,51 @@ class Dropout(nn.Dropout):
         return x * (torch.rand(x.shape) >= self.p) * (1.0 / (1.0 - self.p))
 
 
-class WangGenerator(nn.Module):
+class Hallucinator(nn.Module):
+    """The whole contract of a hallucinator; a new one is a subclass plus one line in HALLUCINATORS.
+
+    - `forward(seeds, noise, class_means[, shots])` -> hallucinated features, all [..., D]: one
+      random real feature per class, Gaussian noise, and the class's real mean; `shots` (each
+      class's K) is passed only when `conditions_on_shots`;
+    - `combine(real, fake, real_counts, M)` -> the prototypes, from the class means of the real
+      and the hallucinated features (default: Wang's plain mean of the K + M features);
+    - `observe(features, labels, ways)`: sees each training episode's labelled features
+      (default: nothing);
+    - `trains_with_encoder`: False for a test-time hallucinator, which is off in training mode
+      (the encoder then trains exactly as a ProtoNet's, and a sweep tests every M of one model);
+    - `extra_loss(features, labels, ways, rng)` -> a term added to the training loss, or None;
+    - `hyper_parameters`: the TrainConfig fields it reads, set by `configure(cfg)` for training.
+    Constructors take the feature size (and keyword defaults only), so a checkpoint rebuilds one.
+    """
+
+    trains_with_encoder: bool = True
+    conditions_on_shots: bool = False
+    hyper_parameters: tuple[str, ...] = ()
+
+    def configure(self, cfg) -> "Hallucinator":
+        """Take this hallucinator's training hyper-parameters from a TrainConfig."""
+        for name in self.hyper_parameters:
+            setattr(self, name, getattr(cfg, name))
+        return self
+
+    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, M: int) -> torch.Tensor:
+        """Prototype = the mean of the K real and M hallucinated features of each class.
+
+        real, fake: class means [..., N, D]; real_counts: K per class [..., N] -> [..., N, D].
+        """
+        k = real_counts.unsqueeze(-1).to(real.dtype)
+        return (k * real + M * fake) / (k + M)
+
+    def observe(self, features: torch.Tensor, labels: torch.Tensor, ways: int) -> None:
+        """features [E, S, D], labels int64 [E, S] of a training episode; nothing by default."""
+
+    def extra_loss(self, features: torch.Tensor, labels: torch.Tensor, ways: int,
+                   rng: torch.Generator | None) -> torch.Tensor | None:
+        """A term added to the episode's loss (support features [E, S, D]); none by default."""
+        return None
+
+
+class WangGenerator(Hallucinator):
     """The original implementation's generator: [feature, noise] (2d) -> 1.5d -> 1.5d -> d.
 
     Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear, ReLU; with d = 1600 this is
@@ -50,16 +94,8 @@ class WangGenerator(nn.Module):
         """seeds [..., D], noise [..., D], class_means [..., D] (unused here) -> [..., D]."""
         return self.net(torch.cat([seeds, noise], dim=-1))
 
-    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, M: int) -> torch.Tensor:
-        """Prototype = the mean of the K real and M hallucinated features of each class.
 
-        real, fake: class means [..., N, D]; real_counts: K per class [..., N] -> [..., N, D].
-        """
-        k = real_counts.unsqueeze(-1).to(real.dtype)
-        return (k * real + M * fake) / (k + M)
-
-
-class PrototypeResidualGenerator(nn.Module):
+class PrototypeResidualGenerator(Hallucinator):
     """The `improved` hallucinator: conditioned on the class, residual, and mixed by a learned weight.
 
     Why: Wang's prototype is the plain mean of K real and M hallucinated features, so the
@@ -87,6 +123,15 @@ class PrototypeResidualGenerator(nn.Module):
         )
         self.mix_logit = nn.Parameter(torch.logit(torch.tensor(initial_mix)))
 
+    hyper_parameters = ("diversity_weight",)
+    diversity_weight = 0.1  # the weight of the mode-seeking term (`--diversity-weight`)
+
+    def extra_loss(self, features: torch.Tensor, labels: torch.Tensor, ways: int,
+                   rng: torch.Generator | None) -> torch.Tensor | None:
+        if not self.diversity_weight:
+            return None
+        return self.diversity_weight * mode_seeking_loss(self, features, labels, ways, rng)
+
     def forward(self, seeds: torch.Tensor, noise: torch.Tensor, class_means: torch.Tensor) -> torch.Tensor:
         """seeds, noise, class_means: [..., D] -> hallucinated features [..., D] (>= 0)."""
         delta, gate = self.net(torch.cat([seeds, noise, class_means], dim=-1)).chunk(2, dim=-1)
@@ -98,7 +143,7 @@ class PrototypeResidualGenerator(nn.Module):
         return (1 - a) * real + a * fake
 
 
-class CalibratedHallucinator(nn.Module):
+class CalibratedHallucinator(Hallucinator):
     """`calibrated`: hallucinate from a class distribution calibrated with base-class statistics.
 
     After distribution calibration (Yang, Liu and Xu, ICLR 2021, "Free Lunch for Few-shot
@@ -206,7 +251,7 @@ class CalibratedHallucinator(nn.Module):
         return (k * real + M * fake) / (k + M)
 
 
-HALLUCINATORS: dict[str, Callable[[int], nn.Module]] = {
+HALLUCINATORS: dict[str, Callable[[int], Hallucinator]] = {
     "wang": WangGenerator,
     "improved": PrototypeResidualGenerator,
     "calibrated": CalibratedHallucinator,
@@ -234,7 +279,7 @@ def seeds_and_means(features: torch.Tensor, labels: torch.Tensor, ways: int,
     return seeds, prototypes(features, labels, ways)
 
 
-def hallucinate(hallucinator: nn.Module, features: torch.Tensor, labels: torch.Tensor, ways: int, M: int,
+def hallucinate(hallucinator: Hallucinator, features: torch.Tensor, labels: torch.Tensor, ways: int, M: int,
                 rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """M new features per class, all in one generator call.
 
@@ -246,7 +291,7 @@ def hallucinate(hallucinator: nn.Module, features: torch.Tensor, labels: torch.T
     shape = (*seeds.shape[:-1], M, features.shape[-1])                          # [..., ways, M, D]
     noise = torch.randn(shape, generator=rng, device=features.device, dtype=features.dtype)
     extra = {}
-    if getattr(hallucinator, "conditions_on_shots", False):  # K real shots per class, for a K-aware generator
+    if hallucinator.conditions_on_shots:  # K real shots per class, for a K-aware generator
         shots = torch.nn.functional.one_hot(labels, ways).sum(-2)                # [..., ways]
         extra["shots"] = shots.unsqueeze(-1).expand(shape[:-1])
     fake = hallucinator(seeds.unsqueeze(-2).expand(shape), noise, means.unsqueeze(-2).expand(shape), **extra)
@@ -255,7 +300,7 @@ def hallucinate(hallucinator: nn.Module, features: torch.Tensor, labels: torch.T
     return fake.reshape(*shape[:-3], ways * M, shape[-1]), fake_labels
 
 
-def mode_seeking_loss(hallucinator: nn.Module, features: torch.Tensor, labels: torch.Tensor, ways: int,
+def mode_seeking_loss(hallucinator: Hallucinator, features: torch.Tensor, labels: torch.Tensor, ways: int,
                       rng: torch.Generator | None = None) -> torch.Tensor:
     """Anti-collapse regulariser: mean of |z1 - z2| / |g(z1) - g(z2)| over one pair per class.
 
