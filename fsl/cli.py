@@ -12,10 +12,11 @@ from typing import Any, Callable
 import click
 
 import fsl
-from fsl.choices import (AUGMENTATIONS, COMPILE_MODES, DISTANCES, ENCODERS, FEATURE_TRANSFORMS, FORMATS, HALLUCINATORS,
-                         METHODS, PRECISIONS, RESUME_LATEST, SPLITS)
+from fsl.choices import (AUGMENTATIONS, COMPILE_MODES, DISTANCES, FEATURE_TRANSFORMS, FORMATS, METHODS, PRECISIONS,
+                         RESUME_LATEST, SPLITS)
 from fsl.config import DEFAULT_HALLUCINATOR, DEFAULT_M, DEFAULTS, FIELD_TYPES, MAX_M, TrainConfig
 from fsl.errors import FslError
+from fsl.registry import ENCODERS, HALLUCINATORS, Registry
 
 SHOW = {"show_default": True}
 
@@ -57,6 +58,23 @@ class AutoInt(click.ParamType):
 
 
 AUTO_INT = AutoInt()
+
+
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names, read when used: a name registered after this module
+    was imported (a plug-in, a test) is a valid choice and is listed in --help."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        super().__init__(registry.names())
+
+    @property  # type: ignore[override]
+    def choices(self):
+        return self.registry.names()
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it
+        pass
 
 
 def _options(*decorators: Callable) -> Callable:
@@ -103,7 +121,7 @@ run_options = _options(
 )
 
 model_options = _options(
-    click.option("--encoder", type=click.Choice(ENCODERS), default=DEFAULTS.encoder,
+    click.option("--encoder", type=RegistryChoice(ENCODERS), default=DEFAULTS.encoder,
                  help="Backbone: conv4 (Snell et al.) or resnet12 (64-160-320-640, as in MetaOptNet and FEAT)."),
     click.option("--encoder-width", default=DEFAULTS.encoder_width,
                  help="Multiply the encoder's channel counts (1 = the published network; 0.25 for a quick CPU run)."),
@@ -172,7 +190,7 @@ resume_option = click.option(
 hallucination_options = _options(
     click.option("-M", "--hallucinations", "M", default=DEFAULT_M,
                  help=f"Hallucinated features per class per episode (0 to {MAX_M})."),
-    click.option("--hallucinator", type=click.Choice(HALLUCINATORS), default=DEFAULT_HALLUCINATOR,
+    click.option("--hallucinator", type=RegistryChoice(HALLUCINATORS), default=DEFAULT_HALLUCINATOR,
                  help="wang: the original generator; improved: prototype-conditioned, residual, anti-collapse; "
                  "calibrated: sampled from a class distribution calibrated with base-class statistics."),
     click.option("--diversity-weight", default=DEFAULTS.diversity_weight,

@@ -14,8 +14,8 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from fsl.choices import (AUGMENTATIONS, COMPILE_MODES, DEVICES, DISTANCES, ENCODERS, FEATURE_TRANSFORMS, HALLUCINATORS,
-                         PRECISIONS)
+from fsl.choices import AUGMENTATIONS, COMPILE_MODES, DEVICES, DISTANCES, FEATURE_TRANSFORMS, PRECISIONS
+from fsl.registry import ENCODERS, HALLUCINATORS
 from fsl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -147,13 +147,13 @@ class TrainConfig:
         _one_of("distance", self.distance, DISTANCES)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("compile", self.compile, COMPILE_MODES)
-        _one_of("encoder", self.encoder, ENCODERS)
+        _one_of("encoder", self.encoder, ENCODERS.names())
         _one_of("augment", self.augment, AUGMENTATIONS)
         _one_of("feature_transform", self.feature_transform, FEATURE_TRANSFORMS)
         if not re.fullmatch(r"(auto|cpu|mps|cuda(:\d+)?)", self.device):
             raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
         if self.hallucinator is not None:
-            _one_of("hallucinator", self.hallucinator, HALLUCINATORS)
+            _one_of("hallucinator", self.hallucinator, HALLUCINATORS.names())
         if not 0 <= self.M <= MAX_M:
             raise UsageError(f"-M/--hallucinations must be between 0 and {MAX_M}, got {self.M}")
         if not self.experiment.strip():

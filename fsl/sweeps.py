@@ -17,7 +17,7 @@ points are merged into one ProtoNet point (hallucinator None), trained once per 
 grid `hallucinator=wang,improved x M=0,10` has 3 points, and both hallucinators pair with the
 same ProtoNet runs.
 
-A hallucinator that does not act in training (`TEST_TIME_HALLUCINATORS`, e.g. calibrated)
+A hallucinator that does not act in training (`fsl.registry.is_test_time`, e.g. calibrated)
 trains the same weights at every M: of the children that differ only in M, the one with the
 largest M is trained and the others are tested from its model (`trained_twin`).
 """
@@ -32,9 +32,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fsl.choices import TEST_TIME_HALLUCINATORS
 from fsl.config import TrainConfig
 from fsl.errors import UsageError
+from fsl.registry import is_test_time
 from fsl.stats import paired_difference, seed_ci
 
 # The options that only mean something with a hallucinator (TrainConfig.to_params drops them
@@ -264,12 +264,12 @@ def plan_sweep(base: TrainConfig, grid: Mapping[str, Sequence[Any]], *, seeds: S
 def trained_twin(plan: Plan, child: Child) -> Child | None:
     """The child whose trained model `child` is tested from, or None if `child` trains itself.
 
-    For a test-time hallucinator (TEST_TIME_HALLUCINATORS), the children of one seed that
+    For a test-time hallucinator (`fsl.registry.is_test_time`), the children of one seed that
     differ only in M (M > 0) train the same weights; the one with the largest M trains and the
     others borrow its model (its checkpoint was chosen, and early stopping decided, on val
     accuracy at that M). Only children of this plan (this shard) are considered.
     """
-    if child.cfg.hallucinator not in TEST_TIME_HALLUCINATORS or not child.cfg.M:
+    if not is_test_time(child.cfg.hallucinator) or not child.cfg.M:
         return None
     twins = [c for c in plan.children if c.seed == child.seed and c.cfg.M > child.cfg.M
              and replace(c.cfg, M=child.cfg.M) == child.cfg]

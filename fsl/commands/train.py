@@ -103,7 +103,7 @@ def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = R
     """A run of `cfg` that tests the model trained by run `twin_run_id` instead of training;
     None (no run opened) if that run's model is not `cfg`'s model at another M.
 
-    For a test-time hallucinator (`fsl.choices.TEST_TIME_HALLUCINATORS`) runs that differ only
+    For a test-time hallucinator (`fsl.registry.is_test_time`) runs that differ only
     in M train the same weights, so `fsl sweep` trains one of them per seed and makes the others
     here: the twin's best checkpoint (kept by val accuracy at the twin's M), set to this run's M.
     The run logs what a trained run logs except the training history: params, `best_val_acc`

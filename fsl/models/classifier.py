@@ -17,8 +17,9 @@ from torch import nn
 
 from fsl.choices import FEATURE_TRANSFORMS
 from fsl.models.distances import DISTANCES, logits as distance_logits, prototypes
-from fsl.models.encoders import ENCODERS, build_encoder
-from fsl.models.hallucinator import HALLUCINATORS, hallucinate
+from fsl.models.encoders import build_encoder
+from fsl.models.hallucinator import hallucinate
+from fsl.registry import ENCODERS, HALLUCINATORS
 from fsl.runtime import autocast, make_generator
 
 # 2: the hallucinator's weights are saved under `hallucinator.` (schema 1: `generator.`).
@@ -49,7 +50,7 @@ def model_config(*, image_size: int, channels: int, mean: Sequence[float], std: 
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; choose from {sorted(DISTANCES)}")
     if hallucinator is not None and hallucinator not in HALLUCINATORS:
-        raise ValueError(f"unknown hallucinator {hallucinator!r}; choose from {sorted(HALLUCINATORS)}")
+        raise ValueError(f"unknown hallucinator {hallucinator!r}; choose from {', '.join(HALLUCINATORS)}")
     return {"encoder": encoder, "image_size": int(image_size), "channels": int(channels),
             "mean": [float(v) for v in mean], "std": [float(v) for v in std], "distance": distance,
             "precision": precision, "hallucinator": hallucinator, "hallucinations": int(M),  # saved key: M

@@ -1,7 +1,7 @@
 """Feature extractors: images [B, C, S, S] -> features [B, out_dim].
 
-`ENCODERS` is the one registry: the `--encoder` choices, the checkpoint's `encoder` key and the
-model's constructor all read it, so a new backbone is one class here plus one line in it. Every
+`fsl.registry.ENCODERS` is the one registry: the `--encoder` choices, the checkpoint's `encoder`
+key and the model's constructor all read it, so a new backbone is one class plus one line. Every
 encoder takes (in_channels, image_size, width) and sets `out_dim`; `width` multiplies every
 channel count (1.0 is the published network; CI trains the same classes at 0.25).
 
@@ -12,11 +12,11 @@ channel count (1.0 is the published network; CI trains the same classes at 0.25)
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fsl.registry import ENCODERS
 
 MIN_IMAGE_SIZE = 16  # both encoders halve the input four times
 
@@ -133,11 +133,9 @@ class ResNet12(nn.Module):
         return self.stages(x).mean((-2, -1))
 
 
-ENCODERS: dict[str, Callable[..., nn.Module]] = {"conv4": Conv4, "resnet12": ResNet12}
-
-
 def build_encoder(name: str, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
-    """The registered encoder `name`; raises ValueError naming the choices for an unknown one."""
+    """The registered encoder `name` (fsl.registry.ENCODERS); ValueError naming the choices for an
+    unknown one."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
     return ENCODERS[name](in_channels, image_size, width)

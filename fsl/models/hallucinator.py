@@ -10,12 +10,11 @@ calibrated with running base-class statistics (Yang, Liu and Xu, ICLR 2021) and 
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from fsl.models.distances import prototypes
+from fsl.registry import HALLUCINATORS  # noqa: F401  (the names: fsl.registry)
 
 
 class Dropout(nn.Dropout):
@@ -249,13 +248,6 @@ class CalibratedHallucinator(Hallucinator):
         """Prototype = the mean of the K real and M hallucinated features (Wang's rule)."""
         k = real_counts.unsqueeze(-1).to(real.dtype)
         return (k * real + M * fake) / (k + M)
-
-
-HALLUCINATORS: dict[str, Callable[[int], Hallucinator]] = {
-    "wang": WangGenerator,
-    "improved": PrototypeResidualGenerator,
-    "calibrated": CalibratedHallucinator,
-}
 
 
 def pick_seeds(labels: torch.Tensor, ways: int, rng: torch.Generator | None) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""Registries: the one list of the names of each extension axis, imported on use.
+
+A registry maps a name to "module:attribute" (or to the object itself), so that the command
+line can list and check the names without importing torch, and the object is imported only when
+it is used. A new hallucinator or encoder is one class plus one line:
+
+    HALLUCINATORS.register("mine", "my_package.module:MyHallucinator")   # or the class itself
+
+The CLI's choices, `TrainConfig.validate`, checkpoints and registered models all read these.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Iterator
+
+
+class Registry:
+    """An ordered name -> object table whose entries may be "module:attribute" strings."""
+
+    def __init__(self, kind: str, entries: dict[str, Any]) -> None:
+        self.kind = kind
+        self._entries = dict(entries)
+
+    def register(self, name: str, target: Any) -> None:
+        """Add (or replace) `name`; `target` is the object or a "module:attribute" string."""
+        self._entries[name] = target
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, name: str) -> Any:
+        """The registered object (imported on first use); KeyError naming the choices."""
+        if name not in self._entries:
+            raise KeyError(f"unknown {self.kind} {name!r}; choose from {', '.join(self._entries)}")
+        target = self._entries[name]
+        if isinstance(target, str):
+            module, _, attribute = target.partition(":")
+            target = self._entries[name] = getattr(importlib.import_module(module), attribute)
+        return target
+
+
+ENCODERS = Registry("encoder", {
+    "conv4": "fsl.models.encoders:Conv4",
+    "resnet12": "fsl.models.encoders:ResNet12",
+})
+
+HALLUCINATORS = Registry("hallucinator", {
+    "wang": "fsl.models.hallucinator:WangGenerator",
+    "improved": "fsl.models.hallucinator:PrototypeResidualGenerator",
+    "calibrated": "fsl.models.hallucinator:CalibratedHallucinator",
+})
+
+
+def is_test_time(hallucinator: str | None) -> bool:
+    """Whether `hallucinator` does not act in training (the trained weights do not depend on M,
+    so a sweep trains one model per seed for all M). Imports the class."""
+    return hallucinator is not None and not HALLUCINATORS[hallucinator].trains_with_encoder
