@@ -109,15 +109,19 @@ episode_options = _options(
     click.option("--test-queries", default=DEFAULTS.test_queries, help="Query images per class in val/test episodes."),
 )
 
-run_options = _options(
-    click.option("--seed", default=DEFAULTS.seed, help="Seed of training episodes, initial weights and training noise."),
-    click.option("--val-seed", default=DEFAULTS.val_seed, help="Seed of the fixed validation episodes."),
+test_run_options = _options(  # what a command that only tests a model reads
     click.option("--test-seed", default=DEFAULTS.test_seed, help="Seed of the fixed test episodes and test-time noise."),
     click.option("--device", default=DEFAULTS.device,
                  help="auto = CUDA, else Apple MPS, else CPU; or cpu, cuda, cuda:N, mps."),
+    click.option("--experiment", default=DEFAULTS.experiment, help="MLflow experiment (ignored inside `mlflow run`)."),
+)
+
+run_options = _options(
+    click.option("--seed", default=DEFAULTS.seed, help="Seed of training episodes, initial weights and training noise."),
+    click.option("--val-seed", default=DEFAULTS.val_seed, help="Seed of the fixed validation episodes."),
+    test_run_options,
     click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS.precision,
                  help="auto = bf16 autocast where the device has bf16 units (CUDA, AMX CPUs), else fp32."),
-    click.option("--experiment", default=DEFAULTS.experiment, help="MLflow experiment (ignored inside `mlflow run`)."),
 )
 
 model_options = _options(
@@ -421,7 +425,7 @@ def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: 
 @click.option("--test-episodes", default=DEFAULTS.test_episodes, help="Test episodes.")
 @click.option("--episodes", "episodes_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Evaluate on the episodes of this CSV file instead of sampling new ones.")
-@run_options
+@test_run_options
 def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None:
     """Evaluate a saved model on new test episodes, or on an episode file (one MLflow run)."""
     from fsl.commands.evaluate import run_evaluation

@@ -236,6 +236,10 @@ ROWS = [
      "--out /dev/full: cannot write"),
     ("model-pickled-object", lambda tmp, ckpt: (["evaluate", "--model", str(_pickled_object(tmp))], None), 2,
      "holds objects other than tensors and plain values, which fsl refuses to load"),
+    ("evaluate-takes-no-training-seed", lambda tmp, ckpt: (["evaluate", "--model", str(ckpt), "--seed", "3"], None), 2,
+     "No such option '--seed'"),
+    ("evaluate-takes-no-precision", lambda tmp, ckpt: (["evaluate", "--model", str(ckpt), "--precision", "bf16"], None),
+     2, "No such option '--precision'"),
     # --- registry
     ("register-a-failed-run", lambda tmp, ckpt: (["register", "--run-id", failed_run(tmp)], None), 2, "is FAILED"),
 ]
