@@ -240,3 +240,17 @@ def test_evaluating_an_mlflow_uri_leaves_no_downloaded_checkpoint_behind(trackin
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     invoke("evaluate", "--model", f"runs:/{run_id}", "--image-size", "16", "--test-episodes", "3")
     assert list(temporary.rglob("*.pt")) == []
+
+
+def test_every_command_that_opens_a_run_ends_with_its_ui_link(tracking):
+    client = MlflowClient()
+    trained = invoke("protonet", *TINY)
+    run = only_run(client)
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?workflowType=machine_learning"
+    last = trained.output.strip().splitlines()[-1]
+    assert last.startswith(f"run {run.info.run_name} ({run.info.run_id}): http://127.0.0.1:5000/{page}"), last
+    assert f"mlflow ui --backend-store-uri {tracking}" in last
+    evaluated = invoke("evaluate", "--model", f"runs:/{run.info.run_id}", "--image-size", "16", "--test-episodes", "3")
+    assert "?workflowType=machine_learning" in evaluated.output.strip().splitlines()[-1]
+    swept = invoke("sweep", *TINY, "--param", "shots=1")
+    assert swept.output.strip().splitlines()[-1].startswith("run sweep-shots (")

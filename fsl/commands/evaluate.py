@@ -56,7 +56,9 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
                 test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
         log_eval(tracker, test)
         reporter.echo(f"test ({label}): {test}")
-        return RunSummary(tracker.run_id, float("nan"), test, None, params)
+        summary = RunSummary(tracker.run_id, float("nan"), test, None, params)
+    reporter.echo(runs.link(summary.run_id))
+    return summary
 
 
 def evaluation_name(model_spec: str) -> str:

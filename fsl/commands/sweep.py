@@ -55,6 +55,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
         for row in rows:
             reporter.echo(sweeps.describe(row, plan.baseline is not None))
         reporter.echo(f"sweep done: {len(plan.children)} runs ({reused} reused)")
+    reporter.echo(runs.link(parent.run_id))
     return rows
 
 

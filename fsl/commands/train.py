@@ -95,6 +95,8 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
             summary = _train_test_register(setup, tracker, checkpoints, resume_id, options, reporter, params)
         if rank == 0:  # the run FINISHED: best.pt is one of its artifacts now, and last.pt is spent
             shutil.rmtree(checkpoints, ignore_errors=True)
+            if summary.run_id:
+                reporter.echo(runs.link(summary.run_id))
         return summary
 
 
@@ -144,7 +146,9 @@ def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = R
             tracker.log_artifact(checkpoint, "checkpoints")
             test, plain = _test(setup, tracker, reporter, Path(workdir))
             _tag_and_register(setup, tracker, checkpoint, best_val, options, reporter)
-            return RunSummary(tracker.run_id, best_val, test, plain, params)
+            summary = RunSummary(tracker.run_id, best_val, test, plain, params)
+        reporter.echo(runs.link(summary.run_id))
+        return summary
 
 
 def run_name(cfg: TrainConfig) -> str:

@@ -32,6 +32,9 @@ class NullRuns:
     def unfinished_runs(self, experiment: str) -> list:
         return []
 
+    def link(self, run_id: str) -> str:
+        return f"run {run_id} (not tracked)"
+
     @contextlib.contextmanager
     def open(self, experiment: str, **_: Any) -> Iterator[NullTracker]:
         yield NullTracker()

@@ -44,8 +44,11 @@ UNFINISHED = ("RUNNING", "KILLED", "FAILED")
 # Seconds between system-metric samples: MLflow's default (10 s, logged in batches of 1) would
 # leave a one-minute run with a handful of points; 2 s costs well under 1% of a core.
 SYSTEM_METRICS_INTERVAL = 2
-# Asks MLflow 3's UI to open the experiment in its "Model training" view, not the GenAI one.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# MLflow 3.14-3.17's UI chooses an experiment's view from the URL's `workflowType` parameter,
+# else the browser's local storage, else GenAI; it does not read the `mlflow.experimentKind`
+# tag (a feature flag compiled in bypasses it), so fsl sets no such tag and links with this.
+TRAINING_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
 
 
 class Tracker:
@@ -169,6 +172,10 @@ class MlflowRuns:
     def run_record(self, run_id: str) -> RunRecord:
         return _record(get_run(run_id))
 
+    def link(self, run_id: str) -> str:
+        """The run's name and its UI address (`run_link`)."""
+        return run_link(run_id)
+
     @contextlib.contextmanager
     def open(self, experiment: str, run_name: str | None = None, nested: bool = False,
              tags: dict[str, str] | None = None, run_id: str | None = None,
@@ -186,9 +193,7 @@ class MlflowRuns:
             mlflow.set_system_metrics_samples_before_logging(1)
         with store_lock():
             if not (run_id or inherited):
-                exp = mlflow.set_experiment(experiment)
-                if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-                    MlflowClient().set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+                mlflow.set_experiment(experiment)
         run = mlflow.start_run(run_id=run_id or inherited, run_name=None if run_id or inherited else run_name,
                                nested=nested, log_system_metrics=system_metrics)
         tracker = Tracker(run.info.run_id, MlflowClient())
@@ -206,6 +211,18 @@ class MlflowRuns:
             raise
         else:
             mlflow.end_run()
+
+
+def run_link(run_id: str) -> str:
+    """One line naming a run and its page in the MLflow UI, in the training view: the server's
+    own address for a server URI, else `mlflow ui`'s default address and the command serving it."""
+    run = get_run(run_id)
+    uri = mlflow.get_tracking_uri()
+    page = f"#/experiments/{run.info.experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+    name = run.info.run_name or run_id
+    if uri.startswith(("http://", "https://")):
+        return f"run {name} ({run_id}): {uri.rstrip('/')}/{page}"
+    return f"run {name} ({run_id}): {LOCAL_UI}/{page}  (served by: mlflow ui --backend-store-uri {uri})"
 
 
 def _record(run) -> RunRecord:
