@@ -254,3 +254,28 @@ def test_every_command_that_opens_a_run_ends_with_its_ui_link(tracking):
     assert "?workflowType=machine_learning" in evaluated.output.strip().splitlines()[-1]
     swept = invoke("sweep", *TINY, "--param", "shots=1")
     assert swept.output.strip().splitlines()[-1].startswith("run sweep-shots (")
+
+
+def test_a_run_killed_between_testing_and_registering_logs_its_test_once_when_resumed(tracking, monkeypatch):
+    import fsl.commands.train as training
+
+    real = training._tag_and_register
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed after testing")
+
+    monkeypatch.setattr(training, "_tag_and_register", killed)
+    with pytest.raises(RuntimeError, match="killed after testing"):
+        invoke("protonet", *[a for a in TINY if a != "--no-register"])
+    client = MlflowClient()
+    run = only_run(client)
+    assert run.info.status == "FAILED" and "test_acc" in run.data.metrics
+    monkeypatch.setattr(training, "_tag_and_register", real)
+    resumed = invoke("protonet", *[a for a in TINY if a != "--no-register"], "--resume")
+    assert resumed.exit_code == 0 and f"resuming run {run.info.run_id}" in resumed.output, resumed.output
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    for key in ("test_episode_acc", "test_acc", "test_ci95"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert len(steps) == len(set(steps)), (key, steps)  # once per step, not twice
+    assert len(client.get_metric_history(run.info.run_id, "test_episode_acc")) == 5
+    assert client.get_model_version_by_alias("fsl-protonet", "champion").run_id == run.info.run_id

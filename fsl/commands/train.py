@@ -30,7 +30,9 @@ from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
 from fsl.runtime import (atomic_save, cache_dir, digest, distributed, make_generator, process_alive, resolve_precision,
                          seed_everything, set_deterministic)
-from fsl.tracking.null import NullRuns
+from fsl.tracking.null import NullRuns, NullTracker
+
+SILENT_TRACKER = NullTracker()  # computes and reports, records nothing
 from fsl.pretrain import PREFIX as PRETRAIN, check_pretraining, pretrain, pretrain_steps
 from fsl.train import train, validation_episodes
 
@@ -272,9 +274,11 @@ def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resum
         result.best_checkpoint = checkpoints / "best.pt"
     tracker.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})
     tracker.log_artifact(result.best_checkpoint, "checkpoints")
+    # A run killed after its test (before registering) and resumed has its test metrics already.
+    tested = resume_id is not None and "test_acc" in tracker.logged_metric_keys()
     with tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
         tracker.log_artifact(viz.learning_curve(result.history, Path(workdir) / "learning_curve.png"))
-        test, plain = _test(setup, tracker, reporter, Path(workdir))
+        test, plain = _test(setup, SILENT_TRACKER if tested else tracker, reporter, Path(workdir))
     _tag_and_register(setup, tracker, result.best_checkpoint, result.best_val_acc, options, reporter)
     return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params)
 

@@ -66,6 +66,10 @@ class Tracker:
         for start in range(0, len(items), 100):
             mlflow.log_params(dict(items[start:start + 100]), run_id=self.run_id)
 
+    def logged_metric_keys(self) -> set[str]:
+        """The metrics this run already has (a resumed run must not log its test twice)."""
+        return set(self.client.get_run(self.run_id).data.metrics)
+
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
