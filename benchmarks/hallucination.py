@@ -146,13 +146,13 @@ def omniglot_study(episodes: int = 1000, seeds=(0, 1, 2, 3, 4), kinds=("calibrat
     from pathlib import Path
 
     from benchmarks.omniglot import OMNIGLOT, unseen_split_file
-    from fsl.data.readers import ReadOptions, read
+    from fsl.data import load_dataset
 
-    background = read(OMNIGLOT / "images_background_small1.zip",
-                      opts=ReadOptions(rotations=True, split_ratio=(0.9, 0.1, 0.0)))
+    background = load_dataset(str(OMNIGLOT / "images_background_small1.zip"), rotations=True,
+                              split_ratio=(0.9, 0.1, 0.0))
     split_file = unseen_split_file(OMNIGLOT / "images_background_small2.zip",
                                    Path(tempfile.mkdtemp()) / "unseen.txt")
-    unseen = read(OMNIGLOT / "images_background_small2.zip", opts=ReadOptions(split_file=str(split_file)))
+    unseen = load_dataset(str(OMNIGLOT / "images_background_small2.zip"), split_file=str(split_file))
     plan = study_plan(episodes, seeds, kinds, ms, 1, test_episodes, ways=20, queries=5, test_queries=5,
                       augment=True)
     return replicated_study(plan, background, unseen.split("test"), device_name)

@@ -43,7 +43,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     on the unseen alphabets; a JSON-able summary."""
     from fsl.config import TrainConfig
     from fsl.data.episodes import EpisodeShape
-    from fsl.data.readers import ReadOptions, read
+    from fsl.data import load_dataset
     from fsl.evaluate import evaluate, sample_episodes
     from fsl.models.classifier import FewShotClassifier
     from fsl.runtime import resolve_device, resolve_precision, seed_everything
@@ -52,11 +52,11 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     started = time.perf_counter()
     dev = resolve_device(device)
     precision = resolve_precision("auto", dev)
-    background = read(OMNIGLOT / "images_background_small1.zip",
-                      opts=ReadOptions(rotations=True, split_ratio=(0.9, 0.1, 0.0)))
+    background = load_dataset(str(OMNIGLOT / "images_background_small1.zip"), rotations=True,
+                              split_ratio=(0.9, 0.1, 0.0))
     workdir = workdir or Path(tempfile.mkdtemp(prefix="fsl-omniglot-"))
     split_file = unseen_split_file(OMNIGLOT / "images_background_small2.zip", workdir / "omniglot_unseen.txt")
-    unseen = read(OMNIGLOT / "images_background_small2.zip", opts=ReadOptions(split_file=str(split_file)))
+    unseen = load_dataset(str(OMNIGLOT / "images_background_small2.zip"), split_file=str(split_file))
     loaded = time.perf_counter() - started
 
     # Snell et al. train Omniglot 1-shot with 60-way episodes and 5 queries.

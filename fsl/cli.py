@@ -60,6 +60,24 @@ class AutoInt(click.ParamType):
 AUTO_INT = AutoInt()
 
 
+class Auto(click.ParamType):
+    """A value of `cast`, or 'auto' for None (the option's default; MLproject passes 'auto')."""
+
+    def __init__(self, cast: Callable[[str], Any], name: str) -> None:
+        self.cast, self.name = cast, f"{name}|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value is None or value == "auto":
+            return None
+        try:
+            return self.cast(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a {self.name}", param, ctx)
+
+
+AUTO_TEXT, AUTO_FLOAT = Auto(str, "text"), Auto(float, "float")
+
+
 class RegistryChoice(click.Choice):
     """A choice among a registry's names, read when used: a name registered after this module
     was imported (a plug-in, a test) is a valid choice and is listed in --help."""
@@ -96,6 +114,12 @@ data_options = _options(
                  help="1 = greyscale, 3 = RGB. [default: inferred from the images]"),
     click.option("--rotations/--no-rotations", default=DEFAULTS.rotations,
                  help="Add 90/180/270-degree rotations of every class as new classes (the Omniglot protocol)."),
+    click.option("--split-ratio", type=AUTO_TEXT, default=None, metavar="TRAIN,VAL,TEST",
+                 help="Split a class-per-folder tree by class in these shares, e.g. 0.9,0.1,0. [default: 0.64,0.16,0.2]"),
+    click.option("--split-file", type=AUTO_TEXT, default=None,
+                 help="Split a class-per-folder tree by a file of `split,class` lines (classes not listed are left out)."),
+    click.option("--val-share", type=AUTO_FLOAT, default=None,
+                 help="Course format: the share of train classes held out for validation. [default: 0.2]"),
 )
 
 episode_options = _options(
@@ -153,6 +177,10 @@ training_options = _options(
     episode_options,
     model_options,
     pretrain_options,
+    click.option("--test-data", type=AUTO_TEXT, default=None, help="Test on this data set instead of --data's test "
+                 "split (read at the model's size and channels; validation stays on --data). [default: --data]"),
+    click.option("--test-split", type=click.Choice(["test", "all"]), default=DEFAULTS.test_split,
+                 help="With --test-data: test on its test split, or on all of its classes."),
     click.option("--init", default=None, help="Start from a trained model (its encoder, and its hallucinator if "
                  "compatible): a checkpoint or an MLflow URI, e.g. the runs:/ID of an `fsl pretrain` run."),
     click.option("--distance", type=click.Choice(DISTANCES), default=DEFAULTS.distance,
@@ -379,11 +407,17 @@ def data() -> None:
 @click.argument("path")
 @click.option("--format", type=click.Choice(FORMATS), default=None, help="Format. [default: detected]")
 @click.option("--image-size", type=click.IntRange(16, 512), default=None, help="Target size. [default: inferred]")
-def inspect(path: str, format: str | None, image_size: int | None) -> None:
+@click.option("--split-ratio", type=AUTO_TEXT, default=None, metavar="TRAIN,VAL,TEST",
+              help="Split a class-per-folder tree by class in these shares. [default: 0.64,0.16,0.2]")
+@click.option("--split-file", type=AUTO_TEXT, default=None, help="Split a class-per-folder tree by this list.")
+@click.option("--val-share", type=AUTO_FLOAT, default=None, help="Course format: validation share of train classes.")
+def inspect(path: str, format: str | None, image_size: int | None, **splits: Any) -> None:
     """Print the format, splits, classes, images per class and image size of PATH."""
     from fsl.data import load_dataset
 
-    click.echo(load_dataset(path, image_size, format).describe())
+    cfg = TrainConfig(data=path, **splits)
+    cfg._validate_splits()
+    click.echo(load_dataset(path, image_size, format, **cfg.read_options()).describe())
 
 
 @data.command(context_settings=SHOW)
@@ -399,7 +433,8 @@ def cache(clear: bool) -> None:
 
 @cli.command(context_settings=SHOW)
 @data_options
-@click.option("--split", type=click.Choice(SPLITS), default="test", help="Split to draw from.")
+@click.option("--split", type=click.Choice([*SPLITS, "all"]), default="test",
+              help="Split to draw from; all = every class of the data set (as a test set).")
 @click.option("-n", "--episodes", "count", default=600, help="Number of episodes.")
 @click.option("--ways", default=5, help="Classes per episode.")
 @click.option("--shots", default=1, help="Support images per class.")
@@ -425,6 +460,8 @@ def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: 
 @click.option("--test-episodes", default=DEFAULTS.test_episodes, help="Test episodes.")
 @click.option("--episodes", "episodes_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Evaluate on the episodes of this CSV file instead of sampling new ones.")
+@click.option("--split", "test_split", type=click.Choice(["test", "all"]), default="test",
+              help="Test on the data set's test split, or on every class of it (a data set the model never saw).")
 @test_run_options
 def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None:
     """Evaluate a saved model on new test episodes, or on an episode file (one MLflow run)."""

@@ -34,6 +34,7 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 MAX_EPISODES = 10**6
 MAX_EPOCHS = 10**4
 MAX_EXPERIMENT_NAME = 256
+TEST_SPLITS = ("test", "all")  # --test-split: the test split of --test-data, or every class of it
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class TrainConfig:
     image_size: int | None = None          # None: the data set's own size (32 for synthetic)
     channels: int | None = None            # None: inferred (greyscale trees -> 1, else 3)
     rotations: bool = False                # add 90/180/270-degree rotations as classes (Omniglot)
+    split_ratio: str | None = None         # "train,val,test" class shares of a class-per-folder tree (None: 0.64,0.16,0.2)
+    split_file: str | None = None          # lines of `split,class` for a class-per-folder tree
+    val_share: float | None = None         # course format: share of train classes for validation (None: 0.2)
+    test_data: str | None = None           # test on this data set instead of --data's test split
+    test_split: str = "test"               # which classes of --test-data are tested: its test split, or all
     augment: str = "none"                  # training-image augmentation policy, on the device (fsl.data.augment)
     encoder: str = "conv4"                 # fsl.models.encoders.ENCODERS
     encoder_width: float = 1.0             # channel multiplier of the encoder (1 = the published network)
@@ -87,6 +93,18 @@ class TrainConfig:
         flag = {"true": "omniglot", "1": "omniglot", "yes": "omniglot", "false": "none", "0": "none", "no": "none"}
         if isinstance(self.augment, bool) or str(self.augment).lower() in flag:
             object.__setattr__(self, "augment", flag[str(self.augment).lower()])
+
+    @property
+    def split_ratios(self) -> tuple[float, float, float] | None:
+        """--split-ratio as three floats (checked by `validate`), or None for the format's default."""
+        if self.split_ratio is None:
+            return None
+        parts = tuple(float(v) for v in str(self.split_ratio).split(","))
+        return parts  # type: ignore[return-value]
+
+    def read_options(self) -> dict[str, Any]:
+        """The split keywords of `fsl.data.load_dataset` for --data."""
+        return {"split_ratio": self.split_ratios, "split_file": self.split_file, "val_share": self.val_share}
 
     @property
     def train_shape(self) -> "EpisodeShape":
@@ -163,6 +181,25 @@ class TrainConfig:
                              f"{len(self.experiment)}")
         if not self.data.strip():
             raise UsageError("--data must not be empty (use 'synthetic' for the built-in set)")
+        self._validate_splits()
+
+    def _validate_splits(self) -> None:
+        if self.split_ratio is not None:
+            try:
+                ratios = self.split_ratios
+            except ValueError:
+                ratios = None
+            if ratios is None or len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios) \
+                    or abs(sum(ratios) - 1) > 1e-6:
+                raise UsageError(f"--split-ratio must be three shares TRAIN,VAL,TEST, each >= 0, summing to 1 "
+                                 f"(e.g. 0.9,0.1,0), got {self.split_ratio!r}")
+        if self.split_ratio is not None and self.split_file is not None:
+            raise UsageError("--split-ratio and --split-file both choose the splits: give one")
+        if self.val_share is not None and not (math.isfinite(self.val_share) and 0 < self.val_share < 1):
+            raise UsageError(f"--val-share must be between 0 and 1 (exclusive), got {self.val_share}")
+        _one_of("test_split", self.test_split, TEST_SPLITS)
+        if self.test_data is not None and not self.test_data.strip():
+            raise UsageError("--test-data must not be empty")
 
     def resolved(self) -> "TrainConfig":
         return replace(self, test_shots=self.test_shots or self.shots)
@@ -190,7 +227,8 @@ PRETRAIN_FIELDS = ("pretrain_epochs", "pretrain_lr", "pretrain_batch_size", "pre
 # Params added after fsl 0.1 with the value that reproduces a run made before them: at that
 # value they are left out of the run identity (`fsl.config_hash`), so `--resume` and sweep reuse
 # still find the runs made before they existed. `augment` was a boolean.
-PRE_CHANGE_PARAMS = {"encoder": "conv4", "encoder_width": 1.0, "feature_transform": "none"}
+PRE_CHANGE_PARAMS = {"encoder": "conv4", "encoder_width": 1.0, "feature_transform": "none", "split_ratio": "",
+                     "split_file": "", "val_share": "", "test_data": "", "test_split": "test"}
 PRE_CHANGE_AUGMENT = {"none": False, "omniglot": True}
 
 

@@ -43,3 +43,31 @@ def test_a_tiny_deterministic_schedule_gives_the_golden_numbers(kind):
         assert got == expected
     else:
         assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_fingerprints_and_source_ids_keep_their_formulas(tmp_path, monkeypatch):
+    """The data fingerprint (the champion rule) and the episode-file source id of 2572630 for two
+    trees of fixed names, sizes and mtimes: the split options made explicit since (None = the
+    format's default) and the per-machine cache validity leave both unchanged."""
+    import os
+
+    from PIL import Image
+
+    from fsl.data import load_dataset
+
+    monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
+
+    def tree(base, layout):
+        for rel in layout:
+            path = base / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (len(rel) * 7 % 256, 10, 20)).save(path)
+            os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+
+    tree(tmp_path / "cf", [f"alpha/c{i}/{j}.bmp" for i in range(10) for j in range(3)])
+    tree(tmp_path / "sf", [f"{s}/{s}{i}/{j}.bmp" for s in ("train", "val", "test") for i in range(2) for j in range(3)])
+    class_folders, split_folders = load_dataset(str(tmp_path / "cf")), load_dataset(str(tmp_path / "sf"))
+    assert (class_folders.fingerprint, class_folders.source_id) == ("f3e33a60ba5751382766", "e7fed42e2c45defb8772")
+    assert (split_folders.fingerprint, split_folders.source_id) == ("dd3ef1ca1f0a5ba52c83", "05e71e5e267f9dc3d98d")
+    explicit = load_dataset(str(tmp_path / "cf"), split_ratio=(0.64, 0.16, 0.20))
+    assert explicit.fingerprint == class_folders.fingerprint

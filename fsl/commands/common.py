@@ -19,7 +19,7 @@ import fsl
 from fsl.choices import RESUME_LATEST
 from fsl.config import TrainConfig
 from fsl.data import DataSet, load_dataset
-from fsl.errors import UsageError
+from fsl.errors import FslError, UsageError
 from fsl.progress import progress
 from fsl.runtime import resolve_device
 
@@ -60,9 +60,22 @@ def device_option(name: str) -> torch.device:
         raise UsageError(str(exc)) from exc
 
 
-def load_data(cfg: TrainConfig, image_size: int | None = None) -> DataSet:
-    """The data set named by cfg.data with cfg's format, size, channels and rotations."""
-    return load_dataset(cfg.data, image_size or cfg.image_size, cfg.format, cfg.channels, cfg.rotations)
+def load_data(cfg: TrainConfig, image_size: int | None = None, split: str = "splits") -> DataSet:
+    """The data set named by cfg.data with cfg's format, size, channels, rotations and split
+    options; `split="all"` makes every class a test class."""
+    return load_dataset(cfg.data, image_size or cfg.image_size, cfg.format, cfg.channels, cfg.rotations,
+                        split=split, **cfg.read_options())
+
+
+def load_test_data(cfg: TrainConfig, data: DataSet) -> DataSet:
+    """The data set the final test draws from: --test-data (read at the model's size and channel
+    count; --test-split all: every class) or `data` itself."""
+    if cfg.test_data is None:
+        return data
+    try:
+        return load_dataset(cfg.test_data, data.image_size, None, data.channels, split=cfg.test_split)
+    except FslError as exc:
+        raise UsageError(f"--test-data {cfg.test_data}: {exc}") from None
 
 
 def load_model(spec: str, map_location: str = "cpu"):
@@ -117,6 +130,7 @@ def dataset_input(data: DataSet, cfg: TrainConfig) -> dict[str, Any]:
     name = "synthetic" if cfg.data == "synthetic" else Path(cfg.data).resolve().name
     source = {"data": cfg.data if cfg.data == "synthetic" else str(Path(cfg.data).resolve()),
               "format": cfg.format or "detected", "rotations": cfg.rotations}
+    source |= {k: v for k, v in cfg.read_options().items() if v is not None}
     if cfg.data == "synthetic":
         from fsl.data import synthetic
 

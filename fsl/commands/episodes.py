@@ -18,7 +18,8 @@ def write_episodes(cfg: TrainConfig, split: str, count: int, shape: EpisodeShape
         raise UsageError(f"-n/--episodes must be between 1 and {MAX_EPISODES:,}, got {count:,}")
     if not 0 <= seed <= MAX_SEED:
         raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
-    data = load_data(cfg)
+    data = load_data(cfg, split="all" if split == "all" else "splits")
+    split = "test" if split == "all" else split  # every class, as the test split
     episodes = sample_episodes(data.split(split), shape, count, seed, split, option_prefix="")
     try:
         write_episode_file(Path(out), data, split, episodes)

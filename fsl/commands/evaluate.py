@@ -27,18 +27,21 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     size = model.config["image_size"]
     params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed,
               "device_resolved": str(device), "precision_resolved": model.config["precision"]}
+    split = "all" if cfg.test_split == "all" else "splits"
     if episodes_file:
-        episodes = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size), size, model.config["channels"])
+        episodes = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size, split), size,
+                                     model.config["channels"])
         fingerprint = digest(Path(episodes_file).read_bytes())
         params |= {"episodes": episodes_file, "test_episodes": len(episodes)}
         label, data = f"{len(episodes)} episodes of {episodes_file}", None
     else:
-        data = load_data(cfg, size)
+        data = load_data(cfg, size, split)
         store = data.split("test").to(device)
         episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
         fingerprint = data.fingerprint
         params |= {"test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots,
-                   "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes}
+                   "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes, "split": cfg.test_split}
+        params |= {k: v for k, v in cfg.read_options().items() if v is not None}
         label = str(cfg.test_shape)
     tags = run_tags("evaluate", fingerprint, model.config["precision"])
     runs.fail_stale_runs(cfg.experiment, alive=process_alive)  # as every command that opens a run

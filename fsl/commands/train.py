@@ -18,7 +18,8 @@ import torch
 
 from fsl import viz
 from fsl.commands.common import (LATEST, SILENT, Reporter, RunOptions, broadcast, dataset_input, device_option,
-                                 load_data, load_model, log_eval, log_source_diff, mlflow_runs, run_tags,
+                                 load_data, load_model, load_test_data, log_eval, log_source_diff, mlflow_runs,
+                                 run_tags,
                                  sigterm_as_interrupt)
 from fsl.config import TrainConfig, canonical_params
 from fsl.data import DataSet
@@ -46,6 +47,11 @@ class TrainingSetup:
     device: torch.device
     precision: str
     model: FewShotClassifier
+    test_data: DataSet | None = None  # --test-data; None: the test split of `data`
+
+    @property
+    def test_set(self) -> DataSet:
+        return self.test_data or self.data
 
 
 @dataclass
@@ -89,7 +95,7 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
                        run_id=resume_id, tags=tags, system_metrics=options.system_metrics) as tracker:
             tracker.log_params(params)
             log_source_diff(tracker)
-            tracker.log_dataset(dataset_input(data, cfg), "training")
+            _log_datasets(setup, tracker, reporter)
             run_key = broadcast(tracker.run_id or resume_id or "untracked-" + run_hash)
             checkpoints = cache_dir() / "runs" / run_key
             if rank == 0:
@@ -137,7 +143,7 @@ def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = R
                 tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
             tracker.log_params(params)
             log_source_diff(tracker)
-            tracker.log_dataset(dataset_input(setup.data, setup.cfg), "training")
+            _log_datasets(setup, tracker, reporter)
             best_val = evaluate(model, *validation_episodes(setup.data, setup.cfg, setup.device)).mean
             twin = runs.run_metrics(twin_run_id)
             tracker.log_metrics({"best_val_acc": best_val} | {
@@ -151,6 +157,21 @@ def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = R
             summary = RunSummary(tracker.run_id, best_val, test, plain, params)
         reporter.echo(runs.link(summary.run_id))
         return summary
+
+
+def _log_datasets(setup: TrainingSetup, tracker, reporter: Reporter) -> None:
+    """The training data set as an MLflow dataset input (context training) and, with
+    --test-data, the test data set (context evaluation); warn of class names they share."""
+    tracker.log_dataset(dataset_input(setup.data, setup.cfg), "training")
+    if setup.test_data is not None:
+        as_read = replace(setup.cfg, data=setup.cfg.test_data, format=None, rotations=False, split_ratio=None,
+                          split_file=None, val_share=None)  # --data's options do not apply to it
+        tracker.log_dataset(dataset_input(setup.test_data, as_read), "evaluation")
+        shared = shared_class_names(setup)
+        if shared:
+            reporter.echo(f"warning: --test-data {setup.cfg.test_data} shares {len(shared)} class name(s) with the "
+                          f"training data ({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}): if they are "
+                          f"the same classes, the test measures seen classes")
 
 
 def run_name(cfg: TrainConfig) -> str:
@@ -177,12 +198,16 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> Tr
         precision = resolve_precision(cfg.precision, device)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    ratios = cfg.split_ratios
+    if ratios is not None and (ratios[0] == 0 or ratios[1] == 0):
+        raise UsageError(f"--split-ratio {cfg.split_ratio}: training needs train and val classes (shares > 0)")
     data = load_data(cfg)
+    test_data = load_test_data(cfg, data)
     # Building the samplers checks ways and shots + queries against every split used.
     if cfg.epochs:  # `fsl pretrain` draws no training episodes
         EpisodeSampler(data.split("train"), cfg.train_shape, split="train")
     EpisodeSampler(data.split("val"), cfg.test_shape, split="val", option_prefix="test-")
-    EpisodeSampler(data.split("test"), cfg.test_shape, split="test", option_prefix="test-")
+    EpisodeSampler(test_data.split("test"), cfg.test_shape, split="test", option_prefix="test-")
     if cfg.pretrain_epochs:
         check_pretraining(cfg, data.split("train"))
     seed_everything(cfg.seed)
@@ -197,7 +222,15 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> Tr
     if cfg.init:
         _initialise_from(model, cfg.init)
     model.place(device)
-    return TrainingSetup(cfg, data, device, precision, model)
+    return TrainingSetup(cfg, data, device, precision, model, test_data if cfg.test_data else None)
+
+
+def shared_class_names(setup: TrainingSetup) -> list[str]:
+    """Class names the --test-data shares with the training data (often leakage)."""
+    if setup.test_data is None:
+        return []
+    seen = {name for split in setup.data.splits.values() for name in split.class_names}
+    return sorted(seen & set(setup.test_data.split("test").class_names))
 
 
 def run_params(setup: TrainingSetup, world_size: int) -> dict[str, Any]:
@@ -324,7 +357,7 @@ def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> t
     """Test on the fixed test episodes; with hallucination, again with the generator off on
     the same episodes, and a t-SNE of real against hallucinated features."""
     cfg, model = setup.cfg, setup.model
-    store = setup.data.split("test").to(setup.device)
+    store = setup.test_set.split("test").to(setup.device)
     episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
     with reporter.progress(cfg.test_episodes, "test episodes") as advance:
         test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)

@@ -9,12 +9,25 @@ from fsl.errors import UsageError
 
 
 def load_dataset(spec: str = "synthetic", image_size: int | None = None, fmt: str | None = None,
-                 channels: int | None = None, rotations: bool = False) -> DataSet:
-    """Resolve a `--data` value to a `DataSet`, decoding once and caching under `cache_dir()`."""
+                 channels: int | None = None, rotations: bool = False, *,
+                 split_ratio: tuple[float, float, float] | None = None, split_file: str | None = None,
+                 val_share: float | None = None, split: str = "splits") -> DataSet:
+    """Resolve a `--data` value to a `DataSet`, decoding once and caching under `cache_dir()`.
+
+    The split options (None: the format's default) choose how a class-per-folder tree is split
+    by class (`split_ratio` train,val,test shares or a `split_file` of `split,class` lines) and
+    the course format's validation share; `split="all"` makes every class of the data set a test
+    class (`DataSet.all_as_test`)."""
     if spec == "synthetic":
         if channels not in (None, 3):
             raise UsageError("--channels: the synthetic data set is RGB (3 channels)")
+        for option, value in (("split-ratio", split_ratio), ("split-file", split_file), ("val-share", val_share)):
+            if value is not None:
+                raise UsageError(f"--{option}: the built-in synthetic set has fixed splits (64/16/20 classes)")
         data = synthetic.load(image_size=image_size or synthetic.DEFAULT_IMAGE_SIZE)
-        return data.with_rotations() if rotations else data
-    opts = readers.ReadOptions(image_size=image_size, channels=channels, rotations=rotations)
-    return readers.read(spec, fmt, opts)
+        data = data.with_rotations() if rotations else data
+    else:
+        opts = readers.ReadOptions(image_size=image_size, channels=channels, rotations=rotations,
+                                   split_ratio=split_ratio, split_file=split_file, val_share=val_share)
+        data = readers.read(spec, fmt, opts)
+    return data.all_as_test() if split == "all" else data

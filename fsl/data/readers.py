@@ -42,17 +42,31 @@ MINI_IMAGENET = (84, 3)
 GREYSCALE_DEFAULT = (28, 1)  # Omniglot as in the paper
 
 
+DEFAULT_SPLIT_RATIO = (0.64, 0.16, 0.20)  # class-folders: train, val, test shares of the classes
+DEFAULT_VAL_SHARE = 0.2                    # course: the share of train classes held out for validation
+# Which formats read which split option (the others have their splits on disk).
+SPLIT_OPTION_FORMATS = {"split_ratio": ("class-folders",), "split_file": ("class-folders",), "val_share": ("course",)}
+
+
 @dataclass(frozen=True)
 class ReadOptions:
-    """What, besides the source files, decides the decoded arrays (and so the cache key)."""
+    """What, besides the source files, decides the decoded arrays (and so the cache key).
+
+    None for a split option means the format's default; the cache key, the fingerprint and the
+    source id hash the effective values, so a default given explicitly or left out is one key.
+    """
 
     image_size: int | None = None
     channels: int | None = None
     rotations: bool = False
     split_seed: int = 0
-    split_ratio: tuple[float, float, float] = (0.64, 0.16, 0.20)
+    split_ratio: tuple[float, float, float] | None = None
     split_file: str | None = None
-    val_share: float = 0.2   # course format: the share of train classes held out for validation
+    val_share: float | None = None
+
+    def effective(self) -> "ReadOptions":
+        return replace(self, split_ratio=tuple(self.split_ratio or DEFAULT_SPLIT_RATIO),
+                       val_share=DEFAULT_VAL_SHARE if self.val_share is None else self.val_share)
 
 
 # A reference to one image: a path on disk, or "archive.zip::member".
@@ -114,17 +128,13 @@ def _list_class_folders(root: Path, opts: ReadOptions) -> Listing:
 def _split_classes(by_class: dict[str, list[str]], opts: ReadOptions) -> Listing:
     """Assign whole classes to splits: from a list file (`split,class` lines) or a seeded ratio."""
     names = sorted(by_class)
+    opts = opts.effective()
     if opts.split_file:
-        assignment = {}
-        for line in Path(opts.split_file).read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                split, _, name = line.partition(",")
-                if split.strip() not in SPLITS:
-                    raise DataError(f"{opts.split_file}: unknown split {split.strip()!r} (use train, val, test)")
-                assignment[name.strip()] = split.strip()
+        assignment = read_split_file(opts.split_file)
         missing = sorted(set(assignment) - set(names))
         if missing:
-            raise DataError(f"{opts.split_file}: classes not in the data: {missing[:5]}")
+            raise UsageError(f"--split-file {opts.split_file}: {len(missing)} class(es) not in the data, e.g. "
+                             f"{', '.join(map(repr, missing[:5]))}")
     else:
         order = np.random.default_rng(opts.split_seed).permutation(len(names))
         ratio = np.asarray(opts.split_ratio, dtype=float) / sum(opts.split_ratio)
@@ -137,6 +147,26 @@ def _split_classes(by_class: dict[str, list[str]], opts: ReadOptions) -> Listing
         if name in assignment:
             listing[assignment[name]].extend((name, ref) for ref in by_class[name])
     return listing
+
+
+def read_split_file(path: str) -> dict[str, str]:
+    """A split list (`split,class` lines; `#` comments) -> {class: split}; UsageError naming the
+    line for an unknown split or a class listed twice."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--split-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    assignment: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        if line.strip() and not line.startswith("#"):
+            split, _, name = (part.strip() for part in line.partition(","))
+            if split not in SPLITS or not name:
+                raise UsageError(f"--split-file {path}, line {number}: expected 'split,class' with split one of "
+                                 f"{', '.join(SPLITS)}, got {line.strip()!r}")
+            if name in assignment:
+                raise UsageError(f"--split-file {path}, line {number}: class {name!r} is listed twice")
+            assignment[name] = split
+    return assignment
 
 
 def _resolve(root: Path, name: str, folders: Iterable[str], csv_path: Path) -> str:
@@ -170,8 +200,8 @@ def _list_course(root: Path, opts: ReadOptions) -> Listing:
     by_class: dict[str, list[str]] = {}
     for name, ref in raw["train"]:
         by_class.setdefault(name, []).append(ref)
-    held = _split_classes(by_class, ReadOptions(split_seed=opts.split_seed,
-                                                split_ratio=(1 - opts.val_share, opts.val_share, 0.0)))
+    share = opts.effective().val_share
+    held = _split_classes(by_class, ReadOptions(split_seed=opts.split_seed, split_ratio=(1 - share, share, 0.0)))
     return {"train": held["train"], "val": held["val"], "test": raw["val"]}
 
 
@@ -301,7 +331,7 @@ def _source_keys(root: Path, fmt: str, opts: ReadOptions) -> tuple[str, str, str
     mtime (`cp -p`, `rsync -a`, `tar x`) changes its ctime, and the cache is then decoded again.
     """
     listing, validity = _listing_digest(root)
-    options = asdict(opts)
+    options = asdict(opts.effective())
     cache_key = hashlib.sha256(f"fsl-reader-v{READER_VERSION}|{fmt}|{json.dumps(options, sort_keys=True)}|{listing}"
                                .encode()).hexdigest()[:20]
     rows = {k: v for k, v in options.items() if k not in ("image_size", "channels")}
@@ -347,6 +377,10 @@ def read(path: str | Path, fmt: str | None = None, opts: ReadOptions = ReadOptio
         raise DataError(f"--data {path}: not a readable .zip file (truncated or not a zip)") from None
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    for option, formats in SPLIT_OPTION_FORMATS.items():
+        if getattr(opts, option) is not None and fmt not in formats:
+            raise UsageError(f"--{option.replace('_', '-')}: the {fmt} format does not use it (it applies to "
+                             f"{' and '.join(formats)} data sets)")
     try:
         key, source_id, validity = _source_keys(root, fmt, opts)
         dataset = cached(cache_dir() / "datasets" / f"{fmt}-{key}", lambda: _decode(root, fmt, opts, key), validity)
@@ -403,7 +437,8 @@ def _decode(root: Path, fmt: str, opts: ReadOptions, key: str) -> DataSet:
     size, channels = opts.image_size or size, opts.channels or channels
     if fmt == "course":
         notes.append("course format: its val.csv is used as the test split; validation during training "
-                     f"uses a seeded {opts.val_share:.0%} of the train classes (split seed {opts.split_seed})")
+                     f"uses a seeded {opts.effective().val_share:.0%} of the train classes (split seed "
+                     f"{opts.split_seed})")
     splits, sources = {}, {}
     for split, items in listing.items():
         if not items:

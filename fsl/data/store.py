@@ -20,7 +20,8 @@ from fsl.errors import DataError
 
 CACHE_SCHEMA = 1
 # Which command needs which split: said wherever one is missing.
-NEEDS = "training needs train and val (and test, to test at the end); fsl evaluate and fsl episodes need test"
+NEEDS = ("training needs train and val (and test, to test at the end, or --test-data); fsl evaluate and fsl "
+         "episodes need test (or --split all); a class-per-folder tree is split with --split-ratio or --split-file")
 
 
 @dataclass
@@ -80,11 +81,11 @@ class DataSet:
 
     @property
     def channels(self) -> int:
-        return self.split("train").channels
+        return next(iter(self.splits.values())).channels  # every split has the same
 
     @property
     def image_size(self) -> int:
-        return self.split("train").image_size
+        return next(iter(self.splits.values())).image_size
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the train split in [0, 1]: the normalisation a model keeps."""
@@ -120,6 +121,18 @@ class DataSet:
             splits[name] = ImageStore(images, labels, names)
         return DataSet(self.name, splits, self.fingerprint + "-rot", self.notes + ["rotations: x4 classes"],
                        source_id=self.source_id + "-rot")
+
+    def all_as_test(self) -> "DataSet":
+        """Every class of every split as one `test` split (`--split all`): for testing a model on
+        a data set none of whose classes it was trained on. Its fingerprint and source id say so."""
+        stores = list(self.splits.values())
+        names = [name for store in stores for name in store.class_names]
+        offsets = torch.tensor([0, *np.cumsum([store.n_classes for store in stores])[:-1].tolist()])
+        test = ImageStore(torch.cat([store.images for store in stores]),
+                          torch.cat([store.labels + offsets[i] for i, store in enumerate(stores)]), names)
+        sources = {"test": [ref for split in self.splits for ref in self.sources[split]]} if self.sources else None
+        return DataSet(self.name, {"test": test}, self.fingerprint + "-all", self.notes + ["--split all: every "
+                       "class is a test class"], sources, self.source_id + "-all")
 
     def save(self, folder: Path) -> None:
         """Write `.npy` arrays and a `meta.json` into `folder` (callers make it atomic)."""
