@@ -12,8 +12,17 @@ from typing import Any, Callable
 import click
 
 import fsl
-from fsl.choices import (AUGMENTATIONS, COMPILE_MODES, DISTANCES, FEATURE_TRANSFORMS, FORMATS, METHODS, PRECISIONS,
-                         RESUME_LATEST, SPLITS)
+from fsl.choices import (
+    AUGMENTATIONS,
+    COMPILE_MODES,
+    DISTANCES,
+    FEATURE_TRANSFORMS,
+    FORMATS,
+    METHODS,
+    PRECISIONS,
+    RESUME_LATEST,
+    SPLITS,
+)
 from fsl.config import DEFAULT_HALLUCINATOR, DEFAULT_M, DEFAULTS, FIELD_TYPES, MAX_M, TrainConfig
 from fsl.errors import FslError
 from fsl.registry import ENCODERS, HALLUCINATORS, Registry
@@ -115,9 +124,11 @@ data_options = _options(
     click.option("--rotations/--no-rotations", default=DEFAULTS.rotations,
                  help="Add 90/180/270-degree rotations of every class as new classes (the Omniglot protocol)."),
     click.option("--split-ratio", type=AUTO_TEXT, default=None, metavar="TRAIN,VAL,TEST",
-                 help="Split a class-per-folder tree by class in these shares, e.g. 0.9,0.1,0. [default: 0.64,0.16,0.2]"),
+                 help="Split a class-per-folder tree by class in these shares, e.g. 0.9,0.1,0. "
+                 "[default: 0.64,0.16,0.2]"),
     click.option("--split-file", type=AUTO_TEXT, default=None,
-                 help="Split a class-per-folder tree by a file of `split,class` lines (classes not listed are left out)."),
+                 help="Split a class-per-folder tree by a file of `split,class` lines "
+                 "(classes not listed are left out)."),
     click.option("--val-share", type=AUTO_FLOAT, default=None,
                  help="Course format: the share of train classes held out for validation. [default: 0.2]"),
 )
@@ -134,14 +145,16 @@ episode_options = _options(
 )
 
 test_run_options = _options(  # what a command that only tests a model reads
-    click.option("--test-seed", default=DEFAULTS.test_seed, help="Seed of the fixed test episodes and test-time noise."),
+    click.option("--test-seed", default=DEFAULTS.test_seed,
+                 help="Seed of the fixed test episodes and test-time noise."),
     click.option("--device", default=DEFAULTS.device,
                  help="auto = CUDA, else Apple MPS, else CPU; or cpu, cuda, cuda:N, mps."),
     click.option("--experiment", default=DEFAULTS.experiment, help="MLflow experiment (ignored inside `mlflow run`)."),
 )
 
 run_options = _options(
-    click.option("--seed", default=DEFAULTS.seed, help="Seed of training episodes, initial weights and training noise."),
+    click.option("--seed", default=DEFAULTS.seed,
+                 help="Seed of training episodes, initial weights and training noise."),
     click.option("--val-seed", default=DEFAULTS.val_seed, help="Seed of the fixed validation episodes."),
     test_run_options,
     click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS.precision,
@@ -155,8 +168,8 @@ model_options = _options(
                  help="Multiply the encoder's channel counts (1 = the published network; 0.25 for a quick CPU run)."),
     click.option("--augment", type=click.Choice(AUGMENTATIONS), is_flag=False, flag_value="omniglot",
                  default=DEFAULTS.augment, help="Training-image augmentation, batched on the device: omniglot = random "
-                 "rotation (15 deg), scale (0.9-1.1) and shift (10%) (a bare --augment); standard = random resized crop, "
-                 "horizontal flip and colour jitter (RGB photographs); none (also --no-augment)."),
+                 "rotation (15 deg), scale (0.9-1.1) and shift (10%) (a bare --augment); standard = random resized "
+                 "crop, horizontal flip and colour jitter (RGB photographs); none (also --no-augment)."),
     click.option("--no-augment", "no_augment", is_flag=True, hidden=True, help="The same as --augment none."),
     click.option("--feature-transform", type=click.Choice(FEATURE_TRANSFORMS), default=DEFAULTS.feature_transform,
                  help="Test-time features: cl2n centres them on the base-class mean and l2-normalises them "
@@ -185,7 +198,8 @@ training_options = _options(
                  "compatible): a checkpoint or an MLflow URI, e.g. the runs:/ID of an `fsl pretrain` run."),
     click.option("--distance", type=click.Choice(DISTANCES), default=DEFAULTS.distance,
                  help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper."),
-    click.option("--epochs", default=DEFAULTS.epochs, help="Epochs; each ends with validation and keeps the best model."),
+    click.option("--epochs", default=DEFAULTS.epochs,
+                 help="Epochs; each ends with validation and keeps the best model."),
     click.option("--episodes-per-epoch", default=DEFAULTS.episodes_per_epoch, help="Optimiser steps per epoch."),
     click.option("--episodes-per-step", default=DEFAULTS.episodes_per_step,
                  help="Episodes averaged per optimiser step, per process "
@@ -304,7 +318,8 @@ def hallucinate(register: bool, registered_model_name: str | None, system_metric
 @run_options
 @click.option("--deterministic/--no-deterministic", default=DEFAULTS.deterministic,
               help="PyTorch's deterministic algorithms (the same seed gives the same numbers).")
-@click.option("--patience", default=DEFAULTS.patience, help="Stop after this many epochs without a better val accuracy.")
+@click.option("--patience", default=DEFAULTS.patience,
+              help="Stop after this many epochs without a better val accuracy.")
 @click.option("--register/--no-register", default=False, help="Register the pre-trained model (fsl-pretrain).")
 @click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-pretrain]")
 @click.option("--system-metrics/--no-system-metrics", default=True, help="Record CPU and memory use every 2 s.")

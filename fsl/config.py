@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from fsl.choices import AUGMENTATIONS, COMPILE_MODES, DEVICES, DISTANCES, FEATURE_TRANSFORMS, PRECISIONS
-from fsl.registry import ENCODERS, HALLUCINATORS
 from fsl.errors import UsageError
+from fsl.registry import ENCODERS, HALLUCINATORS
 
 if TYPE_CHECKING:
     from fsl.data.episodes import EpisodeShape
@@ -44,7 +44,7 @@ class TrainConfig:
     image_size: int | None = None          # None: the data set's own size (32 for synthetic)
     channels: int | None = None            # None: inferred (greyscale trees -> 1, else 3)
     rotations: bool = False                # add 90/180/270-degree rotations as classes (Omniglot)
-    split_ratio: str | None = None         # "train,val,test" class shares of a class-per-folder tree (None: 0.64,0.16,0.2)
+    split_ratio: str | None = None         # "train,val,test" class shares of a class tree (None: 0.64,0.16,0.2)
     split_file: str | None = None          # lines of `split,class` for a class-per-folder tree
     val_share: float | None = None         # course format: share of train classes for validation (None: 0.2)
     test_data: str | None = None           # test on this data set instead of --data's test split

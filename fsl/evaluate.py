@@ -116,7 +116,8 @@ def evaluate_file_episodes(model: FewShotClassifier, episodes: list, noise_seed:
         for episode in episodes:
             logits = model.episode_logits(episode.support_images, episode.support_labels,
                                           episode.query_images, episode.ways, rng=rng)
-            accs.append(float((logits.argmax(-1).cpu() == episode.query_labels).sum()) * 100 / len(episode.query_labels))
+            correct = float((logits.argmax(-1).cpu() == episode.query_labels).sum())
+            accs.append(correct * 100 / len(episode.query_labels))
             if progress:
                 progress(1)
     finally:

@@ -250,8 +250,8 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
             kept = f"the last good checkpoint is {best_path}" if best_path and best_path.exists() else \
                 "no checkpoint was written"
             step = "pre-training batch" if prefix else "episode"
-            raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, {step} {bad + 1} of {steps_per_epoch}; "
-                                     f"{kept} (try a lower --lr or --precision fp32)")
+            raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, {step} {bad + 1} of "
+                                     f"{steps_per_epoch}; {kept} (try a lower --lr or --precision fp32)")
         _sync_buffers(model)
         # Test-time statistics of the encoder as it now is: SimpleShot's base mean, and, while
         # pre-training (no episodes to observe), the calibrated hallucinator's base statistics.

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fsl.commands.common import (Reporter, dataset_input, device_option, load_data, load_model, log_eval,
-                                 log_source_diff, mlflow_runs, run_tags)
+from fsl.commands.common import (
+    Reporter,
+    dataset_input,
+    device_option,
+    load_data,
+    load_model,
+    log_eval,
+    log_source_diff,
+    mlflow_runs,
+    run_tags,
+)
 from fsl.commands.train import RunSummary
 from fsl.config import TrainConfig
 from fsl.data.episodes import read_episode_file

@@ -17,10 +17,23 @@ from typing import Any
 import torch
 
 from fsl import viz
-from fsl.commands.common import (LATEST, SILENT, Reporter, RunOptions, broadcast, dataset_input, device_option,
-                                 load_data, load_model, load_test_data, log_eval, log_source_diff, mlflow_runs,
-                                 run_tags,
-                                 sigterm_as_interrupt)
+from fsl.commands.common import (
+    LATEST,
+    SILENT,
+    Reporter,
+    RunOptions,
+    broadcast,
+    dataset_input,
+    device_option,
+    load_data,
+    load_model,
+    load_test_data,
+    log_eval,
+    log_source_diff,
+    mlflow_runs,
+    run_tags,
+    sigterm_as_interrupt,
+)
 from fsl.config import TrainConfig, canonical_params
 from fsl.data import DataSet
 from fsl.data.cache import claim_checkpoint_folder
@@ -29,13 +42,23 @@ from fsl.diagnostics import episode_prototypes, hallucination_diagnostics
 from fsl.errors import UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
-from fsl.runtime import (atomic_save, cache_dir, digest, distributed, make_generator, process_alive, resolve_precision,
-                         seed_everything, set_deterministic)
+from fsl.pretrain import PREFIX as PRETRAIN
+from fsl.pretrain import check_pretraining, pretrain, pretrain_steps
+from fsl.runtime import (
+    atomic_save,
+    cache_dir,
+    digest,
+    distributed,
+    make_generator,
+    process_alive,
+    resolve_precision,
+    seed_everything,
+    set_deterministic,
+)
 from fsl.tracking.null import NullRuns, NullTracker
+from fsl.train import train, validation_episodes
 
 SILENT_TRACKER = NullTracker()  # computes and reports, records nothing
-from fsl.pretrain import PREFIX as PRETRAIN, check_pretraining, pretrain, pretrain_steps
-from fsl.train import train, validation_episodes
 
 
 @dataclass

@@ -29,10 +29,10 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from fsl.choices import FORMATS, SPLITS
 from fsl.data.csvfile import read_rows
 from fsl.data.images import IMAGE_SUFFIXES, WIDE_GREY_MODES, decode_all, image_mode
 from fsl.data.safe_pickle import UnsafePickleError, load_data_pickle
-from fsl.choices import FORMATS, SPLITS
 from fsl.data.store import DataSet, ImageStore, cached
 from fsl.errors import DataError, UsageError
 from fsl.runtime import cache_dir

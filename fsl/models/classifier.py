@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl.choices import FEATURE_TRANSFORMS
-from fsl.models.distances import DISTANCES, logits as distance_logits, prototypes
+from fsl.models.distances import DISTANCES, prototypes
+from fsl.models.distances import logits as distance_logits
 from fsl.models.encoders import build_encoder
 from fsl.models.hallucinator import hallucinate
 from fsl.registry import ENCODERS, HALLUCINATORS
@@ -46,7 +47,8 @@ def model_config(*, image_size: int, channels: int, mean: Sequence[float], std: 
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
     if feature_transform not in FEATURE_TRANSFORMS:
-        raise ValueError(f"unknown feature transform {feature_transform!r}; choose from {', '.join(FEATURE_TRANSFORMS)}")
+        raise ValueError(f"unknown feature transform {feature_transform!r}; "
+                         f"choose from {', '.join(FEATURE_TRANSFORMS)}")
     if distance not in DISTANCES:
         raise ValueError(f"unknown distance {distance!r}; choose from {sorted(DISTANCES)}")
     if hallucinator is not None and hallucinator not in HALLUCINATORS:

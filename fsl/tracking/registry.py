@@ -24,9 +24,9 @@ import mlflow.pytorch
 from mlflow.tracking import MlflowClient
 
 import fsl
+from fsl.data.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES
 from fsl.errors import UsageError
 from fsl.tracking.runs import Tracker, download
-from fsl.data.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES
 
 
 @dataclass(frozen=True)

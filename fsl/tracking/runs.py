@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import mlflow
-from mlflow.entities import Dataset as DatasetEntity, DatasetInput, InputTag, Metric, RunStatus, RunTag
+from mlflow.entities import Dataset as DatasetEntity
+from mlflow.entities import DatasetInput, InputTag, Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from fsl.errors import FslError, UsageError

@@ -9,7 +9,6 @@ import mlflow.pyfunc
 
 from fsl.data.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES, check_request
 
-
 # MLflow warns, when the class is defined, that `predict` has no type hints: its input is
 # validated against the explicit signature logged with the model instead (registry.py). MLflow
 # forces that warning through its own filter, so it is kept off stderr here.
