@@ -34,6 +34,7 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 MAX_EPISODES = 10**6
 MAX_EPOCHS = 10**4
 MAX_EXPERIMENT_NAME = 256
+MAX_ENCODER_WIDTH = 8.0  # ResNet-12 x 8 is 5,120 channels in its last stage
 TEST_SPLITS = ("test", "all")  # --test-split: the test split of --test-data, or every class of it
 
 
@@ -154,6 +155,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
+        if self.encoder_width > MAX_ENCODER_WIDTH:
+            raise UsageError(f"--encoder-width must be at most {MAX_ENCODER_WIDTH:g}, got {self.encoder_width}")
         if not (math.isfinite(self.pretrain_weight_decay) and self.pretrain_weight_decay >= 0):
             raise UsageError(f"--pretrain-weight-decay must be a finite number >= 0, got {self.pretrain_weight_decay}")
         if not (math.isfinite(self.diversity_weight) and self.diversity_weight >= 0):

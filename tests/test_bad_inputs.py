@@ -206,6 +206,8 @@ ROWS = [
     ("encoder-unknown", cli_args("protonet", *TINY, "--encoder", "vgg"), 2, "'vgg' is not one of 'conv4', 'resnet12'"),
     ("encoder-width-0", cli_args("protonet", *TINY, "--encoder-width", "0"), 2,
      "--encoder-width must be a positive finite number"),
+    ("encoder-width-huge", cli_args("protonet", *TINY, "--encoder-width", "100"), 2,
+     "--encoder-width must be at most 8"),
     ("init-another-encoder", lambda tmp, ckpt: (["protonet", *TINY, "--encoder", "resnet12", "--encoder-width", "0.25",
                                                  "--init", str(ckpt)], None), 2,
      "it is conv4 on 3-channel 16px images (64-d features), this run needs resnet12 x0.25 on 3-channel 16px"),

@@ -526,3 +526,21 @@ def test_a_tree_with_one_split_folder_is_read_as_that_split_and_inspect_names_th
     assert "splits: test; missing: train, val (training needs train and val" in result.output
     with pytest.raises(DataError, match="has no 'train' split \\(it has test\\); training needs train and val"):
         data.split("train")
+
+
+def test_a_cache_on_a_shared_disk_is_adopted_by_another_host_not_rebuilt(tmp_path, monkeypatch):
+    import socket
+
+    root = make_split_folders(tmp_path / "data")
+    first = load_dataset(str(root))
+    calls = []
+    real_decode = readers._decode
+    monkeypatch.setattr(readers, "_decode", lambda *a: calls.append(a) or real_decode(*a))
+    monkeypatch.setattr(socket, "gethostname", lambda: "another-host")
+    again = load_dataset(str(root))
+    assert calls == [] and torch.equal(again.split("train").images, first.split("train").images)
+    from fsl.data.store import validity_file
+    from fsl.runtime import cache_dir
+
+    [folder] = [p for p in (cache_dir() / "datasets").iterdir() if first.fingerprint.split("-")[0] in p.name]
+    assert validity_file(folder).name == "validity-another-host" and validity_file(folder).exists()

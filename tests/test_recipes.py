@@ -225,3 +225,28 @@ def test_a_sweep_pre_trains_and_fine_tunes_per_seed_as_a_grid_axis(tracking):
     pre = [r for r in children if r.data.params.get("pretrain_epochs") == "1"]
     assert len(children) == 4 and len(pre) == 2
     assert all("pretrain_best_val_acc" in r.data.metrics for r in pre)
+
+
+def test_a_model_saved_before_the_new_config_keys_is_the_same_kind_of_model_as_a_new_one(tiny_dataset):
+    """A sweep reuses a pre-change twin: the rebuilt config has the new keys at their defaults."""
+    from fsl.models.classifier import FewShotClassifier
+
+    new = FewShotClassifier.for_data(tiny_dataset, hallucinator="calibrated", M=5)
+    old_config = {k: v for k, v in new.config.items() if k not in ("encoder_width", "feature_transform")}
+    rebuilt = FewShotClassifier.from_checkpoint(FewShotClassifier(old_config).checkpoint())
+    assert rebuilt.config == new.config
+    from fsl.models.encoders import Conv4
+
+    assert Conv4(3, 84, 32).out_dim == 32 * 25  # the third positional argument is still `hidden`
+
+
+def test_calibrate_with_many_classes_needs_no_one_hot_matrix():
+    from fsl.models.hallucinator import CalibratedHallucinator
+
+    torch.manual_seed(0)
+    features, labels = torch.randn(600, 4), torch.arange(200).repeat_interleave(3)
+    fast, slow = CalibratedHallucinator(4), CalibratedHallucinator(4)
+    fast.calibrate(features, labels, 200)
+    slow.observe(features[None], labels[None], 200)  # the episode formula, with its [N, C] one-hot
+    for name in ("grand_mean", "within_var", "between_var"):
+        assert torch.allclose(getattr(fast, name), getattr(slow, name), atol=1e-5), name

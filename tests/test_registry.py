@@ -357,7 +357,7 @@ def test_fsl_commands_never_run_a_registered_models_pickle_or_its_code_folder(tr
     init.write_text(f"open({str(planted)!r}, 'w').write('planted code ran')\n" + init.read_text())
     support, query = png_folder(tmp_path, tiny_dataset)
     for uri in ("models:/fsl-protonet@champion", f"models:/fsl-protonet/{version.version}",
-                f"models:/{model_id}"):
+                f"models:/{model_id}", "models:/fsl-protonet/latest"):
         evaluated = invoke(cli, ["evaluate", "--model", uri, "--image-size", "16", "--test-episodes", "3"])
         assert evaluated.exit_code == 0, evaluated.output
         assert f"run {version.run_id}" in evaluated.output or "test (" in evaluated.output

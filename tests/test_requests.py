@@ -67,3 +67,14 @@ def test_image_budgets_are_held_from_the_header_within_a_second(tmp_path):
     with pytest.raises(RequestError, match="row 4, field 'image': the request would decode to over 50,000 bytes"):
         check_request(frame(*rows), max_request_bytes=50_000)  # 64 x 64 x 3 = 12,288 per image
     assert len(check_request(frame(*rows), max_request_bytes=6 * 12_288).query_images) == 5
+
+
+def test_line_wrapped_base64_is_accepted_and_budgets_count_bytes_per_band():
+    wrapped = base64.encodebytes(base64.b64decode(png(64))).decode()  # a newline every 76 characters
+    assert "\n" in wrapped
+    assert len(check_request(frame(("support", "a", wrapped), ("query", "", wrapped))).query_images) == 1
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64), dtype=np.float32)).save(buffer, format="TIFF")
+    wide = base64.b64encode(buffer.getvalue()).decode()  # mode F: 4 bytes per pixel
+    with pytest.raises(RequestError, match="row 1, field 'image': the request would decode to over"):
+        check_request(frame(("support", "a", png(64)), ("query", "", wide)), max_request_bytes=64 * 64 * 3 + 64 * 64 * 2)

@@ -94,6 +94,9 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
     measure what logging costs). `options.resume` continues an interrupted run in place.
     """
     with distributed(cfg.device) as (rank, world_size, rank_device), sigterm_as_interrupt():
+        if world_size > 1 and cfg.pretrain_epochs:
+            raise UsageError("pre-training runs in one process: start it without torchrun (the episodic phase "
+                             "can then run under torchrun with --init)")
         if rank != 0:
             reporter, runs = SILENT, NullRuns()
         runs = runs or mlflow_runs()
@@ -325,7 +328,8 @@ def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resum
             result = train(model, data, cfg, setup.device, checkpoint_dir=checkpoints, on_epoch=on_epoch,
                            progress=advance, resume=resume_state)
     assert result is not None and result.best_checkpoint is not None  # validate(): epochs >= 1 unless pre-training
-    if result.best_checkpoint.name != "best.pt":  # `fsl pretrain`: its model is the run's model, under the usual name
+    if result.best_checkpoint.name != "best.pt" and result.best_checkpoint.exists():  # rank 0 wrote it
+        # `fsl pretrain`: its model is the run's model, under the usual name
         shutil.copy(result.best_checkpoint, checkpoints / "best.pt")
         result.best_checkpoint = checkpoints / "best.pt"
     tracker.log_metrics({"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch})

@@ -245,5 +245,10 @@ def _check_source(path: Path, dataset) -> None:
     except (ValueError, KeyError, TypeError):
         raise DataError(f"{record}: not an episode-file source record") from None
     if recorded != dataset.source_id:
+        hint = ("; it was written with --split all: evaluate it with --split all too"
+                if recorded.endswith("-all") and not dataset.source_id.endswith("-all") else
+                "; it was written without --split all: evaluate it without it"
+                if dataset.source_id.endswith("-all") and not recorded.endswith("-all") else "")
         raise UsageError(f"{path}: its rows index the data set {name!r} (source {recorded}), not --data "
-                         f"{dataset.name!r} (source {dataset.source_id}); pass the --data it was written from")
+                         f"{dataset.name!r} (source {dataset.source_id}); pass the --data it was written from"
+                         + hint)

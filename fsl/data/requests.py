@@ -20,7 +20,9 @@ from fsl.errors import DataError
 ROLES = ("support", "query")
 COLUMNS = ("role", "label", "image")
 MAX_IMAGE_PIXELS = 4096 * 4096          # per image, width x height
-MAX_REQUEST_BYTES = 256 * 2**20         # decoded pixels of the whole request (width x height x bands)
+MAX_REQUEST_BYTES = 256 * 2**20         # decoded pixel bytes of the whole request
+# Bytes per band of a decoded image, by PIL mode (8-bit modes: 1).
+BYTES_PER_BAND = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 
 
 class RequestError(DataError):
@@ -70,19 +72,20 @@ def check_request(frame, max_image_pixels: int = MAX_IMAGE_PIXELS,
             raise RequestError(f"row {row}, field 'label': a support row needs a non-empty string label, got {label!r}")
         if _missing(text) or not isinstance(text, str) or not text:
             raise RequestError(f"row {row}, field 'image': no image (a base64 PNG or JPEG)")
-        try:
-            data = base64.b64decode(text, validate=True)
+        try:  # line breaks and spaces (base64.encodebytes wraps lines) are not data
+            data = base64.b64decode("".join(text.split()), validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(f"row {row}, field 'image': not base64") from None
         try:
             with Image.open(io.BytesIO(data)) as img:  # reads the header only
-                width, height, bands = img.width, img.height, len(img.getbands())
+                width, height = img.width, img.height
+                pixel_bytes = len(img.getbands()) * BYTES_PER_BAND.get(img.mode, 1)
         except Exception as exc:  # PIL raises many types for bad bytes
             raise RequestError(f"row {row}, field 'image': not a readable image ({type(exc).__name__})") from None
         if width * height > max_image_pixels:
             raise RequestError(f"row {row}, field 'image': {width}x{height} pixels is over the budget of "
                                f"{max_image_pixels:,} pixels per image")
-        decoded += width * height * bands
+        decoded += width * height * pixel_bytes
         if decoded > max_request_bytes:
             raise RequestError(f"row {row}, field 'image': the request would decode to over "
                                f"{max_request_bytes:,} bytes of pixels")

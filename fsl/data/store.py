@@ -161,24 +161,35 @@ class DataSet:
                    meta.get("source_id", ""))
 
 
-VALIDITY_FILE = "validity"  # in a cache folder: what the source files looked like on this machine
+def validity_file(folder: Path) -> Path:
+    """Where this host records what the source files looked like when it last used the cache.
+    One file per host: a cache folder on a shared disk serves hosts whose copies of the data
+    have their own ctimes and inodes."""
+    import socket
+
+    return folder / f"validity-{socket.gethostname()}"
 
 
 def cached(folder: Path, build: Callable[[], "DataSet"], validity: str | None = None) -> "DataSet":
     """The data set saved in `folder`, built by `build()` and saved atomically on first use.
 
     A cache that no longer loads (a truncated `.npy`, a schema from another version), or whose
-    recorded `validity` (a digest of the sources as this machine sees them) differs from the
-    given one, is removed and built again, instead of serving stale pixels or failing every run
-    until someone clears it.
+    `validity` recorded by this host (a digest of the sources as this host sees them, ctimes and
+    inodes included) differs from the given one, is removed and built again, instead of serving
+    stale pixels or failing every run until someone clears it. A host that finds a cache built
+    by another records its own validity and uses it (the fingerprint already matched).
     """
     from fsl.runtime import atomic_directory
 
     if (folder / "meta.json").exists():
-        recorded = (folder / VALIDITY_FILE).read_text() if (folder / VALIDITY_FILE).exists() else None
-        if validity is None or recorded == validity:
+        record = validity_file(folder)
+        recorded = record.read_text() if record.exists() else None
+        if validity is None or recorded in (None, validity):
             try:
-                return DataSet.load(folder)
+                dataset = DataSet.load(folder)
+                if validity is not None and recorded is None:
+                    _write_quietly(record, validity)
+                return dataset
             except (OSError, ValueError, EOFError, KeyError):
                 pass
         shutil.rmtree(folder, ignore_errors=True)
@@ -186,5 +197,13 @@ def cached(folder: Path, build: Callable[[], "DataSet"], validity: str | None = 
     with atomic_directory(folder) as tmp:
         dataset.save(tmp)
         if validity is not None:
-            (tmp / VALIDITY_FILE).write_text(validity)
+            validity_file(tmp).write_text(validity)
     return DataSet.load(folder)
+
+
+def _write_quietly(path: Path, text: str) -> None:
+    """Best effort: a read-only shared cache still serves, it only cannot remember this host."""
+    try:
+        path.write_text(text)
+    except OSError:
+        pass

@@ -77,7 +77,7 @@ class FewShotClassifier(nn.Module):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        self.config = copy.deepcopy(config)
+        self.config = CONFIG_DEFAULTS | copy.deepcopy(config)  # a saved config may predate some keys
         self.encoder = build_encoder(config["encoder"], config["channels"], config["image_size"],
                                      config_value(config, "encoder_width"))
         kind = config.get("hallucinator")

@@ -2,7 +2,7 @@
 
 `fsl.registry.ENCODERS` is the one registry: the `--encoder` choices, the checkpoint's `encoder`
 key and the model's constructor all read it, so a new backbone is one class plus one line. Every
-encoder takes (in_channels, image_size, width) and sets `out_dim`; `width` multiplies every
+encoder takes (in_channels, image_size, width=...) and sets `out_dim`; `width` multiplies every
 channel count (1.0 is the published network; CI trains the same classes at 0.25).
 
 - `conv4`: the backbone of Snell et al. (2017) and of most few-shot papers.
@@ -47,7 +47,7 @@ class Conv4(nn.Module):
     84 -> 1600, 32 -> 256, 28 -> 64 (hidden = 64 x width).
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 84, width: float = 1.0, hidden: int = 64) -> None:
+    def __init__(self, in_channels: int = 3, image_size: int = 84, hidden: int = 64, width: float = 1.0) -> None:
         super().__init__()
         _check_size("Conv-4", image_size)
         hidden = scaled(hidden, width)
@@ -138,4 +138,4 @@ def build_encoder(name: str, in_channels: int, image_size: int, width: float = 1
     unknown one."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
-    return ENCODERS[name](in_channels, image_size, width)
+    return ENCODERS[name](in_channels, image_size, width=width)

@@ -217,8 +217,21 @@ class CalibratedHallucinator(Hallucinator):
         """Set g, S, T afresh from labelled base-class features: features float [N, D], labels
         int64 [N] in 0..classes-1 (at least 2 images per class). For an encoder trained without
         episodes (pre-training), where `observe` never ran; one `observe` of all classes at once."""
-        self.observed.zero_()
-        self.observe(features[None], labels[None], classes)
+        f = features.detach().float()
+        counts = torch.bincount(labels, minlength=classes).to(f.dtype)                     # [C]
+        present = counts > 0
+        means = torch.zeros(classes, f.shape[-1], device=f.device).index_add_(0, labels, f)
+        means = means[present] / counts[present, None]                                       # [C', D]
+        resid = f - means[torch.cumsum(present.long(), 0)[labels] - 1]
+        ways = int(present.sum())
+        within = (resid ** 2).sum(0) / (f.shape[0] - ways)
+        spread = ((means - means.mean(0)) ** 2).sum(0) / (ways - 1)
+        n_harmonic = ways / (1.0 / counts[present]).sum()
+        # the formulas of `observe` for one episode of all classes, without its [N, C] one-hot
+        self.grand_mean.copy_(f.mean(0))
+        self.within_var.copy_(within)
+        self.between_var.copy_((spread - within / n_harmonic).clamp_min(0))
+        self.observed.fill_(1)
 
     def posterior(self, class_means: torch.Tensor, shots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """class_means [..., D] (the mean of K real shots), shots [...] (K) ->

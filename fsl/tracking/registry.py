@@ -63,6 +63,11 @@ def resolve_model_uri(spec: str) -> ResolvedModel:
                 found = client.get_model_version_by_alias(name, alias)
             elif path.count("/") == 1:
                 name, number = path.split("/")
+                if number == "latest":  # MLflow's own spelling of the newest version
+                    versions = client.search_model_versions(f"name='{name}'")
+                    if not versions:
+                        raise UsageError(f"--model {spec}: no registered model {name!r} (or it has no versions)")
+                    number = str(max(int(v.version) for v in versions))
                 found = client.get_model_version(name, number)
             else:
                 raise UsageError(f"--model {spec}: expected models:/NAME@ALIAS, models:/NAME/VERSION or "
