@@ -228,6 +228,18 @@ tracking_options = _options(
                  help="Record CPU and memory use (and GPU use, with the nvidia-ml-py package) every 2 s."),
 )
 
+SWEEP_REGISTER = ("none", "best", "all")
+
+sweep_tracking_options = _options(
+    click.option("--register", "register_mode", type=click.Choice(SWEEP_REGISTER), default="none",
+                 help="none: register nothing; best: after every child ends, register the child with the best "
+                 "val accuracy of each registry name (champion rule); all: register every child."),
+    click.option("--no-register", "no_register", is_flag=True, hidden=True, help="The same as --register none."),
+    click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-<method>]"),
+    click.option("--system-metrics/--no-system-metrics", default=True,
+                 help="Record CPU and memory use (and GPU use, with the nvidia-ml-py package) every 2 s."),
+)
+
 resume_option = click.option(
     "--resume", is_flag=False, flag_value=RESUME_LATEST, default=None, metavar="[RUN_ID]",
     help="Continue an interrupted run from its last epoch, in the same MLflow run: the newest unfinished "
@@ -358,13 +370,13 @@ seeds_option = click.option(
 @cli.command("sweep-m", context_settings=SHOW)
 @training_options
 @hallucination_options
-@tracking_options
+@sweep_tracking_options
 @click.option("--values", default="0,10,50,100", help="Values of M, comma-separated.")
 @seeds_option
 @click.option("--baseline", default=None, help="Pair every M with this point, seed by seed, e.g. M=0. "
               "[default: M=0 when 0 is among --values]")
-def sweep_m(values: str, seeds: str, baseline: str | None, register: bool, registered_model_name: str | None,
-            system_metrics: bool, **options: Any) -> None:
+def sweep_m(values: str, seeds: str, baseline: str | None, register_mode: str, no_register: bool,
+            registered_model_name: str | None, system_metrics: bool, **options: Any) -> None:
     """The M study: one hallucination model per M (M = 0 is a plain ProtoNet) and seed, nested
     runs under one parent with a table and a plot of test accuracy ± CI against M."""
     from dataclasses import replace
@@ -374,8 +386,9 @@ def sweep_m(values: str, seeds: str, baseline: str | None, register: bool, regis
 
     ms = _values(values, int)
     run_sweep(train_config(options), {"M": ms},
-              replace(_run_options(register, registered_model_name, system_metrics), run_name="sweep-m"),
-              _reporter(), seeds=parse_seeds(seeds), baseline=baseline or ("M=0" if 0 in ms else None))
+              replace(_run_options(False, registered_model_name, system_metrics), run_name="sweep-m"),
+              _reporter(), seeds=parse_seeds(seeds), baseline=baseline or ("M=0" if 0 in ms else None),
+              register="none" if no_register else register_mode)
 
 
 @cli.command(context_settings=SHOW)
@@ -390,9 +403,10 @@ def sweep_m(values: str, seeds: str, baseline: str | None, register: bool, regis
 @seeds_option
 @click.option("--baseline", default=None, help="FIELD=VALUE, e.g. M=0: pair every point with the point that "
               "differs from it only in FIELD, seed by seed (mean difference ± 95% t-CI over seeds).")
-@tracking_options
+@sweep_tracking_options
 def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: str, baseline: str | None,
-          register: bool, registered_model_name: str | None, system_metrics: bool, **options: Any) -> None:
+          register_mode: str, no_register: bool, registered_model_name: str | None, system_metrics: bool,
+          **options: Any) -> None:
     """Train and test a grid of configurations as nested runs under one parent run."""
     from fsl.commands.sweep import run_sweep
     from fsl.sweeps import parse_seeds
@@ -409,8 +423,9 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: 
             raise click.BadParameter(f"expected OPTION=V1,V2,... with a training option, got {item!r}",
                                      param_hint="--param")
         grid[key] = _values(text, _caster(FIELD_TYPES[key]))
-    run_sweep(train_config(options), grid, _run_options(register, registered_model_name, system_metrics),
-              _reporter(), seeds=parse_seeds(seeds), baseline=baseline, shard=shard, shards=shards)
+    run_sweep(train_config(options), grid, _run_options(False, registered_model_name, system_metrics),
+              _reporter(), seeds=parse_seeds(seeds), baseline=baseline, shard=shard, shards=shards,
+              register="none" if no_register else register_mode)
 
 
 @cli.group()

@@ -312,3 +312,28 @@ def test_the_config_hash_of_a_child_is_the_same_in_another_process(fsl_cache):
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            cwd=Path(__file__).parents[1]).stdout.strip()
     assert here == there and len(here) == 16
+
+
+def test_a_sweep_registers_nothing_by_default_its_best_child_with_best_and_every_child_with_all(tracking):
+    from fsl.tracking.registry import SERVE_SUFFIX
+
+    client = MlflowClient()
+    args = ["sweep-m", *[a for a in TINY if a != "--no-register"], "--values", "0,2", "--no-system-metrics"]
+    assert CliRunner().invoke(cli, args, catch_exceptions=False).exit_code == 0
+    assert client.search_registered_models() == []
+    parent = max((r for r in all_runs(client) if "mlflow.parentRunId" not in r.data.tags),
+                 key=lambda r: r.info.start_time)
+    assert {"fsl.best_child.fsl-protonet", "fsl.best_child.fsl-hallucination"} <= set(parent.data.tags)
+    out = CliRunner().invoke(cli, [*args, "--seed", "1", "--register", "best"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    names = {m.name: m for m in client.search_registered_models()}
+    assert set(names) == {"fsl-protonet", "fsl-hallucination", "fsl-protonet" + SERVE_SUFFIX,
+                          "fsl-hallucination" + SERVE_SUFFIX}
+    for name in ("fsl-protonet", "fsl-hallucination"):
+        [version] = client.search_model_versions(f"name='{name}'")  # one version each, not one per child
+        parent = max((r for r in all_runs(client) if "mlflow.parentRunId" not in r.data.tags),
+                     key=lambda r: r.info.start_time)
+        assert parent.data.tags[f"fsl.best_child.{name}"].endswith(f"({version.run_id})")
+    every = CliRunner().invoke(cli, [*args, "--seeds", "2,3", "--register", "all"], catch_exceptions=False)
+    assert every.exit_code == 0
+    assert len(client.search_model_versions("name='fsl-protonet'")) == 1 + 2  # the best above, then each child

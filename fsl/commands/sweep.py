@@ -16,7 +16,7 @@ from fsl.config import TrainConfig
 
 def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = RunOptions(),
               reporter: Reporter = Reporter(), *, seeds: list[int] | None = None, baseline: str | None = None,
-              shard: int = 0, shards: int = 1) -> list[dict]:
+              shard: int = 0, shards: int = 1, register: str = "none") -> list[dict]:
     """Train and test every point of `grid` (field -> values), once per seed of `seeds`, as
     nested runs under one parent run.
 
@@ -25,8 +25,19 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
     not trained again: its metrics are reused, so a restarted sweep runs only the rest. The
     parent gets `sweep.csv` (per point: mean ± t-CI over seeds, paired difference to the
     baseline), `sweep_runs.csv` (per child), `sweep.png` and the aggregate as metrics.
+
+    `register`: "none" registers nothing; "all" registers every child as it ends; "best"
+    registers, per registry name (a sweep-m splits between fsl-protonet and fsl-hallucination),
+    the child of this process with the highest best_val_acc, once all of them ended (the
+    champion rule then decides the alias). The parent's `fsl.best_child.<name>` tags name that
+    child whatever `register` says.
     """
     plan = sweeps.plan_sweep(base, grid, seeds=seeds, baseline=baseline, shard=shard, shards=shards)
+    options = replace(options, register=register == "all")
+    if register != "none" and options.registered_model_name:
+        from fsl.tracking.registry import validate_model_name
+
+        validate_model_name(options.registered_model_name)
     runs = mlflow_runs()
     runs.check_store()
     hashes = _child_hashes(plan)
@@ -51,12 +62,33 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
         parent.log_artifact(viz.sweep_plot(rows, x, group_fields, out / "sweep.png"))
         parent.log_metrics(sweeps.parent_metrics(rows))
         reused = sum(r.reused for r in results.values())
-        parent.set_tags({"fsl.sweep_reused": reused})
+        best = best_children(plan, results, options.registered_model_name)
+        parent.set_tags({"fsl.sweep_reused": reused} | {f"fsl.best_child.{name}": f"{child} ({results[child].run_id})"
+                                                         for name, child in best.items()})
+        if register == "best":
+            from fsl.commands.register import register_run
+
+            for name, child in best.items():
+                register_run(results[child].run_id, name, False, reporter)
         for row in rows:
             reporter.echo(sweeps.describe(row, plan.baseline is not None))
         reporter.echo(f"sweep done: {len(plan.children)} runs ({reused} reused)")
     reporter.echo(runs.link(parent.run_id))
     return rows
+
+
+def best_children(plan: sweeps.Plan, results: dict[str, sweeps.ChildResult],
+                  registered_model_name: str | None) -> dict[str, str]:
+    """Registry name -> the child (of this process) with the highest best_val_acc under it."""
+    best: dict[str, str] = {}
+    for child in plan.children:
+        if child.name not in results or "best_val_acc" not in results[child.name].metrics:
+            continue
+        name = registered_model_name or f"fsl-{child.cfg.method}"
+        score = results[child.name].metrics["best_val_acc"]
+        if name not in best or score > results[best[name]].metrics["best_val_acc"]:
+            best[name] = child.name
+    return best
 
 
 def _child_hashes(plan: sweeps.Plan) -> dict[str, str]:
