@@ -13,7 +13,7 @@
 #                first, with and without CL2N, paired against no pre-training.
 # hallucinate:   the calibrated hallucinator on top of the best recipe (pre-training + CL2N, tested
 #                as is), M = 0, 10, 100, paired against M = 0 (the same model, hallucinator off).
-# 5shot:         today's ProtoNet against the best recipe at 5-way 5-shot.
+# 5shot:         today's ProtoNet and the best recipe (pre-training + CL2N) at 5-way 5-shot.
 # `python -m benchmarks.recipes table` pairs every child with today's ProtoNet seed by seed.
 #
 # Runs in its own tracking store (./recipes.db, artifacts in ./mlruns) with --no-register.
@@ -30,10 +30,9 @@ for part in ${parts[@]}; do
                      --baseline pretrain_epochs=0 ;;
     hallucinate)   fsl sweep "${STUDY[@]}" --method hallucinate --epochs 0 --pretrain-epochs 10 \
                      --feature-transform cl2n --param hallucinator=calibrated --param M=0,10,100 --baseline M=0 ;;
-    5shot)         fsl sweep "${STUDY[@]}" --shots 5 --param feature_transform=none,cl2n \
-                     --baseline feature_transform=none
-                   fsl sweep "${STUDY[@]}" --shots 5 --epochs 0 --pretrain-epochs 10 \
-                     --param feature_transform=none,cl2n --baseline feature_transform=none ;;
+    5shot)         fsl sweep "${STUDY[@]}" --param shots=5
+                   fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --feature-transform cl2n \
+                     --param shots=5 ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done
