@@ -19,8 +19,9 @@ from pathlib import Path
 from fsl.stats import paired_difference, seed_ci
 
 # What tells two recipes apart, with the value a ProtoNet of fsl 0.1 has.
+# The shots are the test shots: `fsl pretrain` runs log no training shots.
 RECIPE_PARAMS = {"encoder": "conv4", "encoder_width": "1.0", "pretrain_epochs": "0", "epochs": "4",
-                 "augment": "none", "feature_transform": "none", "hallucinator": "", "M": "0", "shots": "1"}
+                 "augment": "none", "feature_transform": "none", "hallucinator": "", "M": "0", "test_shots": "1"}
 
 
 def recipe_of(params: dict[str, str]) -> tuple[str, ...]:
@@ -52,7 +53,7 @@ def collect(experiment: str) -> dict[tuple[str, ...], dict[int, tuple[float, flo
 
 def baseline_of(recipe: tuple[str, ...]) -> tuple[str, ...]:
     """Today's ProtoNet at the recipe's shots."""
-    return tuple(v if k == "shots" else default for (k, default), v in zip(RECIPE_PARAMS.items(), recipe))
+    return tuple(v if k == "test_shots" else default for (k, default), v in zip(RECIPE_PARAMS.items(), recipe))
 
 
 def table(results: dict[tuple[str, ...], dict[int, tuple[float, float]]]) -> list[dict]:

@@ -81,7 +81,7 @@ def test_the_recipe_table_pairs_each_recipe_with_protonet_at_its_shots_seed_by_s
         return recipe_of({k: str(v) for k, v in changes.items()})
 
     protonet, tuned = recipe(), recipe(pretrain_epochs=10, epochs=0, feature_transform="cl2n")
-    protonet5, tuned5 = recipe(shots=5), recipe(shots=5, pretrain_epochs=10, epochs=0)
+    protonet5, tuned5 = recipe(test_shots=5), recipe(test_shots=5, pretrain_epochs=10, epochs=0)
     results = {protonet: {0: (60.0, 5.0), 1: (62.0, 5.0), 2: (61.0, 5.0)},
                tuned: {0: (70.0, 2.0), 1: (73.0, 2.0), 2: (70.0, 3.0)},
                protonet5: {0: (80.0, 5.0), 1: (81.0, 5.0)}, tuned5: {0: (79.0, 2.0), 1: (79.0, 2.0)}}
@@ -91,6 +91,6 @@ def test_the_recipe_table_pairs_each_recipe_with_protonet_at_its_shots_seed_by_s
     # differences 10, 11, 9: mean 10, sd 1, t(2) = 4.303 -> half-width 4.303 / sqrt(3)
     assert row["diff"] == pytest.approx(10.0) and row["diff_ci95"] == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)
     assert row["excludes_0"] and row["minutes"] == pytest.approx(7 / 3)
-    five = rows["pretrain_epochs=10, epochs=0, shots=5"]  # paired with the 5-shot ProtoNet, not the 1-shot one
+    five = rows["pretrain_epochs=10, epochs=0, test_shots=5"]  # paired with the 5-shot ProtoNet, not the 1-shot one
     assert five["diff"] == pytest.approx(-1.5)
-    assert "diff" not in rows["ProtoNet (today)"] and "diff" not in rows["shots=5"]
+    assert "diff" not in rows["ProtoNet (today)"] and "diff" not in rows["test_shots=5"]
