@@ -51,7 +51,7 @@ class BatchTrainer:
         self.model, self.store, self.device = model, store, device
         self.batch = cfg.pretrain_batch_size
         self.samples_per_step = self.batch
-        self.steps_per_epoch = len(store.labels) // self.batch
+        self.steps_per_epoch = steps_per_epoch(cfg, store)
         self.head = nn.Linear(model.feature_dim, store.n_classes).to(device)
         self.policy = AUGMENTATIONS[cfg.augment]
         self.order_rng = make_generator(cfg.seed + 1)          # which rows, on the CPU: the same on every device
@@ -124,6 +124,6 @@ def pretrain(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: 
                checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, progress=progress, resume=resume, prefix=PREFIX)
 
 
-def pretrain_steps(cfg: TrainConfig, train_split: ImageStore) -> int:
-    """Optimiser steps of the whole pre-training phase (for a progress bar)."""
-    return cfg.pretrain_epochs * (len(train_split.labels) // cfg.pretrain_batch_size)
+def steps_per_epoch(cfg: TrainConfig, train_split: ImageStore) -> int:
+    """Optimiser steps of one pre-training epoch: full batches of the training split."""
+    return len(train_split.labels) // cfg.pretrain_batch_size

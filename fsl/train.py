@@ -255,7 +255,7 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
         _sync_buffers(model)
         # Test-time statistics of the encoder as it now is: SimpleShot's base mean, and, while
         # pre-training (no episodes to observe), the calibrated hallucinator's base statistics.
-        calibrate = bool(prefix) and hasattr(model.hallucinator, "calibrate")
+        calibrate = bool(prefix) and model.hallucinator is not None and model.hallucinator.uses_base_statistics
         if model.needs_base_mean or calibrate:
             features, labels = base_class_features(model, trainer.store)
             if model.needs_base_mean:
@@ -298,11 +298,6 @@ def base_class_features(model: FewShotClassifier, store, per_class: int = 64, ba
     finally:
         model.train(was_training)
     return features, store.labels[rows]
-
-
-def base_class_mean(model: FewShotClassifier, store, per_class: int = 64) -> torch.Tensor:
-    """The mean feature [D] of `base_class_features`."""
-    return base_class_features(model, store, per_class)[0].mean(0)
 
 
 def _save_last(path: Path, model: FewShotClassifier, trainer, epoch: int, best_val: float,

@@ -43,7 +43,7 @@ from fsl.errors import UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier
 from fsl.pretrain import PREFIX as PRETRAIN
-from fsl.pretrain import check_pretraining, pretrain, pretrain_steps
+from fsl.pretrain import check_pretraining, pretrain, steps_per_epoch
 from fsl.runtime import (
     atomic_save,
     cache_dir,
@@ -356,10 +356,10 @@ def _pretrain_phase(setup: TrainingSetup, tracker, checkpoints: Path, resume_id:
 
     last = checkpoints / f"{PRETRAIN}last.pt"
     resume_state = _load_last(last) if resume_id and last.exists() else None
-    steps_per_epoch = pretrain_steps(cfg, setup.data.split("train")) // cfg.pretrain_epochs
-    with reporter.progress(cfg.pretrain_epochs * steps_per_epoch, "pre-training batches") as advance:
+    per_epoch = steps_per_epoch(cfg, setup.data.split("train"))
+    with reporter.progress(cfg.pretrain_epochs * per_epoch, "pre-training batches") as advance:
         if resume_state:
-            advance(resume_state["epoch"] * steps_per_epoch)
+            advance(resume_state["epoch"] * per_epoch)
         result = pretrain(setup.model, setup.data, cfg, setup.device, checkpoint_dir=checkpoints, on_epoch=on_epoch,
                           progress=advance, resume=resume_state)
     tracker.log_metrics({f"{PRETRAIN}best_val_acc": result.best_val_acc, f"{PRETRAIN}best_epoch": result.best_epoch})

@@ -41,13 +41,16 @@ class Hallucinator(nn.Module):
     - `trains_with_encoder`: False for a test-time hallucinator, which is off in training mode
       (the encoder then trains exactly as a ProtoNet's, and a sweep tests every M of one model);
     - `extra_loss(features, labels, ways, rng)` -> a term added to the training loss, or None;
-    - `hyper_parameters`: the TrainConfig fields it reads, set by `configure(cfg)` for training.
+    - `hyper_parameters`: the TrainConfig fields it reads, set by `configure(cfg)` for training;
+    - `uses_base_statistics` / `calibrate(features, labels, classes)`: statistics of all the
+      base classes, given by pre-training (which has no episodes to `observe`).
     Constructors take the feature size (and keyword defaults only), so a checkpoint rebuilds one.
     """
 
     trains_with_encoder: bool = True
     conditions_on_shots: bool = False
     hyper_parameters: tuple[str, ...] = ()
+    uses_base_statistics: bool = False
 
     def configure(self, cfg) -> "Hallucinator":
         """Take this hallucinator's training hyper-parameters from a TrainConfig."""
@@ -70,6 +73,9 @@ class Hallucinator(nn.Module):
                    rng: torch.Generator | None) -> torch.Tensor | None:
         """A term added to the episode's loss (support features [E, S, D]); none by default."""
         return None
+
+    def calibrate(self, features: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
+        """features [N, D], labels [N] of the base classes; read only where `uses_base_statistics`."""
 
 
 class WangGenerator(Hallucinator):
@@ -178,6 +184,7 @@ class CalibratedHallucinator(Hallucinator):
 
     trains_with_encoder = False   # FewShotClassifier: no hallucination in training mode
     conditions_on_shots = True    # hallucinate(): pass each class's K to forward
+    uses_base_statistics = True   # fit(): `calibrate` after each pre-training epoch
 
     def __init__(self, feature_dim: int, momentum: float = 0.01) -> None:
         super().__init__()
