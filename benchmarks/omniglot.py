@@ -38,7 +38,8 @@ def unseen_split_file(archive: Path, out: Path) -> Path:
 
 def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 5, seed: int = 0,
         device: str = "auto", workdir: Path | None = None, augment: bool | str = False, pretrain_epochs: int = 0,
-        feature_transform: str = "none", encoder: str = "conv4", encoder_width: float = 1.0) -> dict:
+        feature_transform: str = "none", encoder: str = "conv4", encoder_width: float = 1.0,
+        precision: str = "auto") -> dict:
     """Train (pre-training for `pretrain_epochs`, then `steps` episodes; either may be 0) and test
     on the unseen alphabets; a JSON-able summary."""
     from fsl.config import TrainConfig
@@ -51,7 +52,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
 
     started = time.perf_counter()
     dev = resolve_device(device)
-    precision = resolve_precision("auto", dev)
+    precision = resolve_precision(precision, dev)
     background = load_dataset(str(OMNIGLOT / "images_background_small1.zip"), rotations=True,
                               split_ratio=(0.9, 0.1, 0.0))
     workdir = workdir or Path(tempfile.mkdtemp(prefix="fsl-omniglot-"))
@@ -105,12 +106,13 @@ def main() -> None:
     parser.add_argument("--encoder", default="conv4")
     parser.add_argument("--encoder-width", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (the recipe study times fp32)")
     args = parser.parse_args()
     if not OMNIGLOT.exists():
         raise SystemExit(f"{OMNIGLOT} is absent: this check needs the shared Omniglot zips")
     print(json.dumps(run(args.steps, args.episodes, seed=args.seed, device=args.device, augment=args.augment,
                          pretrain_epochs=args.pretrain_epochs, feature_transform=args.feature_transform,
-                         encoder=args.encoder, encoder_width=args.encoder_width), indent=2))
+                         encoder=args.encoder, encoder_width=args.encoder_width, precision=args.precision), indent=2))
 
 
 if __name__ == "__main__":
