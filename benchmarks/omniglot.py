@@ -85,13 +85,32 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
            "encoder_width": encoder_width,
            "best_val_acc_20way": result.best_val_acc, "device": str(dev), "precision": precision,
            "load_seconds": round(loaded, 1), "train_seconds": round(trained, 1)}
-    for way in (5, 20):
-        shape = EpisodeShape(way, 1, 5)
-        eps = sample_episodes(test, shape, episodes, seed=100 + way, split="test")
-        res = evaluate(result.model, test, eps)
-        out[f"test_{way}way_1shot"] = {"acc": round(res.mean, 2), "ci95": round(res.ci95, 2), "episodes": episodes}
+    # The same trained encoder is also tested with centred, l2-normalised features (SimpleShot):
+    # the test-time step of the recipe, paired with its own training, for no training time.
+    tested = {feature_transform: result.model}
+    if feature_transform == "none":
+        tested["cl2n"] = with_centred_features(result.model, background.split("train").to(dev))
+    for transform, model in tested.items():
+        suffix = "" if transform == feature_transform else f"_{transform}"
+        for way in (5, 20):
+            eps = sample_episodes(test, EpisodeShape(way, 1, 5), episodes, seed=100 + way, split="test")
+            res = evaluate(model, test, eps)
+            out[f"test_{way}way_1shot{suffix}"] = {"acc": round(res.mean, 2), "ci95": round(res.ci95, 2),
+                                                   "episodes": episodes, "per_episode": [round(a, 2) for a in res.accs]}
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     return out
+
+
+def with_centred_features(model, base):
+    """A copy of `model` that centres features on the mean of `base` (its training classes) and
+    l2-normalises them at test time (`feature_transform="cl2n"`), with the same weights."""
+    from fsl.models.classifier import FewShotClassifier
+    from fsl.train import base_class_features
+
+    twin = FewShotClassifier(model.config | {"feature_transform": "cl2n"}).place(base.images.device)
+    twin.load_state_dict(model.state_dict(), strict=False)  # all but the base mean, set next
+    twin.set_base_mean(base_class_features(twin, base)[0].mean(0))
+    return twin.eval()
 
 
 def main() -> None:
