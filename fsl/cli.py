@@ -379,14 +379,12 @@ def sweep_m(values: str, seeds: str, baseline: str | None, register_mode: str, n
             registered_model_name: str | None, system_metrics: bool, **options: Any) -> None:
     """The M study: one hallucination model per M (M = 0 is a plain ProtoNet) and seed, nested
     runs under one parent with a table and a plot of test accuracy ± CI against M."""
-    from dataclasses import replace
-
     from fsl.commands.sweep import run_sweep
     from fsl.sweeps import parse_seeds
 
     ms = _values(values, int)
     run_sweep(train_config(options), {"M": ms},
-              replace(_run_options(False, registered_model_name, system_metrics), run_name="sweep-m"),
+              _run_options(False, registered_model_name, system_metrics),
               _reporter(), seeds=parse_seeds(seeds), baseline=baseline or ("M=0" if 0 in ms else None),
               register="none" if no_register else register_mode)
 

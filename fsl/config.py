@@ -219,7 +219,7 @@ class TrainConfig:
         if self.method == "pretrain":  # nor `fsl pretrain` the settings of episodic training
             for key in EPISODIC_FIELDS:
                 params.pop(key)
-        return {k: ("" if v is None else v) for k, v in params.items()}
+        return {k: (UNSET_PARAMS.get(k, "none") if v is None else v) for k, v in params.items()}
 
 
 # The fields that only episodic training reads.
@@ -235,8 +235,16 @@ PRE_CHANGE_PARAMS = {"encoder": "conv4", "encoder_width": 1.0, "feature_transfor
 PRE_CHANGE_AUGMENT = {"none": False, "omniglot": True}
 
 
+# How an unset option is logged: `auto` where fsl decides (from the data, by default), `none`
+# where nothing is used. Before 0.3 they were logged as "" (a blank cell in the UI).
+UNSET_PARAMS = {"format": "auto", "image_size": "auto", "channels": "auto", "split_ratio": "auto",
+                "split_file": "auto", "val_share": "auto", "test_data": "auto", "init": "none"}
+
+
 def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
-    """`params` as a run made before the new options would have logged them (see PRE_CHANGE_PARAMS)."""
+    """`params` as a run made before the new options would have logged them (see PRE_CHANGE_PARAMS),
+    with unset options spelled "" as they were then (UNSET_PARAMS)."""
+    params = {k: ("" if k in UNSET_PARAMS and v in ("", UNSET_PARAMS[k]) else v) for k, v in params.items()}
     out = {k: v for k, v in params.items() if not (k in PRE_CHANGE_PARAMS and v == PRE_CHANGE_PARAMS[k])}
     if out.get("augment") in PRE_CHANGE_AUGMENT:
         out["augment"] = PRE_CHANGE_AUGMENT[out["augment"]]

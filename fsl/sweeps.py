@@ -213,6 +213,29 @@ def shard_points(points: Sequence[Point], shard: int, shards: int) -> list[Point
     return [p for i, p in enumerate(points) if i % shards == shard]
 
 
+MAX_RUN_NAME = 100  # the runs table cuts names short anyway; MLflow itself allows more
+
+
+def method_label(cfg: TrainConfig) -> str:
+    """`protonet` or `hallucinate-<hallucinator>`: what a run trains, as run names say it."""
+    return f"hallucinate-{cfg.hallucinator}" if cfg.hallucinator else "protonet"
+
+
+def sweep_run_name(plan: "Plan") -> str:
+    """The parent run's name: method, grid axes and seeds, e.g.
+    `sweep-hallucinate-calibrated-M0,10,50,100-5seeds` (at most MAX_RUN_NAME characters)."""
+    method = "hallucinate" if "hallucinator" in plan.grid else method_label(plan.base)
+    axes = "-".join(f"{field}{','.join(map(str, values))}" for field, values in plan.grid.items())
+    name = f"sweep-{method}-{axes}" + (f"-{len(plan.seeds)}seeds" if plan.replicated else "")
+    return name if len(name) <= MAX_RUN_NAME else name[:MAX_RUN_NAME - 1] + "~"
+
+
+def child_run_name(child: "Child") -> str:
+    """A child run's name: its method and point, e.g. `hallucinate-calibrated-M=10-seed0`
+    (`child.name`, the point alone, stays the sweep's internal key)."""
+    return f"{method_label(child.cfg)}-{child.name}"[:MAX_RUN_NAME]
+
+
 def child_name(point: Point, seed: int, replicated: bool) -> str:
     """`<point>-seed<k>` for a replicate, `<point>` otherwise (e.g. 'hallucinator=wang,M=10-seed3')."""
     return f"{point.name}-seed{seed}" if replicated else point.name
@@ -370,17 +393,24 @@ def metric_key(name: str) -> str:
 
 def parent_metrics(rows: Sequence[dict]) -> dict[str, float]:
     """The aggregate as the parent run's metrics: '<column>/<point>' for test_acc,
-    test_acc_ci95, diff_vs_baseline, diff_vs_baseline_ci95 and diff_excludes_0 (1.0 or 0.0), and
-    best_test_acc (the best mean test accuracy). NaN values (one seed) are left out."""
+    test_acc_ci95, diff_vs_baseline and diff_vs_baseline_ci95, and best_test_acc (the best mean
+    test accuracy). NaN values (one seed) are left out. Whether a difference's CI excludes 0 is a
+    tag (`parent_tags`): as a 0/1 metric it would be a chart, the first of the experiment's."""
     out: dict[str, float] = {}
     for row in rows:
-        for column in ("test_acc", "test_acc_ci95", "diff_vs_baseline", "diff_vs_baseline_ci95", "diff_excludes_0"):
+        for column in ("test_acc", "test_acc_ci95", "diff_vs_baseline", "diff_vs_baseline_ci95"):
             value = row.get(column)
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 out[f"{column}/{metric_key(row['point'])}"] = float(value)
     if rows:
         out["best_test_acc"] = max(r["test_acc"] for r in rows)
     return out
+
+
+def parent_tags(rows: Sequence[dict]) -> dict[str, str]:
+    """`fsl.diff_excludes_0.<point>`: `yes` or `no` for each point paired with a baseline."""
+    return {f"fsl.diff_excludes_0.{metric_key(row['point'])}": "yes" if row["diff_excludes_0"] else "no"
+            for row in rows if row.get("diff_excludes_0") is not None}
 
 
 def plot_axes(plan: Plan) -> tuple[str, list[str]]:

@@ -79,6 +79,15 @@ def tsne(real: np.ndarray, real_labels: np.ndarray, fake: np.ndarray, fake_label
     return _save(fig, path)
 
 
+def x_axis(positions: Sequence[float]) -> tuple[float, float, list[float]]:
+    """The x limits and ticks of a sweep plot over every point's x (baselines included, so
+    ProtoNet's M = 0 is on the axis): a margin of 5% of the span, or of 1 around a single value
+    (matplotlib's default would span 9.6 to 10.4 around M = 10)."""
+    low, high = min(positions), max(positions)
+    margin = 0.05 * (high - low) if high > low else max(1.0, 0.5 * abs(low))
+    return low - margin, high + margin, list(positions)
+
+
 def sweep_plot(rows: Sequence[dict], x: str, group_fields: Sequence[str], path: Path) -> Path:
     """A sweep's mean test accuracy over seeds against `x` (e.g. M), one line per combination of
     `group_fields` (e.g. per hallucinator) with its 95% CI over seeds as a band, and each
@@ -104,8 +113,12 @@ def sweep_plot(rows: Sequence[dict], x: str, group_fields: Sequence[str], path: 
         xs = np.array([position[r[x]] for r in sel])
         mean = np.array([float(r["test_acc"]) for r in sel])
         half = np.array([float(r.get("test_acc_ci95", np.nan)) for r in sel])
-        ax.plot(xs, mean, marker="o", color=colours(i % 10), label=g or "test accuracy")
-        ax.fill_between(xs, mean - half, mean + half, color=colours(i % 10), alpha=0.2)
+        if len(xs) == 1:  # a band needs two points: one point gets an error bar
+            ax.errorbar(xs, mean, yerr=None if np.isnan(half[0]) else half, fmt="o", capsize=4,
+                        color=colours(i % 10), label=g or "test accuracy")
+        else:
+            ax.plot(xs, mean, marker="o", color=colours(i % 10), label=g or "test accuracy")
+            ax.fill_between(xs, mean - half, mean + half, color=colours(i % 10), alpha=0.2)
     for j, r in enumerate(baselines):
         colour = "black" if j == 0 else colours((len(groups) + j) % 10)
         kind = "ProtoNet" if r.get("hallucinator") == "none" or r.get("M") == "0" else "baseline"
@@ -113,8 +126,12 @@ def sweep_plot(rows: Sequence[dict], x: str, group_fields: Sequence[str], path: 
         ax.axhline(mean, color=colour, linestyle="--", linewidth=1, label=f"{kind} ({r['point']})")
         if not np.isnan(half):
             ax.axhspan(mean - half, mean + half, color=colour, alpha=0.12)
+    low, high, at = x_axis(sorted(set(position.values())))
+    ax.set_xlim(low, high)
     if ticks is not None:
         ax.set_xticks(range(len(ticks)), ticks)
+    elif len(at) <= 12:
+        ax.set_xticks(at, [f"{v:g}" for v in at])
     n = max((int(r.get("n_seeds", 1)) for r in rows), default=1)
     ax.set(xlabel=x, ylabel="test accuracy (%)",
            title=f"Mean test accuracy over {n} seed{'s' if n != 1 else ''} ± 95% CI against {x}")

@@ -18,6 +18,11 @@ TINY = ["--image-size", "16", "--epochs", "1", "--episodes-per-epoch", "4", "--v
         "--test-episodes", "5", "--queries", "3", "--test-queries", "3", "--precision", "fp32", "--no-register"]
 
 
+def all_runs(client) -> list:
+    """Every run of every experiment of the client's store, newest first."""
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fsl_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """All caches of the session in one temp folder, never in the user's ~/.cache."""

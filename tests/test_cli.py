@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from fsl.cli import cli
-from tests.conftest import TINY
+from tests.conftest import TINY, all_runs
 
 
 def invoke(*args: str):
@@ -13,7 +13,7 @@ def invoke(*args: str):
 
 
 def only_run(client: MlflowClient):
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = all_runs(client)
     assert len(runs) == 1, [r.info.run_name for r in runs]
     return runs[0]
 
@@ -110,7 +110,7 @@ def test_episode_file_written_then_evaluated_gives_identical_numbers_on_repeat(t
     first, second = invoke(*args), invoke(*args)
     assert first.exit_code == 0 and second.exit_code == 0, first.output
     client = MlflowClient()
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = all_runs(client)
     assert len(runs) == 2
     histories = [[m.value for m in sorted(client.get_metric_history(r.info.run_id, "test_episode_acc"),
                                           key=lambda m: m.step)] for r in runs]
@@ -126,7 +126,7 @@ def test_data_inspect_and_cache_make_no_run(tracking):
     listing = invoke("data", "cache")
     assert listing.exit_code == 0 and "synthetic-" in listing.output and "MiB" in listing.output
     client = MlflowClient()
-    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+    assert all_runs(client) == []
 
 
 def test_a_sharded_sweep_runs_only_its_share_of_the_grid(tracking):
@@ -134,7 +134,7 @@ def test_a_sharded_sweep_runs_only_its_share_of_the_grid(tracking):
                     "--param", "augment=false,true", "--shard", "1", "--shards", "3")
     assert result.exit_code == 0, result.output
     client = MlflowClient()
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = all_runs(client)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     # the 8 points in order (shots, distance, augment); shard 1 of 3 takes indices 1, 4 and 7
     points = {(c.data.params["shots"], c.data.params["distance"], c.data.params["augment"]) for c in children}
@@ -196,7 +196,7 @@ def test_deterministic_runs_with_one_seed_give_the_same_numbers_to_the_last_digi
         assert invoke("hallucinate", *TINY, "-M", "4", "--hallucinator", "wang", "--deterministic",
                       "--seed", "3").exit_code == 0
     client = MlflowClient()
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = all_runs(client)
     assert len(runs) == 2 and runs[0].data.params["deterministic"] == "True"
     for key in ("test_acc", "test_acc_no_hallucination", "best_val_acc", "train_loss"):
         assert runs[0].data.metrics[key] == runs[1].data.metrics[key], key
@@ -253,7 +253,7 @@ def test_every_command_that_opens_a_run_ends_with_its_ui_link(tracking):
     evaluated = invoke("evaluate", "--model", f"runs:/{run.info.run_id}", "--image-size", "16", "--test-episodes", "3")
     assert "?workflowType=machine_learning" in evaluated.output.strip().splitlines()[-1]
     swept = invoke("sweep", *TINY, "--param", "shots=1")
-    assert swept.output.strip().splitlines()[-1].startswith("run sweep-shots (")
+    assert swept.output.strip().splitlines()[-1].startswith("run sweep-protonet-shots1 (")
 
 
 def test_a_run_killed_between_testing_and_registering_logs_its_test_once_when_resumed(tracking, monkeypatch):

@@ -10,7 +10,7 @@ from torch import nn
 from fsl.cli import cli
 from fsl.models.hallucinator import Hallucinator
 from fsl.registry import ENCODERS, HALLUCINATORS
-from tests.conftest import TINY
+from tests.conftest import TINY, all_runs
 
 
 class ShrinkToMean(Hallucinator):
@@ -52,7 +52,7 @@ def test_a_hallucinator_and_an_encoder_registered_in_one_line_each_work_through_
     assert result.exit_code == 0, result.output
     assert "test without hallucination" in result.output
     client = MlflowClient()
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    [run] = all_runs(client)
     assert run.data.params["encoder"] == "tiny" and run.data.params["hallucinator"] == "shrink-to-mean"
     assert run.data.params["feature_dim"] == "8"
     from fsl.commands.common import load_model

@@ -7,7 +7,7 @@ from fsl.cli import cli
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.models.distances import prototypes
 from fsl.models.hallucinator import HALLUCINATORS, CalibratedHallucinator, WangGenerator, hallucinate
-from tests.conftest import TINY
+from tests.conftest import TINY, all_runs
 
 
 def classifier(hallucinator="wang", m=4, size=16):
@@ -101,7 +101,7 @@ def test_hallucinate_command_logs_tsne_and_both_test_results(tracking, kind):
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     client = MlflowClient()
-    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    run = all_runs(client)[0]
     assert run.data.params["M"] == "3" and run.data.params["hallucinator"] == kind
     for suffix in ("", "_no_hallucination"):
         assert {f"test_acc{suffix}", f"test_ci95{suffix}"} <= set(run.data.metrics)
@@ -118,14 +118,17 @@ def test_sweep_m_makes_one_parent_with_a_child_per_m(tracking):
     result = CliRunner().invoke(cli, ["sweep-m", *TINY, "--values", "0,2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     client = MlflowClient()
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = all_runs(client)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 2
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     # M = 0 is a plain ProtoNet (no generator params), M = 2 a hallucination run
-    assert {c.info.run_name: c.data.tags["fsl.method"] for c in children} == {"M=0": "protonet", "M=2": "hallucination"}
-    assert [c.data.params.get("M") for c in children if c.info.run_name == "M=2"] == ["2"]
+    # the names say the method and the point, the parent's the method and the grid
+    assert parents[0].info.run_name == "sweep-hallucinate-calibrated-M0,2"
+    assert {c.info.run_name: c.data.tags["fsl.method"] for c in children} == {
+        "protonet-M=0": "protonet", "hallucinate-calibrated-M=2": "hallucination"}
+    assert [c.data.params.get("M") for c in children if c.info.run_name.endswith("M=2")] == ["2"]
     assert {"sweep.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 
 
@@ -167,7 +170,7 @@ def test_init_with_something_that_is_not_a_compatible_model_fails_before_trainin
     assert result.exit_code == 2 and needle in result.output, result.output
     assert "training episodes" not in result.output
     client = MlflowClient()
-    assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
+    assert all_runs(client) == []
 
 
 def gaussian_classes(g, between_std, within_std, classes=400, per_class=16, seed=0):

@@ -78,18 +78,18 @@ def test_a_run_from_a_modified_checkout_is_tagged_dirty_with_its_diff(tracking, 
 
     from fsl import provenance
     from fsl.cli import cli
-    from tests.conftest import TINY
+    from tests.conftest import TINY, all_runs
 
     monkeypatch.setattr(provenance, "git_commit", lambda: "0" * 40)
     monkeypatch.setattr(provenance, "source_diff", lambda: "diff --git a/fsl/x.py b/fsl/x.py\n+changed\n")
     assert CliRunner().invoke(cli, ["protonet", *TINY], catch_exceptions=False).exit_code == 0
     client = MlflowClient()
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    [run] = all_runs(client)
     assert run.data.tags["fsl.git_dirty"] == "true" and run.data.tags["fsl.git_commit"] == "0" * 40
     assert "git_diff.patch" in [a.path for a in client.list_artifacts(run.info.run_id)]
     monkeypatch.setattr(provenance, "source_diff", lambda: None)
     assert CliRunner().invoke(cli, ["protonet", *TINY, "--seed", "1"], catch_exceptions=False).exit_code == 0
-    clean = max(client.search_runs([e.experiment_id for e in client.search_experiments()]),
+    clean = max(all_runs(client),
                 key=lambda r: r.info.start_time)
     assert clean.data.tags["fsl.git_dirty"] == "false"
     assert "git_diff.patch" not in [a.path for a in client.list_artifacts(clean.info.run_id)]

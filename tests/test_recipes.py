@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from fsl.cli import cli
-from tests.conftest import TINY
+from tests.conftest import TINY, all_runs
 
 RESNET = ["--encoder", "resnet12", "--encoder-width", "0.25"]
 PRETRAIN = ["--image-size", "16", "--epochs", "2", "--val-episodes", "3", "--test-episodes", "5",
@@ -220,7 +220,7 @@ def test_a_sweep_pre_trains_and_fine_tunes_per_seed_as_a_grid_axis(tracking):
                  "pretrain_epochs=0", "--no-system-metrics")
     assert "pretrain_epochs=1: " in out.output and "vs pretrain_epochs=0" in out.output
     client = MlflowClient()
-    children = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in all_runs(client)
                 if "mlflow.parentRunId" in r.data.tags]
     pre = [r for r in children if r.data.params.get("pretrain_epochs") == "1"]
     assert len(children) == 4 and len(pre) == 2

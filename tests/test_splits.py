@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from fsl.cli import cli
-from tests.conftest import TINY
+from tests.conftest import TINY, all_runs
 
 
 def class_tree(root: Path, prefix: str, classes: int, per_class: int = 4) -> Path:
@@ -43,7 +43,7 @@ def test_train_on_a_split_tree_and_test_on_every_class_of_another(tracking, tmp_
     assert result.exit_code == 0, result.output
     assert "warning" not in result.output  # no class name shared
     client = MlflowClient()
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    [run] = all_runs(client)
     inputs = dataset_inputs(run)
     assert inputs["training"]["profile"]["train_classes"] == 45 and inputs["training"]["profile"]["val_classes"] == 5
     assert "test_classes" not in inputs["training"]["profile"]  # 0 test share: no test split at all
@@ -72,7 +72,7 @@ def test_evaluate_and_episodes_take_every_class_with_split_all(tracking, tmp_pat
                                    "--split", "all", "--test-episodes", "4", "--test-queries", "3"])
     assert out.exit_code == 0, out.output
     client = MlflowClient()
-    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    [run] = all_runs(client)
     assert dataset_inputs(run)["evaluation"]["profile"]["test_classes"] == 6 and run.data.params["split"] == "all"
     # the default split of 6 classes has only 1 test class: 5-way episodes are impossible there
     refused = CliRunner().invoke(cli, ["evaluate", "--model", str(trained_checkpoint), "--data", str(evaluation)])

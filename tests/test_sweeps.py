@@ -16,7 +16,7 @@ from fsl.cli import cli
 from fsl.config import TrainConfig
 from fsl.diagnostics import METRICS
 from fsl.errors import UsageError
-from tests.conftest import TINY
+from tests.conftest import TINY, all_runs
 
 WANG = TrainConfig(hallucinator="wang", M=100)
 
@@ -135,8 +135,8 @@ def test_aggregate_by_hand():
     assert m50["diff_excludes_0"] is True
     assert m10["halluc_collapse"] == pytest.approx(0.1)  # mean of 0, 0.1, 0.2
     metrics = sweeps.parent_metrics([base, m10, m50])
-    assert metrics["diff_vs_baseline/M-50"] == pytest.approx(7 / 3) and metrics["diff_excludes_0/M-50"] == 1.0
-    assert metrics["diff_excludes_0/M-10"] == 0.0
+    assert metrics["diff_vs_baseline/M-50"] == pytest.approx(7 / 3) and not any("excludes" in k for k in metrics)
+    assert sweeps.parent_tags([base, m10, m50]) == {"fsl.diff_excludes_0.M-50": "yes", "fsl.diff_excludes_0.M-10": "no"}
     assert metrics["test_acc/M-0"] == pytest.approx(62) and metrics["best_test_acc"] == pytest.approx(193 / 3)
     assert "diff_vs_baseline/M-0" not in metrics
 
@@ -165,10 +165,6 @@ def test_metric_keys_are_names_mlflow_accepts():
 T_975_DF1 = 12.706204736174698  # Student's t, 95% two-sided, 1 degree of freedom (2 seeds)
 
 
-def all_runs(client):
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
-
-
 def parent_table(client, run_id, name="sweep.csv"):
     with open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name)) as f:
         return list(csv.DictReader(f))
@@ -181,8 +177,11 @@ def test_a_replicated_sweep_aggregates_two_seeds_of_two_points_in_the_parent(tra
     client = MlflowClient()
     runs = all_runs(client)
     [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"M=0-seed0", "M=0-seed1", "M=2-seed0", "M=2-seed1"}
+    named = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert parent.info.run_name == "sweep-hallucinate-calibrated-M0,2-2seeds"
+    assert set(named) == {"protonet-M=0-seed0", "protonet-M=0-seed1",
+                          "hallucinate-calibrated-M=2-seed0", "hallucinate-calibrated-M=2-seed1"}
+    children = {name[name.index("M="):]: run for name, run in named.items()}  # by point and seed
     for name, child in children.items():  # the children hold their seeds; M = 0 is a plain ProtoNet
         assert child.data.params["seed"] == name[-1]
         assert child.data.tags["fsl.method"] == ("protonet" if name.startswith("M=0") else "hallucination")
@@ -265,7 +264,8 @@ def test_a_calibrated_sweep_trains_once_per_seed_and_tests_each_m_from_that_mode
     assert result.exit_code == 0, result.output
     assert trained == [(0, 0), (0, 1), (6, 0), (6, 1)]  # M=2 is tested from the M=6 model
     client = MlflowClient()
-    children = {r.info.run_name: r for r in all_runs(client) if "mlflow.parentRunId" in r.data.tags}
+    children = {r.info.run_name.removeprefix("hallucinate-calibrated-").removeprefix("protonet-"): r
+                for r in all_runs(client) if "mlflow.parentRunId" in r.data.tags}
     for seed in (0, 1):
         tested, twin = children[f"M=2-seed{seed}"], children[f"M=6-seed{seed}"]
         assert tested.data.tags["fsl.trained_in"] == twin.info.run_id and "fsl.trained_in" not in twin.data.tags

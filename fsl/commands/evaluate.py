@@ -31,11 +31,12 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     runs = mlflow_runs()
     runs.check_store()
     device = device_option(cfg.device)
+    source = model_source(model_spec)
     model = load_model(model_spec)
     model.place(device)
     size = model.config["image_size"]
     params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed,
-              "device_resolved": str(device), "precision_resolved": model.config["precision"]}
+              "device_resolved": str(device), "precision_resolved": model.config["precision"]} | source
     split = "all" if cfg.test_split == "all" else "splits"
     if episodes_file:
         episodes = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size, split), size,
@@ -52,11 +53,14 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
                    "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes, "split": cfg.test_split}
         params |= {k: v for k, v in cfg.read_options().items() if v is not None}
         label = str(cfg.test_shape)
-    tags = run_tags("evaluate", fingerprint, model.config["precision"])
+    tags = run_tags("evaluate", fingerprint, model.config["precision"]) | {
+        f"fsl.{key}": value for key, value in source.items()}
     runs.fail_stale_runs(cfg.experiment, alive=process_alive)  # as every command that opens a run
-    with runs.open(cfg.experiment, run_name=evaluation_name(model_spec), tags=tags) as tracker:
+    with runs.open(cfg.experiment, run_name=evaluation_name(model_spec, source), tags=tags) as tracker:
         tracker.log_params(params)
         log_source_diff(tracker)
+        if source.get("model_id", "none") != "none":
+            tracker.log_model_input(source["model_id"])  # the run page links to the logged model
         if data is not None:
             tracker.log_dataset(dataset_input(data, cfg), "evaluation")
         else:
@@ -68,15 +72,38 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
                 test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
         log_eval(tracker, test)
         reporter.echo(f"test ({label}): {test}")
+        if model.M and not episodes_file:  # as training reports it: the same encoder and episodes, M = 0
+            plain = evaluate(model, store, episodes, M=0, noise_seed=cfg.test_seed)
+            log_eval(tracker, plain, "_no_hallucination")
+            reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
         summary = RunSummary(tracker.run_id, float("nan"), test, None, params)
     reporter.echo(runs.link(summary.run_id))
     return summary
 
 
-def evaluation_name(model_spec: str) -> str:
-    """`evaluate-fsl-protonet-v3` for models:/fsl-protonet/3, `evaluate-best` for a file, ..."""
+def model_source(model_spec: str) -> dict[str, str]:
+    """What `--model` names, as params and `fsl.` tags of the evaluation: for `models:/...` the
+    registered name, the version an alias or `latest` resolved to, the training run and the
+    logged model's id (`fsl.tracking.registry.resolve_model_uri`); for `runs:/...` the run."""
+    if model_spec.startswith("models:/"):
+        from fsl.tracking.registry import resolve_model_uri
+
+        found = resolve_model_uri(model_spec)
+        return {"model_name": found.name or "none", "model_version": found.version or "none",
+                "model_run_id": found.run_id, "model_id": found.model_id or "none"}
+    if model_spec.startswith("runs:/"):
+        return {"model_run_id": model_spec[len("runs:/"):].split("/")[0]}
+    return {}
+
+
+def evaluation_name(model_spec: str, source: dict[str, str] | None = None) -> str:
+    """`evaluate-fsl-protonet-v3` for models:/fsl-protonet/3 (and for models:/fsl-protonet@champion
+    when the alias points at version 3: `evaluate-fsl-protonet-champion-v3`), `evaluate-best` for a file, ..."""
+    version = (source or {}).get("model_version", "none")
     if model_spec.startswith("models:/"):
         name = model_spec[len("models:/"):].replace("@", "-").replace("/", "-v")
+        if version != "none" and not name.endswith(f"-v{version}"):
+            name += f"-v{version}"
     elif model_spec.startswith("runs:/"):
         name = "run-" + model_spec[len("runs:/"):].split("/")[0][:8]
     else:

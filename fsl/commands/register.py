@@ -15,7 +15,9 @@ def register_model(tracker, model, checkpoint: Path, name: str, val_acc: float, 
     """Log the PyTorch and serving models to the tracker's run and register them as `name`."""
     from fsl.tracking import registry
 
-    model_uri, serve_uri = registry.log_models(tracker, model, checkpoint)
+    # Logged models are named for what they are (`fsl-protonet-5w1s`), not `model`.
+    logged_name = f"{name}-{protocol['ways']}w{protocol['shots']}s"
+    model_uri, serve_uri = registry.log_models(tracker, model, checkpoint, logged_name)
     reg = registry.register(name, model_uri, serve_uri, tracker.run_id, val_acc, protocol)
     tracker.set_tags({"fsl.registered_model": f"{reg.name}/{reg.version}", "fsl.registry_decision": reg.decision})
     return reg

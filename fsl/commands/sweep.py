@@ -42,7 +42,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
     runs.check_store()
     hashes = _child_hashes(plan)
     tags = run_tags("sweep") | {"fsl.sweep_grid": repr(grid), "fsl.sweep_shard": f"{shard}/{shards}"}
-    with runs.open(base.experiment, run_name=options.run_name or "sweep-" + "-".join(grid), tags=tags,
+    with runs.open(base.experiment, run_name=options.run_name or sweeps.sweep_run_name(plan), tags=tags,
                    system_metrics=options.system_metrics) as parent, \
             tempfile.TemporaryDirectory(prefix="fsl-sweep-") as workdir:
         log_source_diff(parent)
@@ -63,8 +63,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
         parent.log_metrics(sweeps.parent_metrics(rows))
         reused = sum(r.reused for r in results.values())
         best = best_children(plan, results, options.registered_model_name)
-        parent.set_tags({"fsl.sweep_reused": reused} | {f"fsl.best_child.{name}": f"{child} ({results[child].run_id})"
-                                                         for name, child in best.items()})
+        best_tags = {f"fsl.best_child.{name}": f"{child} ({results[child].run_id})" for name, child in best.items()}
+        parent.set_tags(sweeps.parent_tags(rows) | {"fsl.sweep_reused": reused} | best_tags)
         if register == "best":
             from fsl.commands.register import register_run
 
@@ -112,7 +112,7 @@ def _run_child(runs, child: sweeps.Child, child_hash: str, options: RunOptions, 
         reporter.echo(f"--- sweep {child.name}: already finished as run {found[0]}, reused")
         return sweeps.ChildResult(found[0], found[1], reused=True)
     reporter.echo(f"--- sweep {child.name}")
-    child_options = replace(options, nested=True, run_name=child.name, resume=None)
+    child_options = replace(options, nested=True, run_name=sweeps.child_run_name(child), resume=None)
     summary = run_test_of_twin(child.cfg, twin_run_id, child_options, reporter) if twin_run_id else None
     if summary is None:
         summary = run_training(child.cfg, child_options, reporter)

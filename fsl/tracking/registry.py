@@ -161,8 +161,12 @@ def _serve_signature():
         outputs=Schema([ColSpec("long", "query"), ColSpec("string", "label"), ColSpec("double", "probability")]))
 
 
-def log_models(tracker: Tracker, model, checkpoint: Path) -> tuple[str, str]:
-    """Log the PyTorch model and the serving pyfunc to the run; return their model URIs."""
+def log_models(tracker: Tracker, model, checkpoint: Path, name: str) -> tuple[str, str]:
+    """Log the PyTorch model as `name` and the serving pyfunc as `name`-serve to the run; return
+    their model URIs.
+
+    The serving twin is logged first: MLflow's runs table lists a run's models newest first, so
+    the PyTorch model, the one a user loads, is the one it shows."""
     import copy
 
     import torch
@@ -170,15 +174,15 @@ def log_models(tracker: Tracker, model, checkpoint: Path) -> tuple[str, str]:
     cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()
     with _active(tracker.run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # type hints, input example: see runs._quiet_mlflow
-        info = mlflow.pytorch.log_model(
-            cpu_model, name="model", serialization_format="pickle", code_paths=_code_paths(),
-            pip_requirements=pip_requirements(), signature=_tensor_signature(cpu_model))
         # Models-from-code: the pyfunc is this file, not a pickle, so a server can refuse pickles.
         serve = mlflow.pyfunc.log_model(
-            name="serve", python_model=str(Path(__file__).with_name("serve_model.py")),
+            name=name + SERVE_SUFFIX, python_model=str(Path(__file__).with_name("serve_model.py")),
             artifacts={"checkpoint": str(checkpoint)}, code_paths=_code_paths(),
             model_config={"max_image_pixels": MAX_IMAGE_PIXELS, "max_request_bytes": MAX_REQUEST_BYTES},
             pip_requirements=pip_requirements(), signature=_serve_signature())
+        info = mlflow.pytorch.log_model(
+            cpu_model, name=name, serialization_format="pickle", code_paths=_code_paths(),
+            pip_requirements=pip_requirements(), signature=_tensor_signature(cpu_model))
     return info.model_uri, serve.model_uri
 
 

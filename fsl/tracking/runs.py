@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 
 import mlflow
 from mlflow.entities import Dataset as DatasetEntity
-from mlflow.entities import DatasetInput, InputTag, Metric, RunStatus, RunTag
+from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
 from fsl.errors import FslError, UsageError
@@ -50,6 +50,19 @@ SYSTEM_METRICS_INTERVAL = 2
 # tag (a feature flag compiled in bypasses it), so fsl sets no such tag and links with this.
 TRAINING_VIEW = "workflowType=machine_learning"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by default
+# The runs table's columns. MLflow 3.17 has no documented way to choose them; its UI restores a
+# "shared view" from the experiment tag `mlflow.sharedViewState.<key>` (plain JSON of the
+# table's UI state) when the address has `viewStateShareKey=<key>`. That is internal to MLflow
+# and may change; the README says how to pick the columns by hand. Column ids are
+# `<metrics|params|attributes>.` + the name in backquotes.
+VIEW_KEY = "fsl-results"
+VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
+RESULT_COLUMNS = ["metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`", "metrics.`val_acc`",
+                  "params.`M`", "params.`hallucinator`", "params.`shots`", "params.`encoder`",
+                  "attributes.`Models`", "attributes.`Dataset`"]
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+RESULTS_VIEW = {"selectedColumns": RESULT_COLUMNS, "columnOrder": [RUN_NAME_COLUMN, *RESULT_COLUMNS],
+                "columnWidths": {RUN_NAME_COLUMN: 320}}  # sweep children's names are long
 
 
 class Tracker:
@@ -89,6 +102,10 @@ class Tracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_model_input(self, model_id: str) -> None:
+        """A logged model as an input of this run (an evaluation): the run page links to it."""
+        self.client.log_inputs(self.run_id, models=[LoggedModelInput(model_id)])
 
     def log_dataset(self, dataset: dict[str, Any], context: str) -> None:
         """An MLflow dataset input (shown in the run's Datasets section).
@@ -202,6 +219,8 @@ class MlflowRuns:
         run = mlflow.start_run(run_id=run_id or inherited, run_name=None if run_id or inherited else run_name,
                                nested=nested, log_system_metrics=system_metrics)
         tracker = Tracker(run.info.run_id, MlflowClient())
+        _retry_locked(lambda: tracker.client.set_experiment_tag(run.info.experiment_id, VIEW_TAG,
+                                                                json.dumps(RESULTS_VIEW)))
         if inherited and not run_id and run_name:
             tags = (tags or {}) | {"mlflow.runName": run_name}  # `mlflow run` named it at random
         if tags:
@@ -219,15 +238,20 @@ class MlflowRuns:
 
 
 def run_link(run_id: str) -> str:
-    """One line naming a run and its page in the MLflow UI, in the training view: the server's
-    own address for a server URI, else `mlflow ui`'s default address and the command serving it."""
+    """One line naming a run, its page in the MLflow UI (training view) and the experiment's runs
+    table with fsl's result columns (RESULTS_VIEW): the server's own address for a server URI,
+    else `mlflow ui`'s default address and the command serving it."""
     run = get_run(run_id)
     uri = mlflow.get_tracking_uri()
-    page = f"#/experiments/{run.info.experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+    experiment = f"#/experiments/{run.info.experiment_id}/runs"
+    page = f"{experiment}/{run_id}?{TRAINING_VIEW}"
+    table = f"{experiment}?{TRAINING_VIEW}&viewStateShareKey={VIEW_KEY}"
     name = run.info.run_name or run_id
     if uri.startswith(("http://", "https://")):
-        return f"run {name} ({run_id}): {uri.rstrip('/')}/{page}"
-    return f"run {name} ({run_id}): {LOCAL_UI}/{page}  (served by: mlflow ui --backend-store-uri {uri})"
+        base = uri.rstrip("/")
+        return f"run {name} ({run_id}): {base}/{page} ; all runs: {base}/{table}"
+    return (f"run {name} ({run_id}): {LOCAL_UI}/{page} ; all runs: {LOCAL_UI}/{table}  "
+            f"(served by: mlflow ui --backend-store-uri {uri})")
 
 
 def _record(run) -> RunRecord:
