@@ -266,7 +266,42 @@ ROWS = [
                                                                "--channels", "1", "--test-data", "synthetic"], None), 2,
      "--test-data synthetic: --channels: the synthetic data set is RGB"),
     ("split-all-for-training", cli_args("protonet", *TINY, "--split", "all"), 2, "No such option '--split'"),
+    # --- options of protonet, hallucinate and the sweeps
+    ("test-ways-above-val-classes", cli_args("protonet", *TINY, "--test-ways", "17"), 2,
+     "--test-ways must be between 2 and 16"),
+    ("ways-above-train-classes", cli_args("protonet", *TINY, "--ways", "70"), 2, "--ways must be between 2 and 64"),
+    ("shots-plus-queries-too-many", cli_args("protonet", *TINY, "--shots", "50", "--queries", "15"), 2,
+     "--shots + --queries must be at most 60"),
+    ("distance-unknown", cli_args("protonet", *TINY, "--distance", "manhattan"), 2, "'--distance'"),
+    ("data-missing", cli_args("protonet", *TINY, "--data", "/no/such/folder"), 2, "/no/such/folder"),
+    ("episodes-per-epoch-0", cli_args("protonet", *TINY, "--episodes-per-epoch", "0"), 2,
+     "--episodes-per-epoch must be at least 1"),
+    ("test-episodes-negative", cli_args("protonet", *TINY, "--test-episodes", "-3"), 2,
+     "--test-episodes must be at least 1"),
+    ("queries-0", cli_args("protonet", *TINY, "--queries", "0"), 2, "--queries must be at least 1"),
+    ("M-negative", cli_args("hallucinate", *TINY, "-M", "-1"), 2,
+     "-M/--hallucinations must be between 0 and 1000"),
+    ("hallucinator-unknown", cli_args("hallucinate", *TINY, "--hallucinator", "gan"), 2, "'--hallucinator'"),
+    ("seeds-empty", cli_args("sweep", *TINY, "--param", "shots=1,2", "--seeds", ""), 2, "--seeds"),
+    ("seeds-repeated", cli_args("sweep", *TINY, "--param", "shots=1,2", "--seeds", "0,0"), 2, "must not repeat"),
+    ("seeds-not-integers", cli_args("sweep", *TINY, "--param", "shots=1,2", "--seeds", "0,b"), 2,
+     "--seeds must be comma-separated integers"),
+    ("seeds-and-seed-axis", cli_args("sweep", *TINY, "--param", "seed=0,1", "--seeds", "0,1"), 2,
+     "--seeds and --param seed"),
+    ("baseline-not-a-point", cli_args("sweep", *TINY, "--method", "hallucinate", "--param", "M=0,10",
+                                      "--baseline", "M=5"), 2, "not a point of the grid"),
+    ("baseline-not-an-axis", cli_args("sweep", *TINY, "--param", "shots=1,2", "--baseline", "ways=5"), 2,
+     "--baseline must be FIELD=VALUE"),
+    ("sweep-m-baseline-not-a-point", cli_args("sweep-m", *TINY, "--values", "0,2", "--baseline", "M=3"), 2,
+     "not a point of the grid"),
+    ("sweep-m-seeds-not-integers", cli_args("sweep-m", *TINY, "--values", "0,2", "--seeds", "1,x"), 2, "--seeds"),
     # --- registry
+    ("predict-unregistered-model", lambda tmp, ckpt: (_predict(tmp, "models:/no-such-model@champion"), None), 2,
+     "no-such-model"),
+    ("predict-unknown-alias", lambda tmp, ckpt: (_predict(tmp, _registered("fsl-protonet") + "@nosuchalias"), None),
+     2, "nosuchalias"),
+    ("predict-missing-run", lambda tmp, ckpt: (_predict(tmp, "runs:/0123456789abcdef/checkpoints/best.pt"), None), 2,
+     "runs:/0123456789abcdef"),
     ("register-a-failed-run", lambda tmp, ckpt: (["register", "--run-id", failed_run(tmp)], None), 2, "is FAILED"),
 ]
 
@@ -361,11 +396,17 @@ def _torch_dict(tmp: Path) -> Path:
     return tmp / "dict.pt"
 
 
-def _predict(tmp: Path, ckpt: Path, out: str) -> list[str]:
+def _predict(tmp: Path, model: Path | str, out: str | None = None) -> list[str]:
     image_tree(tmp / "support", classes=2, per_class=1)
     image_tree(tmp / "query", classes=1, per_class=1)
-    return ["predict", "--model", str(ckpt), "--support", str(tmp / "support"), "--query", str(tmp / "query" /
-                                                                                                "class0"), "--out", out]
+    return ["predict", "--model", str(model), "--support", str(tmp / "support"), "--query",
+            str(tmp / "query" / "class0"), *(["--out", out] if out else [])]
+
+
+def _registered(name: str) -> str:
+    """A registered model with no versions (so no aliases) in the test's store: models:/<name>."""
+    MlflowClient().create_registered_model(name)
+    return f"models:/{name}"
 
 
 def _limit_files(limit: int) -> None:

@@ -68,28 +68,6 @@ def test_evaluate_scores_a_checkpoint_and_an_mlflow_run_uri(tracking, trained_ch
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--test-ways", "17"], "--test-ways must be between 2 and 16"),  # the val split has 16 classes
-    (["--ways", "70"], "--ways must be between 2 and 64"),
-    (["--shots", "50", "--queries", "15"], "--shots + --queries must be at most 60"),
-    (["--distance", "manhattan"], "'--distance'"),
-    (["--data", "/no/such/folder"], "/no/such/folder"),
-    (["--episodes-per-epoch", "0"], "--episodes-per-epoch must be at least 1"),
-    (["--test-episodes", "-3"], "--test-episodes must be at least 1"),
-    (["--queries", "0"], "--queries must be at least 1"),
-])
-def test_bad_input_gets_a_one_line_error_exit_2_and_leaves_no_run(tracking, args, needle):
-    result = CliRunner().invoke(cli, ["protonet", *TINY, *args])
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
-    assert "Traceback" not in result.output
-    client = MlflowClient()
-    running = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                 filter_string="attributes.status = 'RUNNING'")
-    assert running == []
-
-
 def test_an_error_during_training_marks_the_run_failed(tracking, monkeypatch):
     import fsl.commands.train
 

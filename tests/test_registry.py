@@ -280,17 +280,6 @@ def test_mlflow_models_serve_answers_each_bad_request_with_a_400_naming_the_row(
         server.wait(timeout=20)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--model", "models:/no-such-model@champion"], "no-such-model"),
-    (["--model", "models:/fsl-protonet@nosuchalias"], "nosuchalias"),
-    (["--model", "runs:/0123456789abcdef/checkpoints/best.pt"], "runs:/0123456789abcdef"),
-])
-def test_unresolvable_models_get_a_clear_error(registered, store, tmp_path, tiny_dataset, args, needle):
-    support, query = png_folder(tmp_path, tiny_dataset)
-    result = CliRunner().invoke(cli, ["predict", *args, "--support", str(support), "--query", str(query)])
-    assert result.exit_code != 0 and needle in result.output and "Traceback" not in result.output
-
-
 def test_a_support_folder_without_class_folders_is_reported(registered, store, tmp_path, tiny_dataset):
     support, query = png_folder(tmp_path, tiny_dataset)
     result = CliRunner().invoke(cli, ["predict", "--model", "models:/fsl-protonet@champion",

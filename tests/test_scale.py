@@ -52,9 +52,12 @@ def test_two_gloo_processes_make_one_run_that_matches_one_process_with_two_episo
     b = checkpoint(tracking, single_run.info.run_id)["state_dict"]
     weights = [k for k in a if "running_" not in k and "num_batches" not in k]
     assert weights and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in weights)
-    # validation and test are reduced over the ranks: the same numbers as one process
-    assert ddp_run.data.metrics["val_acc"] == pytest.approx(single_run.data.metrics["val_acc"], abs=1e-9) or \
-        not all(torch.equal(a[k], b[k]) for k in a)  # equal weights and stats give equal accuracies
+    # Validation and test are reduced over the ranks: the numbers of one process. The weights
+    # agree to float rounding (allreduce sums in another order), which may move a query that
+    # sits on a decision boundary: at most one of the 5 x 3 x 3 val and test queries.
+    one_query = 100 / (5 * 3 * 3)
+    for metric in ("val_acc", "test_acc"):
+        assert abs(ddp_run.data.metrics[metric] - single_run.data.metrics[metric]) <= one_query + 1e-9, metric
 
 
 # Long enough per epoch that a process killed right after its first `last.pt` is mid-epoch 2.
@@ -201,17 +204,30 @@ def test_clearing_the_cache_keeps_the_checkpoints_of_a_live_run_and_names_them(t
     assert process.wait(timeout=120) == 0
 
 
-def test_a_nan_loss_fails_the_run_with_epoch_and_episode_and_keeps_a_loadable_checkpoint(tracking, fsl_cache):
-    out = fsl("protonet", *BUDGET, "--lr", "1e30", "--distance", "dot")
-    assert out.returncode != 0
-    assert "non-finite training loss at epoch" in out.stderr and "episode" in out.stderr
-    [run] = runs(tracking)
-    assert run.info.status == "FAILED"
+def test_a_nan_loss_fails_the_run_with_epoch_and_episode_and_keeps_a_loadable_checkpoint(tracking, fsl_cache,
+                                                                                        monkeypatch):
+    """The loss turns NaN at the first episode of epoch 2: epoch 1's checkpoint is the last good one."""
+    import torch.nn.functional as F
+    from click.testing import CliRunner
+
+    from fsl.cli import cli
     from fsl.models.classifier import load_checkpoint
 
-    best = fsl_cache / "runs" / run.info.run_id / "best.pt"
-    if best.exists():  # when epoch 1 was still finite, its weights are the last good ones
-        load_checkpoint(best)
+    real, calls = F.cross_entropy, []
+
+    def poisoned(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) > 4 else loss  # epoch 1 is 4 episodes
+
+    monkeypatch.setattr(F, "cross_entropy", poisoned)
+    result = CliRunner().invoke(cli, ["protonet", *BUDGET, "--no-system-metrics"])
+    assert result.exit_code == 1, result.output
+    assert "non-finite training loss at epoch 2, episode 1 of 4; the last good checkpoint is" in result.output
+    [run] = runs(tracking)
+    assert run.info.status == "FAILED"
+    best = load_checkpoint(fsl_cache / "runs" / run.info.run_id / "best.pt")
+    assert all(torch.isfinite(v).all() for v in best.state_dict().values() if v.is_floating_point())
 
 
 def test_two_runs_started_at_once_on_a_fresh_sqlite_store_both_log_everything(tmp_path, monkeypatch):

@@ -283,24 +283,6 @@ def test_a_calibrated_sweep_trains_once_per_seed_and_tests_each_m_from_that_mode
     assert again.exit_code == 0 and trained == [] and "6 runs (6 reused)" in again.output, again.output
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["sweep", "--param", "shots=1,2", "--seeds", ""], "--seeds"),
-    (["sweep", "--param", "shots=1,2", "--seeds", "0,0"], "must not repeat"),
-    (["sweep", "--param", "shots=1,2", "--seeds", "0,b"], "--seeds must be comma-separated integers"),
-    (["sweep", "--param", "seed=0,1", "--seeds", "0,1"], "--seeds and --param seed"),
-    (["sweep", "--method", "hallucinate", "--param", "M=0,10", "--baseline", "M=5"], "not a point of the grid"),
-    (["sweep", "--param", "shots=1,2", "--baseline", "ways=5"], "--baseline must be FIELD=VALUE"),
-    (["sweep-m", "--values", "0,2", "--baseline", "M=3"], "not a point of the grid"),
-    (["sweep-m", "--values", "0,2", "--seeds", "1,x"], "--seeds"),
-])
-def test_bad_sweep_input_is_one_line_exit_2_and_opens_no_run(tracking, args, needle):
-    result = CliRunner().invoke(cli, [args[0], *TINY, *args[1:]])
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error:") and needle in lines[0], result.output
-    assert all_runs(MlflowClient()) == []
-
-
 def test_the_config_hash_of_a_child_is_the_same_in_another_process(fsl_cache):
     from fsl.commands.train import config_hash, prepare_training, run_params
 

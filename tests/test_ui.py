@@ -41,6 +41,7 @@ def test_every_run_writes_the_results_view_and_its_link_opens_it(tracking):
     [run] = all_runs(client)
     experiment = client.get_experiment(run.info.experiment_id)
     assert json.loads(experiment.tags["mlflow.sharedViewState.fsl-results"]) == PINNED_VIEW
+    assert experiment.tags["mlflow.experiment.primaryMetric.name"] == "val_acc"  # the first chart
     table = (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs"
              f"?workflowType=machine_learning&viewStateShareKey=fsl-results")
     assert f"; all runs: {table}" in out, out

@@ -60,6 +60,9 @@ VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
 RESULT_COLUMNS = ["metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`", "metrics.`val_acc`",
                   "params.`M`", "params.`hallucinator`", "params.`shots`", "params.`encoder`",
                   "attributes.`Models`", "attributes.`Dataset`"]
+# The experiment's chart view draws its "primary metric" first (an experiment tag the UI reads):
+# the validation curve, not a single-value bar chart. The run page orders charts by name.
+PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
 RUN_NAME_COLUMN = "attributes.`Run Name`"
 RESULTS_VIEW = {"selectedColumns": RESULT_COLUMNS, "columnOrder": [RUN_NAME_COLUMN, *RESULT_COLUMNS],
                 "columnWidths": {RUN_NAME_COLUMN: 320}}  # sweep children's names are long
@@ -219,8 +222,8 @@ class MlflowRuns:
         run = mlflow.start_run(run_id=run_id or inherited, run_name=None if run_id or inherited else run_name,
                                nested=nested, log_system_metrics=system_metrics)
         tracker = Tracker(run.info.run_id, MlflowClient())
-        _retry_locked(lambda: tracker.client.set_experiment_tag(run.info.experiment_id, VIEW_TAG,
-                                                                json.dumps(RESULTS_VIEW)))
+        for key, value in ((VIEW_TAG, json.dumps(RESULTS_VIEW)), (PRIMARY_METRIC_TAG, "val_acc")):
+            _retry_locked(lambda: tracker.client.set_experiment_tag(run.info.experiment_id, key, value))
         if inherited and not run_id and run_name:
             tags = (tags or {}) | {"mlflow.runName": run_name}  # `mlflow run` named it at random
         if tags:
