@@ -5,7 +5,7 @@
 # children that already FINISHED in the experiment (the config hash), so parts share runs.
 #
 #   bash benchmarks/recipes.sh [PART...]
-#   parts: pretrain-only finetune hallucinate 5shot
+#   parts: pretrain-only finetune hallucinate 5shot encoder wang
 #
 # pretrain-only: `fsl pretrain` (10 epochs) tested as is, with and without CL2N and the standard
 #                augmentation, paired against no augmentation.
@@ -14,6 +14,9 @@
 # hallucinate:   the calibrated hallucinator on top of the best recipe (pre-training + CL2N, tested
 #                as is), M = 0, 10, 100, paired against M = 0 (the same model, hallucinator off).
 # 5shot:         today's ProtoNet and the best recipe (pre-training + CL2N) at 5-way 5-shot.
+# encoder:       the best recipe with ResNet-12 at width 0.25 instead of Conv-4.
+# wang:          Wang et al.'s generator on top of pre-training + CL2N; it must train with the
+#                encoder, so with the 2,000 episodes of fine-tuning (M = 0: the same without it).
 # `python -m benchmarks.recipes table` pairs every child with today's ProtoNet seed by seed.
 #
 # Runs in its own tracking store (./recipes.db, artifacts in ./mlruns) with --no-register.
@@ -21,7 +24,7 @@ set -euo pipefail
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///recipes.db}
 STUDY=(--epochs 4 --episodes-per-epoch 500 --val-episodes 100 --test-episodes 600 --patience 0 --precision fp32
        --seeds 0,1,2 --no-register --no-system-metrics --experiment recipes)
-parts=("${@:-pretrain-only finetune hallucinate 5shot}")
+parts=("${@:-pretrain-only finetune hallucinate 5shot encoder wang}")
 for part in ${parts[@]}; do
   case "$part" in
     pretrain-only) fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --param feature_transform=none,cl2n \
@@ -33,6 +36,10 @@ for part in ${parts[@]}; do
     5shot)         fsl sweep "${STUDY[@]}" --param shots=5
                    fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --feature-transform cl2n \
                      --param shots=5 ;;
+    encoder)       fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --feature-transform cl2n \
+                     --encoder-width 0.25 --param encoder=resnet12 ;;
+    wang)          fsl sweep "${STUDY[@]}" --method hallucinate --pretrain-epochs 10 --feature-transform cl2n \
+                     --param hallucinator=wang --param M=0,10 --baseline M=0 ;;
     *) echo "unknown part $part" >&2; exit 2 ;;
   esac
 done

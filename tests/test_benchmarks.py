@@ -94,3 +94,9 @@ def test_the_recipe_table_pairs_each_recipe_with_protonet_at_its_shots_seed_by_s
     five = rows["pretrain_epochs=10, epochs=0, test_shots=5"]  # paired with the 5-shot ProtoNet, not the 1-shot one
     assert five["diff"] == pytest.approx(-1.5)
     assert "diff" not in rows["ProtoNet (today)"] and "diff" not in rows["test_shots=5"]
+    # a backbone on top of the best recipe is also paired with the best recipe
+    resnet = recipe(encoder="resnet12", encoder_width=0.25, pretrain_epochs=10, epochs=0, feature_transform="cl2n")
+    rows = {r["recipe"]: r for r in table(results | {resnet: {0: (71.0, 4.0), 1: (74.0, 4.0), 2: (70.0, 4.0)}})}
+    deeper = rows["encoder=resnet12, encoder_width=0.25, pretrain_epochs=10, epochs=0, feature_transform=cl2n"]
+    assert deeper["best_diff"] == pytest.approx(2 / 3) and deeper["diff"] == pytest.approx(32 / 3)
+    assert "best_diff" not in rows["pretrain_epochs=10, epochs=0, feature_transform=cl2n"]
