@@ -1,6 +1,8 @@
 """What fsl 0.1.0 saved must still load: a checkpoint, a registered PyTorch model and a serving
 model, written by that version (tests/fixtures/saved-by-fsl-0.1.0.zip: a Wang hallucination
-model at 16 px, and the features it gave for four test images)."""
+model at 16 px, and the features it gave for four test images), and what this release saves
+(tests/fixtures/saved-by-fsl-8eb3b68.zip, made by tests/fixtures/make_saved.py: a calibrated model
+with centred, normalised test features)."""
 
 import base64
 import io
@@ -13,6 +15,13 @@ import torch
 from PIL import Image
 
 FIXTURE = Path(__file__).parent / "fixtures" / "saved-by-fsl-0.1.0.zip"
+
+
+def png(image: torch.Tensor) -> str:
+    """A uint8 [C, H, W] image as base64 PNG, as a serving request carries it."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +66,52 @@ def test_a_registered_model_of_0_1_0_loads_with_mlflow_and_classifies(saved, ima
 def test_a_serving_model_of_0_1_0_loads_and_answers(saved, images):
     import mlflow.pyfunc
 
-    def png(image: torch.Tensor) -> str:
-        buffer = io.BytesIO()
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-        return base64.b64encode(buffer.getvalue()).decode()
-
     frame = pd.DataFrame({"role": ["support", "support", "query"], "label": ["a", "b", ""],
                           "image": [png(images[0]), png(images[1]), png(images[0])]})
     out = mlflow.pyfunc.load_model(str(saved / "serve")).predict(frame)
+    assert list(out["label"]) == ["a"]
+
+
+# ------------------------------------------- what this release saves (tests/fixtures/make_saved.py)
+TODAY = Path(__file__).parent / "fixtures" / "saved-by-fsl-8eb3b68.zip"
+
+
+@pytest.fixture(scope="module")
+def saved_today(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("saved_today")
+    with zipfile.ZipFile(TODAY) as archive:
+        archive.extractall(folder)
+    return folder
+
+
+def test_a_checkpoint_of_8eb3b68_with_its_base_mean_loads_and_gives_the_same_features(saved_today, images):
+    from fsl.models.classifier import load_checkpoint
+
+    model = load_checkpoint(saved_today / "checkpoint.pt").eval()
+    assert model.config["hallucinator"] == "calibrated" and model.M == 5
+    assert model.config["feature_transform"] == "cl2n" and model.needs_base_mean
+    assert model.base_mean.abs().sum() > 0  # the base-class mean of the final encoder, not zeros
+    assert torch.allclose(model.embed(images), torch.load(saved_today / "features.pt"), atol=1e-5)
+
+
+def test_a_registered_model_of_8eb3b68_loads_with_mlflow_and_classifies_as_its_checkpoint(saved_today, images):
+    import mlflow.pytorch
+
+    from fsl.models.classifier import load_checkpoint
+
+    model = mlflow.pytorch.load_model(str(saved_today / "model")).eval()
+    checkpoint = load_checkpoint(saved_today / "checkpoint.pt").eval()
+    assert torch.equal(model.base_mean, checkpoint.base_mean)
+    prediction = model.classify(images[:2], ["a", "b"], images)
+    same = checkpoint.classify(images[:2], ["a", "b"], images)
+    assert prediction.probs.shape == (4, 2) and torch.allclose(prediction.probs, same.probs, atol=1e-5)
+
+
+def test_a_serving_model_of_8eb3b68_loads_as_code_and_answers(saved_today, images):
+    import mlflow.pyfunc
+
+    assert not (saved_today / "serve" / "python_model.pkl").exists()  # models-from-code: no pickle
+    frame = pd.DataFrame({"role": ["support", "support", "query"], "label": ["a", "b", ""],
+                          "image": [png(images[0]), png(images[1]), png(images[0])]})
+    out = mlflow.pyfunc.load_model(str(saved_today / "serve")).predict(frame)
     assert list(out["label"]) == ["a"]
