@@ -95,7 +95,7 @@ class RegistryChoice(click.Choice):
         self.registry = registry
         super().__init__(registry.names())
 
-    @property  # type: ignore[override]
+    @property
     def choices(self):
         return self.registry.names()
 

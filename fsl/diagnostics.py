@@ -37,12 +37,15 @@ Metrics (ratios of sums over all episodes and classes, so no small denominator d
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from fsl.models.distances import prototypes
 from fsl.runtime import make_generator
+
+if TYPE_CHECKING:
+    from fsl.models.hallucinator import Hallucinator
 
 METRICS = ("halluc_mean_offset", "halluc_spread_ratio", "halluc_collapse", "halluc_mix_weight",
            "halluc_support_offset", "halluc_prototype_offset")
@@ -114,7 +117,7 @@ def feature_diagnostics(real, real_labels, fake, fake_labels, noise_a, noise_b, 
 
 
 @torch.no_grad()
-def mix_weight(hallucinator: torch.nn.Module, shots: int, M: int) -> float:
+def mix_weight(hallucinator: "Hallucinator", shots: int, M: int) -> float:
     """The weight of the hallucinated mean in the prototype: combine(real=0, fake=1) at K = shots."""
     real, fake = torch.zeros(1, 1, 1), torch.ones(1, 1, 1)
     param = next(hallucinator.parameters(), None)

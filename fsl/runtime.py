@@ -13,7 +13,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 import numpy as np
 import torch
@@ -114,7 +114,8 @@ def resolve_compile(choice: str, device: torch.device) -> bool:
 
 def compile_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """torch.compile for training steps of fixed shape; CUDA graphs on CUDA."""
-    return torch.compile(module, mode="reduce-overhead" if device.type == "cuda" else None)
+    compiled = torch.compile(module, mode="reduce-overhead" if device.type == "cuda" else None)
+    return cast(torch.nn.Module, compiled)  # an OptimizedModule; typed as a plain callable
 
 
 def process_alive(host: str | None, pid: str | int | None) -> bool | None:

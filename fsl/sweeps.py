@@ -186,7 +186,7 @@ class Plan:
     """
 
     base: TrainConfig
-    grid: dict[str, list]
+    grid: Mapping[str, Sequence[Any]]
     points: list[Point]
     mine: list[Point]
     children: list[Child]
@@ -274,7 +274,7 @@ def plan_sweep(base: TrainConfig, grid: Mapping[str, Sequence[Any]], *, seeds: S
         partners = [baseline_partner(base, p, baseline) for p in mine]
         mine = list(dict.fromkeys([q for q in partners if q not in mine] + mine))
     replicated = seeds is not None
-    seed_list = tuple(seeds) if replicated else (base.seed,)
+    seed_list = tuple(seeds) if seeds is not None else (base.seed,)
     children = []
     for point in mine:
         cfg = point_config(base, point)
@@ -311,7 +311,7 @@ class ChildResult:
     """A finished child: its run, its metrics (name -> value), and whether an earlier run
     with the same configuration was reused instead of training it again."""
 
-    run_id: str
+    run_id: str | None  # None under the null tracker
     metrics: dict[str, float]
     reused: bool = False
 
@@ -325,7 +325,7 @@ def child_rows(plan: Plan, results: Mapping[str, ChildResult]) -> list[dict]:
         if child.name not in results:
             continue
         result = results[child.name]
-        row = {k: format_value(v) for k, v in child.point.items}
+        row: dict[str, Any] = {k: format_value(v) for k, v in child.point.items}
         row |= {"point": child.point.name, "seed": child.seed, "run_id": result.run_id, "reused": result.reused}
         for key in sorted(result.metrics):
             if key in CI_METRICS or key in MEAN_METRICS or key.startswith(("test_ci95", "halluc_")):
@@ -378,8 +378,8 @@ def aggregate(plan: Plan, results: Mapping[str, ChildResult]) -> list[dict]:
         extra = sorted({k for c in plan.children if c.point == point and c.name in results
                         for k in results[c.name].metrics if k in MEAN_METRICS or k.startswith("halluc_")})
         for metric in extra:
-            values = list(_per_seed(plan, point, results, metric).values())
-            row[metric] = math.fsum(values) / len(values)
+            found = list(_per_seed(plan, point, results, metric).values())
+            row[metric] = math.fsum(found) / len(found)
         rows.append(row)
     return rows
 

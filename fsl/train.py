@@ -18,7 +18,7 @@ import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,7 @@ class EpisodeLoss(nn.Module):
         super().__init__()
         self.model, self.ways = model, ways
         self.policy = AUGMENTATIONS[augment]
+        self.compiled: nn.Module | None
         object.__setattr__(self, "compiled", encoder)  # shares model's weights: not a second submodule
 
     def forward(self, support: torch.Tensor, query: torch.Tensor, support_labels: torch.Tensor,
@@ -142,7 +143,8 @@ class EpisodeTrainer:
             step_loss = torch.zeros((), device=device)
             for j in range(self.per_step):
                 sync = j == self.per_step - 1 or not isinstance(self.step_loss, nn.parallel.DistributedDataParallel)
-                with contextlib.nullcontext() if sync else self.step_loss.no_sync():
+                with contextlib.nullcontext() if sync else cast(nn.parallel.DistributedDataParallel,
+                                                                 self.step_loss).no_sync():
                     loss, logits = self.step_loss(images[support_idx[j][step]], images[query_idx[j][step]],
                                                   self.support_labels, self.query_labels, self.noise_rngs[j])
                     (loss / self.per_step).backward()
@@ -260,7 +262,7 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
             features, labels = base_class_features(model, trainer.store)
             if model.needs_base_mean:
                 model.set_base_mean(features.mean(0))
-            if calibrate:
+            if calibrate and model.hallucinator is not None:
                 model.hallucinator.calibrate(features, labels, trainer.store.n_classes)
         val_acc = evaluate(model, val_store, val_episodes).mean
         stats = EpochStats(epoch, float(loss_sum) / steps_per_epoch, float(correct) * 100 / samples_per_epoch,
@@ -269,7 +271,7 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            if save:
+            if save and best_path is not None:
                 atomic_save(model.checkpoint(val_acc=val_acc, epoch=epoch), best_path)
         if on_epoch:
             on_epoch(stats)

@@ -122,10 +122,10 @@ def sweep_plot(rows: Sequence[dict], x: str, group_fields: Sequence[str], path: 
     for j, r in enumerate(baselines):
         colour = "black" if j == 0 else colours((len(groups) + j) % 10)
         kind = "ProtoNet" if r.get("hallucinator") == "none" or r.get("M") == "0" else "baseline"
-        mean, half = float(r["test_acc"]), float(r.get("test_acc_ci95", np.nan))
-        ax.axhline(mean, color=colour, linestyle="--", linewidth=1, label=f"{kind} ({r['point']})")
-        if not np.isnan(half):
-            ax.axhspan(mean - half, mean + half, color=colour, alpha=0.12)
+        level, spread = float(r["test_acc"]), float(r.get("test_acc_ci95", np.nan))
+        ax.axhline(level, color=colour, linestyle="--", linewidth=1, label=f"{kind} ({r['point']})")
+        if not np.isnan(spread):
+            ax.axhspan(level - spread, level + spread, color=colour, alpha=0.12)
     low, high, at = x_axis(sorted(set(position.values())))
     ax.set_xlim(low, high)
     if ticks is not None:

@@ -1,4 +1,5 @@
-"""The lint gate: ruff (pycodestyle, pyflakes, import order; pyproject.toml) is clean on fsl/."""
+"""The lint gate: ruff (pycodestyle, pyflakes, import order) and mypy, configured in pyproject.toml,
+are clean on fsl/."""
 
 import shutil
 import subprocess
@@ -15,4 +16,11 @@ def test_ruff_finds_nothing_in_fsl():
                                                        capture_output=True).returncode != 0:
         pytest.fail("ruff is not installed: pip install -e '.[test]'")
     done = subprocess.run([sys.executable, "-m", "ruff", "check", "fsl"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_mypy_finds_nothing_in_fsl():
+    if subprocess.run([sys.executable, "-m", "mypy", "--version"], capture_output=True).returncode != 0:
+        pytest.fail("mypy is not installed: pip install -e '.[test]'")
+    done = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

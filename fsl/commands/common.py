@@ -106,7 +106,7 @@ def run_tags(method: str, fingerprint: str | None = None, precision: str | None 
     tags = {"fsl.version": fsl.__version__, "fsl.method": method, "fsl.host": socket.gethostname(),
             "fsl.pid": str(os.getpid())}
     if fingerprint is not None:
-        tags |= {"fsl.data_fingerprint": fingerprint, "fsl.precision": precision}
+        tags |= {"fsl.data_fingerprint": fingerprint, "fsl.precision": str(precision)}
     commit = provenance.git_commit()
     if commit:
         tags |= {"fsl.git_commit": commit, "fsl.git_dirty": str(provenance.source_diff() is not None).lower()}

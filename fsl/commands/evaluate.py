@@ -17,7 +17,7 @@ from fsl.commands.common import (
 )
 from fsl.commands.train import RunSummary
 from fsl.config import TrainConfig
-from fsl.data.episodes import read_episode_file
+from fsl.data.episodes import FileEpisode, read_episode_file
 from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
 from fsl.runtime import digest, process_alive
 
@@ -38,16 +38,19 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed,
               "device_resolved": str(device), "precision_resolved": model.config["precision"]} | source
     split = "all" if cfg.test_split == "all" else "splits"
+    file_episodes: list[FileEpisode] = []
     if episodes_file:
-        episodes = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size, split), size,
-                                     model.config["channels"])
+        file_episodes = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size, split), size,
+                                          model.config["channels"])
+        count = len(file_episodes)
         fingerprint = digest(Path(episodes_file).read_bytes())
-        params |= {"episodes": episodes_file, "test_episodes": len(episodes)}
-        label, data = f"{len(episodes)} episodes of {episodes_file}", None
+        params |= {"episodes": episodes_file, "test_episodes": count}
+        label, data = f"{count} episodes of {episodes_file}", None
     else:
         data = load_data(cfg, size, split)
         store = data.split("test").to(device)
         episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
+        count = cfg.test_episodes
         fingerprint = data.fingerprint
         params |= {"test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots,
                    "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes, "split": cfg.test_split}
@@ -64,10 +67,10 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
         if data is not None:
             tracker.log_dataset(dataset_input(data, cfg), "evaluation")
         else:
-            tracker.log_dataset(episode_file_input(Path(episodes_file), fingerprint, len(episodes)), "evaluation")
-        with reporter.progress(len(episodes), "test episodes") as advance:
+            tracker.log_dataset(episode_file_input(Path(str(episodes_file)), fingerprint, count), "evaluation")
+        with reporter.progress(count, "test episodes") as advance:
             if episodes_file:
-                test = evaluate_file_episodes(model, episodes, noise_seed=cfg.test_seed, progress=advance)
+                test = evaluate_file_episodes(model, file_episodes, noise_seed=cfg.test_seed, progress=advance)
             else:
                 test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
         log_eval(tracker, test)

@@ -68,8 +68,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
         if register == "best":
             from fsl.commands.register import register_run
 
-            for name, child in best.items():
-                register_run(results[child].run_id, name, False, reporter)
+            for name, best_child in best.items():
+                run_id = results[best_child].run_id
+                if run_id is not None:  # None only without tracking, where nothing registers
+                    register_run(run_id, name, False, reporter)
         for row in rows:
             reporter.echo(sweeps.describe(row, plan.baseline is not None))
         reporter.echo(f"sweep done: {len(plan.children)} runs ({reused} reused)")

@@ -202,6 +202,8 @@ def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
             file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
             if not file.is_file():
                 raise DataError(f"{path}: row names a missing file {ref!r}")
+            if image_size is None or channels is None:
+                raise ValueError("read_episode_file: rows naming image files need image_size and channels")
             decoded[ref] = torch.from_numpy(decode_image(str(file), image_size, channels))
         return decoded[ref]
 

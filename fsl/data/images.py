@@ -78,7 +78,7 @@ def _to_array(img, image_size: int, channels: int) -> np.ndarray:
 
     img = _eight_bit(img).convert("L" if channels == 1 else "RGB")
     if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.BILINEAR, reducing_gap=None)
+        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR, reducing_gap=None)
     arr = np.array(img, dtype=np.uint8)  # a writable copy: torch warns on read-only arrays
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 

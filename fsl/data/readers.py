@@ -24,7 +24,7 @@ import os
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, cast
 
 import numpy as np
 import torch
@@ -64,8 +64,12 @@ class ReadOptions:
     split_file: str | None = None
     val_share: float | None = None
 
+    def shares(self) -> tuple[float, float, float]:
+        """The train, val and test shares of the classes: --split-ratio, or the default."""
+        return cast(tuple[float, float, float], tuple(self.split_ratio or DEFAULT_SPLIT_RATIO))
+
     def effective(self) -> "ReadOptions":
-        return replace(self, split_ratio=tuple(self.split_ratio or DEFAULT_SPLIT_RATIO),
+        return replace(self, split_ratio=self.shares(),
                        val_share=DEFAULT_VAL_SHARE if self.val_share is None else self.val_share)
 
 
@@ -137,7 +141,7 @@ def _split_classes(by_class: dict[str, list[str]], opts: ReadOptions) -> Listing
                              f"{', '.join(map(repr, missing[:5]))}")
     else:
         order = np.random.default_rng(opts.split_seed).permutation(len(names))
-        ratio = np.asarray(opts.split_ratio, dtype=float) / sum(opts.split_ratio)
+        ratio = np.asarray(opts.shares(), dtype=float) / sum(opts.shares())
         bounds = np.round(np.cumsum(ratio) * len(names)).astype(int)
         assignment = {}
         for rank, i in enumerate(order):
@@ -200,7 +204,7 @@ def _list_course(root: Path, opts: ReadOptions) -> Listing:
     by_class: dict[str, list[str]] = {}
     for name, ref in raw["train"]:
         by_class.setdefault(name, []).append(ref)
-    share = opts.effective().val_share
+    share = DEFAULT_VAL_SHARE if opts.val_share is None else opts.val_share
     held = _split_classes(by_class, ReadOptions(split_seed=opts.split_seed, split_ratio=(1 - share, share, 0.0)))
     return {"train": held["train"], "val": held["val"], "test": raw["val"]}
 

@@ -11,7 +11,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -136,7 +136,7 @@ class DataSet:
 
     def save(self, folder: Path) -> None:
         """Write `.npy` arrays and a `meta.json` into `folder` (callers make it atomic)."""
-        meta = {"schema": CACHE_SCHEMA, "name": self.name, "fingerprint": self.fingerprint,
+        meta: dict[str, Any] = {"schema": CACHE_SCHEMA, "name": self.name, "fingerprint": self.fingerprint,
                 "notes": self.notes, "classes": {}, "sources": self.sources,
                 "source_id": self.source_id}
         for split, store in self.splits.items():

@@ -75,9 +75,14 @@ class FewShotClassifier(nn.Module):
     normalises them on their device, so no PIL or per-image Python runs in a training step.
     """
 
+    # buffers (register_buffer), declared for the type checker; base_mean only with cl2n
+    mean: torch.Tensor
+    std: torch.Tensor
+    base_mean: torch.Tensor
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        self.config = CONFIG_DEFAULTS | copy.deepcopy(config)  # a saved config may predate some keys
+        self.config: dict[str, Any] = CONFIG_DEFAULTS | copy.deepcopy(config)  # a saved config may predate some keys
         self.encoder = build_encoder(config["encoder"], config["channels"], config["image_size"],
                                      config_value(config, "encoder_width"))
         kind = config.get("hallucinator")
@@ -198,6 +203,7 @@ class FewShotClassifier(nn.Module):
         if hallucinated is not None:
             fake, fake_labels = hallucinated
             real_counts = torch.nn.functional.one_hot(labels, ways).sum(-2)
+            assert self.hallucinator is not None  # hallucinate_support returned features
             protos = self.hallucinator.combine(protos, prototypes(fake, fake_labels, ways), real_counts,
                                                fake.shape[-2] // ways)
         if self.needs_base_mean and not self.training:

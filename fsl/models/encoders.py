@@ -40,7 +40,13 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     )
 
 
-class Conv4(nn.Module):
+class Encoder(nn.Module):
+    """What every encoder is: a module [B, C, S, S] -> [B, out_dim]."""
+
+    out_dim: int
+
+
+class Conv4(Encoder):
     """Four blocks of conv3x3(pad 1) -> BatchNorm -> ReLU -> max-pool 2, flattened.
 
     [B, C, S, S] -> [B, out_dim] with out_dim = hidden * (S // 16)^2 after four floor-halvings:
@@ -106,7 +112,7 @@ class ResidualStage(nn.Module):
         return self.drop(self.pool(F.leaky_relu(self.body(x) + self.shortcut(x), 0.1)))
 
 
-class ResNet12(nn.Module):
+class ResNet12(Encoder):
     """The standard few-shot ResNet-12: four residual stages of 64-160-320-640 channels (times
     `width`), each halving the side, then global average pooling.
 
@@ -133,7 +139,7 @@ class ResNet12(nn.Module):
         return self.stages(x).mean((-2, -1))
 
 
-def build_encoder(name: str, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+def build_encoder(name: str, in_channels: int, image_size: int, width: float = 1.0) -> Encoder:
     """The registered encoder `name` (fsl.registry.ENCODERS); ValueError naming the choices for an
     unknown one."""
     if name not in ENCODERS:

@@ -185,6 +185,11 @@ class CalibratedHallucinator(Hallucinator):
     trains_with_encoder = False   # FewShotClassifier: no hallucination in training mode
     conditions_on_shots = True    # hallucinate(): pass each class's K to forward
     uses_base_statistics = True   # fit(): `calibrate` after each pre-training epoch
+    # buffers (register_buffer), declared for the type checker
+    grand_mean: torch.Tensor
+    within_var: torch.Tensor
+    between_var: torch.Tensor
+    observed: torch.Tensor
 
     def __init__(self, feature_dim: int, momentum: float = 0.01) -> None:
         super().__init__()

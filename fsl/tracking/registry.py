@@ -53,6 +53,7 @@ def resolve_model_uri(spec: str) -> ResolvedModel:
     logged model's run is its `source_run_id`. Raises UsageError naming the URI."""
     client = MlflowClient()
     path = spec[len("models:/"):].strip("/")
+    model_id: str | None
     try:
         if path.startswith("m-") and "/" not in path and "@" not in path:
             logged = client.get_logged_model(path)

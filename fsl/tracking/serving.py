@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-import mlflow.pyfunc
+from mlflow.pyfunc.model import PythonModel
 
 from fsl.data.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES, check_request
 
@@ -14,7 +14,7 @@ from fsl.data.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES, check_request
 # forces that warning through its own filter, so it is kept off stderr here.
 with contextlib.redirect_stderr(io.StringIO()):
 
-    class FewShotServe(mlflow.pyfunc.PythonModel):
+    class FewShotServe(PythonModel):
         """The serving model: a JSON-able table in, predictions out, through `classify`.
 
         Input rows: `role` ("support" or "query", any case, spaces stripped), `label` (a non-empty
