@@ -60,8 +60,11 @@ def test_two_gloo_processes_make_one_run_that_matches_one_process_with_two_episo
         assert abs(ddp_run.data.metrics[metric] - single_run.data.metrics[metric]) <= one_query + 1e-9, metric
 
 
-# Long enough per epoch that a process killed right after its first `last.pt` is mid-epoch 2.
-KILL_BUDGET = [*TINY, "--epochs", "3", "--episodes-per-epoch", "60"]
+# A signal is sent when the first `last.pt` appears: five more epochs of 60 episodes are left,
+# so a loaded machine that is slow to notice the file still interrupts a live run.
+KILL_BUDGET = [*TINY, "--epochs", "6", "--episodes-per-epoch", "60"]
+# A run that only ever ends by being interrupted (Ctrl-C): no finish to race against.
+ENDLESS_BUDGET = [*TINY, "--epochs", "1000", "--episodes-per-epoch", "60"]
 
 
 def start(*args: str) -> subprocess.Popen:
@@ -90,9 +93,9 @@ def metric_history(uri: str, run_id: str, key: str) -> list[float]:
     return [m.value for m in sorted(MlflowClient(uri).get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-def interrupt(cache: Path, sig: int) -> tuple[subprocess.Popen, str]:
+def interrupt(cache: Path, sig: int, budget: list[str] = KILL_BUDGET) -> tuple[subprocess.Popen, str]:
     """Start a run, send `sig` once its first epoch is checkpointed; (process, run id)."""
-    process = start("protonet", *KILL_BUDGET)
+    process = start("protonet", *budget)
     last = wait_for_first_epoch(process, cache, run_folders(cache))
     process.send_signal(sig)
     process.communicate(timeout=120)
@@ -141,8 +144,9 @@ def test_sigterm_exits_143_ends_the_run_killed_and_resume_finishes_it(tracking, 
     assert_resumes_to(tracking, run_id, uninterrupted, explicit=True)  # --resume RUN_ID
 
 
-# Pre-training at 16 px: 60 batches of 64 per epoch, so a kill after the first epoch lands in the second.
-PRETRAIN_BUDGET = ["--image-size", "16", "--epochs", "3", "--val-episodes", "3", "--test-episodes", "5",
+# Pre-training at 16 px: 60 batches of 64 per epoch, so a kill after the first epoch lands in one of the
+# five others.
+PRETRAIN_BUDGET = ["--image-size", "16", "--epochs", "6", "--val-episodes", "3", "--test-episodes", "5",
                    "--test-queries", "3", "--precision", "fp32", "--augment", "standard"]
 
 
@@ -163,13 +167,13 @@ def test_pretraining_killed_with_sigkill_resumes_to_the_history_of_an_uninterrup
     for key in ("pretrain_val_acc", "pretrain_train_loss", "test_episode_acc"):
         history = metric_history(tracking, run_id, key)
         assert history == metric_history(tracking, whole_id, key), key
-    assert len(metric_history(tracking, run_id, "pretrain_val_acc")) == 3
+    assert len(metric_history(tracking, run_id, "pretrain_val_acc")) == 6
 
 
 def test_ctrl_c_ends_the_run_killed_and_keeps_a_loadable_checkpoint(tracking, fsl_cache):
     from fsl.models.classifier import load_checkpoint
 
-    process, run_id = interrupt(fsl_cache, signal.SIGINT)
+    process, run_id = interrupt(fsl_cache, signal.SIGINT, ENDLESS_BUDGET)
     assert process.returncode == 1
     assert MlflowClient(tracking).get_run(run_id).info.status == "KILLED"
     assert load_checkpoint(fsl_cache / "runs" / run_id / "best.pt").feature_dim == 64
