@@ -113,6 +113,42 @@ def with_centred_features(model, base):
     return twin.eval()
 
 
+def study_table(folder: Path, baseline: str = "today") -> str:
+    """The replicated study: `<recipe>_s<seed>.json` files (this script's output, one per recipe
+    and seed) -> a markdown table, per recipe and test (5- and 20-way, as trained and with CL2N
+    features): the mean over seeds ± t-CI, and the paired difference to `baseline` seed by seed
+    (the same 1,000 test episodes), with its t-CI; and the training minutes per model."""
+    from fsl.stats import paired_difference, seed_ci
+
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(folder.glob("*_s*.json")):
+        recipe, seed = path.stem.rsplit("_s", 1)
+        runs.setdefault(recipe, {})[int(seed)] = json.loads(path.read_text())
+    tests = [("5-way", "test_5way_1shot"), ("20-way", "test_20way_1shot"),
+             ("5-way, CL2N", "test_5way_1shot_cl2n"), ("20-way, CL2N", "test_20way_1shot_cl2n")]
+    lines = ["| recipe | seeds | test | accuracy | vs " + baseline + " (paired) | training minutes |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for recipe, by_seed in runs.items():
+        minutes = sum(r["train_seconds"] for r in by_seed.values()) / 60 / len(by_seed)
+        for label, key in tests:
+            acc = {s: r[key]["acc"] for s, r in by_seed.items() if key in r}
+            if not acc:
+                continue
+            mean = seed_ci(list(acc.values())) if len(acc) > 1 else None
+            cell = f"{mean.mean:.2f} ± {mean.half:.2f}" if mean else f"{next(iter(acc.values())):.2f} (1 seed)"
+            base_key = "test_20way_1shot" if "20way" in key else "test_5way_1shot"  # as trained, no CL2N
+            base = {s: r[base_key]["acc"] for s, r in runs.get(baseline, {}).items()}
+            common = sorted(acc.keys() & base.keys())
+            diff = "—"
+            if (recipe, key) != (baseline, base_key) and len(common) >= 2:
+                d = paired_difference({s: acc[s] for s in common}, {s: base[s] for s in common})
+                diff = f"{d.mean:+.2f} ± {d.half:.2f}{' ✓' if d.excludes_zero else ''}"
+            elif (recipe, key) != (baseline, base_key) and len(common) == 1:
+                diff = f"{acc[common[0]] - base[common[0]]:+.2f} (1 seed)"
+            lines.append(f"| {recipe} | {','.join(map(str, sorted(acc)))} | {label} | {cell} | {diff} | {minutes:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000)
@@ -126,7 +162,12 @@ def main() -> None:
     parser.add_argument("--encoder-width", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (the recipe study times fp32)")
+    parser.add_argument("--table", type=Path, default=None,
+                        help="print the study table of a folder of <recipe>_s<seed>.json outputs instead")
     args = parser.parse_args()
+    if args.table:
+        print(study_table(args.table))
+        return
     if not OMNIGLOT.exists():
         raise SystemExit(f"{OMNIGLOT} is absent: this check needs the shared Omniglot zips")
     print(json.dumps(run(args.steps, args.episodes, seed=args.seed, device=args.device, augment=args.augment,

@@ -100,3 +100,21 @@ def test_the_recipe_table_pairs_each_recipe_with_protonet_at_its_shots_seed_by_s
     deeper = rows["encoder=resnet12, encoder_width=0.25, pretrain_epochs=10, epochs=0, feature_transform=cl2n"]
     assert deeper["best_diff"] == pytest.approx(2 / 3) and deeper["diff"] == pytest.approx(32 / 3)
     assert "best_diff" not in rows["pretrain_epochs=10, epochs=0, feature_transform=cl2n"]
+
+
+def test_the_omniglot_study_table_pairs_each_recipe_with_today_seed_by_seed(tmp_path):
+    from benchmarks.omniglot import study_table
+
+    def result(acc5, acc20, cl2n=None):
+        out = {"train_seconds": 600.0, "test_5way_1shot": {"acc": acc5}, "test_20way_1shot": {"acc": acc20}}
+        return out | ({"test_20way_1shot_cl2n": {"acc": cl2n}} if cl2n is not None else {})
+
+    for name, seed, accs in [("today", 0, (95.0, 84.0, 83.0)), ("today", 1, (95.5, 85.0, 83.5)),
+                             ("strokes", 0, (96.0, 86.0)), ("strokes", 1, (96.0, 88.0))]:
+        (tmp_path / f"{name}_s{seed}.json").write_text(json.dumps(result(*accs)))
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:4]): line for line in study_table(tmp_path).splitlines()}
+    # 20-way: differences 2 and 3: mean 2.5, sd 0.707, t(1) = 12.706 -> half-width 12.706 * 0.707 / sqrt(2)
+    assert "+2.50 ± 6.35 |" in rows["strokes", "0,1", "20-way"]
+    assert "+0.75 ± 3.18 |" in rows["strokes", "0,1", "5-way"]
+    assert "-1.25 ± 3.18 |" in rows["today", "0,1", "20-way, CL2N"]  # CL2N of today's own models, paired
+    assert "| — |" in rows["today", "0,1", "20-way"] and "| 10.0 |" in rows["today", "0,1", "20-way"]
