@@ -418,9 +418,16 @@ def _limit_files(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
-def run_row(setup, tmp: Path, ckpt: Path) -> tuple[int, str]:
+# The rows that run `python -m fsl` in a subprocess (another environment): the slow lane's.
+SUBPROCESS_ROWS = {"dead-server-protonet", "dead-server-evaluate", "dead-server-sweep", "dead-server-register",
+                   "tracking-folder-unwritable", "mlflow-db-not-a-database", "cache-dir-unwritable",
+                   "disk-full-cache", "disk-full-checkpoint"}
+
+
+def run_row(setup, tmp: Path, ckpt: Path, row_id: str) -> tuple[int, str]:
     """Exit code and everything printed."""
     args, env = setup(tmp, ckpt)
+    assert (env is not None) == (row_id in SUBPROCESS_ROWS), f"{row_id}: keep SUBPROCESS_ROWS up to date"
     if env is None:
         result = CliRunner().invoke(cli, args)
         assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
@@ -431,11 +438,12 @@ def run_row(setup, tmp: Path, ckpt: Path) -> tuple[int, str]:
     return out.returncode, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("row_id, setup, code, fragment",
-                         [row if hasattr(row, "marks") else pytest.param(*row, id=row[0]) for row in ROWS])
+@pytest.mark.parametrize("row_id, setup, code, fragment", [
+    row if hasattr(row, "marks") else
+    pytest.param(*row, id=row[0], marks=[pytest.mark.slow] * (row[0] in SUBPROCESS_ROWS)) for row in ROWS])
 def test_a_bad_input_gets_one_line_the_right_exit_code_and_leaves_no_run(tracking, tmp_path, trained_checkpoint,
                                                                          row_id, setup, code, fragment):
-    exit_code, output = run_row(setup, tmp_path, trained_checkpoint)
+    exit_code, output = run_row(setup, tmp_path, trained_checkpoint, row_id)
     errors = [line for line in output.splitlines() if line.startswith("Error:")]
     assert exit_code == code, output[-3000:]
     assert "Traceback" not in output, output[-3000:]

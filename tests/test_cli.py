@@ -134,6 +134,7 @@ def test_registering_a_failed_run_needs_allow_failed_and_never_changes_its_statu
     assert client.get_run(run_id).info.status == "FAILED"
 
 
+@pytest.mark.slow
 def test_a_sweep_parent_whose_process_died_is_marked_failed_by_the_next_command(tracking):
     import socket
     import subprocess

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # mypy takes most of a minute on a cold cache
 
 
 def test_ruff_finds_nothing_in_fsl():

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import fsl
 from fsl.provenance import git_commit
 
@@ -13,6 +15,7 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
 
+@pytest.mark.slow
 def test_the_commit_is_fsls_checkout_whatever_the_working_directory(tmp_path, monkeypatch):
     other = tmp_path / "project"
     other.mkdir()
@@ -28,6 +31,7 @@ def test_the_commit_is_fsls_checkout_whatever_the_working_directory(tmp_path, mo
     assert git_commit() != git("rev-parse", "HEAD", cwd=other)
 
 
+@pytest.mark.slow
 def test_no_commit_for_a_copy_of_fsl_outside_a_checkout(tmp_path, monkeypatch):
     import shutil
 
@@ -60,6 +64,7 @@ def _provenance(top: Path) -> list[str]:
     return out.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_a_modified_checkout_is_not_its_clean_commit(tmp_path):
     top = _checkout_of_fsl(tmp_path)
     commit, diff = _provenance(top)

@@ -452,6 +452,7 @@ def test_a_byte_order_mark_in_a_csv_header_is_accepted(tmp_path):
     assert load_dataset(str(root)).split("train").n_classes == 3
 
 
+@pytest.mark.slow
 def test_dead_writers_temporary_folders_are_removed_by_data_cache(tmp_path, monkeypatch):
     import subprocess
     import sys

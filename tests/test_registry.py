@@ -96,6 +96,7 @@ def test_training_registers_by_default_and_no_register_skips(registered, store):
     assert len(versions("fsl-protonet")) == before
 
 
+@pytest.mark.slow
 def test_the_champion_loads_in_a_fresh_process_without_the_repository_and_reproduces_its_val_acc(registered, store):
     folder, uri, runs = store
     client = MlflowClient(uri)

@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 from fsl.runtime import free_port
 from tests.conftest import TINY
 
+pytestmark = pytest.mark.slow  # every test here runs fsl in other processes
+
 BUDGET = [*TINY, "--epochs", "3", "--episodes-per-epoch", "4"]
 
 

@@ -283,6 +283,7 @@ def test_a_calibrated_sweep_trains_once_per_seed_and_tests_each_m_from_that_mode
     assert again.exit_code == 0 and trained == [] and "6 runs (6 reused)" in again.output, again.output
 
 
+@pytest.mark.slow
 def test_the_config_hash_of_a_child_is_the_same_in_another_process(fsl_cache):
     from fsl.commands.train import config_hash, prepare_training, run_params
 
