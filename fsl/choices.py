@@ -6,7 +6,7 @@ registries of `fsl.registry`.
 """
 
 DISTANCES = ("l2", "cosine", "dot")
-AUGMENTATIONS = ("none", "omniglot", "standard", "strokes")  # a bare --augment is omniglot (fsl 0.1)
+AUGMENTATIONS = ("none", "omniglot", "standard")  # a bare --augment is omniglot (fsl 0.1)
 # Test-time feature transforms: cl2n centres on the base-class mean and l2-normalises (SimpleShot).
 FEATURE_TRANSFORMS = ("none", "cl2n")
 FORMATS = ("ravi", "course", "split-folders", "class-folders", "l2l-pickle", "metaoptnet-pickle")

@@ -169,8 +169,7 @@ model_options = _options(
     click.option("--augment", type=click.Choice(AUGMENTATIONS), is_flag=False, flag_value="omniglot",
                  default=DEFAULTS.augment, help="Training-image augmentation, batched on the device: omniglot = random "
                  "rotation (15 deg), scale (0.9-1.1) and shift (10%) (a bare --augment); standard = random resized "
-                 "crop, horizontal flip and colour jitter (RGB photographs); strokes = larger jitter with shear "
-                 "and a random stroke width (handwriting); none (also --no-augment)."),
+                 "crop, horizontal flip and colour jitter (RGB photographs); none (also --no-augment)."),
     click.option("--no-augment", "no_augment", is_flag=True, hidden=True, help="The same as --augment none."),
     click.option("--feature-transform", type=click.Choice(FEATURE_TRANSFORMS), default=DEFAULTS.feature_transform,
                  help="Test-time features: cl2n centres them on the base-class mean and l2-normalises them "

@@ -93,23 +93,6 @@ def test_standard_augmentation_repeats_from_a_seed_keeps_the_range_and_flips():
     assert torch.allclose(colour_jitter(x, None, 0.0, 0.0, 0.0), x, atol=1e-6)
 
 
-def test_the_strokes_policy_thickens_and_thins_strokes_and_shears():
-    from fsl.data.augment import random_affine, stroke_width, strokes_augment
-
-    page = torch.ones(3, 1, 16, 16)
-    page[:, :, 4:12, 8] = 0.0                      # one dark vertical stroke, 1 px wide, 8 px long
-    out = stroke_width(page, torch.tensor([1.0, -1.0, 0.0]))
-    dark = (out < 0.5).flatten(1).sum(1).tolist()
-    assert dark == [30, 0, 8]                      # 3 px wide (and a pixel longer each end); gone; unchanged
-    assert 0 < stroke_width(page[:1], torch.tensor([-0.4]))[0, 0, 6, 8] < 0.5  # a partial blend keeps it
-    # a pure shear moves the ends of a vertical stroke sideways, not its middle
-    sheared = random_affine(page[:1], torch.Generator().manual_seed(0), max_shift=0.0, max_degrees=0.0,
-                            scale=(1.0, 1.0), max_shear=0.5)
-    assert sheared[0, 0, 8, 8] < 0.5 and not torch.allclose(sheared, page[:1], atol=0.05)
-    a, b = (strokes_augment(page, torch.Generator().manual_seed(3), None, None) for _ in range(2))
-    assert torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
-
-
 def test_a_bare_augment_means_omniglot_and_no_augment_means_none(tracking):
     from fsl.config import TrainConfig
 

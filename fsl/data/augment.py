@@ -1,8 +1,7 @@
 """Training-time augmentation on the device, batched: no PIL, no per-image Python.
 
 `AUGMENTATIONS` names the `--augment` policies: `omniglot` (small affine jitter of strokes),
-`strokes` (larger jitter with shear and a random stroke width, for handwriting), `standard`
-(random resized crop, flip and colour jitter, for RGB photographs) and `none`.
+`standard` (random resized crop, flip and colour jitter, for RGB photographs) and `none`.
 """
 
 from __future__ import annotations
@@ -15,13 +14,10 @@ import torch.nn.functional as F
 
 
 def random_affine(x: torch.Tensor, rng: torch.Generator | None, max_shift: float = 0.1,
-                  max_degrees: float = 15.0, scale: tuple[float, float] = (0.9, 1.1),
-                  max_shear: float = 0.0) -> torch.Tensor:
-    """A random rotation, scale, shear (of the x axis, in [-max_shear, max_shear]) and shift per
-    image. x: float [B, C, H, W] -> [B, C, H, W].
+                  max_degrees: float = 15.0, scale: tuple[float, float] = (0.9, 1.1)) -> torch.Tensor:
+    """A random rotation, scale and shift per image. x: float [B, C, H, W] -> [B, C, H, W].
 
-    Borders are replicated (a white Omniglot page stays white). `rng` lives on x's device. With
-    max_shear 0 no shear is drawn, so the random stream is that of fsl 0.1's `--augment`.
+    Borders are replicated (a white Omniglot page stays white). `rng` lives on x's device.
     """
     b = x.shape[0]
 
@@ -31,11 +27,8 @@ def random_affine(x: torch.Tensor, rng: torch.Generator | None, max_shift: float
     angle = uniform(-1, 1) * math.radians(max_degrees)
     s = uniform(*scale)
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
-    shift_x, shift_y = uniform(-max_shift, max_shift) * 2, uniform(-max_shift, max_shift) * 2
-    shear = uniform(-max_shear, max_shear) if max_shear else torch.zeros_like(s)
-    # rotation-and-scale, then shear: [[cos, -sin], [sin, cos]] @ [[1, shear], [0, 1]]
-    theta = torch.stack([torch.stack([cos, cos * shear - sin, shift_x], -1),
-                         torch.stack([sin, sin * shear + cos, shift_y], -1)], 1)
+    theta = torch.stack([torch.stack([cos, -sin, uniform(-max_shift, max_shift) * 2], -1),
+                         torch.stack([sin, cos, uniform(-max_shift, max_shift) * 2], -1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -109,33 +102,9 @@ def omniglot_augment(x: torch.Tensor, rng: torch.Generator | None, mean: torch.T
     return random_affine(x, rng)
 
 
-def stroke_width(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Thicker (weight > 0) or thinner (weight < 0) dark strokes on a light page: a blend by
-    |weight| <= 1 towards the 3x3 minimum (thicker) or maximum (thinner) of the image; a partial
-    blend keeps a 1-pixel stroke visible. x: float [B, C, H, W] (dark = low); weight: [B]."""
-    weight = weight.view(-1, 1, 1, 1).to(x.dtype)
-    thicker = -F.max_pool2d(-x, 3, stride=1, padding=1)
-    thinner = F.max_pool2d(x, 3, stride=1, padding=1)
-    return x + weight.clamp(min=0) * (thicker - x) + (-weight).clamp(min=0) * (thinner - x)
-
-
-def random_stroke_width(x: torch.Tensor, rng: torch.Generator | None) -> torch.Tensor:
-    """`stroke_width` with a weight drawn uniformly in [-1, 1] per image."""
-    return stroke_width(x, 2 * torch.rand(x.shape[0], generator=rng, device=x.device) - 1)
-
-
-def strokes_augment(x: torch.Tensor, rng: torch.Generator | None, mean: torch.Tensor,
-                    std: torch.Tensor) -> torch.Tensor:
-    """A stronger policy for handwriting: larger affine jitter than `omniglot` (rotation 20 deg,
-    scale 0.8-1.2, shear 0.3, shift 10%) and a random stroke width. Order-preserving, so it acts
-    on the normalised batch as it is."""
-    return random_stroke_width(random_affine(x, rng, max_degrees=20.0, scale=(0.8, 1.2), max_shear=0.3), rng)
-
-
 # `--augment` policies: (normalised batch, device generator, mean, std) -> augmented batch.
 AUGMENTATIONS: dict[str, Callable[..., torch.Tensor] | None] = {
     "none": None,
     "omniglot": omniglot_augment,
     "standard": standard_augment,
-    "strokes": strokes_augment,
 }
