@@ -128,7 +128,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise UsageError naming the option for any value outside its range: before any data
-        is loaded and before any run opens."""
+        is loaded and before any run opens. Checked in this order: counts and sizes, numbers,
+        names, then the split options."""
+        self._validate_counts()
+        self._validate_numbers()
+        self._validate_names()
+        self._validate_splits()
+
+    def _validate_counts(self) -> None:
         for name in ("shots", "queries", "test_queries", "episodes_per_epoch",
                      "episodes_per_step", "val_episodes", "test_episodes", "lr_step", "pretrain_batch_size"):
             _at_least(name, getattr(self, name), 1)
@@ -149,6 +156,8 @@ class TrainConfig:
                              f"got {self.image_size}")
         if self.channels not in (None, 1, 3):
             raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
+
+    def _validate_numbers(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a positive finite number, got {self.lr}")
         for name in ("pretrain_lr", "encoder_width"):
@@ -165,6 +174,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 <= value <= MAX_SEED:
                 raise UsageError(f"--{name.replace('_', '-')} must be between 0 and {MAX_SEED}, got {value}")
+
+    def _validate_names(self) -> None:
         _one_of("distance", self.distance, DISTANCES)
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("compile", self.compile, COMPILE_MODES)
@@ -184,7 +195,6 @@ class TrainConfig:
                              f"{len(self.experiment)}")
         if not self.data.strip():
             raise UsageError("--data must not be empty (use 'synthetic' for the built-in set)")
-        self._validate_splits()
 
     def _validate_splits(self) -> None:
         if self.split_ratio is not None:

@@ -255,15 +255,7 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
             raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, {step} {bad + 1} of "
                                      f"{steps_per_epoch}; {kept} (try a lower --lr or --precision fp32)")
         _sync_buffers(model)
-        # Test-time statistics of the encoder as it now is: SimpleShot's base mean, and, while
-        # pre-training (no episodes to observe), the calibrated hallucinator's base statistics.
-        calibrate = bool(prefix) and model.hallucinator is not None and model.hallucinator.uses_base_statistics
-        if model.needs_base_mean or calibrate:
-            features, labels = base_class_features(model, trainer.store)
-            if model.needs_base_mean:
-                model.set_base_mean(features.mean(0))
-            if calibrate and model.hallucinator is not None:
-                model.hallucinator.calibrate(features, labels, trainer.store.n_classes)
+        _refresh_base_statistics(model, trainer.store, pretraining=bool(prefix))
         val_acc = evaluate(model, val_store, val_episodes).mean
         stats = EpochStats(epoch, float(loss_sum) / steps_per_epoch, float(correct) * 100 / samples_per_epoch,
                            val_acc, trainer.scheduler.get_last_lr()[0], time.perf_counter() - started)
@@ -287,6 +279,19 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
 
 
 @torch.no_grad()
+def _refresh_base_statistics(model: FewShotClassifier, store, pretraining: bool) -> None:
+    """Test-time statistics of the encoder as it now is: SimpleShot's base mean, and, while
+    pre-training (no episodes to observe), the calibrated hallucinator's base statistics."""
+    hallucinator = model.hallucinator
+    calibrate = pretraining and hallucinator is not None and hallucinator.uses_base_statistics
+    if model.needs_base_mean or calibrate:
+        features, labels = base_class_features(model, store)
+        if model.needs_base_mean:
+            model.set_base_mean(features.mean(0))
+        if calibrate and hallucinator is not None:
+            hallucinator.calibrate(features, labels, store.n_classes)
+
+
 def base_class_features(model: FewShotClassifier, store, per_class: int = 64, batch: int = 256
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features float [N, D] and labels int64 [N] of up to `per_class` images of every class of

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fsl.commands.common import (
     Reporter,
@@ -17,9 +19,45 @@ from fsl.commands.common import (
 )
 from fsl.commands.train import RunSummary
 from fsl.config import TrainConfig
-from fsl.data.episodes import FileEpisode, read_episode_file
+from fsl.data.episodes import EpisodeIndices, FileEpisode, read_episode_file
+from fsl.data.store import DataSet, ImageStore
 from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
 from fsl.runtime import digest, process_alive
+
+
+@dataclass
+class EpisodesToTest:
+    """What `fsl evaluate` tests on: sampled episodes of a data set's test split (`data`, `store`,
+    `episodes`) or the episodes of a file (`from_file`); their count, label, data fingerprint and
+    the params that describe them."""
+
+    label: str
+    count: int
+    fingerprint: str
+    params: dict[str, Any]
+    data: DataSet | None = None
+    store: ImageStore | None = None
+    episodes: EpisodeIndices | None = None
+    from_file: list[FileEpisode] = field(default_factory=list)
+
+
+def episodes_to_test(cfg: TrainConfig, model, episodes_file: str | None, device) -> EpisodesToTest:
+    """The episodes of `fsl evaluate`, at the model's image size and channels."""
+    size = model.config["image_size"]
+    split = "all" if cfg.test_split == "all" else "splits"
+    if episodes_file:
+        from_file = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size, split), size,
+                                      model.config["channels"])
+        return EpisodesToTest(f"{len(from_file)} episodes of {episodes_file}", len(from_file),
+                            digest(Path(episodes_file).read_bytes()),
+                            {"episodes": episodes_file, "test_episodes": len(from_file)}, from_file=from_file)
+    data = load_data(cfg, size, split)
+    store = data.split("test").to(device)
+    params = {"test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots, "test_queries": cfg.test_queries,
+              "test_episodes": cfg.test_episodes, "split": cfg.test_split}
+    params |= {k: v for k, v in cfg.read_options().items() if v is not None}
+    return EpisodesToTest(str(cfg.test_shape), cfg.test_episodes, data.fingerprint, params, data, store,
+                        sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test"))
 
 
 def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None = None,
@@ -34,29 +72,10 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     source = model_source(model_spec)
     model = load_model(model_spec)
     model.place(device)
-    size = model.config["image_size"]
-    params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed,
-              "device_resolved": str(device), "precision_resolved": model.config["precision"]} | source
-    split = "all" if cfg.test_split == "all" else "splits"
-    file_episodes: list[FileEpisode] = []
-    if episodes_file:
-        file_episodes = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size, split), size,
-                                          model.config["channels"])
-        count = len(file_episodes)
-        fingerprint = digest(Path(episodes_file).read_bytes())
-        params |= {"episodes": episodes_file, "test_episodes": count}
-        label, data = f"{count} episodes of {episodes_file}", None
-    else:
-        data = load_data(cfg, size, split)
-        store = data.split("test").to(device)
-        episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
-        count = cfg.test_episodes
-        fingerprint = data.fingerprint
-        params |= {"test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots,
-                   "test_queries": cfg.test_queries, "test_episodes": cfg.test_episodes, "split": cfg.test_split}
-        params |= {k: v for k, v in cfg.read_options().items() if v is not None}
-        label = str(cfg.test_shape)
-    tags = run_tags("evaluate", fingerprint, model.config["precision"]) | {
+    tested = episodes_to_test(cfg, model, episodes_file, device)
+    params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed, "device_resolved": str(device),
+              "precision_resolved": model.config["precision"]} | source | tested.params
+    tags = run_tags("evaluate", tested.fingerprint, model.config["precision"]) | {
         f"fsl.{key}": value for key, value in source.items()}
     runs.fail_stale_runs(cfg.experiment, alive=process_alive)  # as every command that opens a run
     with runs.open(cfg.experiment, run_name=evaluation_name(model_spec, source), tags=tags) as tracker:
@@ -64,19 +83,21 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
         log_source_diff(tracker)
         if source.get("model_id", "none") != "none":
             tracker.log_model_input(source["model_id"])  # the run page links to the logged model
-        if data is not None:
-            tracker.log_dataset(dataset_input(data, cfg), "evaluation")
+        if tested.data is not None:
+            tracker.log_dataset(dataset_input(tested.data, cfg), "evaluation")
         else:
-            tracker.log_dataset(episode_file_input(Path(str(episodes_file)), fingerprint, count), "evaluation")
-        with reporter.progress(count, "test episodes") as advance:
-            if episodes_file:
-                test = evaluate_file_episodes(model, file_episodes, noise_seed=cfg.test_seed, progress=advance)
+            tracker.log_dataset(episode_file_input(Path(str(episodes_file)), tested.fingerprint, tested.count),
+                                "evaluation")
+        with reporter.progress(tested.count, "test episodes") as advance:
+            if tested.store is None or tested.episodes is None:
+                test = evaluate_file_episodes(model, tested.from_file, noise_seed=cfg.test_seed, progress=advance)
             else:
-                test = evaluate(model, store, episodes, noise_seed=cfg.test_seed, progress=advance)
+                test = evaluate(model, tested.store, tested.episodes, noise_seed=cfg.test_seed, progress=advance)
         log_eval(tracker, test)
-        reporter.echo(f"test ({label}): {test}")
-        if model.M and not episodes_file:  # as training reports it: the same encoder and episodes, M = 0
-            plain = evaluate(model, store, episodes, M=0, noise_seed=cfg.test_seed)
+        reporter.echo(f"test ({tested.label}): {test}")
+        if model.M and tested.store is not None and tested.episodes is not None:
+            # as training reports it: the same encoder and episodes, the hallucinator off
+            plain = evaluate(model, tested.store, tested.episodes, M=0, noise_seed=cfg.test_seed)
             log_eval(tracker, plain, "_no_hallucination")
             reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
         summary = RunSummary(tracker.run_id, float("nan"), test, None, params)

@@ -165,13 +165,40 @@ def write_episode_file(path: Path, dataset, split: str, episodes: EpisodeIndices
         record.unlink()  # a previous file's record would misdescribe this one
 
 
+class _EpisodeImages:
+    """An episode file's image references -> uint8 [C, S, S]: `<split>:<row>` rows of `dataset`,
+    or image files (relative to the episode file) decoded once per read, as data sets are."""
+
+    def __init__(self, path: Path, dataset, image_size: int | None, channels: int | None) -> None:
+        self.path, self.dataset, self.image_size, self.channels = path, dataset, image_size, channels
+        self.decoded: dict[str, torch.Tensor] = {}  # episodes share images
+
+    def __call__(self, ref: str) -> torch.Tensor:
+        from fsl.data.images import decode_image
+        from fsl.errors import DataError
+
+        if _is_row_reference(ref):
+            split, _, index = ref.partition(":")
+            images = self.dataset.split(split).images
+            if not 0 <= int(index) < len(images):
+                raise DataError(f"{self.path}: {ref!r}: the {split} split has rows 0 to {len(images) - 1}")
+            return images[int(index)]
+        if ref not in self.decoded:
+            file = Path(ref) if Path(ref).is_absolute() else self.path.parent / ref
+            if not file.is_file():
+                raise DataError(f"{self.path}: row names a missing file {ref!r}")
+            if self.image_size is None or self.channels is None:
+                raise ValueError("read_episode_file: rows naming image files need image_size and channels")
+            self.decoded[ref] = torch.from_numpy(decode_image(str(file), self.image_size, self.channels))
+        return self.decoded[ref]
+
+
 def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
                       channels: int | None = None) -> list[FileEpisode]:
     """Read an episode CSV. `<split>:<row>` paths need `dataset` (the --data given alongside; a
     DataSet, or a function returning one, called only if such a row exists); file paths are
     decoded at `image_size`/`channels` exactly as data sets are."""
     from fsl.data.csvfile import read_rows
-    from fsl.data.images import decode_image
     from fsl.errors import DataError
 
     path = Path(path)
@@ -189,24 +216,7 @@ def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
             raise DataError(f"{path}: its rows name rows of a data set (<split>:<row>); pass --data")
         dataset = dataset() if callable(dataset) else dataset
         _check_source(path, dataset)
-    decoded: dict[str, torch.Tensor] = {}
-
-    def image(ref: str) -> torch.Tensor:
-        if _is_row_reference(ref):
-            split, _, index = ref.partition(":")
-            images = dataset.split(split).images
-            if not 0 <= int(index) < len(images):
-                raise DataError(f"{path}: {ref!r}: the {split} split has rows 0 to {len(images) - 1}")
-            return images[int(index)]
-        if ref not in decoded:  # episodes share images: decode each file once per read
-            file = Path(ref) if Path(ref).is_absolute() else path.parent / ref
-            if not file.is_file():
-                raise DataError(f"{path}: row names a missing file {ref!r}")
-            if image_size is None or channels is None:
-                raise ValueError("read_episode_file: rows naming image files need image_size and channels")
-            decoded[ref] = torch.from_numpy(decode_image(str(file), image_size, channels))
-        return decoded[ref]
-
+    image = _EpisodeImages(path, dataset, image_size, channels)
     episodes = []
     for name, items in grouped.items():
         support = [r for r in items if r["role"] == "support"]
