@@ -24,7 +24,7 @@ import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -174,7 +174,7 @@ def reference_train_rate(tree: Path, shape: EpisodeShape, size: int, device, wor
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, default=64, help="train classes in the generated tree")
     parser.add_argument("--per-class", type=int, default=600, help="images per train class")
@@ -200,15 +200,166 @@ def main() -> None:
     elif args.small:
         args.classes, args.per_class, args.steps, args.repeats = 32, 60, 10, 3
         args.parity_steps, args.schedule_steps = 0, 0
+    return args
 
+
+@dataclass
+class Bench:
+    """One benchmark run: its options, device, generated tree and the results so far."""
+
+    args: argparse.Namespace
+    device: torch.device
+    precision: str
+    workers: int
+    tree: Path
+    work: Path
+    results: dict
+
+    def save(self) -> None:  # after every section: a run cut short still leaves its figures
+        self.args.out.write_text(json.dumps(self.results, indent=2))
+
+
+def first_episode(bench: Bench):
+    """Time to the first episode. Product: decode the tree once (cold) or load the cache (warm),
+    put the train split on the device, one training step. Reference: start the loader, one step.
+    Returns the decoded data set."""
+    args, device = bench.args, bench.device
+    first = {}
+    for label in ("product_cold", "product_warm"):
+        reset_host_peak()
+        t0 = time.perf_counter()
+        data = read(bench.tree, "split-folders", ReadOptions(image_size=args.size))
+        model = product_model(data, bench.precision, device)
+        float(EpisodeTrainer(model, data.split("train").to(device), TrainConfig(), device).run(1)[0])
+        first[label] = time.perf_counter() - t0
+        bench.results.setdefault("host_peak_mib", {})[label] = host_peak_mib()
+    reset_host_peak()
+    t0 = time.perf_counter()
+    ref = reference.ReferenceTrainer(args.size, 5, 1, 15, device)
+    ref.step(next(iter(reference.loader(bench.tree / "train", 5, 1, 15, args.size, bench.workers))))
+    first["reference"] = time.perf_counter() - t0
+    bench.results["first_episode_s"] = first
+    print("first episode (s):", {k: round(v, 2) for k, v in first.items()}, flush=True)
+    bench.save()
+    return data
+
+
+def train_rates(bench: Bench, data) -> None:
+    """Training episodes per second at 5- and 30-way 1-shot, product against reference."""
+    args, results = bench.args, bench.results
+    results["train"] = {}
+    for ways in (5, 30):
+        shape = EpisodeShape(ways, 1, 15)
+        reset_host_peak()
+        prod = product_train_rate(data, shape, bench.precision, bench.device, 1, args.steps, args.repeats)
+        prod["host_peak_mib"] = host_peak_mib()
+        reset_host_peak()
+        refr = reference_train_rate(bench.tree, shape, args.size, bench.device, bench.workers, 1,
+                                    args.ref_steps or args.steps, args.repeats)
+        refr["host_peak_mib"] = host_peak_mib()
+        results["train"][f"{ways}way"] = {"product": prod, "reference": refr,
+                                          "ratio": prod["median"] / refr["median"]}
+        print(f"train {ways}-way 1-shot: product {prod['median']:.1f} ep/s, reference {refr['median']:.1f} ep/s, "
+              f"x{prod['median'] / refr['median']:.1f}", flush=True)
+        bench.save()
+
+
+def eval_rates(bench: Bench, data) -> None:
+    """Evaluation at 5-way 1-shot: the product batches episodes, the reference loads each."""
+    args, device = bench.args, bench.device
+    test, shape5 = data.split("test"), EpisodeShape(5, 1, 15)
+    eval_n = max(args.steps, 10) if not args.tiny else 4
+    episodes = sample_episodes(test, shape5, eval_n, seed=0, split="test")
+    model = product_model(data, bench.precision, device)
+    prod = rate(lambda: (episode_correct(model, test, episodes), eval_n)[1], device, 1, args.repeats)
+    ref = reference.ReferenceTrainer(args.size, 5, 1, 15, device)
+    ref_eval = iter(reference.loader(bench.tree / "test", 5, 1, 15, args.size, bench.workers))
+    refr = rate(lambda: (sum(ref.accuracy(next(ref_eval)) for _ in range(eval_n)), eval_n)[1], device, 1, args.repeats)
+    ref_eval._shutdown_workers()
+    bench.results["eval"] = {"5way": {"product": prod, "reference": refr, "ratio": prod["median"] / refr["median"]}}
+    print(f"eval 5-way 1-shot: product {prod['median']:.1f} ep/s, reference {refr['median']:.1f} ep/s", flush=True)
+    bench.save()
+    if device.type == "cuda" or args.small:
+        n600 = sample_episodes(test, shape5, 600, seed=1, split="test")
+        sync(device)
+        t0 = time.perf_counter()
+        episode_correct(model, test, n600).sum().item()
+        bench.results["eval"]["600_episodes_s"] = time.perf_counter() - t0
+
+
+def paper_schedule(bench: Bench, data) -> None:
+    """The paper's schedule: 20,000 episodes of 30-way 1-shot, 15 queries, extrapolated."""
+    steps = bench.args.schedule_steps
+    trainer = EpisodeTrainer(product_model(data, bench.precision, bench.device), data.split("train"),
+                             TrainConfig(ways=30, shots=1, queries=15), bench.device)
+    float(trainer.run(20)[0])
+    t0 = time.perf_counter()
+    float(trainer.run(steps)[0])
+    elapsed = time.perf_counter() - t0
+    bench.results["schedule"] = {"timed_episodes": steps, "seconds": elapsed,
+                                 "extrapolated_20000_s": elapsed * 20000 / steps}
+    print(f"paper schedule: {steps} 30-way episodes in {elapsed:.1f} s -> 20,000 in "
+          f"{bench.results['schedule']['extrapolated_20000_s']:.0f} s", flush=True)
+
+
+def floor(bench: Bench) -> None:
+    """FLOPs of one 30-way and one 5-way training episode against the matmul rate."""
+    tflops, dtype = matmul_tflops(bench.device, 256 if bench.args.tiny else None)
+    results = bench.results
+    results["floor"] = {"matmul_tflops": tflops, "matmul_dtype": dtype}
+    for ways in (5, 30):
+        flops = conv4_train_flops(bench.args.size, ways * 16)
+        floor_ms = flops / (tflops * 1e12) * 1e3
+        measured_ms = 1e3 / results["train"][f"{ways}way"]["product"]["median"]
+        results["floor"][f"{ways}way"] = {"gflop_per_episode": flops / 1e9, "floor_ms": floor_ms,
+                                          "measured_ms": measured_ms, "times_floor": measured_ms / floor_ms}
+    print("floor:", json.dumps(results["floor"]), flush=True)
+    bench.save()
+
+
+def precision_parity(bench: Bench, data) -> None:
+    """Accuracy parity: bf16 against fp32, same initial weights, same episodes."""
+    args, test = bench.args, data.split("test")
+    parity = {}
+    test_eps = sample_episodes(test, EpisodeShape(5, 1, 15), 300 if not args.tiny else 4, seed=2, split="test")
+    for prec in ("fp32", bench.precision):
+        model = product_model(data, prec, bench.device)
+        trainer = EpisodeTrainer(model, data.split("train"), TrainConfig(), bench.device)
+        t0 = time.perf_counter()
+        float(trainer.run(args.parity_steps)[0])
+        res = evaluate(model, test, test_eps)
+        parity[prec] = {"acc": res.mean, "ci95": res.ci95, "train_s": time.perf_counter() - t0}
+    bench.results["parity"] = parity | {"steps": args.parity_steps}
+    print("parity:", json.dumps(parity), flush=True)
+    bench.save()
+
+
+def compile_trials(bench: Bench, data) -> None:
+    """torch.compile modes (and CUDA graphs on CUDA) at 5- and 30-way; a failure is reported."""
+    bench.results["compile"] = {}
+    trials = [("reduce-overhead", 5), ("default", 30), ("reduce-overhead", 30), ("default", 5)]
+    for mode, ways in trials if bench.device.type == "cuda" else [("default", 5)]:
+        try:
+            t0 = time.perf_counter()
+            out = product_train_rate(data, EpisodeShape(ways, 1, 15), bench.precision, bench.device, 1,
+                                     bench.args.steps, bench.args.repeats, compile_mode=mode)
+            out["with_warmup_s"] = time.perf_counter() - t0
+        except Exception as exc:  # report what failed, keep the rest of the benchmark
+            out = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+        bench.results["compile"][f"{mode}_{ways}way"] = out
+        print(f"compile {mode} {ways}-way:", out.get("median", out.get("error")), flush=True)
+        bench.save()
+
+
+def main() -> None:
+    args = parse_args()
     device = resolve_device(args.device)
     precision = resolve_precision("auto", device)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
-    ref_steps = args.ref_steps or args.steps
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                      "cores": os.cpu_count(), "torch": torch.__version__, "precision": precision,
                      "size": args.size, "workers": workers, "steps_per_block": args.steps,
-                     "reference_steps_per_block": ref_steps, "repeats": args.repeats}
+                     "reference_steps_per_block": args.ref_steps or args.steps, "repeats": args.repeats}
     work = Path(tempfile.mkdtemp(prefix="fsl-bench-"))
     os.environ["FSL_CACHE_DIR"] = str(work / "cache")
     t0 = time.perf_counter()
@@ -216,131 +367,24 @@ def main() -> None:
                                   eval_per_class=20 if args.tiny else 100)
     results["tree"] = {"train_classes": args.classes, "per_class": args.per_class,
                        "generate_s": round(time.perf_counter() - t0, 1)}
-    def save() -> None:  # after every section: a run cut short still leaves its figures
-        args.out.write_text(json.dumps(results, indent=2))
-
+    bench = Bench(args, device, precision, workers, tree, work, results)
     print(f"device {results['device']}, {precision}; tree {args.classes}x{args.per_class} "
           f"in {results['tree']['generate_s']} s", flush=True)
-
-    # Time to the first episode. Product: decode the tree once (cold) or load the cache (warm),
-    # put the train split on the device, one training step. Reference: start the loader, one step.
-    first = {}
-    for label in ("product_cold", "product_warm"):
-        reset_host_peak()
-        t0 = time.perf_counter()
-        data = read(tree, "split-folders", ReadOptions(image_size=args.size))
-        train_store = data.split("train").to(device)
-        model = product_model(data, precision, device)
-        trainer = EpisodeTrainer(model, train_store, TrainConfig(), device)
-        float(trainer.run(1)[0])
-        first[label] = time.perf_counter() - t0
-        results.setdefault("host_peak_mib", {})[label] = host_peak_mib()
-    reset_host_peak()
-    t0 = time.perf_counter()
-    shape5 = EpisodeShape(5, 1, 15)
-    ref = reference.ReferenceTrainer(args.size, 5, 1, 15, device)
-    ref.step(next(iter(reference.loader(tree / "train", 5, 1, 15, args.size, workers))))
-    first["reference"] = time.perf_counter() - t0
-    results["first_episode_s"] = first
-    print("first episode (s):", {k: round(v, 2) for k, v in first.items()}, flush=True)
-    save()
-
+    data = first_episode(bench)
     data = replace(data, splits={k: v.to(device) for k, v in data.splits.items()})
-    results["train"], results["eval"] = {}, {}
-    for ways in (5, 30):
-        shape = EpisodeShape(ways, 1, 15)
-        reset_host_peak()
-        prod = product_train_rate(data, shape, precision, device, 1, args.steps, args.repeats)
-        prod["host_peak_mib"] = host_peak_mib()
-        reset_host_peak()
-        refr = reference_train_rate(tree, shape, args.size, device, workers, 1, ref_steps, args.repeats)
-        refr["host_peak_mib"] = host_peak_mib()
-        results["train"][f"{ways}way"] = {"product": prod, "reference": refr,
-                                          "ratio": prod["median"] / refr["median"]}
-        print(f"train {ways}-way 1-shot: product {prod['median']:.1f} ep/s, reference {refr['median']:.1f} ep/s, "
-              f"x{prod['median'] / refr['median']:.1f}", flush=True)
-        save()
-
-    # Evaluation: 5-way 1-shot; the product batches episodes, the reference loads each.
-    test = data.split("test")
-    eval_n = max(args.steps, 10) if not args.tiny else 4
-    episodes = sample_episodes(test, shape5, eval_n, seed=0, split="test")
-    model = product_model(data, precision, device)
-    prod = rate(lambda: (episode_correct(model, test, episodes), eval_n)[1], device, 1, args.repeats)
-    ref = reference.ReferenceTrainer(args.size, 5, 1, 15, device)
-    ref_eval = iter(reference.loader(tree / "test", 5, 1, 15, args.size, workers))
-    refr = rate(lambda: (sum(ref.accuracy(next(ref_eval)) for _ in range(eval_n)), eval_n)[1], device, 1, args.repeats)
-    ref_eval._shutdown_workers()
-    results["eval"]["5way"] = {"product": prod, "reference": refr, "ratio": prod["median"] / refr["median"]}
-    print(f"eval 5-way 1-shot: product {prod['median']:.1f} ep/s, reference {refr['median']:.1f} ep/s", flush=True)
-    save()
-    if device.type == "cuda" or args.small:
-        n600 = sample_episodes(test, shape5, 600, seed=1, split="test")
-        sync(device)
-        t0 = time.perf_counter()
-        episode_correct(model, test, n600).sum().item()
-        results["eval"]["600_episodes_s"] = time.perf_counter() - t0
-
-    # The paper's schedule: 20,000 episodes of 30-way 1-shot, 15 queries.
+    train_rates(bench, data)
+    eval_rates(bench, data)
     if args.schedule_steps:
-        trainer = EpisodeTrainer(product_model(data, precision, device), data.split("train"),
-                                 TrainConfig(ways=30, shots=1, queries=15), device)
-        float(trainer.run(20)[0])
-        t0 = time.perf_counter()
-        float(trainer.run(args.schedule_steps)[0])
-        elapsed = time.perf_counter() - t0
-        results["schedule"] = {"timed_episodes": args.schedule_steps, "seconds": elapsed,
-                               "extrapolated_20000_s": elapsed * 20000 / args.schedule_steps}
-        print(f"paper schedule: {args.schedule_steps} 30-way episodes in {elapsed:.1f} s -> 20,000 in "
-              f"{results['schedule']['extrapolated_20000_s']:.0f} s", flush=True)
-
-    # Floor: FLOPs of one 30-way and one 5-way training episode against the matmul rate.
-    tflops, dtype = matmul_tflops(device, 256 if args.tiny else None)
-    results["floor"] = {"matmul_tflops": tflops, "matmul_dtype": dtype}
-    for ways in (5, 30):
-        flops = conv4_train_flops(args.size, ways * 16)
-        floor_ms = flops / (tflops * 1e12) * 1e3
-        measured_ms = 1e3 / results["train"][f"{ways}way"]["product"]["median"]
-        results["floor"][f"{ways}way"] = {"gflop_per_episode": flops / 1e9, "floor_ms": floor_ms,
-                                          "measured_ms": measured_ms, "times_floor": measured_ms / floor_ms}
-    print("floor:", json.dumps(results["floor"]), flush=True)
-    save()
-
-    # Accuracy parity: bf16 against fp32, same initial weights, same episodes.
+        paper_schedule(bench, data)
+    floor(bench)
     if args.parity_steps and precision != "fp32":
-        parity = {}
-        test_eps = sample_episodes(test, shape5, 300 if not args.tiny else 4, seed=2, split="test")
-        for prec in ("fp32", precision):
-            model = product_model(data, prec, device)
-            trainer = EpisodeTrainer(model, data.split("train"), TrainConfig(), device)
-            t0 = time.perf_counter()
-            float(trainer.run(args.parity_steps)[0])
-            res = evaluate(model, test, test_eps)
-            parity[prec] = {"acc": res.mean, "ci95": res.ci95, "train_s": time.perf_counter() - t0}
-        results["parity"] = parity | {"steps": args.parity_steps}
-        print("parity:", json.dumps(parity), flush=True)
-        save()
-
+        precision_parity(bench, data)
     if args.compile:
-        results["compile"] = {}
-        trials = [("reduce-overhead", 5), ("default", 30), ("reduce-overhead", 30), ("default", 5)]
-        for mode, ways in trials if device.type == "cuda" else [("default", 5)]:
-            try:
-                t0 = time.perf_counter()
-                out = product_train_rate(data, EpisodeShape(ways, 1, 15), precision, device, 1,
-                                         args.steps, args.repeats, compile_mode=mode)
-                out["with_warmup_s"] = time.perf_counter() - t0
-            except Exception as exc:  # report what failed, keep the rest of the benchmark
-                out = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-            results["compile"][f"{mode}_{ways}way"] = out
-            print(f"compile {mode} {ways}-way:", out.get("median", out.get("error")), flush=True)
-            save()
-
+        compile_trials(bench, data)
     if args.logging:
         results["logging"] = logging_overhead(work)
         print("logging:", json.dumps(results["logging"]), flush=True)
-
-    save()
+    bench.save()
     print_table(results)
 
 
