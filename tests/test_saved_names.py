@@ -24,12 +24,16 @@ def png(image: torch.Tensor) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("saved")
-    with zipfile.ZipFile(FIXTURE) as archive:
+def extracted(tmp_path_factory, archive_path: Path) -> Path:
+    folder = tmp_path_factory.mktemp(archive_path.stem)
+    with zipfile.ZipFile(archive_path) as archive:
         archive.extractall(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    return extracted(tmp_path_factory, FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +82,7 @@ TODAY = Path(__file__).parent / "fixtures" / "saved-by-fsl-8eb3b68.zip"
 
 @pytest.fixture(scope="module")
 def saved_today(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("saved_today")
-    with zipfile.ZipFile(TODAY) as archive:
-        archive.extractall(folder)
-    return folder
+    return extracted(tmp_path_factory, TODAY)
 
 
 def test_a_checkpoint_of_8eb3b68_with_its_base_mean_loads_and_gives_the_same_features(saved_today, images):
