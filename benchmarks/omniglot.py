@@ -164,9 +164,10 @@ def main() -> None:
     parser.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (the recipe study times fp32)")
     parser.add_argument("--table", type=Path, default=None,
                         help="print the study table of a folder of <recipe>_s<seed>.json outputs instead")
+    parser.add_argument("--vs", default="today", help="with --table: the recipe every other one is paired with")
     args = parser.parse_args()
     if args.table:
-        print(study_table(args.table))
+        print(study_table(args.table, args.vs))
         return
     if not OMNIGLOT.exists():
         raise SystemExit(f"{OMNIGLOT} is absent: this check needs the shared Omniglot zips")
