@@ -222,13 +222,13 @@ class MlflowRuns:
         run = mlflow.start_run(run_id=run_id or inherited, run_name=None if run_id or inherited else run_name,
                                nested=nested, log_system_metrics=system_metrics)
         tracker = Tracker(run.info.run_id, MlflowClient())
-        for key, value in ((VIEW_TAG, json.dumps(RESULTS_VIEW)), (PRIMARY_METRIC_TAG, "val_acc")):
-            _retry_locked(lambda: tracker.client.set_experiment_tag(run.info.experiment_id, key, value))
         if inherited and not run_id and run_name:
             tags = (tags or {}) | {"mlflow.runName": run_name}  # `mlflow run` named it at random
-        if tags:
-            tracker.set_tags(tags)
-        try:
+        try:  # from here on, an error ends the run FAILED (KILLED) instead of leaving it RUNNING
+            for key, value in ((VIEW_TAG, json.dumps(RESULTS_VIEW)), (PRIMARY_METRIC_TAG, "val_acc")):
+                _retry_locked(lambda: tracker.client.set_experiment_tag(run.info.experiment_id, key, value))
+            if tags:
+                tracker.set_tags(tags)
             yield tracker
         except KeyboardInterrupt:
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
