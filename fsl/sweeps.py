@@ -225,15 +225,24 @@ def sweep_run_name(plan: "Plan") -> str:
     """The parent run's name: method, grid axes and seeds, e.g.
     `sweep-hallucinate-calibrated-M0,10,50,100-5seeds` (at most MAX_RUN_NAME characters)."""
     method = "hallucinate" if "hallucinator" in plan.grid else method_label(plan.base)
-    axes = "-".join(f"{field}{','.join(map(str, values))}" for field, values in plan.grid.items())
+    axes = "-".join(f"{field}{'' if _numeric(values) else '='}{','.join(map(str, values))}"
+                    for field, values in plan.grid.items())
     name = f"sweep-{method}-{axes}" + (f"-{len(plan.seeds)}seeds" if plan.replicated else "")
     return name if len(name) <= MAX_RUN_NAME else name[:MAX_RUN_NAME - 1] + "~"
 
 
 def child_run_name(child: "Child") -> str:
-    """A child run's name: its method and point, e.g. `hallucinate-calibrated-M=10-seed0`
+    """A child run's name: its method and point, e.g. `hallucinate-calibrated-M=10-seed0`, or
+    `hallucinate-hallucinator=wang,M=10-seed0` where the point names the hallucinator
     (`child.name`, the point alone, stays the sweep's internal key)."""
-    return f"{method_label(child.cfg)}-{child.name}"[:MAX_RUN_NAME]
+    label = method_label(child.cfg)
+    if child.cfg.hallucinator and "hallucinator=" in child.name:
+        label = "hallucinate"
+    return f"{label}-{child.name}"[:MAX_RUN_NAME]
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
 def child_name(point: Point, seed: int, replicated: bool) -> str:

@@ -320,3 +320,18 @@ def test_a_sweep_registers_nothing_by_default_its_best_child_with_best_and_every
     every = CliRunner().invoke(cli, [*args, "--seeds", "2,3", "--register", "all"], catch_exceptions=False)
     assert every.exit_code == 0
     assert len(client.search_model_versions("name='fsl-protonet'")) == 1 + 2  # the best above, then each child
+
+
+def test_sweep_and_child_names_say_the_method_the_grid_and_the_point():
+    base = TrainConfig(hallucinator="calibrated", M=10)
+    m_study = sweeps.plan_sweep(base, {"M": [0, 10, 50, 100]}, seeds=[0, 1, 2, 3, 4], baseline="M=0")
+    assert sweeps.sweep_run_name(m_study) == "sweep-hallucinate-calibrated-M0,10,50,100-5seeds"
+    assert {sweeps.child_run_name(c) for c in m_study.children if c.seed == 3} == {
+        "protonet-M=0-seed3", "hallucinate-calibrated-M=10-seed3", "hallucinate-calibrated-M=50-seed3",
+        "hallucinate-calibrated-M=100-seed3"}
+    by_hallucinator = sweeps.plan_sweep(base, {"hallucinator": ["wang"], "M": [0, 10]})
+    assert sweeps.sweep_run_name(by_hallucinator) == "sweep-hallucinate-hallucinator=wang-M0,10"
+    assert [sweeps.child_run_name(c) for c in by_hallucinator.children] == [
+        "protonet-hallucinator=none,M=0", "hallucinate-hallucinator=wang,M=10"]
+    long = sweeps.plan_sweep(TrainConfig(), {"seed": list(range(60))})
+    assert len(sweeps.sweep_run_name(long)) == sweeps.MAX_RUN_NAME and sweeps.sweep_run_name(long).endswith("~")
