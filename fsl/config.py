@@ -246,7 +246,7 @@ PRE_CHANGE_AUGMENT = {"none": False, "omniglot": True}
 
 
 # How an unset option is logged: `auto` where fsl decides (from the data, by default), `none`
-# where nothing is used. Before 0.3 they were logged as "" (a blank cell in the UI).
+# where nothing is used. Runs made before 2026-11-30 logged them as "" (a blank cell in the UI).
 UNSET_PARAMS = {"format": "auto", "image_size": "auto", "channels": "auto", "split_ratio": "auto",
                 "split_file": "auto", "val_share": "auto", "test_data": "auto", "init": "none"}
 

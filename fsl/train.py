@@ -292,6 +292,7 @@ def _refresh_base_statistics(model: FewShotClassifier, store, pretraining: bool)
             hallucinator.calibrate(features, labels, store.n_classes)
 
 
+@torch.no_grad()
 def base_class_features(model: FewShotClassifier, store, per_class: int = 64, batch: int = 256
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features float [N, D] and labels int64 [N] of up to `per_class` images of every class of

@@ -250,3 +250,16 @@ def test_calibrate_with_many_classes_needs_no_one_hot_matrix():
     slow.observe(features[None], labels[None], 200)  # the episode formula, with its [N, C] one-hot
     for name in ("grand_mean", "within_var", "between_var"):
         assert torch.allclose(getattr(fast, name), getattr(slow, name), atol=1e-5), name
+
+
+def test_base_class_features_keep_no_autograd_graph(tiny_dataset):
+    """Called outside training too (benchmarks.omniglot): a graph kept alive by the base mean
+    would hold the forward pass of every image it was computed from."""
+    from fsl.models.classifier import FewShotClassifier
+    from fsl.train import base_class_features
+
+    model = FewShotClassifier.for_data(tiny_dataset, feature_transform="cl2n")
+    features, _ = base_class_features(model, tiny_dataset.split("train"), per_class=2)
+    assert not features.requires_grad
+    model.set_base_mean(features.mean(0))
+    assert model.base_mean.grad_fn is None

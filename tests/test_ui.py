@@ -133,3 +133,18 @@ def test_every_picture_the_readme_shows_exists_and_is_small():
         path = ROOT / picture
         assert path.is_file(), f"README shows {picture}, which is missing"
         assert path.stat().st_size < 200_000, f"{picture} is {path.stat().st_size:,} bytes"
+
+
+def test_a_dotted_registered_name_is_logged_under_a_name_mlflow_accepts(tracking):
+    from mlflow.utils.validation import _validate_logged_model_name
+
+    from fsl.tracking.registry import logged_model_name
+
+    assert logged_model_name("team.fsl", 20, 5) == "team-fsl-20w5s"
+    _validate_logged_model_name(logged_model_name("a.b%c'd\"e/f:g", 5, 1))  # raises if MLflow refuses it
+    invoke("protonet", *REGISTER, "--registered-model-name", "team.fsl", "--ways", "4")
+    client = MlflowClient()
+    [run] = all_runs(client)
+    assert run.info.status == "FINISHED" and str(client.get_model_version_by_alias("team.fsl", "champion").version) == "1"
+    names = {m.name for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])}
+    assert names == {"team-fsl-4w1s", "team-fsl-4w1s-serve"}  # the training shape, as the run's name

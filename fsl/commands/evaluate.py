@@ -70,7 +70,8 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     runs.check_store()
     device = device_option(cfg.device)
     source = model_source(model_spec)
-    model = load_model(model_spec)
+    # A registered model is loaded from the run it resolved to, once: the alias may move meanwhile.
+    model = load_model(f"runs:/{source['model_run_id']}" if model_spec.startswith("models:/") else model_spec)
     model.place(device)
     tested = episodes_to_test(cfg, model, episodes_file, device)
     params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed, "device_resolved": str(device),

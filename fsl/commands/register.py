@@ -11,12 +11,15 @@ from fsl.commands.common import Reporter, mlflow_runs
 from fsl.errors import UsageError
 
 
-def register_model(tracker, model, checkpoint: Path, name: str, val_acc: float, protocol: dict):
-    """Log the PyTorch and serving models to the tracker's run and register them as `name`."""
+def register_model(tracker, model, checkpoint: Path, name: str, val_acc: float, protocol: dict,
+                   shape: tuple[int, int] | None = None):
+    """Log the PyTorch and serving models to the tracker's run and register them as `name`.
+    `shape` (ways, shots) names the logged models as the run is named: its training shape (the
+    test shape of the protocol without one, as for `fsl pretrain`)."""
     from fsl.tracking import registry
 
-    # Logged models are named for what they are (`fsl-protonet-5w1s`), not `model`.
-    logged_name = f"{name}-{protocol['ways']}w{protocol['shots']}s"
+    ways, shots = shape or (protocol["ways"], protocol["shots"])
+    logged_name = registry.logged_model_name(name, ways, shots)
     model_uri, serve_uri = registry.log_models(tracker, model, checkpoint, logged_name)
     reg = registry.register(name, model_uri, serve_uri, tracker.run_id, val_acc, protocol)
     tracker.set_tags({"fsl.registered_model": f"{reg.name}/{reg.version}", "fsl.registry_decision": reg.decision})
@@ -44,7 +47,9 @@ def register_run(run_id: str, name: str | None = None, allow_failed: bool = Fals
     name = name or f"fsl-{run.data.tags.get('fsl.method', 'protonet')}"
     with tempfile.TemporaryDirectory(prefix="fsl-register-") as folder:  # removed, error or not
         checkpoint = download(f"runs:/{run_id}/checkpoints/best.pt", folder)
+        params = run.data.params
+        shape = (int(params["ways"]), int(params["shots"])) if "ways" in params and "shots" in params else None
         reg = register_model(Tracker(run_id, locked_client()), load_checkpoint(checkpoint), checkpoint, name,
-                             run.data.metrics["best_val_acc"], json.loads(run.data.tags["fsl.protocol"]))
+                             run.data.metrics["best_val_acc"], json.loads(run.data.tags["fsl.protocol"]), shape)
     reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
     return reg

@@ -376,7 +376,8 @@ def _tag_and_register(setup: TrainingSetup, tracker, checkpoint: Path, best_val:
         from fsl.commands.register import register_model
 
         name = options.registered_model_name or f"fsl-{cfg.method}"
-        reg = register_model(tracker, setup.model, checkpoint, name, best_val, protocol)
+        shape = None if cfg.method == "pretrain" else (cfg.ways, cfg.shots)
+        reg = register_model(tracker, setup.model, checkpoint, name, best_val, protocol, shape)
         reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
 
 
@@ -486,6 +487,8 @@ def _differences(logged: dict[str, str], params: dict[str, Any]) -> str:
     from fsl.provenance import ENVIRONMENT_KEYS
 
     ignored = {"experiment", *ENVIRONMENT_KEYS}
+    # as the config hash sees them: an unset option logged "" (before) and "auto" (now) is one value
+    logged, params = canonical_params(logged), canonical_params(params)
     keys = [k for k in params if k in logged and not same(logged[k], params[k]) and k not in ignored]
     if not keys:
         return "its configuration differs (options it did not record)"

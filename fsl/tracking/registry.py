@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -160,6 +161,13 @@ def _serve_signature():
         inputs=Schema([ColSpec("string", "role"), ColSpec("string", "label", required=False),
                        ColSpec("string", "image")]),
         outputs=Schema([ColSpec("long", "query"), ColSpec("string", "label"), ColSpec("double", "probability")]))
+
+
+def logged_model_name(registered: str, ways: int, shots: int) -> str:
+    """`fsl-protonet-5w1s`: the registered name and the shape, in the characters MLflow allows in
+    a logged model's name (it refuses `.`, `%`, `"`, `'`, `/` and `:`, which a registered name
+    may have), so that any name `--registered-model-name` accepts can be logged."""
+    return re.sub(r"[./%:'\"\\]", "-", f"{registered}-{ways}w{shots}s")
 
 
 def log_models(tracker: Tracker, model, checkpoint: Path, name: str) -> tuple[str, str]:
