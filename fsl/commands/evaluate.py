@@ -21,6 +21,7 @@ from fsl.commands.train import RunSummary
 from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeIndices, FileEpisode, read_episode_file
 from fsl.data.store import DataSet, ImageStore
+from fsl.errors import UsageError
 from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
 from fsl.runtime import digest, process_alive
 
@@ -70,8 +71,10 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     runs.check_store()
     device = device_option(cfg.device)
     source = model_source(model_spec)
-    # A registered model is loaded from the run it resolved to, once: the alias may move meanwhile.
-    model = load_model(f"runs:/{source['model_run_id']}" if model_spec.startswith("models:/") else model_spec)
+    model = load_model(model_spec)  # resolves a models:/ URI again, naming the version if its checkpoint is gone
+    if source.get("model_run_id") and model_spec.startswith("models:/") and \
+            model_source(model_spec)["model_run_id"] != source["model_run_id"]:
+        raise UsageError(f"--model {model_spec}: the alias moved while the model loaded; run again")
     model.place(device)
     tested = episodes_to_test(cfg, model, episodes_file, device)
     params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed, "device_resolved": str(device),
