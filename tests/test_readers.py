@@ -181,12 +181,18 @@ def test_size_channels_and_rotations_can_be_overridden(tmp_path):
     assert torch.equal(rotated, torch.rot90(base.images[base.labels == 0][0], 1, dims=(1, 2)))
 
 
+def record_decodes(monkeypatch) -> list:
+    """The arguments of every image decode from now on (an empty list: the cache was hit)."""
+    calls: list = []
+    real_decode = readers._decode
+    monkeypatch.setattr(readers, "_decode", lambda *a: calls.append(a) or real_decode(*a))
+    return calls
+
+
 def test_the_cache_is_hit_then_invalidated_by_a_changed_source(tmp_path, monkeypatch):
     root = make_split_folders(tmp_path / "data")
     first = load_dataset(str(root))
-    calls = []
-    real_decode = readers._decode
-    monkeypatch.setattr(readers, "_decode", lambda *a: calls.append(a) or real_decode(*a))
+    calls = record_decodes(monkeypatch)
     load_dataset(str(root))
     assert calls == []  # a hit: nothing decoded
     save_image(root / "train" / "n01" / "n01_0.jpg", "n07", 3)  # same name, new content and mtime
@@ -534,9 +540,7 @@ def test_a_cache_on_a_shared_disk_is_adopted_by_another_host_not_rebuilt(tmp_pat
 
     root = make_split_folders(tmp_path / "data")
     first = load_dataset(str(root))
-    calls = []
-    real_decode = readers._decode
-    monkeypatch.setattr(readers, "_decode", lambda *a: calls.append(a) or real_decode(*a))
+    calls = record_decodes(monkeypatch)
     monkeypatch.setattr(socket, "gethostname", lambda: "another-host")
     again = load_dataset(str(root))
     assert calls == [] and torch.equal(again.split("train").images, first.split("train").images)
