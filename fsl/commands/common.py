@@ -78,9 +78,10 @@ def load_test_data(cfg: TrainConfig, data: DataSet) -> DataSet:
         raise UsageError(f"--test-data {cfg.test_data}: {exc}") from None
 
 
-def load_model(spec: str, map_location: str = "cpu"):
+def load_model(spec: str, map_location: str = "cpu", resolved=None):
     """A `FewShotClassifier` from a local checkpoint (loaded with weights_only=True: no code
-    runs) or an MLflow URI (runs:/..., models:/...; see `fsl.tracking.registry.load_model_uri`)."""
+    runs) or an MLflow URI (runs:/..., models:/...; see `fsl.tracking.registry.load_model_uri`,
+    which also takes an already `resolved` models:/ URI)."""
     from fsl.models.classifier import load_checkpoint
 
     path = Path(spec)
@@ -95,7 +96,7 @@ def load_model(spec: str, map_location: str = "cpu"):
         raise UsageError(f"--model {spec}: no such file, and not an MLflow URI (runs:/..., models:/...)")
     from fsl.tracking.registry import load_model_uri
 
-    return load_model_uri(spec, map_location)
+    return load_model_uri(spec, map_location, resolved)
 
 
 def run_tags(method: str, fingerprint: str | None = None, precision: str | None = None) -> dict[str, str]:

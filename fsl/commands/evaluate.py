@@ -21,7 +21,6 @@ from fsl.commands.train import RunSummary
 from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeIndices, FileEpisode, read_episode_file
 from fsl.data.store import DataSet, ImageStore
-from fsl.errors import UsageError
 from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
 from fsl.runtime import digest, process_alive
 
@@ -70,11 +69,13 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     runs = mlflow_runs()
     runs.check_store()
     device = device_option(cfg.device)
-    source = model_source(model_spec)
-    model = load_model(model_spec)  # resolves a models:/ URI again, naming the version if its checkpoint is gone
-    if source.get("model_run_id") and model_spec.startswith("models:/") and \
-            model_source(model_spec)["model_run_id"] != source["model_run_id"]:
-        raise UsageError(f"--model {model_spec}: the alias moved while the model loaded; run again")
+    resolved = None
+    if model_spec.startswith("models:/"):  # resolved once: the version recorded is the one loaded
+        from fsl.tracking.registry import resolve_model_uri
+
+        resolved = resolve_model_uri(model_spec)
+    source = model_source(model_spec, resolved)
+    model = load_model(model_spec, resolved=resolved)
     model.place(device)
     tested = episodes_to_test(cfg, model, episodes_file, device)
     params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed, "device_resolved": str(device),
@@ -109,16 +110,14 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     return summary
 
 
-def model_source(model_spec: str) -> dict[str, str]:
-    """What `--model` names, as params and `fsl.` tags of the evaluation: for `models:/...` the
-    registered name, the version an alias or `latest` resolved to, the training run and the
-    logged model's id (`fsl.tracking.registry.resolve_model_uri`); for `runs:/...` the run."""
-    if model_spec.startswith("models:/"):
-        from fsl.tracking.registry import resolve_model_uri
-
-        found = resolve_model_uri(model_spec)
-        return {"model_name": found.name or "none", "model_version": found.version or "none",
-                "model_run_id": found.run_id, "model_id": found.model_id or "none"}
+def model_source(model_spec: str, resolved=None) -> dict[str, str]:
+    """What `--model` names, as params and `fsl.` tags of the evaluation: for `models:/...` (given
+    `resolved`, what `fsl.tracking.registry.resolve_model_uri` made of it) the registered name,
+    the version an alias or `latest` resolved to, the training run and the logged model's id;
+    for `runs:/...` the run."""
+    if resolved is not None:
+        return {"model_name": resolved.name or "none", "model_version": resolved.version or "none",
+                "model_run_id": resolved.run_id, "model_id": resolved.model_id or "none"}
     if model_spec.startswith("runs:/"):
         return {"model_run_id": model_spec[len("runs:/"):].split("/")[0]}
     return {}

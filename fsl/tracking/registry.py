@@ -88,7 +88,7 @@ def resolve_model_uri(spec: str) -> ResolvedModel:
     return ResolvedModel(spec, name, version, run_id, model_id)
 
 
-def load_model_uri(spec: str, map_location: str = "cpu"):
+def load_model_uri(spec: str, map_location: str = "cpu", resolved: ResolvedModel | None = None):
     """A `FewShotClassifier` from an MLflow URI, always from a weights-only checkpoint:
 
     - `runs:/<run_id>`: that run's best checkpoint (`checkpoints/best.pt`);
@@ -98,10 +98,14 @@ def load_model_uri(spec: str, map_location: str = "cpu"):
       itself (a pickle, plus a `code/` folder MLflow puts on sys.path) is never loaded here: on a
       shared store, whoever can write one artifact could otherwise run code on every machine
       that evaluates the champion. `mlflow.pytorch.load_model` remains the user's own choice.
+
+    `resolved`: what `resolve_model_uri(spec)` already returned, so a caller that records the
+    version loads exactly that version (an alias can move between two lookups).
     """
     from fsl.models.classifier import load_checkpoint
 
-    resolved = resolve_model_uri(spec) if spec.startswith("models:/") else None
+    if resolved is None and spec.startswith("models:/"):
+        resolved = resolve_model_uri(spec)
     uri = f"runs:/{resolved.run_id}/checkpoints/best.pt" if resolved else spec
     if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
         uri = uri.rstrip("/") + "/checkpoints/best.pt"
