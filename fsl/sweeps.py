@@ -242,6 +242,7 @@ def child_run_name(child: "Child") -> str:
 
 
 def _numeric(values: Sequence[Any]) -> bool:
+    """Whether every value of a grid axis is a number (booleans are not)."""
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
@@ -426,8 +427,7 @@ def plot_axes(plan: Plan) -> tuple[str, list[str]]:
     """The plot's x field and the fields that tell lines apart: x is M when swept, else the
     baseline field, else the first numeric field, else the first field."""
     fields = list(plan.grid)
-    numeric = [f for f in fields if all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                        for v in plan.grid[f])]
+    numeric = [f for f in fields if _numeric(plan.grid[f])]
     if "M" in fields:
         x = "M"
     elif plan.baseline is not None and plan.baseline.field in numeric:
