@@ -90,10 +90,11 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     tested = {feature_transform: result.model}
     if feature_transform == "none":
         tested["cl2n"] = with_centred_features(result.model, background.split("train").to(dev))
+    episode_sets = {way: sample_episodes(test, EpisodeShape(way, 1, 5), episodes, seed=100 + way, split="test")
+                    for way in (5, 20)}  # the same episodes for every model and transform
     for transform, model in tested.items():
         suffix = "" if transform == feature_transform else f"_{transform}"
-        for way in (5, 20):
-            eps = sample_episodes(test, EpisodeShape(way, 1, 5), episodes, seed=100 + way, split="test")
+        for way, eps in episode_sets.items():
             res = evaluate(model, test, eps)
             out[f"test_{way}way_1shot{suffix}"] = {"acc": round(res.mean, 2), "ci95": round(res.ci95, 2),
                                                    "episodes": episodes, "per_episode": [round(a, 2) for a in res.accs]}
