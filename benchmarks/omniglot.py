@@ -39,7 +39,7 @@ def unseen_split_file(archive: Path, out: Path) -> Path:
 def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 5, seed: int = 0,
         device: str = "auto", workdir: Path | None = None, augment: bool | str = False, pretrain_epochs: int = 0,
         feature_transform: str = "none", encoder: str = "conv4", encoder_width: float = 1.0,
-        precision: str = "auto") -> dict:
+        precision: str = "auto", image_size: int | None = None, reflections: bool = False) -> dict:
     """Train (pre-training for `pretrain_epochs`, then `steps` episodes; either may be 0) and test
     on the unseen alphabets; a JSON-able summary."""
     from fsl.config import TrainConfig
@@ -53,11 +53,12 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     started = time.perf_counter()
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
-    background = load_dataset(str(OMNIGLOT / "images_background_small1.zip"), rotations=True,
+    background = load_dataset(str(OMNIGLOT / "images_background_small1.zip"), image_size, rotations=True,
                               split_ratio=(0.9, 0.1, 0.0))
+    background = with_reflections(background) if reflections else background
     workdir = workdir or Path(tempfile.mkdtemp(prefix="fsl-omniglot-"))
     split_file = unseen_split_file(OMNIGLOT / "images_background_small2.zip", workdir / "omniglot_unseen.txt")
-    unseen = load_dataset(str(OMNIGLOT / "images_background_small2.zip"), split_file=str(split_file))
+    unseen = load_dataset(str(OMNIGLOT / "images_background_small2.zip"), image_size, split_file=str(split_file))
     loaded = time.perf_counter() - started
 
     # Snell et al. train Omniglot 1-shot with 60-way episodes and 5 queries.
@@ -82,7 +83,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     out = {"train_classes": background.split("train").n_classes, "test_classes": test.n_classes,
            "steps": cfg.epochs * cfg.episodes_per_epoch, "train_shape": str(cfg.train_shape), "augment": cfg.augment,
            "pretrain_epochs": pretrain_epochs, "feature_transform": feature_transform, "encoder": encoder,
-           "encoder_width": encoder_width,
+           "encoder_width": encoder_width, "image_size": test.image_size, "reflections": reflections,
            "best_val_acc_20way": result.best_val_acc, "device": str(dev), "precision": precision,
            "load_seconds": round(loaded, 1), "train_seconds": round(trained, 1)}
     # The same trained encoder is also tested with centred, l2-normalised features (SimpleShot):
@@ -100,6 +101,22 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
                                                    "episodes": episodes, "per_episode": [round(a, 2) for a in res.accs]}
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     return out
+
+
+def with_reflections(data):
+    """Every class of every split also mirrored left-right, as a new class in the same split: a
+    mirrored character is a different character, as a rotated one is (class augmentation, x2)."""
+    import torch
+
+    from fsl.data.store import DataSet, ImageStore
+
+    splits = {}
+    for name, store in data.splits.items():
+        images = torch.cat([store.images, torch.flip(store.images, dims=(3,))])
+        labels = torch.cat([store.labels, store.labels + store.n_classes])
+        splits[name] = ImageStore(images, labels, list(store.class_names) + [f"{c}@mirror" for c in store.class_names])
+    return DataSet(data.name, splits, data.fingerprint + "-mirror", data.notes + ["reflections: x2 classes"],
+                   source_id=data.source_id + "-mirror")
 
 
 def with_centred_features(model, base):
@@ -162,6 +179,8 @@ def main() -> None:
     parser.add_argument("--encoder", default="conv4")
     parser.add_argument("--encoder-width", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=None, help="pixels (default: the reader's 28)")
+    parser.add_argument("--reflections", action="store_true", help="mirrored characters as extra classes (x2)")
     parser.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (the recipe study times fp32)")
     parser.add_argument("--table", type=Path, default=None,
                         help="print the study table of a folder of <recipe>_s<seed>.json outputs instead")
@@ -174,7 +193,8 @@ def main() -> None:
         raise SystemExit(f"{OMNIGLOT} is absent: this check needs the shared Omniglot zips")
     print(json.dumps(run(args.steps, args.episodes, seed=args.seed, device=args.device, augment=args.augment,
                          pretrain_epochs=args.pretrain_epochs, feature_transform=args.feature_transform,
-                         encoder=args.encoder, encoder_width=args.encoder_width, precision=args.precision), indent=2))
+                         encoder=args.encoder, encoder_width=args.encoder_width, precision=args.precision,
+                         image_size=args.image_size, reflections=args.reflections), indent=2))
 
 
 if __name__ == "__main__":
