@@ -549,3 +549,41 @@ def test_a_cache_on_a_shared_disk_is_adopted_by_another_host_not_rebuilt(tmp_pat
 
     [folder] = [p for p in (cache_dir() / "datasets").iterdir() if first.fingerprint.split("-")[0] in p.name]
     assert validity_file(folder).name == "validity-another-host" and validity_file(folder).exists()
+
+
+FORMATS_FIXTURE = Path(__file__).parent / "fixtures" / "formats-0b8ab85"
+
+
+@pytest.fixture
+def trees_before_the_reader_registry(tmp_path):
+    """The trees of tests/fixtures/make_formats.py, as saved by 0b8ab85 (before readers became
+    registered objects), extracted with the file times that version hashed."""
+    from tests.fixtures.make_formats import set_times
+
+    with zipfile.ZipFile(FORMATS_FIXTURE.with_suffix(".zip")) as zf:
+        zf.extractall(tmp_path)
+    set_times(tmp_path / "trees")
+    return tmp_path
+
+
+def test_every_format_keeps_the_fingerprint_source_id_and_pixels_of_the_version_before(
+        trees_before_the_reader_registry, tmp_path, monkeypatch):
+    from tests.fixtures.make_formats import observed
+
+    monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    expected = json.loads(FORMATS_FIXTURE.with_suffix(".json").read_text())
+    now = observed(trees_before_the_reader_registry / "trees")
+    assert now == {case: {k: v for k, v in values.items() if k != "options"} for case, values in expected.items()}
+
+
+def test_a_cache_written_before_the_reader_registry_is_used_without_decoding(
+        trees_before_the_reader_registry, monkeypatch):
+    from tests.fixtures.make_formats import pixel_digest
+
+    root = trees_before_the_reader_registry
+    monkeypatch.setenv("FSL_CACHE_DIR", str(root / "cache"))
+    monkeypatch.setattr(readers, "decode_all", lambda *a, **k: pytest.fail("decoded again: the cache key changed"))
+    data = readers.read(root / "trees" / "class-folders" / "data")
+    expected = json.loads(FORMATS_FIXTURE.with_suffix(".json").read_text())["class-folders"]
+    assert (data.fingerprint, data.source_id, pixel_digest(data)) == (
+        expected["fingerprint"], expected["source_id"], expected["pixels"])
