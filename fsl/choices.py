@@ -1,15 +1,12 @@
 """Every closed list of choices, in one torch-free module.
 
 The CLI's `click.Choice` lists, `TrainConfig.validate` and the runtime resolvers read these
-tuples. The axes users extend, encoders and hallucinators, are not closed: their names are the
-registries of `fsl.registry`.
+tuples. The axes users extend (encoders, hallucinators, data formats, distances, augmentation
+policies) are not closed: their names are the registries of `fsl.registry`.
 """
 
-DISTANCES = ("l2", "cosine", "dot")
-AUGMENTATIONS = ("none", "omniglot", "standard")  # a bare --augment is omniglot (fsl 0.1)
 # Test-time feature transforms: cl2n centres on the base-class mean and l2-normalises (SimpleShot).
 FEATURE_TRANSFORMS = ("none", "cl2n")
-FORMATS = ("ravi", "course", "split-folders", "class-folders", "l2l-pickle", "metaoptnet-pickle")
 PRECISIONS = ("auto", "fp32", "bf16")
 COMPILE_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # cuda may carry an index: cuda:1

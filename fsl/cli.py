@@ -13,11 +13,8 @@ import click
 
 import fsl
 from fsl.choices import (
-    AUGMENTATIONS,
     COMPILE_MODES,
-    DISTANCES,
     FEATURE_TRANSFORMS,
-    FORMATS,
     METHODS,
     PRECISIONS,
     RESUME_LATEST,
@@ -25,7 +22,7 @@ from fsl.choices import (
 )
 from fsl.config import DEFAULT_HALLUCINATOR, DEFAULT_M, DEFAULTS, FIELD_TYPES, MAX_M, TrainConfig
 from fsl.errors import FslError
-from fsl.registry import ENCODERS, HALLUCINATORS, Registry
+from fsl.registry import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, READERS, Registry
 
 SHOW = {"show_default": True}
 
@@ -115,7 +112,7 @@ def _options(*decorators: Callable) -> Callable:
 data_options = _options(
     click.option("--data", default=DEFAULTS.data, help="Data set: 'synthetic' (built in, no download) or a path "
                  "(a folder, or a .zip of a class-per-folder tree)."),
-    click.option("--format", type=click.Choice(FORMATS), default=None,
+    click.option("--format", type=RegistryChoice(READERS), default=None,
                  help="On-disk format of --data. [default: detected]"),
     click.option("--image-size", type=AUTO_INT, default=None, help="Resize images to this side (16 to 512). "
                  "[default: the data set's: 32 synthetic, 84 Mini-ImageNet, 28 greyscale trees]"),
@@ -166,7 +163,7 @@ model_options = _options(
                  help="Backbone: conv4 (Snell et al.) or resnet12 (64-160-320-640, as in MetaOptNet and FEAT)."),
     click.option("--encoder-width", default=DEFAULTS.encoder_width,
                  help="Multiply the encoder's channel counts (1 = the published network; 0.25 for a quick CPU run)."),
-    click.option("--augment", type=click.Choice(AUGMENTATIONS), is_flag=False, flag_value="omniglot",
+    click.option("--augment", type=RegistryChoice(AUGMENTATIONS), is_flag=False, flag_value="omniglot",
                  default=DEFAULTS.augment, help="Training-image augmentation, batched on the device: omniglot = random "
                  "rotation (15 deg), scale (0.9-1.1) and shift (10%) (a bare --augment); standard = random resized "
                  "crop, horizontal flip and colour jitter (RGB photographs); none (also --no-augment)."),
@@ -196,7 +193,7 @@ training_options = _options(
                  help="With --test-data: test on its test split, or on all of its classes."),
     click.option("--init", default=None, help="Start from a trained model (its encoder, and its hallucinator if "
                  "compatible): a checkpoint or an MLflow URI, e.g. the runs:/ID of an `fsl pretrain` run."),
-    click.option("--distance", type=click.Choice(DISTANCES), default=DEFAULTS.distance,
+    click.option("--distance", type=RegistryChoice(DISTANCES), default=DEFAULTS.distance,
                  help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper."),
     click.option("--epochs", default=DEFAULTS.epochs,
                  help="Epochs; each ends with validation and keeps the best model."),
@@ -433,7 +430,7 @@ def data() -> None:
 
 @data.command(context_settings=SHOW)
 @click.argument("path")
-@click.option("--format", type=click.Choice(FORMATS), default=None, help="Format. [default: detected]")
+@click.option("--format", type=RegistryChoice(READERS), default=None, help="Format. [default: detected]")
 @click.option("--image-size", type=click.IntRange(16, 512), default=None, help="Target size. [default: inferred]")
 @click.option("--split-ratio", type=AUTO_TEXT, default=None, metavar="TRAIN,VAL,TEST",
               help="Split a class-per-folder tree by class in these shares. [default: 0.64,0.16,0.2]")

@@ -14,9 +14,9 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from fsl.choices import AUGMENTATIONS, COMPILE_MODES, DEVICES, DISTANCES, FEATURE_TRANSFORMS, PRECISIONS
+from fsl.choices import COMPILE_MODES, DEVICES, FEATURE_TRANSFORMS, PRECISIONS
 from fsl.errors import UsageError
-from fsl.registry import ENCODERS, HALLUCINATORS
+from fsl.registry import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS
 
 if TYPE_CHECKING:
     from fsl.data.episodes import EpisodeShape
@@ -176,11 +176,11 @@ class TrainConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must be between 0 and {MAX_SEED}, got {value}")
 
     def _validate_names(self) -> None:
-        _one_of("distance", self.distance, DISTANCES)
+        _one_of("distance", self.distance, DISTANCES.names())
         _one_of("precision", self.precision, PRECISIONS)
         _one_of("compile", self.compile, COMPILE_MODES)
         _one_of("encoder", self.encoder, ENCODERS.names())
-        _one_of("augment", self.augment, AUGMENTATIONS)
+        _one_of("augment", self.augment, AUGMENTATIONS.names())
         _one_of("feature_transform", self.feature_transform, FEATURE_TRANSFORMS)
         if not re.fullmatch(r"(auto|cpu|mps|cuda(:\d+)?)", self.device):
             raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl.config import TrainConfig
-from fsl.data.augment import AUGMENTATIONS
 from fsl.data.store import DataSet, ImageStore
 from fsl.errors import UsageError
 from fsl.models.classifier import FewShotClassifier
+from fsl.registry import AUGMENTATIONS
 from fsl.runtime import make_generator
 from fsl.train import EpochStats, TrainResult, augmenter, fit
 

@@ -2,7 +2,7 @@
 
 A registry maps a name to "module:attribute" (or to the object itself), so that the command
 line can list and check the names without importing torch, and the object is imported only when
-it is used. A new hallucinator or encoder is one class plus one line:
+it is used. A new hallucinator, encoder or data format (reader) is one class plus one line:
 
     HALLUCINATORS.register("mine", "my_package.module:MyHallucinator")   # or the class itself
 
@@ -58,6 +58,31 @@ HALLUCINATORS = Registry("hallucinator", {
     "wang": "fsl.models.hallucinator:WangGenerator",
     "improved": "fsl.models.hallucinator:PrototypeResidualGenerator",
     "calibrated": "fsl.models.hallucinator:CalibratedHallucinator",
+})
+
+
+# Query-to-prototype distances: (queries [..., Q, D], prototypes [..., N, D]) -> [..., Q, N].
+DISTANCES = Registry("distance", {
+    "l2": "fsl.models.distances:l2",
+    "cosine": "fsl.models.distances:cosine",
+    "dot": "fsl.models.distances:dot",
+})
+
+# `--augment` policies: (normalised batch, device generator, mean, std) -> augmented batch.
+AUGMENTATIONS = Registry("augmentation", {
+    "none": None,  # a bare --augment is omniglot (fsl 0.1)
+    "omniglot": "fsl.data.augment:omniglot_augment",
+    "standard": "fsl.data.augment:standard_augment",
+})
+
+# Detection tries the formats in this order (a catch-all one last): the order of fsl 0.1.
+READERS = Registry("format", {
+    "l2l-pickle": "fsl.data.formats:Learn2LearnPickle",
+    "metaoptnet-pickle": "fsl.data.formats:MetaOptNetPickle",
+    "ravi": "fsl.data.formats:Ravi",
+    "course": "fsl.data.formats:Course",
+    "split-folders": "fsl.data.formats:SplitFolders",
+    "class-folders": "fsl.data.formats:ClassFolders",
 })
 
 

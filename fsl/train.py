@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl.config import TrainConfig
-from fsl.data.augment import AUGMENTATIONS
 from fsl.data.episodes import EpisodeSampler
 from fsl.data.store import DataSet
 from fsl.errors import FslError
 from fsl.evaluate import evaluate, sample_episodes
 from fsl.models.classifier import FewShotClassifier, current_state_dict
+from fsl.registry import AUGMENTATIONS
 from fsl.runtime import atomic_save, compile_module, make_generator, resolve_compile, world
 
 GENERATOR_STRIDE = 7919  # seed offset between the episode streams of replicas (a prime)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fsl.models.distances import DISTANCES, cosine, dot, l2, logits, prototypes
+from fsl.models.distances import cosine, dot, l2, logits, prototypes
+from fsl.registry import DISTANCES
 
 
 def test_l2_is_the_squared_euclidean_distance_worked_by_hand():

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from fsl import choices
 from fsl.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,13 +52,17 @@ def test_main_is_protonet():
     assert points["main"].parameters.keys() == points["protonet"].parameters.keys()
 
 
-def test_closed_choices_name_exactly_their_implementations():
-    from fsl.data.augment import AUGMENTATIONS
-    from fsl.data.readers import ARRAY_FORMATS, FILE_FORMATS
-    from fsl.models.distances import DISTANCES
+@pytest.mark.parametrize("kind", ["ENCODERS", "HALLUCINATORS", "READERS", "DISTANCES", "AUGMENTATIONS"])
+def test_every_registered_name_imports_and_is_the_choice_list_of_its_option(kind):
+    """A registry is the one list of its axis: each "module:attribute" entry resolves to an
+    object, and the CLI option that picks from it lists exactly its names."""
+    from fsl import registry
 
-    assert tuple(DISTANCES) == choices.DISTANCES
-    assert tuple(AUGMENTATIONS) == choices.AUGMENTATIONS
-    assert set(FILE_FORMATS) | set(ARRAY_FORMATS) == set(choices.FORMATS)
-    [distance] = [p for p in cli.commands["protonet"].params if p.name == "distance"]
-    assert tuple(distance.type.choices) == choices.DISTANCES
+    table = getattr(registry, kind)
+    for name in table:
+        assert table[name] is not None or (kind, name) == ("AUGMENTATIONS", "none"), name
+    option = {"ENCODERS": "encoder", "HALLUCINATORS": "hallucinator", "READERS": "format",
+              "DISTANCES": "distance", "AUGMENTATIONS": "augment"}[kind]
+    command = cli.commands["hallucinate"]
+    [param] = [p for p in command.params if p.name == option]
+    assert tuple(param.type.choices) == table.names()

@@ -1,13 +1,12 @@
 """Training-time augmentation on the device, batched: no PIL, no per-image Python.
 
-`AUGMENTATIONS` names the `--augment` policies: `omniglot` (small affine jitter of strokes),
+`fsl.registry.AUGMENTATIONS` names the `--augment` policies: `omniglot` (small affine jitter of strokes),
 `standard` (random resized crop, flip and colour jitter, for RGB photographs) and `none`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -101,10 +100,3 @@ def omniglot_augment(x: torch.Tensor, rng: torch.Generator | None, mean: torch.T
     Geometric only, so it acts on the normalised batch as it is."""
     return random_affine(x, rng)
 
-
-# `--augment` policies: (normalised batch, device generator, mean, std) -> augmented batch.
-AUGMENTATIONS: dict[str, Callable[..., torch.Tensor] | None] = {
-    "none": None,
-    "omniglot": omniglot_augment,
-    "standard": standard_augment,
-}

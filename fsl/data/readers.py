@@ -1,17 +1,16 @@
-"""Readers: one per on-disk format, each producing the same `DataSet`; detection; decode once.
+"""Reading a data set from disk: the reader contract, format detection, decode once, the keys.
 
-Formats (`--format` names):
-- `ravi`: Ravi & Larochelle's split: images/ + train.csv, val.csv, test.csv (filename,label)
-- `l2l-pickle`: learn2learn's mini-imagenet-cache-{train,validation,test}.pkl
-- `metaoptnet-pickle`: miniImageNet_category_split_{train_phase_train,val,test}.pickle (Python 2)
-- `course`: train.csv + val.csv (id,filename,label) next to image folders; val is the test
-  split and validation takes a seeded share of the train classes
-- `split-folders`: train/<class>/*, val/<class>/*, test/<class>/* (a folder or a .zip of one)
-- `class-folders`: any tree whose leaf folders are classes (Omniglot's
-  <alphabet>/<character>/*.png), split by class with a seeded ratio or a list file
+A reader is one on-disk format (the built-in six are in `fsl.data.formats`). It says whether it
+recognises a path (`detects`) and reads it: a `FileReader` lists image files per split and
+class, which are then decoded in parallel; an `ArrayReader` returns arrays already decoded
+(pickles). A new format is one class plus one registration line:
 
-File formats are decoded once (in parallel) into uint8 arrays at the target size and cached
-under `cache_dir()`, keyed on the source files' names, sizes and mtimes and on the options; a
+    READERS.register("my-format", "my_package.module:MyReader")   # or the class itself
+
+(`fsl.registry.READERS`; `--format` then lists and accepts it, and detection tries it.)
+
+Files are decoded once into uint8 arrays at the target size and cached under `cache_dir()`,
+keyed on the source files' names, sizes and mtimes and on the read options the format uses; a
 changed source gets a new key, and a file rewritten in place (same size and mtime, new ctime or
 inode) makes the cache be decoded again. Nothing is cached from a failed load.
 """
@@ -24,36 +23,34 @@ import os
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, cast
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from fsl.choices import FORMATS, SPLITS
-from fsl.data.csvfile import read_rows
 from fsl.data.images import IMAGE_SUFFIXES, WIDE_GREY_MODES, decode_all, image_mode
-from fsl.data.safe_pickle import UnsafePickleError, load_data_pickle
 from fsl.data.store import DataSet, ImageStore, cached
 from fsl.errors import DataError, UsageError
+from fsl.registry import READERS
 from fsl.runtime import cache_dir
 
 READER_VERSION = 1
 MINI_IMAGENET = (84, 3)
 GREYSCALE_DEFAULT = (28, 1)  # Omniglot as in the paper
 
-
-DEFAULT_SPLIT_RATIO = (0.64, 0.16, 0.20)  # class-folders: train, val, test shares of the classes
-DEFAULT_VAL_SHARE = 0.2                    # course: the share of train classes held out for validation
-# Which formats read which split option (the others have their splits on disk).
-SPLIT_OPTION_FORMATS = {"split_ratio": ("class-folders",), "split_file": ("class-folders",), "val_share": ("course",)}
+# The options that split classes, each used by some formats only (`Reader.options`). fsl 0.1
+# hashed all of them into every key, each at its default where the format does not use it:
+# the built-in readers keep hashing these values, so that their fingerprints, cache keys and
+# source ids stay what they were, and no reader's default moves another format's key.
+SPLIT_OPTIONS_OF_V1 = {"split_ratio": (0.64, 0.16, 0.20), "split_file": None, "val_share": 0.2}
 
 
 @dataclass(frozen=True)
 class ReadOptions:
     """What, besides the source files, decides the decoded arrays (and so the cache key).
 
-    None for a split option means the format's default; the cache key, the fingerprint and the
-    source id hash the effective values, so a default given explicitly or left out is one key.
+    The split options (`split_ratio`, `split_file`, `val_share`) apply to the formats whose
+    reader lists them in `Reader.options`; None means the format's default.
     """
 
     image_size: int | None = None
@@ -64,17 +61,82 @@ class ReadOptions:
     split_file: str | None = None
     val_share: float | None = None
 
-    def shares(self) -> tuple[float, float, float]:
-        """The train, val and test shares of the classes: --split-ratio, or the default."""
-        return cast(tuple[float, float, float], tuple(self.split_ratio or DEFAULT_SPLIT_RATIO))
-
-    def effective(self) -> "ReadOptions":
-        return replace(self, split_ratio=self.shares(),
-                       val_share=DEFAULT_VAL_SHARE if self.val_share is None else self.val_share)
-
 
 # A reference to one image: a path on disk, or "archive.zip::member".
 Listing = dict[str, list[tuple[str, str]]]  # split -> [(class name, image reference)]
+
+
+class Reader:
+    """One on-disk format. Subclass `FileReader` or `ArrayReader`, not this."""
+
+    # The split options this format reads, with its defaults; any other one given is refused.
+    options: ClassVar[dict[str, Any]] = {}
+    # Recognised only when no other format is (class-folders: any tree of images).
+    catch_all: ClassVar[bool] = False
+    # Hash the split options as fsl 0.1 did (the built-in formats: their keys must not move).
+    keyed_like_v1: ClassVar[bool] = False
+
+    def detects(self, root: Path) -> bool:
+        """Whether `root` (a folder or a file) holds a data set of this format."""
+        return False
+
+    def option(self, opts: ReadOptions, name: str) -> Any:
+        """The value of split option `name`: as given, else this format's default."""
+        value = getattr(opts, name)
+        return self.options[name] if value is None else value
+
+    def key_options(self, opts: ReadOptions) -> dict[str, Any]:
+        """What the cache key hashes besides the files: the common options and this format's
+        split options at their effective values."""
+        common = {k: v for k, v in asdict(opts).items() if k not in SPLIT_OPTIONS_OF_V1}
+        own = {name: self.option(opts, name) for name in self.options}
+        if "split_ratio" in own:
+            own["split_ratio"] = tuple(own["split_ratio"])
+        return common | (SPLIT_OPTIONS_OF_V1 if self.keyed_like_v1 else {}) | own
+
+    def notes(self, opts: ReadOptions) -> list[str]:
+        """Lines for `fsl data inspect` about how this format was read."""
+        return []
+
+    def decode(self, root: Path, opts: ReadOptions) -> tuple[dict[str, ImageStore], dict[str, list[str]] | None]:
+        """The stores per split, and the image reference of every row (None where there are no files)."""
+        raise NotImplementedError
+
+
+class FileReader(Reader):
+    """A format of image files: `list_images` names them, fsl decodes them."""
+
+    def list_images(self, root: Path, opts: ReadOptions) -> Listing:
+        """{split: [(class name, image reference)]}: a path, or "archive.zip::member"."""
+        raise NotImplementedError
+
+    def decode(self, root: Path, opts: ReadOptions) -> tuple[dict[str, ImageStore], dict[str, list[str]] | None]:
+        listing = self.list_images(root, opts)
+        refs = [ref for items in listing.values() for _, ref in items]
+        if not refs:
+            raise DataError(f"--data {root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+        size, channels = infer_image_format(refs[0])
+        size, channels = opts.image_size or size, opts.channels or channels
+        splits, sources = {}, {}
+        for split, items in listing.items():
+            if items:
+                splits[split] = _store(decode_all([ref for _, ref in items], size, channels),
+                                       [name for name, _ in items])
+                sources[split] = [ref for _, ref in items]
+        return splits, sources
+
+
+class ArrayReader(Reader):
+    """A format of images already decoded: `arrays` returns them, fsl resizes them."""
+
+    def arrays(self, root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
+        """{split: (uint8 images [N, H, W, 3], the class name of every image)}."""
+        raise NotImplementedError
+
+    def decode(self, root: Path, opts: ReadOptions) -> tuple[dict[str, ImageStore], dict[str, list[str]] | None]:
+        size, channels = opts.image_size or MINI_IMAGENET[0], opts.channels or MINI_IMAGENET[1]
+        return {s: _store(_resize_array(images, size, channels), names)
+                for s, (images, names) in self.arrays(root).items()}, None
 
 
 def infer_image_format(ref: str) -> tuple[int, int]:
@@ -82,225 +144,23 @@ def infer_image_format(ref: str) -> tuple[int, int]:
     return GREYSCALE_DEFAULT if image_mode(ref) in ("1", "L", "LA", *WIDE_GREY_MODES) else MINI_IMAGENET
 
 
-# ------------------------------------------------------------------------------ file listings
-def _is_image(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
-
-
-def _tree_entries(root: Path) -> list[tuple[str, str]]:
-    """[(path relative to the tree's top, image reference)] for a folder or a .zip of one."""
-    if root.is_file() and root.suffix.lower() == ".zip":
-        with zipfile.ZipFile(root) as zf:
-            names = [n for n in zf.namelist() if not n.endswith("/") and _is_image(n)]
-        return [(n, f"{root}::{n}") for n in sorted(names)]
-    entries = []
-    for folder, _, files in os.walk(root):
-        for f in files:
-            if _is_image(f):
-                full = Path(folder) / f
-                entries.append((full.relative_to(root).as_posix(), str(full)))
-    return sorted(entries)
-
-
-def _strip_common_top(entries: list[tuple[str, str]], keep: Iterable[str] = ()) -> list[tuple[list[str], str]]:
-    """Split relative paths into parts, dropping a top folder every entry shares (zip roots),
-    unless it is one of `keep` (a tree holding only `train/` is a train split, not a root)."""
-    parts = [(rel.split("/"), ref) for rel, ref in entries]
-    while parts and all(len(p) > 2 for p, _ in parts) and len(tops := {p[0] for p, _ in parts}) == 1 \
-            and not tops & set(keep):
-        parts = [(p[1:], ref) for p, ref in parts]
-    return parts
-
-
-def _list_split_folders(root: Path, opts: ReadOptions) -> Listing:
-    parts = _strip_common_top(_tree_entries(root), keep=SPLITS)
-    listing: Listing = {s: [] for s in SPLITS}
-    for p, ref in parts:
-        if len(p) >= 3 and p[0] in SPLITS:
-            listing[p[0]].append(("/".join(p[1:-1]), ref))
-    return listing
-
-
-def _list_class_folders(root: Path, opts: ReadOptions) -> Listing:
-    parts = _strip_common_top(_tree_entries(root))
-    by_class: dict[str, list[str]] = {}
-    for p, ref in parts:
-        by_class.setdefault("/".join(p[:-1]) or ".", []).append(ref)
-    return _split_classes(by_class, opts)
-
-
-def _split_classes(by_class: dict[str, list[str]], opts: ReadOptions) -> Listing:
-    """Assign whole classes to splits: from a list file (`split,class` lines) or a seeded ratio."""
-    names = sorted(by_class)
-    opts = opts.effective()
-    if opts.split_file:
-        assignment = read_split_file(opts.split_file)
-        missing = sorted(set(assignment) - set(names))
-        if missing:
-            raise UsageError(f"--split-file {opts.split_file}: {len(missing)} class(es) not in the data, e.g. "
-                             f"{', '.join(map(repr, missing[:5]))}")
-    else:
-        order = np.random.default_rng(opts.split_seed).permutation(len(names))
-        ratio = np.asarray(opts.shares(), dtype=float) / sum(opts.shares())
-        bounds = np.round(np.cumsum(ratio) * len(names)).astype(int)
-        assignment = {}
-        for rank, i in enumerate(order):
-            assignment[names[i]] = SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
-    listing: Listing = {s: [] for s in SPLITS}
-    for name in names:
-        if name in assignment:
-            listing[assignment[name]].extend((name, ref) for ref in by_class[name])
-    return listing
-
-
-def read_split_file(path: str) -> dict[str, str]:
-    """A split list (`split,class` lines; `#` comments) -> {class: split}; UsageError naming the
-    line for an unknown split or a class listed twice."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--split-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
-    assignment: dict[str, str] = {}
-    for number, line in enumerate(lines, 1):
-        if line.strip() and not line.startswith("#"):
-            split, _, name = (part.strip() for part in line.partition(","))
-            if split not in SPLITS or not name:
-                raise UsageError(f"--split-file {path}, line {number}: expected 'split,class' with split one of "
-                                 f"{', '.join(SPLITS)}, got {line.strip()!r}")
-            if name in assignment:
-                raise UsageError(f"--split-file {path}, line {number}: class {name!r} is listed twice")
-            assignment[name] = split
-    return assignment
-
-
-def _resolve(root: Path, name: str, folders: Iterable[str], csv_path: Path) -> str:
-    """The image a CSV row names, inside the data set's folders: absolute paths and `..` are
-    refused, so a hostile CSV cannot make fsl read files elsewhere."""
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise DataError(f"{csv_path}: row names {name!r}, outside the data set's image folders")
-    for folder in folders:
-        candidate = root / folder / name
-        if candidate.is_file():
-            return str(candidate)
-    raise DataError(f"{csv_path}: row names a missing file {name!r}")
-
-
-def _list_ravi(root: Path, opts: ReadOptions) -> Listing:
-    listing: Listing = {}
-    for split in SPLITS:
-        rows = read_rows(root / f"{split}.csv", ["filename", "label"])
-        listing[split] = [(r["label"], _resolve(root, r["filename"], ["images", ""], root / f"{split}.csv"))
-                          for r in rows]
-    return listing
-
-
-def _list_course(root: Path, opts: ReadOptions) -> Listing:
-    """train.csv/val.csv (id,filename,label): val becomes test; val takes a share of train classes."""
-    raw = {}
-    for split in ("train", "val"):
-        rows = read_rows(root / f"{split}.csv", ["id", "filename", "label"])
-        raw[split] = [(r["label"], _resolve(root, r["filename"], ["", split, "images"], root / f"{split}.csv"))
-                      for r in rows]
-    by_class: dict[str, list[str]] = {}
-    for name, ref in raw["train"]:
-        by_class.setdefault(name, []).append(ref)
-    share = DEFAULT_VAL_SHARE if opts.val_share is None else opts.val_share
-    held = _split_classes(by_class, ReadOptions(split_seed=opts.split_seed, split_ratio=(1 - share, share, 0.0)))
-    return {"train": held["train"], "val": held["val"], "test": raw["val"]}
-
-
-FILE_FORMATS: dict[str, Callable[[Path, ReadOptions], Listing]] = {
-    "ravi": _list_ravi,
-    "course": _list_course,
-    "split-folders": _list_split_folders,
-    "class-folders": _list_class_folders,
-}
-
-
-# ------------------------------------------------------------------------------------ pickles
-def _load_pickle(path: Path, keys: tuple[str, ...]) -> dict:
-    try:
-        data = load_data_pickle(path)
-    except UnsafePickleError:
-        raise
-    except Exception as exc:  # a broken pickle can raise almost anything
-        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__})") from None
-    if not isinstance(data, dict) or any(k not in data for k in keys):
-        found = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise DataError(f"{path}: expected the keys {list(keys)}, found {found}")
-    return data
-
-
-def _arrays_l2l(root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
-    out = {}
-    for split, stem in (("train", "train"), ("val", "validation"), ("test", "test")):
-        path = root / f"mini-imagenet-cache-{stem}.pkl"
-        data = _load_pickle(path, ("image_data", "class_dict"))
-        images = _image_array(path, data["image_data"])
-        names = [""] * len(images)
-        if not isinstance(data["class_dict"], dict):
-            raise DataError(f"{path}: class_dict must map class names to row lists, found "
-                            f"{type(data['class_dict']).__name__}")
-        for name, rows in data["class_dict"].items():
-            for r in rows:
-                if not isinstance(r, (int, np.integer)) or not 0 <= int(r) < len(images):
-                    raise DataError(f"{path}: class {name!r} names row {r!r}, but the rows are 0 to {len(images) - 1}")
-                names[int(r)] = str(name)
-        if "" in names:
-            raise DataError(f"{path}: image {names.index('')} belongs to no class of class_dict")
-        out[split] = (images, names)
-    return out
-
-
-def _arrays_metaoptnet(root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
-    out = {}
-    for split, stem in (("train", "train_phase_train"), ("val", "val"), ("test", "test")):
-        path = root / f"miniImageNet_category_split_{stem}.pickle"
-        data = _load_pickle(path, ("data", "labels"))
-        images, labels = _image_array(path, data["data"]), list(data["labels"])
-        if len(labels) != len(images):
-            raise DataError(f"{path}: {len(images)} images but {len(labels)} labels")
-        out[split] = (images, [str(v) for v in labels])
-    return out
-
-
-def _image_array(path: Path, value) -> np.ndarray:
-    """A pickle's images as uint8 [N, H, W, 3], or a DataError that says what was found."""
-    images = np.asarray(value)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise DataError(f"{path}: expected uint8 images of shape [N, H, W, 3], "
-                        f"found {images.dtype} {list(images.shape)}")
-    return images
-
-
-ARRAY_FORMATS = {"l2l-pickle": _arrays_l2l, "metaoptnet-pickle": _arrays_metaoptnet}
+def reader(fmt: str) -> Reader:
+    """The registered reader of `fmt`; UsageError listing the formats."""
+    if fmt not in READERS:
+        raise UsageError(f"--format must be one of {', '.join(READERS)}, got {fmt!r}")
+    return READERS[fmt]()
 
 
 def detect_format(path: Path) -> str:
-    """The format of `path`, from the files it holds (see the module docstring)."""
+    """The format of `path`: the first registered reader that recognises it, else a catch-all one."""
+    readers = {name: reader(name) for name in READERS}
+    for catch_all in (False, True):
+        for name, candidate in readers.items():
+            if candidate.catch_all == catch_all and candidate.detects(path):
+                return name
     if path.is_file():
-        if path.suffix.lower() == ".zip":
-            with zipfile.ZipFile(path) as zf:
-                tops = {p.split("/")[0] for p in zf.namelist()}
-                heads = {"/".join(p.split("/")[:2]) for p in zf.namelist()}
-            if tops & set(SPLITS) or any(h.split("/")[-1] in SPLITS for h in heads):
-                return "split-folders"
-            return "class-folders"
         raise DataError(f"--data {path}: a single file that is not a .zip of images")
-    names = set(os.listdir(path))
-    if {"mini-imagenet-cache-train.pkl"} <= names:
-        return "l2l-pickle"
-    if "miniImageNet_category_split_train_phase_train.pickle" in names:
-        return "metaoptnet-pickle"
-    if {"train.csv", "val.csv", "test.csv"} <= names:
-        return "ravi"
-    if {"train.csv", "val.csv"} <= names:
-        return "course"
-    if {"train", "val", "test"} & {n for n in names if (path / n).is_dir()}:
-        return "split-folders"
-    if not names:
-        raise DataError(f"--data {path}: the folder is empty")
-    return "class-folders"
+    raise DataError(f"--data {path}: the folder is empty")
 
 
 # ------------------------------------------------------------------------------------- stores
@@ -324,18 +184,19 @@ def _resize_array(images: np.ndarray, size: int, channels: int) -> np.ndarray:
     return out
 
 
-def _source_keys(root: Path, fmt: str, opts: ReadOptions) -> tuple[str, str, str]:
+def _source_keys(root: Path, fmt: str, fmt_reader: Reader, opts: ReadOptions) -> tuple[str, str, str]:
     """(cache key, source id, validity) from one listing of the source files.
 
-    The cache key (also the data fingerprint) hashes the files' names, sizes and mtimes and every
-    option; the source id (what episode files record) leaves out the image size and channels,
-    which decide the pixels but not which image a row is. Both must be the same on every machine
-    and extraction, since the champion rule and episode files compare them. The validity adds
-    what only this copy has, ctimes and inodes: a file rewritten in place with the same size and
-    mtime (`cp -p`, `rsync -a`, `tar x`) changes its ctime, and the cache is then decoded again.
+    The cache key (also the data fingerprint) hashes the files' names, sizes and mtimes and the
+    options the format uses; the source id (what episode files record) leaves out the image size
+    and channels, which decide the pixels but not which image a row is. Both must be the same on
+    every machine and extraction, since the champion rule and episode files compare them. The
+    validity adds what only this copy has, ctimes and inodes: a file rewritten in place with the
+    same size and mtime (`cp -p`, `rsync -a`, `tar x`) changes its ctime, and the cache is then
+    decoded again.
     """
     listing, validity = _listing_digest(root)
-    options = asdict(opts.effective())
+    options = fmt_reader.key_options(opts)
     cache_key = hashlib.sha256(f"fsl-reader-v{READER_VERSION}|{fmt}|{json.dumps(options, sort_keys=True)}|{listing}"
                                .encode()).hexdigest()[:20]
     rows = {k: v for k, v in options.items() if k not in ("image_size", "channels")}
@@ -379,15 +240,12 @@ def read(path: str | Path, fmt: str | None = None, opts: ReadOptions = ReadOptio
         fmt = fmt or detect_format(root)
     except zipfile.BadZipFile:
         raise DataError(f"--data {path}: not a readable .zip file (truncated or not a zip)") from None
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    for option, formats in SPLIT_OPTION_FORMATS.items():
-        if getattr(opts, option) is not None and fmt not in formats:
-            raise UsageError(f"--{option.replace('_', '-')}: the {fmt} format does not use it (it applies to "
-                             f"{' and '.join(formats)} data sets)")
+    fmt_reader = reader(fmt)
+    refuse_foreign_options(fmt, fmt_reader, opts)
     try:
-        key, source_id, validity = _source_keys(root, fmt, opts)
-        dataset = cached(cache_dir() / "datasets" / f"{fmt}-{key}", lambda: _decode(root, fmt, opts, key), validity)
+        key, source_id, validity = _source_keys(root, fmt, fmt_reader, opts)
+        dataset = cached(cache_dir() / "datasets" / f"{fmt}-{key}", lambda: _decode(root, fmt, fmt_reader, opts, key),
+                         validity)
     except (OSError, zipfile.BadZipFile) as exc:  # unreadable, dangling or looping files, broken zips
         where = getattr(exc, "filename", None) or root
         raise DataError(f"--data {path}: cannot read {where}: {getattr(exc, 'strerror', None) or exc}") from None
@@ -426,28 +284,15 @@ def check_leakage(dataset: DataSet, path: str | Path) -> None:
             raise DataError(f"--data {path}: the image {ref} is {where}")
 
 
-def _decode(root: Path, fmt: str, opts: ReadOptions, key: str) -> DataSet:
-    notes = [f"format: {fmt}"]
-    if fmt in ARRAY_FORMATS:
-        size, channels = opts.image_size or MINI_IMAGENET[0], opts.channels or MINI_IMAGENET[1]
-        splits = {s: _store(_resize_array(images, size, channels), names)
-                  for s, (images, names) in ARRAY_FORMATS[fmt](root).items()}
-        return DataSet(root.name, splits, key, notes)
-    listing = FILE_FORMATS[fmt](root, opts)
-    refs = [ref for items in listing.values() for _, ref in items]
-    if not refs:
-        raise DataError(f"--data {root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    size, channels = infer_image_format(refs[0])
-    size, channels = opts.image_size or size, opts.channels or channels
-    if fmt == "course":
-        notes.append("course format: its val.csv is used as the test split; validation during training "
-                     f"uses a seeded {opts.effective().val_share:.0%} of the train classes (split seed "
-                     f"{opts.split_seed})")
-    splits, sources = {}, {}
-    for split, items in listing.items():
-        if not items:
-            continue
-        images = decode_all([ref for _, ref in items], size, channels)
-        splits[split] = _store(images, [name for name, _ in items])
-        sources[split] = [ref for _, ref in items]
-    return DataSet(root.name, splits, key, notes, sources)
+def refuse_foreign_options(fmt: str, fmt_reader: Reader, opts: ReadOptions) -> None:
+    """UsageError for a split option given to a format that does not read it, naming those that do."""
+    for option in SPLIT_OPTIONS_OF_V1:
+        if getattr(opts, option) is not None and option not in fmt_reader.options:
+            users = [name for name in READERS if option in READERS[name].options]
+            raise UsageError(f"--{option.replace('_', '-')}: the {fmt} format does not use it (it applies to "
+                             f"{' and '.join(users)} data sets)")
+
+
+def _decode(root: Path, fmt: str, fmt_reader: Reader, opts: ReadOptions, key: str) -> DataSet:
+    splits, sources = fmt_reader.decode(root, opts)
+    return DataSet(root.name, splits, key, [f"format: {fmt}", *fmt_reader.notes(opts)], sources)

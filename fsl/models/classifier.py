@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fsl.choices import FEATURE_TRANSFORMS
-from fsl.models.distances import DISTANCES, prototypes
 from fsl.models.distances import logits as distance_logits
+from fsl.models.distances import prototypes
 from fsl.models.encoders import build_encoder
 from fsl.models.hallucinator import hallucinate
-from fsl.registry import ENCODERS, HALLUCINATORS
+from fsl.registry import DISTANCES, ENCODERS, HALLUCINATORS
 from fsl.runtime import autocast, make_generator
 
 # 2: the hallucinator's weights are saved under `hallucinator.` (schema 1: `generator.`).

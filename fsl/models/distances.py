@@ -6,9 +6,9 @@ episodes runs as one call. Logits are the negative distance (Snell et al., 2017,
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
+
+from fsl.registry import DISTANCES
 
 EPS = 1e-8
 
@@ -43,11 +43,6 @@ def cosine(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
 def dot(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     """Negative dot product. [..., Q, D], [..., N, D] -> [..., Q, N]."""
     return -(queries @ protos.transpose(-1, -2))
-
-
-DISTANCES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "l2": l2, "cosine": cosine, "dot": dot,
-}
 
 
 def logits(queries: torch.Tensor, protos: torch.Tensor, distance: str) -> torch.Tensor:
