@@ -391,7 +391,7 @@ def main() -> None:
 def logging_overhead(work: Path, repeats: int = 3) -> dict:
     """Wall time of one small `run_training` with MLflow against the same with no tracker."""
     from fsl.commands.common import SILENT, RunOptions
-    from fsl.commands.train import run_training
+    from fsl.commands.cmd_train import run_training
     from fsl.tracking.null import NullRuns
 
     cfg = TrainConfig(epochs=5, episodes_per_epoch=100, val_episodes=20, test_episodes=100,

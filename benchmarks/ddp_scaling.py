@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fsl.runtime import free_port
+from fsl.processes import free_port
 
 
 def measure(processes: int, steps: int, epochs: int, work: Path) -> dict:

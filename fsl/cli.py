@@ -291,7 +291,7 @@ def cli() -> None:
 def protonet(register: bool, registered_model_name: str | None, system_metrics: bool, resume: str | None,
              **options: Any) -> None:
     """Train a Prototypical Network (Snell et al. 2017), then test it on --test-episodes episodes."""
-    from fsl.commands.train import run_training
+    from fsl.commands.cmd_train import run_training
 
     run_training(train_config(options), _run_options(register, registered_model_name, system_metrics, resume),
                  _reporter())
@@ -306,7 +306,7 @@ def hallucinate(register: bool, registered_model_name: str | None, system_metric
                 **options: Any) -> None:
     """Train ProtoNet jointly with a feature hallucinator (Wang et al. 2018), then test it
     with the hallucinator on and off on the same episodes."""
-    from fsl.commands.train import run_training
+    from fsl.commands.cmd_train import run_training
 
     run_training(train_config(options), _run_options(register, registered_model_name, system_metrics, resume),
                  _reporter())
@@ -338,7 +338,7 @@ def pretrain(epochs: int, batch_size: int, lr: float, weight_decay: float, regis
     """Pre-train the encoder as a classifier over all training classes (cross-entropy on batches
     of images; Chen et al. 2019), validate it by nearest prototype on the fixed val episodes after
     each epoch, keep the best, and test it as is. Fine-tune it with `fsl protonet --init runs:/ID`."""
-    from fsl.commands.train import run_training
+    from fsl.commands.cmd_train import run_training
 
     cfg = train_config(options | {"epochs": 0, "pretrain_epochs": epochs, "pretrain_batch_size": batch_size,
                                   "pretrain_lr": lr, "pretrain_weight_decay": weight_decay})
@@ -376,7 +376,7 @@ def sweep_m(values: str, seeds: str, baseline: str | None, register_mode: str, n
             registered_model_name: str | None, system_metrics: bool, **options: Any) -> None:
     """The M study: one hallucination model per M (M = 0 is a plain ProtoNet) and seed, nested
     runs under one parent with a table and a plot of test accuracy ± CI against M."""
-    from fsl.commands.sweep import run_sweep
+    from fsl.commands.cmd_sweep import run_sweep
     from fsl.sweeps import parse_seeds
 
     ms = _values(values, int)
@@ -403,7 +403,7 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: 
           register_mode: str, no_register: bool, registered_model_name: str | None, system_metrics: bool,
           **options: Any) -> None:
     """Train and test a grid of configurations as nested runs under one parent run."""
-    from fsl.commands.sweep import run_sweep
+    from fsl.commands.cmd_sweep import run_sweep
     from fsl.sweeps import parse_seeds
 
     if method == "protonet":
@@ -469,7 +469,7 @@ def cache(clear: bool) -> None:
 def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: int, out: str,
              **options: Any) -> None:
     """Write a fixed, shareable episode file (CSV: episode,role,label,path)."""
-    from fsl.commands.episodes import write_episodes
+    from fsl.commands.cmd_episodes import write_episodes
     from fsl.data.episodes import EpisodeShape
 
     write_episodes(TrainConfig(**options), split, count, EpisodeShape(ways, shots, queries), seed, out, _reporter())
@@ -490,7 +490,7 @@ def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: 
 @test_run_options
 def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None:
     """Evaluate a saved model on new test episodes, or on an episode file (one MLflow run)."""
-    from fsl.commands.evaluate import run_evaluation
+    from fsl.commands.cmd_evaluate import run_evaluation
 
     run_evaluation(model_spec, TrainConfig(**options), episodes_file, _reporter())
 
@@ -502,7 +502,7 @@ def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None
 def register(run_id: str, registered_model_name: str | None, allow_failed: bool) -> None:
     """Register a chosen run's best checkpoint; `champion` moves only if it beats the champion
     under the same protocol. The run's status is never changed."""
-    from fsl.commands.register import register_run
+    from fsl.commands.cmd_register import register_run
 
     register_run(run_id, registered_model_name, allow_failed, _reporter())
 
@@ -514,7 +514,7 @@ def register(run_id: str, registered_model_name: str | None, allow_failed: bool)
 @click.option("--out", default=None, help="Also write the table as CSV here.")
 def predict(model_spec: str, support_dir: str, query_dir: str, out: str | None) -> None:
     """Classify new images: print query file, predicted class and probability."""
-    from fsl.commands.predict import predict_folder
+    from fsl.commands.cmd_predict import predict_folder
 
     predict_folder(model_spec, support_dir, query_dir, out, _reporter())
 

@@ -12,7 +12,8 @@ import torch
 from fsl.data.episodes import EpisodeIndices, EpisodeSampler, EpisodeShape
 from fsl.data.store import ImageStore
 from fsl.models.classifier import FewShotClassifier
-from fsl.runtime import make_generator, world
+from fsl.processes import world
+from fsl.runtime import make_generator
 
 
 def mean_ci95(values: np.ndarray | list[float]) -> tuple[float, float]:

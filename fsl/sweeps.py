@@ -2,7 +2,7 @@
 
 A sweep is a grid (training option -> values) times a list of seeds. This module turns it into
 the child runs to train, decides which of them a shard runs, pairs every point with its
-baseline, and aggregates the per-seed results into one row per point. `fsl.commands.sweep.run_sweep`
+baseline, and aggregates the per-seed results into one row per point. `fsl.commands.cmd_sweep.run_sweep`
 trains and tracks; everything it decides comes from here.
 
 Vocabulary:

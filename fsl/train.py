@@ -29,9 +29,11 @@ from fsl.data.episodes import EpisodeSampler
 from fsl.data.store import DataSet
 from fsl.errors import FslError
 from fsl.evaluate import evaluate, sample_episodes
+from fsl.files import atomic_save
 from fsl.models.classifier import FewShotClassifier, current_state_dict
+from fsl.processes import world
 from fsl.registry import AUGMENTATIONS
-from fsl.runtime import atomic_save, compile_module, make_generator, resolve_compile, world
+from fsl.runtime import compile_module, make_generator, resolve_compile
 
 GENERATOR_STRIDE = 7919  # seed offset between the episode streams of replicas (a prime)
 

@@ -4,9 +4,13 @@ and accuracy against M. Each function writes a PNG and returns its path."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fsl.config import TrainConfig
+    from fsl.models.classifier import FewShotClassifier
 
 
 def _pyplot():
@@ -137,3 +141,34 @@ def sweep_plot(rows: Sequence[dict], x: str, group_fields: Sequence[str], path: 
            title=f"Mean test accuracy over {n} seed{'s' if n != 1 else ''} ± 95% CI against {x}")
     ax.legend(fontsize=8, loc="best")
     return _save(fig, path)
+
+
+def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, classes: int = 5,
+              per_class: int = 40) -> Path:
+    """t-SNE of real test features and M hallucinated ones for `classes` fixed test classes,
+    with each class's real prototype (mean of its support) and final prototype (after combining
+    with the hallucinations, as the classifier does).
+
+    The generator is seeded with `test_shots` real images of each class, as at test time.
+    """
+    import torch
+
+    from fsl.diagnostics import episode_prototypes
+    from fsl.runtime import make_generator
+
+    classes = min(classes, store.n_classes)
+    labels = store.labels
+    rows = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in range(classes)])
+    shots = cfg.test_shape.shots
+    seeds = torch.cat([(labels == c).nonzero().flatten()[:shots] for c in range(classes)])
+    seed_labels = torch.arange(classes, device=model.device).repeat_interleave(shots)
+    model.eval()
+    with torch.no_grad():
+        real = model.embed(store.images[rows])
+        support = model.embed(store.images[seeds])
+        real_protos, final_protos, (fake, fake_labels) = episode_prototypes(
+            model, support[None], seed_labels[None], classes, rng=make_generator(cfg.test_seed, model.device))
+        fake, fake_labels = fake[0], fake_labels[0]
+    return tsne(real.cpu().numpy(), labels[rows].cpu().numpy(), fake.float().cpu().numpy(),
+                    fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed,
+                    prototypes=(real_protos[0].cpu().numpy(), final_protos[0].float().cpu().numpy()))

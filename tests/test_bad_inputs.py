@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from fsl.cli import cli
-from fsl.runtime import free_port
+from fsl.processes import free_port
 from tests.conftest import TINY
 
 BUDGET = [*TINY, "--epochs", "3", "--episodes-per-epoch", "4"]

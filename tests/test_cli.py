@@ -69,12 +69,12 @@ def test_evaluate_scores_a_checkpoint_and_an_mlflow_run_uri(tracking, trained_ch
 
 
 def test_an_error_during_training_marks_the_run_failed(tracking, monkeypatch):
-    import fsl.commands.train
+    import fsl.commands.cmd_train
 
     def explode(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(fsl.commands.train, "train", explode)
+    monkeypatch.setattr(fsl.commands.cmd_train, "train", explode)
     result = CliRunner().invoke(cli, ["protonet", *TINY])
     assert result.exit_code != 0
     assert only_run(MlflowClient()).info.status == "FAILED"
@@ -236,7 +236,7 @@ def test_every_command_that_opens_a_run_ends_with_its_ui_link(tracking):
 
 
 def test_a_run_killed_between_testing_and_registering_logs_its_test_once_when_resumed(tracking, monkeypatch):
-    import fsl.commands.train as training
+    import fsl.commands.cmd_train as training
 
     real = training._tag_and_register
 

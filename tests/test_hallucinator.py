@@ -145,7 +145,7 @@ def test_cpu_dropout_keeps_a_fraction_one_minus_p_and_rescales_like_nn_dropout()
 
 def test_init_from_a_trained_protonet_starts_hallucination_from_its_encoder(tracking, trained_checkpoint,
                                                                             monkeypatch):
-    import fsl.commands.train as training
+    import fsl.commands.cmd_train as training
     from fsl.models.classifier import load_checkpoint
 
     started, real_train = {}, training.train

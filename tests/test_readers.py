@@ -466,7 +466,7 @@ def test_dead_writers_temporary_folders_are_removed_by_data_cache(tmp_path, monk
     from click.testing import CliRunner
 
     from fsl.cli import cli
-    from fsl.runtime import _temporary_prefix
+    from fsl.files import _temporary_prefix
 
     monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
     datasets = tmp_path / "cache" / "datasets"
@@ -545,7 +545,7 @@ def test_a_cache_on_a_shared_disk_is_adopted_by_another_host_not_rebuilt(tmp_pat
     again = load_dataset(str(root))
     assert calls == [] and torch.equal(again.split("train").images, first.split("train").images)
     from fsl.data.store import validity_file
-    from fsl.runtime import cache_dir
+    from fsl.files import cache_dir
 
     [folder] = [p for p in (cache_dir() / "datasets").iterdir() if first.fingerprint.split("-")[0] in p.name]
     assert validity_file(folder).name == "validity-another-host" and validity_file(folder).exists()

@@ -109,7 +109,7 @@ def test_a_bare_augment_means_omniglot_and_no_augment_means_none(tracking):
 def test_params_at_their_pre_change_values_keep_the_config_hash_of_runs_made_before():
     """Golden hashes from commit 2572630 (before `encoder`, `encoder_width`, `feature_transform`,
     the pre-training options and the `augment` policies) for the same configurations."""
-    from fsl.commands.train import config_hash
+    from fsl.commands.run_identity import config_hash
     from fsl.config import TrainConfig
 
     extra = {"device_resolved": "cpu", "precision_resolved": "fp32", "image_size_resolved": 16, "feature_dim": 64,

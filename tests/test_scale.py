@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from fsl.runtime import free_port
+from fsl.processes import free_port
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow  # every test here runs fsl in other processes

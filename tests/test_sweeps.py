@@ -215,9 +215,9 @@ def test_a_replicated_sweep_aggregates_two_seeds_of_two_points_in_the_parent(tra
 
 
 def test_a_restarted_sweep_trains_only_the_children_that_did_not_finish(tracking, monkeypatch):
-    import fsl.commands.train
+    import fsl.commands.cmd_train
 
-    real_train, trained = fsl.commands.train.train, []
+    real_train, trained = fsl.commands.cmd_train.train, []
 
     def recording(model, data, cfg, *args, **kwargs):
         trained.append((cfg.shots, cfg.seed))
@@ -225,7 +225,7 @@ def test_a_restarted_sweep_trains_only_the_children_that_did_not_finish(tracking
             raise RuntimeError("interrupted")
         return real_train(model, data, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(fsl.commands.train, "train", recording)
+    monkeypatch.setattr(fsl.commands.cmd_train, "train", recording)
     args = ["sweep", *TINY, "--param", "shots=1,2", "--seeds", "0,1"]
     fail_at = (2, 1)  # the last of 4 children
     first = CliRunner().invoke(cli, args)
@@ -249,15 +249,15 @@ def test_a_restarted_sweep_trains_only_the_children_that_did_not_finish(tracking
 
 
 def test_a_calibrated_sweep_trains_once_per_seed_and_tests_each_m_from_that_model(tracking, monkeypatch):
-    import fsl.commands.train
+    import fsl.commands.cmd_train
 
-    real_train, trained = fsl.commands.train.train, []
+    real_train, trained = fsl.commands.cmd_train.train, []
 
     def recording(model, data, cfg, *args, **kwargs):
         trained.append((cfg.M, cfg.seed))
         return real_train(model, data, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(fsl.commands.train, "train", recording)
+    monkeypatch.setattr(fsl.commands.cmd_train, "train", recording)
     args = ["sweep", *TINY, "--method", "hallucinate", "--hallucinator", "calibrated",
             "--param", "M=0,2,6", "--seeds", "0,1", "--baseline", "M=0"]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
@@ -275,7 +275,7 @@ def test_a_calibrated_sweep_trains_once_per_seed_and_tests_each_m_from_that_mode
         assert {"test_acc", "test_acc_no_hallucination", "halluc_mean_offset"} <= set(tested.data.metrics)
         # the same encoder: the same accuracy without hallucination, on the same episodes
         assert tested.data.metrics["test_acc_no_hallucination"] == twin.data.metrics["test_acc_no_hallucination"]
-        model = fsl.commands.train.load_model(f"runs:/{tested.info.run_id}")
+        model = fsl.commands.cmd_train.load_model(f"runs:/{tested.info.run_id}")
         assert model.M == 2 and model.config["hallucinator"] == "calibrated"
         assert {a.path for a in client.list_artifacts(tested.info.run_id)} >= {"checkpoints", "tsne.png"}
     trained.clear()
@@ -285,10 +285,11 @@ def test_a_calibrated_sweep_trains_once_per_seed_and_tests_each_m_from_that_mode
 
 @pytest.mark.slow
 def test_the_config_hash_of_a_child_is_the_same_in_another_process(fsl_cache):
-    from fsl.commands.train import config_hash, prepare_training, run_params
+    from fsl.commands.cmd_train import prepare_training
+    from fsl.commands.run_identity import config_hash, run_params
 
-    code = ("from fsl.config import TrainConfig; from fsl.commands.train import config_hash, prepare_training, "
-            "run_params; print(config_hash(run_params(prepare_training(TrainConfig(image_size=16, "
+    code = ("from fsl.config import TrainConfig; from fsl.commands.cmd_train import prepare_training; "
+            "from fsl.commands.run_identity import config_hash, run_params; print(config_hash(run_params(prepare_training(TrainConfig(image_size=16, "
             "hallucinator='wang', M=3, seed=4, precision='fp32', device='cpu')), 1)))")
     here = config_hash(run_params(prepare_training(TrainConfig(image_size=16, hallucinator="wang", M=3, seed=4,
                                                                precision="fp32", device="cpu")), 1))
@@ -298,7 +299,7 @@ def test_the_config_hash_of_a_child_is_the_same_in_another_process(fsl_cache):
 
 
 def test_a_sweep_registers_nothing_by_default_its_best_child_with_best_and_every_child_with_all(tracking):
-    from fsl.tracking.registry import SERVE_SUFFIX
+    from fsl.tracking.model_registry import SERVE_SUFFIX
 
     client = MlflowClient()
     args = ["sweep-m", *[a for a in TINY if a != "--no-register"], "--values", "0,2", "--no-system-metrics"]

@@ -48,7 +48,7 @@ def test_every_run_writes_the_results_view_and_its_link_opens_it(tracking):
 
 
 def test_no_param_is_blank_and_the_new_spellings_keep_the_config_hash(tracking):
-    from fsl.commands.train import config_hash
+    from fsl.commands.run_identity import config_hash
     from fsl.config import TrainConfig
 
     invoke("protonet", *TINY)
@@ -99,7 +99,7 @@ def test_evaluate_records_the_version_an_alias_resolved_to_and_the_no_hallucinat
 
 
 def test_evaluate_of_a_checkpoint_file_records_no_model_source(tracking, trained_checkpoint):
-    from fsl.commands.evaluate import evaluation_name, model_source
+    from fsl.commands.cmd_evaluate import evaluation_name, model_source
 
     assert model_source(str(trained_checkpoint)) == {}
     assert model_source("runs:/0123456789abcdef/checkpoints/best.pt") == {"model_run_id": "0123456789abcdef"}
@@ -138,7 +138,7 @@ def test_every_picture_the_readme_shows_exists_and_is_small():
 def test_a_dotted_registered_name_is_logged_under_a_name_mlflow_accepts(tracking):
     from mlflow.utils.validation import _validate_logged_model_name
 
-    from fsl.tracking.registry import logged_model_name
+    from fsl.tracking.model_registry import logged_model_name
 
     assert logged_model_name("team.fsl", 20, 5) == "team-fsl-20w5s"
     _validate_logged_model_name(logged_model_name("a.b%c'd\"e/f:g", 5, 1))  # raises if MLflow refuses it

@@ -3,15 +3,12 @@ loading data and models, a run's tags and data-set input, and SIGTERM handling."
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
@@ -80,7 +77,7 @@ def load_test_data(cfg: TrainConfig, data: DataSet) -> DataSet:
 
 def load_model(spec: str, map_location: str = "cpu", resolved=None):
     """A `FewShotClassifier` from a local checkpoint (loaded with weights_only=True: no code
-    runs) or an MLflow URI (runs:/..., models:/...; see `fsl.tracking.registry.load_model_uri`,
+    runs) or an MLflow URI (runs:/..., models:/...; see `fsl.tracking.model_registry.load_model_uri`,
     which also takes an already `resolved` models:/ URI)."""
     from fsl.models.classifier import load_checkpoint
 
@@ -94,7 +91,7 @@ def load_model(spec: str, map_location: str = "cpu", resolved=None):
             raise UsageError(f"--model {exc}") from None
     if ":/" not in spec:
         raise UsageError(f"--model {spec}: no such file, and not an MLflow URI (runs:/..., models:/...)")
-    from fsl.tracking.registry import load_model_uri
+    from fsl.tracking.model_registry import load_model_uri
 
     return load_model_uri(spec, map_location, resolved)
 
@@ -146,43 +143,6 @@ def log_eval(tracker, result, suffix: str = "") -> None:
     """An evaluation's per-episode accuracies as a series, and its mean and CI as metrics."""
     tracker.log_series(f"test_episode_acc{suffix}", result.accs)
     tracker.log_metrics({f"test_acc{suffix}": result.mean, f"test_ci95{suffix}": result.ci95})
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler's kill, `docker stop`): the run ends KILLED and fsl exits 128 + 15."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into `Terminated` in the main thread, so runs end KILLED, not RUNNING."""
-    def handler(signum, frame):
-        raise Terminated(signum)
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def broadcast(value: Any) -> Any:
-    """Rank 0's value on every rank (a no-op in a single process)."""
-    import torch.distributed as dist
-
-    from fsl.runtime import world
-
-    if world()[1] == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def mlflow_runs():

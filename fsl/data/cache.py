@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from fsl.errors import FslError
-from fsl.runtime import cache_dir, process_alive, temporary_owner
+from fsl.files import cache_dir, temporary_owner
+from fsl.processes import process_alive
 
 STALE_AFTER = 24 * 3600  # seconds: a temporary folder this old has no live writer
 

@@ -31,8 +31,8 @@ import torch
 from fsl.data.images import IMAGE_SUFFIXES, WIDE_GREY_MODES, decode_all, image_mode
 from fsl.data.store import DataSet, ImageStore, cached
 from fsl.errors import DataError, UsageError
+from fsl.files import cache_dir
 from fsl.registry import READERS
-from fsl.runtime import cache_dir
 
 READER_VERSION = 1
 MINI_IMAGENET = (84, 3)

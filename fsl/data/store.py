@@ -179,7 +179,7 @@ def cached(folder: Path, build: Callable[[], "DataSet"], validity: str | None = 
     stale pixels or failing every run until someone clears it. A host that finds a cache built
     by another records its own validity and uses it (the fingerprint already matched).
     """
-    from fsl.runtime import atomic_directory
+    from fsl.files import atomic_directory
 
     if (folder / "meta.json").exists():
         record = validity_file(folder)

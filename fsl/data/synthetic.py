@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fsl.data.store import DataSet, ImageStore, cached
-from fsl.runtime import cache_dir
+from fsl.files import cache_dir
 
 VERSION = 1  # bump when the drawing changes: it is part of the cache key and the fingerprint
 DEFAULT_IMAGE_SIZE = 32

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Callable, Hashable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,11 @@ from fsl.models.distances import prototypes
 from fsl.models.encoders import build_encoder
 from fsl.models.hallucinator import hallucinate
 from fsl.registry import DISTANCES, ENCODERS, HALLUCINATORS
-from fsl.runtime import autocast, make_generator
+from fsl.runtime import autocast, make_generator, resolve_precision, seed_everything
+
+if TYPE_CHECKING:
+    from fsl.config import TrainConfig
+    from fsl.data.store import DataSet
 
 # 2: the hallucinator's weights are saved under `hallucinator.` (schema 1: `generator.`).
 SCHEMA_VERSION = 2
@@ -297,6 +301,23 @@ class FewShotClassifier(nn.Module):
         if "generator" in modules:
             modules["hallucinator"] = modules.pop("generator")
         super().__setstate__(state)
+
+
+def build_model(cfg: "TrainConfig", data: "DataSet", device: torch.device | str = "cpu",
+                precision: str | None = None) -> FewShotClassifier:
+    """The untrained model `cfg` describes, for `data` (its image size, channels and train-split
+    normalisation), on `device`. Every generator is seeded with `cfg.seed` first, so the same
+    config starts from the same weights wherever it is built (a run, a sweep child, a benchmark).
+    `precision`: already resolved (default: `cfg.precision` resolved for `device`).
+
+    ValueError where the encoder cannot take the data (an image too small for it, say)."""
+    device = torch.device(device)
+    seed_everything(cfg.seed)
+    model = FewShotClassifier.for_data(data, precision=precision or resolve_precision(cfg.precision, device),
+                                       distance=cfg.distance, hallucinator=cfg.hallucinator, M=cfg.M,
+                                       encoder=cfg.encoder, encoder_width=cfg.encoder_width,
+                                       feature_transform=cfg.feature_transform)
+    return model.place(device)
 
 
 def current_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

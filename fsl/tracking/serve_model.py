@@ -1,4 +1,4 @@
-"""The serving model as code (MLflow's models-from-code): `fsl.tracking.registry.log_models`
+"""The serving model as code (MLflow's models-from-code): `fsl.tracking.model_registry.log_models`
 logs this file instead of a pickled `FewShotServe`, so a server can run with
 MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false. Its weights are a weights-only checkpoint artifact and
 its budgets come from the logged model_config."""

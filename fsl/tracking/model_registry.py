@@ -17,7 +17,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import mlflow
 import mlflow.pyfunc
@@ -28,6 +28,9 @@ import fsl
 from fsl.data.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES
 from fsl.errors import UsageError
 from fsl.tracking.runs import Tracker, download
+
+if TYPE_CHECKING:
+    from fsl.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -264,3 +267,23 @@ def register(name: str, model_uri: str, serve_uri: str, run_id: str, val_acc: fl
         client.set_registered_model_alias(name, CHAMPION, version.version)
         client.set_registered_model_alias(name + SERVE_SUFFIX, CHAMPION, serve_version.version)
     return Registration(name, version.version, promote, decision)
+
+
+def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str) -> dict[str, Any]:
+    """What must match for two val accuracies to be comparable (the champion rule)."""
+    shape = cfg.test_shape
+    return {"data_fingerprint": fingerprint, "ways": shape.ways, "shots": shape.shots, "queries": shape.queries,
+            "val_episodes": cfg.val_episodes, "val_seed": cfg.val_seed, "precision": precision}
+
+
+def log_and_register(tracker, model, checkpoint: Path, name: str, val_acc: float, protocol: dict,
+                     shape: tuple[int, int] | None = None):
+    """Log the PyTorch and serving models to the tracker's run and register them as `name`.
+    `shape` (ways, shots) names the logged models as the run is named: its training shape (the
+    test shape of the protocol without one, as for `fsl pretrain`)."""
+    ways, shots = shape or (protocol["ways"], protocol["shots"])
+    logged_name = logged_model_name(name, ways, shots)
+    model_uri, serve_uri = log_models(tracker, model, checkpoint, logged_name)
+    reg = register(name, model_uri, serve_uri, tracker.run_id, val_acc, protocol)
+    tracker.set_tags({"fsl.registered_model": f"{reg.name}/{reg.version}", "fsl.registry_decision": reg.decision})
+    return reg

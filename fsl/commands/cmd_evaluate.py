@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fsl.commands.cmd_train import RunSummary
 from fsl.commands.common import (
     Reporter,
     dataset_input,
@@ -17,12 +18,12 @@ from fsl.commands.common import (
     mlflow_runs,
     run_tags,
 )
-from fsl.commands.train import RunSummary
 from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeIndices, FileEpisode, read_episode_file
 from fsl.data.store import DataSet, ImageStore
 from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
-from fsl.runtime import digest, process_alive
+from fsl.files import digest
+from fsl.processes import process_alive
 
 
 @dataclass
@@ -71,7 +72,7 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
     device = device_option(cfg.device)
     resolved = None
     if model_spec.startswith("models:/"):  # resolved once: the version recorded is the one loaded
-        from fsl.tracking.registry import resolve_model_uri
+        from fsl.tracking.model_registry import resolve_model_uri
 
         resolved = resolve_model_uri(model_spec)
     source = model_source(model_spec, resolved)
@@ -112,7 +113,7 @@ def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None 
 
 def model_source(model_spec: str, resolved=None) -> dict[str, str]:
     """What `--model` names, as params and `fsl.` tags of the evaluation: for `models:/...` (given
-    `resolved`, what `fsl.tracking.registry.resolve_model_uri` made of it) the registered name,
+    `resolved`, what `fsl.tracking.model_registry.resolve_model_uri` made of it) the registered name,
     the version an alias or `latest` resolved to, the training run and the logged model's id;
     for `runs:/...` the run."""
     if resolved is not None:

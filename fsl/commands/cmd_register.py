@@ -5,25 +5,9 @@ from __future__ import annotations
 
 import json
 import tempfile
-from pathlib import Path
 
 from fsl.commands.common import Reporter, mlflow_runs
 from fsl.errors import UsageError
-
-
-def register_model(tracker, model, checkpoint: Path, name: str, val_acc: float, protocol: dict,
-                   shape: tuple[int, int] | None = None):
-    """Log the PyTorch and serving models to the tracker's run and register them as `name`.
-    `shape` (ways, shots) names the logged models as the run is named: its training shape (the
-    test shape of the protocol without one, as for `fsl pretrain`)."""
-    from fsl.tracking import registry
-
-    ways, shots = shape or (protocol["ways"], protocol["shots"])
-    logged_name = registry.logged_model_name(name, ways, shots)
-    model_uri, serve_uri = registry.log_models(tracker, model, checkpoint, logged_name)
-    reg = registry.register(name, model_uri, serve_uri, tracker.run_id, val_acc, protocol)
-    tracker.set_tags({"fsl.registered_model": f"{reg.name}/{reg.version}", "fsl.registry_decision": reg.decision})
-    return reg
 
 
 def register_run(run_id: str, name: str | None = None, allow_failed: bool = False,
@@ -32,7 +16,7 @@ def register_run(run_id: str, name: str | None = None, allow_failed: bool = Fals
     rule. The run's status is left as it is; a run that did not finish is refused unless
     `allow_failed` (its best checkpoint may predate a crash)."""
     from fsl.models.classifier import load_checkpoint
-    from fsl.tracking.registry import validate_model_name
+    from fsl.tracking.model_registry import log_and_register, validate_model_name
     from fsl.tracking.runs import Tracker, download, get_run, locked_client
 
     if name:
@@ -49,7 +33,7 @@ def register_run(run_id: str, name: str | None = None, allow_failed: bool = Fals
         checkpoint = download(f"runs:/{run_id}/checkpoints/best.pt", folder)
         params = run.data.params
         shape = (int(params["ways"]), int(params["shots"])) if "ways" in params and "shots" in params else None
-        reg = register_model(Tracker(run_id, locked_client()), load_checkpoint(checkpoint), checkpoint, name,
+        reg = log_and_register(Tracker(run_id, locked_client()), load_checkpoint(checkpoint), checkpoint, name,
                              run.data.metrics["best_val_acc"], json.loads(run.data.tags["fsl.protocol"]), shape)
     reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
     return reg

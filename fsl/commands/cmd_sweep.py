@@ -9,8 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from fsl import sweeps, viz
+from fsl.commands.cmd_train import prepare_training, run_test_of_twin, run_training
 from fsl.commands.common import Reporter, RunOptions, log_source_diff, mlflow_runs, run_tags
-from fsl.commands.train import config_hash, prepare_training, run_params, run_test_of_twin, run_training
+from fsl.commands.run_identity import config_hash, run_params
 from fsl.config import TrainConfig
 
 
@@ -35,7 +36,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
     plan = sweeps.plan_sweep(base, grid, seeds=seeds, baseline=baseline, shard=shard, shards=shards)
     options = replace(options, register=register == "all")
     if register != "none" and options.registered_model_name:
-        from fsl.tracking.registry import validate_model_name
+        from fsl.tracking.model_registry import validate_model_name
 
         validate_model_name(options.registered_model_name)
     runs = mlflow_runs()
@@ -66,7 +67,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
         best_tags = {f"fsl.best_child.{name}": f"{child} ({results[child].run_id})" for name, child in best.items()}
         parent.set_tags(sweeps.parent_tags(rows) | {"fsl.sweep_reused": reused} | best_tags)
         if register == "best":
-            from fsl.commands.register import register_run
+            from fsl.commands.cmd_register import register_run
 
             for name, best_child in best.items():
                 run_id = results[best_child].run_id

@@ -18,11 +18,9 @@ import torch
 
 from fsl import viz
 from fsl.commands.common import (
-    LATEST,
     SILENT,
     Reporter,
     RunOptions,
-    broadcast,
     dataset_input,
     device_option,
     load_data,
@@ -32,29 +30,22 @@ from fsl.commands.common import (
     log_source_diff,
     mlflow_runs,
     run_tags,
-    sigterm_as_interrupt,
 )
-from fsl.config import TrainConfig, canonical_params
+from fsl.commands.run_identity import config_hash, resume_target, run_name, run_params
+from fsl.config import TrainConfig
 from fsl.data import DataSet
 from fsl.data.cache import claim_checkpoint_folder
 from fsl.data.episodes import EpisodeSampler
-from fsl.diagnostics import episode_prototypes, hallucination_diagnostics
+from fsl.diagnostics import hallucination_diagnostics
 from fsl.errors import UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
-from fsl.models.classifier import FewShotClassifier
+from fsl.files import atomic_save, cache_dir
+from fsl.models.classifier import FewShotClassifier, build_model
 from fsl.pretrain import PREFIX as PRETRAIN
 from fsl.pretrain import check_pretraining, pretrain, steps_per_epoch
-from fsl.runtime import (
-    atomic_save,
-    cache_dir,
-    digest,
-    distributed,
-    make_generator,
-    process_alive,
-    resolve_precision,
-    seed_everything,
-    set_deterministic,
-)
+from fsl.processes import broadcast, distributed, process_alive, sigterm_as_interrupt
+from fsl.runtime import resolve_precision, set_deterministic
+from fsl.tracking.model_registry import registry_protocol
 from fsl.tracking.null import NullRuns, NullTracker
 from fsl.train import train, validation_episodes
 
@@ -101,7 +92,7 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
             reporter, runs = SILENT, NullRuns()
         runs = runs or mlflow_runs()
         if options.register and options.registered_model_name and rank == 0:
-            from fsl.tracking.registry import validate_model_name
+            from fsl.tracking.model_registry import validate_model_name
 
             validate_model_name(options.registered_model_name)
         runs.check_store()
@@ -109,7 +100,7 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
         cfg, data = setup.cfg, setup.data
         params = run_params(setup, world_size)
         run_hash = config_hash(params)
-        resume_id = broadcast(_resume_target(runs, cfg, run_hash, params, options.resume)
+        resume_id = broadcast(resume_target(runs, cfg, run_hash, params, options.resume)
                               if options.resume and rank == 0 else None)
         reporter.echo(f"{cfg.method}: {cfg.train_shape} training, {cfg.test_shape} testing on {cfg.data} "
                       f"({data.image_size}px, {data.channels} ch) on {setup.device} in {setup.precision}"
@@ -200,20 +191,6 @@ def _log_datasets(setup: TrainingSetup, tracker, reporter: Reporter) -> None:
                           f"the same classes, the test measures seen classes")
 
 
-def run_name(cfg: TrainConfig) -> str:
-    """A descriptive run name, e.g. `protonet-5w1s-l2`, `hallucinate-wang-M100-5w1s` or
-    `pretrain-resnet12-e20`; a backbone other than Conv-4 and pre-training are named too."""
-    shape = f"{cfg.ways}w{cfg.shots}s"
-    encoder = "" if cfg.encoder == "conv4" and cfg.encoder_width == 1 else \
-        "-" + cfg.encoder + (f"x{cfg.encoder_width:g}" if cfg.encoder_width != 1 else "")
-    if cfg.method == "pretrain":
-        return f"pretrain{encoder or '-conv4'}-e{cfg.pretrain_epochs}"
-    stages = f"{encoder}-pre{cfg.pretrain_epochs}" if cfg.pretrain_epochs else encoder
-    if cfg.hallucinator:
-        return f"hallucinate-{cfg.hallucinator}-M{cfg.M}-{shape}{stages}"
-    return f"protonet-{shape}-{cfg.distance}{stages}"
-
-
 def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> TrainingSetup:
     """Validate the config against the data and build the model; raises UsageError/DataError.
     `device` overrides cfg.device (torchrun gives each rank its own)."""
@@ -236,18 +213,13 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> Tr
     EpisodeSampler(test_data.split("test"), cfg.test_shape, split="test", option_prefix="test-")
     if cfg.pretrain_epochs:
         check_pretraining(cfg, data.split("train"))
-    seed_everything(cfg.seed)
     set_deterministic(cfg.deterministic)
     try:
-        model = FewShotClassifier.for_data(data, precision=precision, distance=cfg.distance,
-                                           hallucinator=cfg.hallucinator, M=cfg.M, encoder=cfg.encoder,
-                                           encoder_width=cfg.encoder_width,
-                                           feature_transform=cfg.feature_transform)
+        model = build_model(cfg, data, device, precision)
     except ValueError as exc:  # e.g. an encoder that cannot take this image size
         raise UsageError(f"--encoder {cfg.encoder}: {exc}") from None
     if cfg.init:
         _initialise_from(model, cfg.init)
-    model.place(device)
     return TrainingSetup(cfg, data, device, precision, model, test_data if cfg.test_data else None)
 
 
@@ -257,28 +229,6 @@ def shared_class_names(setup: TrainingSetup) -> list[str]:
         return []
     seen = {name for split in setup.data.splits.values() for name in split.class_names}
     return sorted(seen & set(setup.test_data.split("test").class_names))
-
-
-def run_params(setup: TrainingSetup, world_size: int) -> dict[str, Any]:
-    """The run's params: the config, what `auto` resolved to, and what the run ran on."""
-    from fsl.provenance import environment
-
-    return setup.cfg.to_params() | {
-        "device_resolved": str(setup.device), "precision_resolved": setup.precision,
-        "image_size_resolved": setup.data.image_size, "feature_dim": setup.model.feature_dim,
-        "world_size": world_size} | environment()
-
-
-def config_hash(params: dict[str, Any]) -> str:
-    """The `fsl.config_hash` tag: a digest of the params that decide what is trained, including
-    what `auto` resolved to (device, precision, image size). It leaves out the experiment and the
-    library versions and thread count, so `--resume` and a restarted sweep still find a run after
-    an upgrade or on another thread count, and options added since at the value that reproduces
-    the older runs (`fsl.config.canonical_params`); sorted JSON, sha256."""
-    from fsl.provenance import ENVIRONMENT_KEYS
-
-    key = {k: v for k, v in canonical_params(params).items() if k != "experiment" and k not in ENVIRONMENT_KEYS}
-    return digest(json.dumps(key, sort_keys=True, default=str).encode())
 
 
 def _initialise_from(model: FewShotClassifier, spec: str) -> None:
@@ -373,11 +323,11 @@ def _tag_and_register(setup: TrainingSetup, tracker, checkpoint: Path, best_val:
     protocol = registry_protocol(cfg, setup.data.fingerprint, setup.precision)
     tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True)})
     if options.register and tracker.run_id:
-        from fsl.commands.register import register_model
+        from fsl.tracking.model_registry import log_and_register
 
         name = options.registered_model_name or f"fsl-{cfg.method}"
         shape = None if cfg.method == "pretrain" else (cfg.ways, cfg.shots)
-        reg = register_model(tracker, setup.model, checkpoint, name, best_val, protocol, shape)
+        reg = log_and_register(tracker, setup.model, checkpoint, name, best_val, protocol, shape)
         reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
 
 
@@ -398,7 +348,7 @@ def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> t
     reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
     tracker.log_metrics(hallucination_diagnostics(model, store, episodes, noise_seed=cfg.test_seed))
     if tracker.run_id:  # t-SNE takes seconds: only for a run that keeps it
-        tracker.log_artifact(tsne_plot(model, store, cfg, workdir / "tsne.png"))
+        tracker.log_artifact(viz.tsne_plot(model, store, cfg, workdir / "tsne.png"))
     return test, plain
 
 
@@ -410,86 +360,3 @@ def _load_last(path: Path) -> dict[str, Any]:
                          f"start the run again without --resume") from None
 
 
-def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, classes: int = 5,
-              per_class: int = 40) -> Path:
-    """t-SNE of real test features and M hallucinated ones for `classes` fixed test classes,
-    with each class's real prototype (mean of its support) and final prototype (after combining
-    with the hallucinations, as the classifier does).
-
-    The generator is seeded with `test_shots` real images of each class, as at test time.
-    """
-    classes = min(classes, store.n_classes)
-    labels = store.labels
-    rows = torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in range(classes)])
-    shots = cfg.test_shape.shots
-    seeds = torch.cat([(labels == c).nonzero().flatten()[:shots] for c in range(classes)])
-    seed_labels = torch.arange(classes, device=model.device).repeat_interleave(shots)
-    model.eval()
-    with torch.no_grad():
-        real = model.embed(store.images[rows])
-        support = model.embed(store.images[seeds])
-        real_protos, final_protos, (fake, fake_labels) = episode_prototypes(
-            model, support[None], seed_labels[None], classes, rng=make_generator(cfg.test_seed, model.device))
-        fake, fake_labels = fake[0], fake_labels[0]
-    return viz.tsne(real.cpu().numpy(), labels[rows].cpu().numpy(), fake.float().cpu().numpy(),
-                    fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed,
-                    prototypes=(real_protos[0].cpu().numpy(), final_protos[0].float().cpu().numpy()))
-
-
-def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str) -> dict[str, Any]:
-    """What must match for two val accuracies to be comparable (the champion rule)."""
-    shape = cfg.test_shape
-    return {"data_fingerprint": fingerprint, "ways": shape.ways, "shots": shape.shots, "queries": shape.queries,
-            "val_episodes": cfg.val_episodes, "val_seed": cfg.val_seed, "precision": precision}
-
-
-def _resume_target(runs, cfg: TrainConfig, config_hash: str, params: dict[str, Any], which: str) -> str:
-    """The run `--resume` continues: the given run id, or (LATEST) the newest unfinished run of
-    this configuration with a `last.pt` on this machine, whatever its status. A run whose
-    process still lives on this host is never taken over."""
-    def has_checkpoint(run_id: str) -> bool:
-        folder = cache_dir() / "runs" / run_id
-        return (folder / "last.pt").exists() or (folder / f"{PRETRAIN}last.pt").exists()
-
-    if which != LATEST:
-        record = runs.run_record(which)
-        if record.status == "FINISHED":
-            raise UsageError(f"--resume {which}: the run FINISHED; there is nothing to resume")
-        if record.config_hash != config_hash:
-            raise UsageError(f"--resume {which}: {_differences(record.params, params)}")
-        candidates = [record]
-    else:
-        # Without a run id, a RUNNING run of another host is left alone: its process cannot be checked.
-        unfinished = [r for r in runs.unfinished_runs(cfg.experiment) if has_checkpoint(r.run_id)
-                      and not (r.status == "RUNNING" and process_alive(r.host, r.pid) is None)]
-        candidates = [r for r in unfinished if r.config_hash == config_hash]
-        if not candidates and unfinished:
-            raise UsageError(f"--resume: the newest interrupted run, {unfinished[0].run_id}, has another "
-                             f"configuration: {_differences(unfinished[0].params, params)}")
-    if not candidates or not has_checkpoint(candidates[0].run_id):
-        raise UsageError(f"--resume: no interrupted run of this configuration with a checkpoint "
-                         f"(last.pt or {PRETRAIN}last.pt) on this machine in experiment {cfg.experiment!r}")
-    target = candidates[0]
-    if target.status == "RUNNING" and process_alive(target.host, target.pid):
-        raise UsageError(f"--resume: run {target.run_id} is still running (pid {target.pid} on this host); "
-                         f"stop it first")
-    return target.run_id
-
-
-def _differences(logged: dict[str, str], params: dict[str, Any]) -> str:
-    """Which options differ between a logged run and this one, as the user would type them."""
-    def same(a: str, b: Any) -> bool:
-        try:
-            return float(a) == float(b)
-        except (TypeError, ValueError):
-            return a == str(b)
-
-    from fsl.provenance import ENVIRONMENT_KEYS
-
-    ignored = {"experiment", *ENVIRONMENT_KEYS}
-    # as the config hash sees them: an unset option logged "" (before) and "auto" (now) is one value
-    logged, params = canonical_params(logged), canonical_params(params)
-    keys = [k for k in params if k in logged and not same(logged[k], params[k]) and k not in ignored]
-    if not keys:
-        return "its configuration differs (options it did not record)"
-    return "; ".join(f"--{k.replace('_', '-')} was {logged[k]}, now {params[k]}" for k in keys)

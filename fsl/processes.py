@@ -1,0 +1,115 @@
+"""Processes: whether a process is alive, torchrun / DDP set-up and the world, SIGTERM as an
+interrupt, and values broadcast from rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Any, Iterator
+
+import torch
+
+
+def process_alive(host: str | None, pid: str | int | None) -> bool | None:
+    """Whether process `pid` of `host` still runs: True or False on this host, None (unknown)
+    for another host or a missing pid."""
+    import socket
+
+    if not pid or host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True
+
+
+# ------------------------------------------------------------------------------ distributed
+@contextlib.contextmanager
+def distributed(device_name: str) -> Iterator[tuple[int, int, torch.device | None]]:
+    """(rank, world_size, device) under torchrun; (0, 1, None) in a plain process.
+
+    Under torchrun (WORLD_SIZE > 1) this joins the process group: NCCL with one GPU per rank
+    (cuda:LOCAL_RANK) when CUDA is used, else gloo on the CPU; and leaves it on exit.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        yield 0, 1, None
+        return
+    if dist.is_initialized():  # a sweep's points share the group its command joined
+        rank = dist.get_rank()
+        yield rank, dist.get_world_size(), torch.device("cuda", torch.cuda.current_device()) \
+            if dist.get_backend() == "nccl" else torch.device("cpu")
+        return
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    device = None
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    elif device_name in ("auto", "cpu"):
+        device = torch.device("cpu")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (torchrun's rendezvous, test servers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, `docker stop`): the run ends KILLED and fsl exits 128 + 15."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` in the main thread, so runs end KILLED, not RUNNING."""
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's value on every rank (a no-op in a single process)."""
+    import torch.distributed as dist
+
+    if world()[1] == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
