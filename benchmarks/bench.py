@@ -36,7 +36,7 @@ from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeShape
 from fsl.data.readers import ReadOptions, read
 from fsl.evaluate import episode_correct, evaluate, sample_episodes
-from fsl.models.classifier import FewShotClassifier
+from fsl.models.classifier import FewShotClassifier, build_model
 from fsl.runtime import resolve_device, resolve_precision
 from fsl.train import EpisodeTrainer
 
@@ -138,8 +138,7 @@ def matmul_tflops(device: torch.device, n: int | None = None) -> tuple[float, st
 
 # --------------------------------------------------------------------------------- paths
 def product_model(data, precision: str, device: torch.device, compile_mode: str | None = None) -> FewShotClassifier:
-    torch.manual_seed(0)
-    model = FewShotClassifier.for_data(data, precision=precision).place(device)
+    model = build_model(TrainConfig(seed=0), data, device, precision)
     if compile_mode:
         model.encoder = torch.compile(model.encoder, mode=None if compile_mode == "default" else compile_mode)
     return model

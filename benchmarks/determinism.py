@@ -16,8 +16,8 @@ import time
 
 from fsl.config import TrainConfig
 from fsl.data import load_dataset
-from fsl.models.classifier import FewShotClassifier
-from fsl.runtime import resolve_device, resolve_precision, seed_everything, set_deterministic
+from fsl.models.classifier import build_model
+from fsl.runtime import resolve_device, resolve_precision, set_deterministic
 from fsl.train import EpisodeTrainer
 
 
@@ -34,10 +34,8 @@ def main(steps: int = 20, repeats: int = 5) -> dict:
     store = data.split("train").to(device)
     out = {"device": str(device), "precision": precision}
     for label, kind, m in (("protonet", None, 0), ("wang_M100", "wang", 100)):
-        cfg = TrainConfig(hallucinator=kind, M=m)
-        seed_everything(0)
-        model = FewShotClassifier.for_data(data, precision=precision, hallucinator=kind,
-                                           M=m).place(device)
+        cfg = TrainConfig(hallucinator=kind, M=m, seed=0)
+        model = build_model(cfg, data, device, precision)
         trainer = EpisodeTrainer(model, store, cfg, device)
         times: dict[bool, list[float]] = {False: [], True: []}
         for on in (False, True):  # warm-up

@@ -19,7 +19,7 @@ from fsl.config import TrainConfig
 from fsl.data import load_dataset
 from fsl.data.episodes import EpisodeShape
 from fsl.evaluate import episode_correct, sample_episodes
-from fsl.models.classifier import FewShotClassifier
+from fsl.models.classifier import build_model
 from fsl.runtime import resolve_device, resolve_precision
 from fsl.train import EpisodeTrainer
 
@@ -33,8 +33,7 @@ def parse_encoder(text: str) -> tuple[str, float]:
 def encoder_cost(name: str, width: float, size: int, device: torch.device, precision: str, steps: int,
                  repeats: int) -> dict:
     data = load_dataset("synthetic", image_size=size)
-    torch.manual_seed(0)
-    model = FewShotClassifier.for_data(data, precision=precision, encoder=name, encoder_width=width).place(device)
+    model = build_model(TrainConfig(encoder=name, encoder_width=width, seed=0), data, device, precision)
     shape = EpisodeShape(5, 1, 15)
     trainer = EpisodeTrainer(model, data.split("train").to(device), TrainConfig(compile="off"), device)
     reset_device_peak(device)

@@ -16,10 +16,10 @@ machine, and on train and test data from two different sets, which the CLI canno
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 
@@ -27,17 +27,12 @@ from fsl import sweeps
 from fsl.choices import COMPILE_MODES
 from fsl.config import TrainConfig
 from fsl.data import load_dataset
-from fsl.diagnostics import hallucination_diagnostics
-from fsl.evaluate import evaluate, sample_episodes
-from fsl.models.classifier import FewShotClassifier
-from fsl.runtime import resolve_device, resolve_precision, seed_everything
-from fsl.train import EpisodeTrainer, train
+from fsl.models.classifier import build_model
+from fsl.runtime import resolve_device, resolve_precision
+from fsl.train import EpisodeTrainer
 
-
-def _model(data, cfg: TrainConfig, precision: str, device) -> FewShotClassifier:
-    seed_everything(cfg.seed)
-    return FewShotClassifier.for_data(data, precision=precision, distance=cfg.distance,
-                                      hallucinator=cfg.hallucinator, M=cfg.M).place(device)
+# What a study's log line keeps of a child's metrics (with every halluc_* diagnostic).
+STUDY_METRICS = ("test_acc", "test_ci95", "best_val_acc", "test_acc_no_hallucination", "test_ci95_no_hallucination")
 
 
 def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5, sizes=(32, 84)) -> dict:
@@ -56,7 +51,7 @@ def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5, size
         trainers = {}
         for label, kind, m in configs:
             cfg = TrainConfig(hallucinator=kind, M=m)
-            trainers[label] = EpisodeTrainer(_model(data, cfg, precision, device), store, cfg, device)
+            trainers[label] = EpisodeTrainer(build_model(cfg, data, device, precision), store, cfg, device)
             float(trainers[label].run(3)[0])  # warm-up
         times: dict[str, list[float]] = {label: [] for label in trainers}
         for _ in range(repeats):
@@ -73,42 +68,34 @@ def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5, size
 
 
 def replicated_study(plan: sweeps.Plan, data, test=None, device_name: str = "auto", log=print) -> dict:
-    """Run every child of `plan` as `fsl sweep` does, without MLflow: train on `data` (its
-    train and val splits), test on `test` (default: data's test split) with the generator on and
-    off and the hallucination diagnostics; a test-time hallucinator's other M are tested from its
-    trained twin (`fsl.sweeps.trained_twin`). The statistics are fsl.sweeps' (`aggregate`: mean
-    ± t-CI over seeds, paired difference to the baseline ± t-CI), so these rows read like a
-    sweep's `sweep.csv`. Returns {"rows": per point, "children": per child}."""
+    """`fsl sweep` itself (`run_sweep`) under `NullRuns`: the same plan, trainer, twins, fixed
+    test episodes, diagnostics and statistics, with nothing recorded and no MLflow needed. Trains
+    on `data` (its train and val splits) and tests on `test` (a `DataSet` with a test split;
+    default: data's own). `log` gets one JSON line per child as it ends (what `logs` reads back).
+    Returns {"rows": per point, "children": per child, "environment": ...}."""
+    from fsl.commands.cmd_sweep import run_sweep
+    from fsl.commands.common import SILENT
+    from fsl.tracking.null import NullRuns
+
     device = resolve_device(device_name)
-    test = (test or data.split("test")).to(device)
-    results, trained, started = {}, {}, time.perf_counter()
-    for child in sweeps.run_order(plan):
-        cfg, twin = child.cfg.resolved(), sweeps.trained_twin(plan, child)
-        t0 = time.perf_counter()
-        if twin is None:
-            result = train(_model(data, cfg, resolve_precision(cfg.precision, device), device), data, cfg, device)
-            trained[child.name] = (result.model, result.best_val_acc)
-            model, best_val = trained[child.name]
-        else:
-            source, best_val = trained[twin.name]
-            model = copy.deepcopy(source).set_hallucinations(cfg.M)
-        episodes = sample_episodes(test, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
-        on = evaluate(model, test, episodes, noise_seed=cfg.test_seed)
-        metrics = {"test_acc": on.mean, "test_ci95": on.ci95, "best_val_acc": best_val}
-        if model.M:
-            off = evaluate(model, test, episodes, M=0, noise_seed=cfg.test_seed)
-            metrics |= {"test_acc_no_hallucination": off.mean, "test_ci95_no_hallucination": off.ci95}
-            metrics |= hallucination_diagnostics(model, test, episodes, noise_seed=cfg.test_seed)
-        results[child.name] = sweeps.ChildResult("", metrics)
-        log(json.dumps({"child": child.name, "trained_in": twin.name if twin else None,
-                        "seconds": round(time.perf_counter() - t0, 1)} | metrics))
+    results, started = {}, time.perf_counter()
+
+    def on_child(child: sweeps.Child, result: sweeps.ChildResult) -> None:
+        results[child.name] = result
+        trained_in = sweeps.trained_twin(plan, child)
+        log(json.dumps({"child": child.name, "trained_in": trained_in.name if trained_in else None} | {
+            k: v for k, v in result.metrics.items() if k in STUDY_METRICS or k.startswith("halluc_")}))
+
+    base = replace(plan.base, device=str(device))
+    rows = run_sweep(base, dict(plan.grid), seeds=list(plan.seeds) if plan.replicated else None,
+                     baseline=plan.baseline, reporter=SILENT, runs=NullRuns(), data=data, test_data=test,
+                     on_child=on_child)
     environment = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
                    "torch": torch.__version__, "threads": torch.get_num_threads(),
                    "precision": resolve_precision(plan.base.precision, device),
                    "compile": plan.base.compile, "seconds": round(time.perf_counter() - started, 1)}
     log(json.dumps({"environment": environment}))
-    return {"rows": sweeps.aggregate(plan, results), "children": sweeps.child_rows(plan, results),
-            "environment": environment}
+    return {"rows": rows, "children": sweeps.child_rows(plan, results), "environment": environment}
 
 
 def study_plan(episodes: int, seeds, kinds, ms, shots: int = 1, test_episodes: int = 600,
@@ -155,7 +142,7 @@ def omniglot_study(episodes: int = 1000, seeds=(0, 1, 2, 3, 4), kinds=("calibrat
     unseen = load_dataset(str(OMNIGLOT / "images_background_small2.zip"), split_file=str(split_file))
     plan = study_plan(episodes, seeds, kinds, ms, 1, test_episodes, ways=20, queries=5, test_queries=5,
                       augment=True)
-    return replicated_study(plan, background, unseen.split("test"), device_name)
+    return replicated_study(plan, background, unseen, device_name)
 
 
 def markdown(rows: list[dict]) -> str:

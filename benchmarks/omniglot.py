@@ -46,8 +46,8 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     from fsl.data.episodes import EpisodeShape
     from fsl.data import load_dataset
     from fsl.evaluate import evaluate, sample_episodes
-    from fsl.models.classifier import FewShotClassifier
-    from fsl.runtime import resolve_device, resolve_precision, seed_everything
+    from fsl.models.classifier import build_model
+    from fsl.runtime import resolve_device, resolve_precision
     from fsl.train import train
 
     started = time.perf_counter()
@@ -68,9 +68,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
                       lr_step=max(1, steps // 2), seed=seed, augment=augment, pretrain_epochs=pretrain_epochs,
                       feature_transform=feature_transform, encoder=encoder, encoder_width=encoder_width)
     cfg.validate()
-    seed_everything(seed)
-    model = FewShotClassifier.for_data(background, precision=precision, encoder=encoder, encoder_width=encoder_width,
-                                       feature_transform=feature_transform).place(dev)
+    model = build_model(cfg, background, dev, precision)
     t0 = time.perf_counter()
     if pretrain_epochs:
         from fsl.pretrain import pretrain

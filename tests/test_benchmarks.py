@@ -26,17 +26,17 @@ def test_the_speed_benchmark_runs_both_paths_at_a_tiny_size(tmp_path):
 
 
 def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_from_one_model(monkeypatch, tmp_path):
-    import benchmarks.hallucination
+    import fsl.commands.cmd_train
     from benchmarks.hallucination import markdown, replicated_study, rows_from_logs, study_plan
     from fsl.data import load_dataset
 
-    real_train, trained = benchmarks.hallucination.train, []
+    real_train, trained = fsl.commands.cmd_train.train, []
 
     def recording(model, data, cfg, *args, **kwargs):
         trained.append((cfg.hallucinator, cfg.M, cfg.seed))
         return real_train(model, data, cfg, *args, **kwargs)
 
-    monkeypatch.setattr(benchmarks.hallucination, "train", recording)
+    monkeypatch.setattr(fsl.commands.cmd_train, "train", recording)
 
     plan = study_plan(8, seeds=(0, 1), kinds=("calibrated", "wang"), ms=(0, 2, 4), test_episodes=5,
                       image_size=16, queries=3, test_queries=3, val_episodes=3, precision="fp32")

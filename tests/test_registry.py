@@ -77,7 +77,7 @@ def test_the_champion_moves_only_to_a_better_version_under_the_same_protocol(reg
 
 
 def test_a_different_protocol_leaves_the_champion_alone_and_says_so():
-    from fsl.tracking.model_registry import champion_decision
+    from fsl.champion import champion_decision
 
     same = {"ways": 5, "shots": 1, "data_fingerprint": "a"}
     promote, why = champion_decision(99.0, same | {"shots": 5}, {"val_acc": 10.0, "protocol": same})

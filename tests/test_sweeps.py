@@ -283,6 +283,39 @@ def test_a_calibrated_sweep_trains_once_per_seed_and_tests_each_m_from_that_mode
     assert again.exit_code == 0 and trained == [] and "6 runs (6 reused)" in again.output, again.output
 
 
+def same_rows(a: list[dict], b: list[dict]) -> bool:
+    """Row by row, key by key, NaN equal to NaN (a one-seed CI)."""
+    def same(x, y):
+        return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+    return len(a) == len(b) and all(r.keys() == q.keys() and all(same(r[k], q[k]) for k in r) for r, q in zip(a, b))
+
+
+def test_a_study_without_mlflow_gives_the_table_of_the_same_sweep_with_mlflow(tracking, monkeypatch):
+    """The run path is one and tracking a parameter: the sweep under `NullRuns` (nothing recorded,
+    twins handed over as checkpoints in memory's place) and under MLflow, where the M=6 twins were
+    trained by an earlier sweep and M=2 is tested from their checkpoints fetched from the store."""
+    import fsl.commands.cmd_train
+    from fsl.commands.cmd_sweep import run_sweep
+    from fsl.commands.common import SILENT
+    from fsl.tracking.null import NullRuns
+
+    real_train, trained = fsl.commands.cmd_train.train, []
+    monkeypatch.setattr(fsl.commands.cmd_train, "train",
+                        lambda model, data, cfg, *a, **k: trained.append(cfg.M) or real_train(model, data, cfg, *a, **k))
+    base = TrainConfig(image_size=16, epochs=1, episodes_per_epoch=4, val_episodes=3, test_episodes=5, queries=3,
+                       test_queries=3, precision="fp32", device="cpu", hallucinator="calibrated", M=6)
+    plan = {"seeds": [0, 1], "baseline": "M=0", "reporter": SILENT}
+    untracked = run_sweep(base, {"M": [0, 2, 6]}, runs=NullRuns(), **plan)
+    client = MlflowClient()
+    assert all_runs(client) == [] and trained == [0, 0, 6, 6]
+    run_sweep(base, {"M": [0, 6]}, **plan)
+    trained.clear()
+    tracked = run_sweep(base, {"M": [0, 2, 6]}, **plan)
+    assert trained == []  # M=0 and M=6 reused, M=2 tested from the stored M=6 checkpoints
+    assert [r["point"] for r in tracked] == ["M=0", "M=2", "M=6"] and "test_acc_no_hallucination" in tracked[1]
+    assert same_rows(untracked, tracked), (untracked, tracked)
+
+
 @pytest.mark.slow
 def test_the_config_hash_of_a_child_is_the_same_in_another_process(fsl_cache):
     from fsl.commands.cmd_train import prepare_training

@@ -5,19 +5,24 @@ runs under one parent that aggregates over the seeds (planning and statistics: `
 from __future__ import annotations
 
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 from fsl import sweeps, viz
-from fsl.commands.cmd_train import prepare_training, run_test_of_twin, run_training
+from fsl.commands.cmd_train import TrainedTwin, prepare_training, run_test_of_twin, run_training
 from fsl.commands.common import Reporter, RunOptions, log_source_diff, mlflow_runs, run_tags
 from fsl.commands.run_identity import config_hash, run_params
 from fsl.config import TrainConfig
+from fsl.data import DataSet
+from fsl.tracking.protocol import Runs
 
 
 def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = RunOptions(),
               reporter: Reporter = Reporter(), *, seeds: list[int] | None = None, baseline: str | None = None,
-              shard: int = 0, shards: int = 1, register: str = "none") -> list[dict]:
+              shard: int = 0, shards: int = 1, register: str = "none", runs: Runs | None = None,
+              data: DataSet | None = None, test_data: DataSet | None = None,
+              on_child: Callable[[sweeps.Child, sweeps.ChildResult], None] | None = None) -> list[dict]:
     """Train and test every point of `grid` (field -> values), once per seed of `seeds`, as
     nested runs under one parent run.
 
@@ -32,6 +37,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
     the child of this process with the highest best_val_acc, once all of them ended (the
     champion rule then decides the alias). The parent's `fsl.best_child.<name>` tags name that
     child whatever `register` says.
+
+    `runs`: the tracking surface (default MLflow; `NullRuns()`: nothing recorded, nothing reused,
+    the same table). `data`, `test_data`: data sets already loaded, as for `run_training`.
+    `on_child(child, result)` is called as each child ends (a study's log).
     """
     plan = sweeps.plan_sweep(base, grid, seeds=seeds, baseline=baseline, shard=shard, shards=shards)
     options = replace(options, register=register == "all")
@@ -39,9 +48,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
         from fsl.tracking.model_registry import validate_model_name
 
         validate_model_name(options.registered_model_name)
-    runs = mlflow_runs()
+    runs = runs or mlflow_runs()
     runs.check_store()
-    hashes = _child_hashes(plan)
+    given = Given(data, test_data)
+    hashes = _child_hashes(plan, given)
     tags = run_tags("sweep") | {"fsl.sweep_grid": repr(grid), "fsl.sweep_shard": f"{shard}/{shards}"}
     with runs.open(base.experiment, run_name=options.run_name or sweeps.sweep_run_name(plan), tags=tags,
                    system_metrics=options.system_metrics) as parent, \
@@ -51,10 +61,15 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
                           | {"shard": shard, "shards": shards, "baseline": str(plan.baseline or ""),
                              "seeds": ",".join(map(str, plan.seeds)) if plan.replicated else ""})
         results: dict[str, sweeps.ChildResult] = {}
+        twins = {twin.name for child in plan.children if (twin := sweeps.trained_twin(plan, child))}
         for child in sweeps.run_order(plan):
             twin = sweeps.trained_twin(plan, child)
-            results[child.name] = _run_child(runs, child, hashes[child.name], options, reporter,
-                                             results[twin.name].run_id if twin else None)
+            handed = _handed_over(runs, twin, results[twin.name], Path(workdir)) if twin else None
+            keep = Path(workdir) / f"{child.name}.pt" if child.name in twins else None
+            results[child.name] = _run_child(runs, child, hashes[child.name], replace(options, keep_checkpoint=keep),
+                                             reporter, handed, given)
+            if on_child:
+                on_child(child, results[child.name])
         rows = sweeps.aggregate(plan, results)
         out = Path(workdir)
         parent.log_artifact(sweeps.write_csv(rows, out / "sweep.csv"))
@@ -94,29 +109,49 @@ def best_children(plan: sweeps.Plan, results: dict[str, sweeps.ChildResult],
     return best
 
 
-def _child_hashes(plan: sweeps.Plan) -> dict[str, str]:
+@dataclass(frozen=True)
+class Given:
+    """Data sets a caller loaded (None: read the children's `data` / `test_data`)."""
+
+    data: DataSet | None = None
+    test_data: DataSet | None = None
+
+
+def _handed_over(runs: Runs, twin: sweeps.Child, result: sweeps.ChildResult, workdir: Path) -> TrainedTwin:
+    """The checkpoint a child is tested from: the one its twin kept in `workdir`, or, for a twin
+    reused from an earlier sweep, its run's best checkpoint from the store."""
+    kept = workdir / f"{twin.name}.pt"
+    if not kept.exists():
+        assert result.run_id is not None  # a reused twin: found in the store
+        kept = runs.best_checkpoint(result.run_id, workdir / twin.name)
+    return TrainedTwin(kept, result.run_id, result.metrics)
+
+
+def _child_hashes(plan: sweeps.Plan, given: Given) -> dict[str, str]:
     """The `fsl.config_hash` each child's run will have. Preparing each point once also checks
     every point (data, shapes, device) before the parent run opens."""
     hashes = {}
     for point in plan.mine:
         children = [c for c in plan.children if c.point == point]
-        setup = prepare_training(children[0].cfg)
+        setup = prepare_training(children[0].cfg, None, given.data, given.test_data)
         for child in children:
             hashes[child.name] = config_hash(run_params(replace(setup, cfg=child.cfg.resolved()), 1))
     return hashes
 
 
-def _run_child(runs, child: sweeps.Child, child_hash: str, options: RunOptions, reporter: Reporter,
-               twin_run_id: str | None) -> sweeps.ChildResult:
+def _run_child(runs: Runs, child: sweeps.Child, child_hash: str, options: RunOptions, reporter: Reporter,
+               twin: TrainedTwin | None, given: Given) -> sweeps.ChildResult:
     """Reuse a FINISHED run of the child's configuration, or test its trained twin's model
-    (`sweeps.trained_twin`), or train it."""
+    (`sweeps.trained_twin`), or train it. The child's metrics are those its run logged, as the
+    run itself reports them: the same whatever `runs` records."""
     found = runs.find_finished(child.cfg.experiment, child_hash)
     if found is not None:
         reporter.echo(f"--- sweep {child.name}: already finished as run {found[0]}, reused")
         return sweeps.ChildResult(found[0], found[1], reused=True)
     reporter.echo(f"--- sweep {child.name}")
     child_options = replace(options, nested=True, run_name=sweeps.child_run_name(child), resume=None)
-    summary = run_test_of_twin(child.cfg, twin_run_id, child_options, reporter) if twin_run_id else None
+    summary = run_test_of_twin(child.cfg, twin, child_options, reporter, runs, given.data, given.test_data) \
+        if twin else None
     if summary is None:
-        summary = run_training(child.cfg, child_options, reporter)
-    return sweeps.ChildResult(summary.run_id, runs.run_metrics(summary.run_id))
+        summary = run_training(child.cfg, child_options, reporter, runs, given.data, given.test_data)
+    return sweeps.ChildResult(summary.run_id, summary.metrics)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fsl import viz
+from fsl.champion import registry_protocol
 from fsl.commands.common import (
     SILENT,
     Reporter,
@@ -45,8 +46,8 @@ from fsl.pretrain import PREFIX as PRETRAIN
 from fsl.pretrain import check_pretraining, pretrain, steps_per_epoch
 from fsl.processes import broadcast, distributed, process_alive, sigterm_as_interrupt
 from fsl.runtime import resolve_precision, set_deterministic
-from fsl.tracking.model_registry import registry_protocol
 from fsl.tracking.null import NullRuns, NullTracker
+from fsl.tracking.protocol import RecordingTracker, Runs
 from fsl.train import train, validation_episodes
 
 SILENT_TRACKER = NullTracker()  # computes and reports, records nothing
@@ -70,19 +71,32 @@ class TrainingSetup:
 
 @dataclass
 class RunSummary:
-    run_id: str | None
+    run_id: str | None  # None where the run was not tracked
     best_val_acc: float
     test: EvalResult
     test_no_hallucination: EvalResult | None
     params: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric it logged
+
+
+@dataclass(frozen=True)
+class TrainedTwin:
+    """The model a sweep child is tested from instead of training (`run_test_of_twin`): its best
+    checkpoint, the run that trained it (None where not tracked) and that run's metrics."""
+
+    checkpoint: Path
+    run_id: str | None
+    metrics: dict[str, float]
 
 
 def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter: Reporter = Reporter(),
-                 runs=None) -> RunSummary:
-    """Train, test on the best-by-val checkpoint, and log everything to one MLflow run.
+                 runs: Runs | None = None, data: DataSet | None = None, test_data: DataSet | None = None) -> RunSummary:
+    """Train, test on the best-by-val checkpoint, and log everything to one run.
 
-    `runs` is the tracking surface (default: MLflow; `NullRuns()` records nothing, e.g. to
-    measure what logging costs). `options.resume` continues an interrupted run in place.
+    `runs` is the tracking surface (`fsl.tracking.protocol.Runs`; default: MLflow; `NullRuns()`
+    records nothing, e.g. for a study on a machine without MLflow). `data` and `test_data`:
+    data sets already loaded, instead of reading `cfg.data` / `cfg.test_data` (a study that tests
+    on part of another set). `options.resume` continues an interrupted run in place.
     """
     with distributed(cfg.device) as (rank, world_size, rank_device), sigterm_as_interrupt():
         if world_size > 1 and cfg.pretrain_epochs:
@@ -96,7 +110,7 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
 
             validate_model_name(options.registered_model_name)
         runs.check_store()
-        setup = prepare_training(cfg, rank_device)
+        setup = prepare_training(cfg, rank_device, data, test_data)
         cfg, data = setup.cfg, setup.data
         params = run_params(setup, world_size)
         run_hash = config_hash(params)
@@ -109,7 +123,8 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
         runs.fail_stale_runs(cfg.experiment, keep=resume_id, alive=process_alive)
         tags = run_tags(cfg.method, data.fingerprint, setup.precision) | {"fsl.config_hash": run_hash}
         with runs.open(cfg.experiment, run_name=options.run_name or run_name(cfg), nested=options.nested,
-                       run_id=resume_id, tags=tags, system_metrics=options.system_metrics) as tracker:
+                       run_id=resume_id, tags=tags, system_metrics=options.system_metrics) as opened:
+            tracker = RecordingTracker(opened)
             tracker.log_params(params)
             log_source_diff(tracker)
             _log_datasets(setup, tracker, reporter)
@@ -119,16 +134,20 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
                 claim_checkpoint_folder(checkpoints)
             summary = _train_test_register(setup, tracker, checkpoints, resume_id, options, reporter, params)
         if rank == 0:  # the run FINISHED: best.pt is one of its artifacts now, and last.pt is spent
+            if options.keep_checkpoint is not None:
+                shutil.copy(checkpoints / "best.pt", options.keep_checkpoint)
             shutil.rmtree(checkpoints, ignore_errors=True)
             if summary.run_id:
                 reporter.echo(runs.link(summary.run_id))
         return summary
 
 
-def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = RunOptions(),
-                     reporter: Reporter = Reporter()) -> RunSummary | None:
-    """A run of `cfg` that tests the model trained by run `twin_run_id` instead of training;
-    None (no run opened) if that run's model is not `cfg`'s model at another M.
+def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = RunOptions(),
+                     reporter: Reporter = Reporter(), runs: Runs | None = None, data: DataSet | None = None,
+                     test_data: DataSet | None = None) -> RunSummary | None:
+    """A run of `cfg` that tests the model `twin` trained instead of training; None (no run
+    opened) if that model is not `cfg`'s model at another M. `runs`, `data`, `test_data`: as
+    for `run_training`.
 
     For a test-time hallucinator (`fsl.registry.is_test_time`) runs that differ only
     in M train the same weights, so `fsl sweep` trains one of them per seed and makes the others
@@ -138,40 +157,43 @@ def run_test_of_twin(cfg: TrainConfig, twin_run_id: str, options: RunOptions = R
     M, test metrics, diagnostics, t-SNE, registration, and the tag `fsl.trained_in`.
     """
     with sigterm_as_interrupt():
-        runs = mlflow_runs()
+        runs = runs or mlflow_runs()
         runs.check_store()
-        setup = prepare_training(cfg)
+        setup = prepare_training(cfg, None, data, test_data)
         try:
-            model = load_model(f"runs:/{twin_run_id}")
+            model = load_model(str(twin.checkpoint))
         except UsageError as exc:
             raise UsageError(f"the trained twin of {options.run_name or run_name(setup.cfg)}: "
                              f"{str(exc).removeprefix('--model ')}") from None
+        trained_in = twin.run_id or "its twin (not tracked)"
         if model.config | {"hallucinations": 0} != setup.model.config | {"hallucinations": 0}:
-            reporter.echo(f"run {twin_run_id} holds another kind of model (an older fsl?): training instead")
+            reporter.echo(f"run {trained_in} holds another kind of model (an older fsl?): training instead")
             return None
         setup = replace(setup, model=model.set_hallucinations(setup.cfg.M).place(setup.device))
         params = run_params(setup, 1)
         tags = run_tags(cfg.method, setup.data.fingerprint, setup.precision) | {
-            "fsl.config_hash": config_hash(params), "fsl.trained_in": twin_run_id}
-        reporter.echo(f"{cfg.method}: testing the model of run {twin_run_id} at M = {setup.cfg.M} (no "
+            "fsl.config_hash": config_hash(params), "fsl.trained_in": trained_in}
+        reporter.echo(f"{cfg.method}: testing the model of run {trained_in} at M = {setup.cfg.M} (no "
                       f"training: the {setup.cfg.hallucinator} hallucinator does not act in training)")
         with runs.open(cfg.experiment, run_name=options.run_name or run_name(setup.cfg), nested=options.nested,
-                       tags=tags, system_metrics=options.system_metrics) as tracker, \
+                       tags=tags, system_metrics=options.system_metrics) as opened, \
                 tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
+            tracker = RecordingTracker(opened)
             tracker.log_params(params)
             log_source_diff(tracker)
             _log_datasets(setup, tracker, reporter)
             best_val = evaluate(model, *validation_episodes(setup.data, setup.cfg, setup.device)).mean
-            twin = runs.run_metrics(twin_run_id)
             tracker.log_metrics({"best_val_acc": best_val} | {
-                new: twin[old] for old, new in (("best_val_acc", "twin_best_val_acc"), ("best_epoch", "best_epoch"))
-                if old in twin})
+                new: twin.metrics[old] for old, new in (("best_val_acc", "twin_best_val_acc"),
+                                                        ("best_epoch", "best_epoch")) if old in twin.metrics})
             checkpoint = Path(workdir) / "best.pt"
-            atomic_save(model.checkpoint(val_acc=best_val, trained_in=twin_run_id), checkpoint)
+            atomic_save(model.checkpoint(val_acc=best_val, trained_in=trained_in), checkpoint)
             tracker.log_artifact(checkpoint, "checkpoints")
             test, plain = _test(setup, tracker, reporter, Path(workdir))
             _tag_and_register(setup, tracker, checkpoint, best_val, options, reporter)
-            summary = RunSummary(tracker.run_id, best_val, test, plain, params)
+            summary = RunSummary(tracker.run_id, best_val, test, plain, params, dict(tracker.latest))
+            if options.keep_checkpoint is not None:
+                shutil.copy(checkpoint, options.keep_checkpoint)
         reporter.echo(runs.link(summary.run_id))
         return summary
 
@@ -191,9 +213,11 @@ def _log_datasets(setup: TrainingSetup, tracker, reporter: Reporter) -> None:
                           f"the same classes, the test measures seen classes")
 
 
-def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> TrainingSetup:
+def prepare_training(cfg: TrainConfig, device: torch.device | None = None, data: DataSet | None = None,
+                     test_data: DataSet | None = None) -> TrainingSetup:
     """Validate the config against the data and build the model; raises UsageError/DataError.
-    `device` overrides cfg.device (torchrun gives each rank its own)."""
+    `device` overrides cfg.device (torchrun gives each rank its own); `data` and `test_data`, data
+    sets already loaded, replace reading `cfg.data` and `cfg.test_data`."""
     cfg.validate()
     cfg = cfg.resolved()
     device = device or device_option(cfg.device)
@@ -204,8 +228,8 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> Tr
     ratios = cfg.split_ratios
     if ratios is not None and (ratios[0] == 0 or ratios[1] == 0):
         raise UsageError(f"--split-ratio {cfg.split_ratio}: training needs train and val classes (shares > 0)")
-    data = load_data(cfg)
-    test_data = load_test_data(cfg, data)
+    data = data or load_data(cfg)
+    test_data = test_data or load_test_data(cfg, data)
     # Building the samplers checks ways and shots + queries against every split used.
     if cfg.epochs:  # `fsl pretrain` draws no training episodes
         EpisodeSampler(data.split("train"), cfg.train_shape, split="train")
@@ -220,7 +244,7 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None) -> Tr
         raise UsageError(f"--encoder {cfg.encoder}: {exc}") from None
     if cfg.init:
         _initialise_from(model, cfg.init)
-    return TrainingSetup(cfg, data, device, precision, model, test_data if cfg.test_data else None)
+    return TrainingSetup(cfg, data, device, precision, model, None if test_data is data else test_data)
 
 
 def shared_class_names(setup: TrainingSetup) -> list[str]:
@@ -255,7 +279,7 @@ def _encoder_identity(model: FewShotClassifier) -> str:
             f"{model.config['image_size']}px images ({model.feature_dim}-d features)")
 
 
-def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resume_id: str | None,
+def _train_test_register(setup: TrainingSetup, tracker: RecordingTracker, checkpoints: Path, resume_id: str | None,
                          options: RunOptions, reporter: Reporter, params: dict[str, Any]) -> RunSummary:
     """The body of a run, inside its MLflow run: train, test, plot, register."""
     cfg, model, data = setup.cfg, setup.model, setup.data
@@ -290,7 +314,7 @@ def _train_test_register(setup: TrainingSetup, tracker, checkpoints: Path, resum
         tracker.log_artifact(viz.learning_curve(result.history, Path(workdir) / "learning_curve.png"))
         test, plain = _test(setup, SILENT_TRACKER if tested else tracker, reporter, Path(workdir))
     _tag_and_register(setup, tracker, result.best_checkpoint, result.best_val_acc, options, reporter)
-    return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params)
+    return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params, dict(tracker.latest))
 
 
 def _pretrain_phase(setup: TrainingSetup, tracker, checkpoints: Path, resume_id: str | None, reporter: Reporter):

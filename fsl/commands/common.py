@@ -33,6 +33,7 @@ class RunOptions:
     registered_model_name: str | None = None
     resume: str | None = None               # None, LATEST or a run id
     system_metrics: bool = True             # MLflow's CPU/memory (and GPU) sampling
+    keep_checkpoint: Path | None = None     # copy the run's best checkpoint here (a sweep's twins)
 
 
 @dataclass(frozen=True)

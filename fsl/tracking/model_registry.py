@@ -17,7 +17,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import mlflow
 import mlflow.pyfunc
@@ -25,12 +25,13 @@ import mlflow.pytorch
 from mlflow.tracking import MlflowClient
 
 import fsl
+from fsl.champion import champion_decision
 from fsl.data.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES
 from fsl.errors import UsageError
 from fsl.tracking.runs import Tracker, download
 
 if TYPE_CHECKING:
-    from fsl.config import TrainConfig
+    pass
 
 
 @dataclass(frozen=True)
@@ -228,22 +229,6 @@ class Registration:
     decision: str
 
 
-def champion_decision(new_val: float, new_protocol: dict, champion: dict | None) -> tuple[bool, str]:
-    """Whether a new version takes the champion alias, and why. Pure: the rule in one place.
-
-    champion: {"val_acc": float, "protocol": dict} of the current champion, or None.
-    """
-    if champion is None:
-        return True, "first version under this protocol: it becomes champion"
-    if champion["protocol"] != new_protocol:
-        differ = sorted(k for k in set(new_protocol) | set(champion["protocol"])
-                        if new_protocol.get(k) != champion["protocol"].get(k))
-        return False, f"protocol differs from the champion's ({', '.join(differ)}): champion left alone"
-    if new_val > champion["val_acc"]:
-        return True, f"val accuracy {new_val:.2f}% beats the champion's {champion['val_acc']:.2f}%"
-    return False, f"val accuracy {new_val:.2f}% does not beat the champion's {champion['val_acc']:.2f}%"
-
-
 def register(name: str, model_uri: str, serve_uri: str, run_id: str, val_acc: float,
              protocol: dict) -> Registration:
     """Register both models as new versions; move `champion` on both only if the rule says so."""
@@ -267,13 +252,6 @@ def register(name: str, model_uri: str, serve_uri: str, run_id: str, val_acc: fl
         client.set_registered_model_alias(name, CHAMPION, version.version)
         client.set_registered_model_alias(name + SERVE_SUFFIX, CHAMPION, serve_version.version)
     return Registration(name, version.version, promote, decision)
-
-
-def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str) -> dict[str, Any]:
-    """What must match for two val accuracies to be comparable (the champion rule)."""
-    shape = cfg.test_shape
-    return {"data_fingerprint": fingerprint, "ways": shape.ways, "shots": shape.shots, "queries": shape.queries,
-            "val_episodes": cfg.val_episodes, "val_seed": cfg.val_seed, "precision": precision}
 
 
 def log_and_register(tracker, model, checkpoint: Path, name: str, val_acc: float, protocol: dict,

@@ -7,6 +7,8 @@ import contextlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from fsl.errors import UsageError
+
 
 class NullTracker:
     """The same methods as `runs.Tracker`; records nothing."""
@@ -24,7 +26,8 @@ class NullTracker:
 
 
 class NullRuns:
-    """The same methods as `runs.MlflowRuns`: no store to check, no run to find or open."""
+    """The `Runs` protocol (`fsl.tracking.protocol`) with no store: nothing to check, no run to
+    find, reuse or resume; every run it opens records nothing."""
 
     def check_store(self) -> None: ...
 
@@ -34,9 +37,23 @@ class NullRuns:
     def unfinished_runs(self, experiment: str) -> list:
         return []
 
-    def link(self, run_id: str) -> str:
-        return f"run {run_id} (not tracked)"
+    def find_finished(self, experiment: str, config_hash: str) -> tuple[str, dict[str, float]] | None:
+        return None
+
+    def run_metrics(self, run_id: str) -> dict[str, float]:
+        raise UsageError(f"run {run_id}: not found (runs are not tracked here)")
+
+    def run_record(self, run_id: str) -> Any:
+        raise UsageError(f"run {run_id}: not found (runs are not tracked here)")
+
+    def best_checkpoint(self, run_id: str, folder: Path) -> Path:
+        raise UsageError(f"run {run_id}: not found (runs are not tracked here)")
+
+    def link(self, run_id: str | None) -> str:
+        return "run not tracked"
 
     @contextlib.contextmanager
-    def open(self, experiment: str, **_: Any) -> Iterator[NullTracker]:
+    def open(self, experiment: str, run_name: str | None = None, nested: bool = False,
+             tags: dict[str, str] | None = None, run_id: str | None = None,
+             system_metrics: bool = False) -> Iterator[NullTracker]:
         yield NullTracker()

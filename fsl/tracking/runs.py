@@ -197,9 +197,16 @@ class MlflowRuns:
     def run_record(self, run_id: str) -> RunRecord:
         return _record(get_run(run_id))
 
-    def link(self, run_id: str) -> str:
+    def best_checkpoint(self, run_id: str, folder: Path) -> Path:
+        """The run's `checkpoints/best.pt` artifact, downloaded into `folder`."""
+        try:
+            return download(f"runs:/{run_id}/checkpoints/best.pt", folder)
+        except mlflow.exceptions.MlflowException as exc:
+            raise UsageError(f"run {run_id}: it has no checkpoints/best.pt ({exc.message})") from None
+
+    def link(self, run_id: str | None) -> str:
         """The run's name and its UI address (`run_link`)."""
-        return run_link(run_id)
+        return run_link(run_id) if run_id else "run not tracked"
 
     @contextlib.contextmanager
     def open(self, experiment: str, run_name: str | None = None, nested: bool = False,
