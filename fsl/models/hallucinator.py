@@ -157,7 +157,7 @@ class CalibratedHallucinator(Hallucinator):
     like; M features are then drawn from that distribution. Why this and not a learned
     generator: with a prototype that is a mean, zero-mean noise around the real features cannot
     move the prototype, so any gain must come from a better estimate of the class centre. On
-    trained ProtoNet features of the built-in data (benchmarks/calibration_probe.py, 5-way
+    trained ProtoNet features of the built-in data (benchmarks/calibration_probe.py of commit 305bf4b, 5-way
     1-shot) the paper's own recipe lost accuracy: the centre (shot + k nearest base means) /
     (k + 1) cost 1-3 points raw and 2-7 with Tukey's transform, and Tukey-transformed queries
     cost 9-12 (the encoder is trained for L2 on raw features). The empirical-Bayes form of the
