@@ -4,7 +4,7 @@
 
 Makes, in a temporary store: a registered `fsl protonet` and `fsl hallucinate` (2 epochs of
 `--episodes` episodes on the built-in data), a replicated `fsl sweep-m --values 0,10 --seeds
-0,1,2`, and an `fsl evaluate --model models:/fsl-hallucination@champion`. Then serves the store
+0,1,2`, and an `fsl evaluate --model models:/fsl-hallucinate@champion`. Then serves the store
 with `mlflow ui` and saves `runs_table.png` (the link fsl prints: the results view),
 `sweep_parent.png` and `evaluation.png`, each under 200 KB (256-colour PNG).
 
@@ -39,7 +39,7 @@ def make_runs(store: str, folder: Path, episodes: int) -> None:
     fsl(store, folder, "protonet", *short, "--register")
     fsl(store, folder, "hallucinate", *short, "-M", "10", "--register")
     fsl(store, folder, "sweep-m", *short, "--values", "0,10", "--seeds", "0,1,2")
-    fsl(store, folder, "evaluate", "--model", "models:/fsl-hallucination@champion")
+    fsl(store, folder, "evaluate", "--model", "models:/fsl-hallucinate@champion")
 
 
 def free_port() -> int:

@@ -219,7 +219,7 @@ training_options = _options(
 
 tracking_options = _options(
     click.option("--register/--no-register", default=True,
-                 help="Register the best checkpoint in the model registry (fsl-protonet / fsl-hallucination)."),
+                 help="Register the best checkpoint in the model registry (fsl-protonet / fsl-hallucinate)."),
     click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-<method>]"),
     click.option("--system-metrics/--no-system-metrics", default=True,
                  help="Record CPU and memory use (and GPU use, with the nvidia-ml-py package) every 2 s."),

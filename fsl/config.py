@@ -123,7 +123,7 @@ class TrainConfig:
     @property
     def method(self) -> str:
         if self.hallucinator:
-            return "hallucination"
+            return "hallucinate"
         return "pretrain" if self.epochs == 0 else "protonet"  # `fsl pretrain`: no episodic epochs
 
     def validate(self) -> None:

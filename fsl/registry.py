@@ -55,8 +55,8 @@ ENCODERS = Registry("encoder", {
 })
 
 HALLUCINATORS = Registry("hallucinator", {
-    "wang": "fsl.models.hallucinator:WangGenerator",
-    "improved": "fsl.models.hallucinator:PrototypeResidualGenerator",
+    "wang": "fsl.models.hallucinator:WangHallucinator",
+    "improved": "fsl.models.hallucinator:PrototypeResidualHallucinator",
     "calibrated": "fsl.models.hallucinator:CalibratedHallucinator",
 })
 

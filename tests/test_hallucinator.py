@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 from fsl.cli import cli
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.models.distances import prototypes
-from fsl.models.hallucinator import HALLUCINATORS, CalibratedHallucinator, WangGenerator, hallucinate
+from fsl.models.hallucinator import HALLUCINATORS, CalibratedHallucinator, WangHallucinator, hallucinate
 from tests.conftest import TINY, all_runs
 
 
@@ -25,7 +25,7 @@ def test_generators_map_features_and_noise_to_features_of_the_same_size(kind, d)
 
 
 def test_wang_generator_is_3200_2400_2400_1600_at_d_1600():
-    linears = [m for m in WangGenerator(1600).modules() if isinstance(m, torch.nn.Linear)]
+    linears = [m for m in WangHallucinator(1600).modules() if isinstance(m, torch.nn.Linear)]
     assert [(l.in_features, l.out_features) for l in linears] == [(3200, 2400), (2400, 2400), (2400, 1600)]
 
 
@@ -73,7 +73,7 @@ def test_m_zero_gives_exactly_the_plain_protonet_prototypes_and_logits():
 
 
 def test_seeded_hallucination_repeats_and_another_seed_differs():
-    gen = WangGenerator(32).eval()
+    gen = WangHallucinator(32).eval()
     features, labels = torch.rand(10, 32), torch.arange(5).repeat_interleave(2)
     a = hallucinate(gen, features, labels, 5, 8, torch.Generator().manual_seed(3))[0]
     b = hallucinate(gen, features, labels, 5, 8, torch.Generator().manual_seed(3))[0]
@@ -127,7 +127,7 @@ def test_sweep_m_makes_one_parent_with_a_child_per_m(tracking):
     # the names say the method and the point, the parent's the method and the grid
     assert parents[0].info.run_name == "sweep-hallucinate-calibrated-M0,2"
     assert {c.info.run_name: c.data.tags["fsl.method"] for c in children} == {
-        "protonet-M=0": "protonet", "hallucinate-calibrated-M=2": "hallucination"}
+        "protonet-M=0": "protonet", "hallucinate-calibrated-M=2": "hallucinate"}
     assert [c.data.params.get("M") for c in children if c.info.run_name.endswith("M=2")] == ["2"]
     assert {"sweep.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parents[0].info.run_id)}
 

@@ -184,7 +184,7 @@ def test_a_replicated_sweep_aggregates_two_seeds_of_two_points_in_the_parent(tra
     children = {name[name.index("M="):]: run for name, run in named.items()}  # by point and seed
     for name, child in children.items():  # the children hold their seeds; M = 0 is a plain ProtoNet
         assert child.data.params["seed"] == name[-1]
-        assert child.data.tags["fsl.method"] == ("protonet" if name.startswith("M=0") else "hallucination")
+        assert child.data.tags["fsl.method"] == ("protonet" if name.startswith("M=0") else "hallucinate")
     for name in ("M=2-seed0", "M=2-seed1"):
         metrics = children[name].data.metrics
         assert set(METRICS) <= set(metrics)
@@ -340,13 +340,13 @@ def test_a_sweep_registers_nothing_by_default_its_best_child_with_best_and_every
     assert client.search_registered_models() == []
     parent = max((r for r in all_runs(client) if "mlflow.parentRunId" not in r.data.tags),
                  key=lambda r: r.info.start_time)
-    assert {"fsl.best_child.fsl-protonet", "fsl.best_child.fsl-hallucination"} <= set(parent.data.tags)
+    assert {"fsl.best_child.fsl-protonet", "fsl.best_child.fsl-hallucinate"} <= set(parent.data.tags)
     out = CliRunner().invoke(cli, [*args, "--seed", "1", "--register", "best"], catch_exceptions=False)
     assert out.exit_code == 0, out.output
     names = {m.name: m for m in client.search_registered_models()}
-    assert set(names) == {"fsl-protonet", "fsl-hallucination", "fsl-protonet" + SERVE_SUFFIX,
-                          "fsl-hallucination" + SERVE_SUFFIX}
-    for name in ("fsl-protonet", "fsl-hallucination"):
+    assert set(names) == {"fsl-protonet", "fsl-hallucinate", "fsl-protonet" + SERVE_SUFFIX,
+                          "fsl-hallucinate" + SERVE_SUFFIX}
+    for name in ("fsl-protonet", "fsl-hallucinate"):
         [version] = client.search_model_versions(f"name='{name}'")  # one version each, not one per child
         parent = max((r for r in all_runs(client) if "mlflow.parentRunId" not in r.data.tags),
                      key=lambda r: r.info.start_time)

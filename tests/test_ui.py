@@ -80,14 +80,14 @@ def test_evaluate_records_the_version_an_alias_resolved_to_and_the_no_hallucinat
     invoke("hallucinate", *REGISTER, "-M", "3")
     client = MlflowClient()
     [trained] = all_runs(client)
-    out = invoke("evaluate", "--model", "models:/fsl-hallucination@champion", "--image-size", "16",
+    out = invoke("evaluate", "--model", "models:/fsl-hallucinate@champion", "--image-size", "16",
                  "--test-episodes", "4", "--test-queries", "3").output
     [evaluation] = [r for r in all_runs(client) if r.info.run_id != trained.info.run_id]
-    version = client.get_model_version_by_alias("fsl-hallucination", "champion")
-    assert evaluation.info.run_name == "evaluate-fsl-hallucination-champion-v1"
+    version = client.get_model_version_by_alias("fsl-hallucinate", "champion")
+    assert evaluation.info.run_name == "evaluate-fsl-hallucinate-champion-v1"
     for record in (evaluation.data.params, {k[4:]: v for k, v in evaluation.data.tags.items()
                                             if k.startswith("fsl.model")}):
-        assert record["model_name"] == "fsl-hallucination" and record["model_version"] == "1"
+        assert record["model_name"] == "fsl-hallucinate" and record["model_version"] == "1"
         assert record["model_run_id"] == trained.info.run_id
         assert record["model_id"] == version.source[len("models:/"):]
     # the logged model is an input of the run, so the run page links to it

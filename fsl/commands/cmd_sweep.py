@@ -33,7 +33,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
     baseline), `sweep_runs.csv` (per child), `sweep.png` and the aggregate as metrics.
 
     `register`: "none" registers nothing; "all" registers every child as it ends; "best"
-    registers, per registry name (a sweep-m splits between fsl-protonet and fsl-hallucination),
+    registers, per registry name (a sweep-m splits between fsl-protonet and fsl-hallucinate),
     the child of this process with the highest best_val_acc, once all of them ended (the
     champion rule then decides the alias). The parent's `fsl.best_child.<name>` tags name that
     child whatever `register` says.

@@ -78,7 +78,7 @@ class Hallucinator(nn.Module):
         """features [N, D], labels [N] of the base classes; read only where `uses_base_statistics`."""
 
 
-class WangGenerator(Hallucinator):
+class WangHallucinator(Hallucinator):
     """The original implementation's generator: [feature, noise] (2d) -> 1.5d -> 1.5d -> d.
 
     Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear, ReLU; with d = 1600 this is
@@ -100,7 +100,7 @@ class WangGenerator(Hallucinator):
         return self.net(torch.cat([seeds, noise], dim=-1))
 
 
-class PrototypeResidualGenerator(Hallucinator):
+class PrototypeResidualHallucinator(Hallucinator):
     """The `improved` hallucinator: conditioned on the class, residual, and mixed by a learned weight.
 
     Why: Wang's prototype is the plain mean of K real and M hallucinated features, so the
@@ -330,3 +330,9 @@ def mode_seeking_loss(hallucinator: Hallucinator, features: torch.Tensor, labels
     out_gap = (hallucinator(seeds, z1, means) - hallucinator(seeds, z2, means)).abs().mean(-1)
     noise_gap = (z1 - z2).abs().mean(-1)
     return (noise_gap / (out_gap + 1e-5)).mean()
+
+
+# The names of fsl 0.1 and of every version before the one-suffix rename: pickled models (a
+# registered PyTorch model, `mlflow.pytorch.load_model`) name their classes by these paths.
+WangGenerator = WangHallucinator
+PrototypeResidualGenerator = PrototypeResidualHallucinator
