@@ -389,7 +389,7 @@ def main() -> None:
 
 def logging_overhead(work: Path, repeats: int = 3) -> dict:
     """Wall time of one small `run_training` with MLflow against the same with no tracker."""
-    from fsl.commands.common import SILENT, RunOptions
+    from fsl.commands.options import SILENT, RunOptions
     from fsl.commands.cmd_train import run_training
     from fsl.tracking.null import NullRuns
 

@@ -74,7 +74,7 @@ def replicated_study(plan: sweeps.Plan, data, test=None, device_name: str = "aut
     default: data's own). `log` gets one JSON line per child as it ends (what `logs` reads back).
     Returns {"rows": per point, "children": per child, "environment": ...}."""
     from fsl.commands.cmd_sweep import run_sweep
-    from fsl.commands.common import SILENT
+    from fsl.commands.options import SILENT
     from fsl.tracking.null import NullRuns
 
     device = resolve_device(device_name)

@@ -262,14 +262,14 @@ def train_config(options: dict[str, Any]) -> TrainConfig:
 
 def _run_options(register: bool, registered_model_name: str | None, system_metrics: bool,
                  resume: str | None = None):
-    from fsl.commands.common import RunOptions
+    from fsl.commands.options import RunOptions
 
     return RunOptions(register=register, registered_model_name=registered_model_name,
                       system_metrics=system_metrics, resume=resume)
 
 
 def _reporter():
-    from fsl.commands.common import Reporter
+    from fsl.commands.options import Reporter
 
     return Reporter(click.echo)
 

@@ -75,7 +75,7 @@ def test_a_hallucinator_and_an_encoder_registered_in_one_line_each_work_through_
     [run] = all_runs(client)
     assert run.data.params["encoder"] == "tiny" and run.data.params["hallucinator"] == "shrink-to-mean"
     assert run.data.params["feature_dim"] == "8"
-    from fsl.commands.common import load_model
+    from fsl.commands.inputs import load_model
 
     model = load_model(f"runs:/{run.info.run_id}")
     assert isinstance(model.encoder, TinyEncoder) and isinstance(model.hallucinator, ShrinkToMean)

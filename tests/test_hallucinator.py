@@ -274,7 +274,7 @@ def test_a_pre_trained_calibrated_model_has_base_statistics_without_episodes(tra
     from click.testing import CliRunner
 
     from fsl.cli import cli
-    from fsl.commands.common import load_model
+    from fsl.commands.inputs import load_model
     from tests.conftest import TINY
 
     args = [a for a in TINY if a not in ("--epochs", "1")]

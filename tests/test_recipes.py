@@ -146,7 +146,7 @@ def test_cl2n_centres_on_the_base_mean_and_normalises_at_test_time_only(tiny_dat
 
 
 def test_a_cl2n_run_keeps_the_base_mean_of_its_final_encoder_in_the_checkpoint(tracking):
-    from fsl.commands.common import load_model
+    from fsl.commands.inputs import load_model
     from fsl.models.classifier import FewShotClassifier
     from fsl.train import base_class_features
 
@@ -192,7 +192,7 @@ def test_pretrain_then_fine_tune_then_register_then_load_and_classify(tracking):
     assert "ways" not in pre.data.params and "test_acc" in pre.data.metrics
     assert client.search_registered_models() == []  # pre-training registers nothing by default
     # the pre-trained encoder is what fine-tuning starts from
-    from fsl.commands.common import load_model
+    from fsl.commands.inputs import load_model
 
     pretrained = load_model(f"runs:/{pre.info.run_id}")
     invoke("protonet", *[a for a in TINY if a != "--no-register"], *RESNET, "--epochs", "1",

@@ -296,7 +296,7 @@ def test_a_study_without_mlflow_gives_the_table_of_the_same_sweep_with_mlflow(tr
     trained by an earlier sweep and M=2 is tested from their checkpoints fetched from the store."""
     import fsl.commands.cmd_train
     from fsl.commands.cmd_sweep import run_sweep
-    from fsl.commands.common import SILENT
+    from fsl.commands.options import SILENT
     from fsl.tracking.null import NullRuns
 
     real_train, trained = fsl.commands.cmd_train.train, []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fsl.commands.common import Reporter, load_data
+from fsl.commands.inputs import load_data
+from fsl.commands.options import Reporter
 from fsl.config import MAX_EPISODES, MAX_SEED, TrainConfig
 from fsl.data.episodes import EpisodeShape, write_episode_file
 from fsl.errors import FslError, UsageError

@@ -7,17 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from fsl.commands.cmd_train import RunSummary
-from fsl.commands.common import (
-    Reporter,
-    dataset_input,
-    device_option,
-    load_data,
-    load_model,
-    log_eval,
-    log_source_diff,
-    mlflow_runs,
-    run_tags,
-)
+from fsl.commands.inputs import device_option, load_data, load_model
+from fsl.commands.options import Reporter
+from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, run_tags
 from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeIndices, FileEpisode, read_episode_file
 from fsl.data.store import DataSet, ImageStore

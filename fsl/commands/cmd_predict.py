@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from fsl.commands.common import Reporter, load_model
+from fsl.commands.inputs import load_model
+from fsl.commands.options import Reporter
 from fsl.data.images import IMAGE_SUFFIXES, decode_image
 from fsl.errors import FslError, UsageError
 
@@ -18,7 +19,7 @@ def predict_folder(model_spec: str, support_dir: str, query_dir: str, out: str |
     if out:
         _check_writable(out)  # before any work, not after the table is printed
     if ":/" in model_spec and not Path(model_spec).exists():
-        from fsl.commands.common import mlflow_runs
+        from fsl.commands.records import mlflow_runs
 
         mlflow_runs().check_store()
     model = load_model(model_spec)

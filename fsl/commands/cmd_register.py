@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import tempfile
 
-from fsl.commands.common import Reporter, mlflow_runs
+from fsl.commands.options import Reporter
+from fsl.commands.records import mlflow_runs
 from fsl.errors import UsageError
 
 

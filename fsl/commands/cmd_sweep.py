@@ -11,7 +11,8 @@ from typing import Callable
 
 from fsl import sweeps, viz
 from fsl.commands.cmd_train import TrainedTwin, prepare_training, run_test_of_twin, run_training
-from fsl.commands.common import Reporter, RunOptions, log_source_diff, mlflow_runs, run_tags
+from fsl.commands.options import Reporter, RunOptions
+from fsl.commands.records import log_source_diff, mlflow_runs, run_tags
 from fsl.commands.run_identity import config_hash, run_params
 from fsl.config import TrainConfig
 from fsl.data import DataSet
@@ -60,16 +61,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
         parent.log_params({"sweep_" + k: ",".join(map(str, v)) for k, v in grid.items()}
                           | {"shard": shard, "shards": shards, "baseline": str(plan.baseline or ""),
                              "seeds": ",".join(map(str, plan.seeds)) if plan.replicated else ""})
-        results: dict[str, sweeps.ChildResult] = {}
-        twins = {twin.name for child in plan.children if (twin := sweeps.trained_twin(plan, child))}
-        for child in sweeps.run_order(plan):
-            twin = sweeps.trained_twin(plan, child)
-            handed = _handed_over(runs, twin, results[twin.name], Path(workdir)) if twin else None
-            keep = Path(workdir) / f"{child.name}.pt" if child.name in twins else None
-            results[child.name] = _run_child(runs, child, hashes[child.name], replace(options, keep_checkpoint=keep),
-                                             reporter, handed, given)
-            if on_child:
-                on_child(child, results[child.name])
+        results = _run_children(runs, plan, hashes, options, reporter, given, Path(workdir), on_child)
         rows = sweeps.aggregate(plan, results)
         out = Path(workdir)
         parent.log_artifact(sweeps.write_csv(rows, out / "sweep.csv"))
@@ -125,6 +117,23 @@ def _handed_over(runs: Runs, twin: sweeps.Child, result: sweeps.ChildResult, wor
         assert result.run_id is not None  # a reused twin: found in the store
         kept = runs.best_checkpoint(result.run_id, workdir / twin.name)
     return TrainedTwin(kept, result.run_id, result.metrics)
+
+
+def _run_children(runs: Runs, plan: sweeps.Plan, hashes: dict[str, str], options: RunOptions, reporter: Reporter,
+                  given: Given, workdir: Path, on_child) -> dict[str, sweeps.ChildResult]:
+    """Every child of the plan, twins first (`sweeps.run_order`); a twin keeps its best
+    checkpoint in `workdir` for the children tested from it."""
+    results: dict[str, sweeps.ChildResult] = {}
+    twins = {twin.name for child in plan.children if (twin := sweeps.trained_twin(plan, child))}
+    for child in sweeps.run_order(plan):
+        twin = sweeps.trained_twin(plan, child)
+        handed = _handed_over(runs, twin, results[twin.name], workdir) if twin else None
+        keep = workdir / f"{child.name}.pt" if child.name in twins else None
+        results[child.name] = _run_child(runs, child, hashes[child.name], replace(options, keep_checkpoint=keep),
+                                         reporter, handed, given)
+        if on_child:
+            on_child(child, results[child.name])
+    return results
 
 
 def _child_hashes(plan: sweeps.Plan, given: Given) -> dict[str, str]:

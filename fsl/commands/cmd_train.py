@@ -18,20 +18,9 @@ import torch
 
 from fsl import viz
 from fsl.champion import registry_protocol
-from fsl.commands.common import (
-    SILENT,
-    Reporter,
-    RunOptions,
-    dataset_input,
-    device_option,
-    load_data,
-    load_model,
-    load_test_data,
-    log_eval,
-    log_source_diff,
-    mlflow_runs,
-    run_tags,
-)
+from fsl.commands.inputs import device_option, load_data, load_model, load_test_data
+from fsl.commands.options import SILENT, Reporter, RunOptions
+from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, run_tags
 from fsl.commands.run_identity import config_hash, resume_target, run_name, run_params
 from fsl.config import TrainConfig
 from fsl.data import DataSet

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from fsl.commands.common import LATEST
+from fsl.commands.options import LATEST
 from fsl.config import TrainConfig, canonical_params
 from fsl.errors import UsageError
 from fsl.files import cache_dir, digest
