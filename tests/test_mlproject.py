@@ -46,6 +46,13 @@ def test_every_entry_point_parameter_defaults_to_its_cli_option_default(name):
             assert type(default)(declared) == default, parameter
 
 
+def test_the_committed_mlproject_is_the_generated_one():
+    """MLproject is written from one list (fsl/project_file.py): regenerate it after a change."""
+    from fsl.project_file import project_file
+
+    assert (ROOT / "MLproject").read_text() == project_file(), "run: python -m fsl.project_file > MLproject"
+
+
 def test_main_is_protonet():
     points = entry_points()
     assert points["main"].command == points["protonet"].command
