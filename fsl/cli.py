@@ -109,17 +109,13 @@ def _options(*decorators: Callable) -> Callable:
     return apply
 
 
-data_options = _options(
-    click.option("--data", default=DEFAULTS.data, help="Data set: 'synthetic' (built in, no download) or a path "
-                 "(a folder, or a .zip of a class-per-folder tree)."),
-    click.option("--format", type=RegistryChoice(READERS), default=None,
-                 help="On-disk format of --data. [default: detected]"),
-    click.option("--image-size", type=AUTO_INT, default=None, help="Resize images to this side (16 to 512). "
-                 "[default: the data set's: 32 synthetic, 84 Mini-ImageNet, 28 greyscale trees]"),
-    click.option("--channels", type=click.Choice(["1", "3"]), default=None, callback=lambda c, p, v: v and int(v),
-                 help="1 = greyscale, 3 = RGB. [default: inferred from the images]"),
-    click.option("--rotations/--no-rotations", default=DEFAULTS.rotations,
-                 help="Add 90/180/270-degree rotations of every class as new classes (the Omniglot protocol)."),
+format_option = click.option("--format", type=RegistryChoice(READERS), default=None,
+                             help="On-disk format of --data. [default: detected]")
+image_size_option = click.option(
+    "--image-size", type=AUTO_INT, default=None,
+    help="Resize images to this side (16 to 512). [default: the data set's: 32 synthetic, 84 Mini-ImageNet, "
+    "28 greyscale trees]")
+split_options = _options(
     click.option("--split-ratio", type=AUTO_TEXT, default=None, metavar="TRAIN,VAL,TEST",
                  help="Split a class-per-folder tree by class in these shares, e.g. 0.9,0.1,0. "
                  "[default: 0.64,0.16,0.2]"),
@@ -130,15 +126,46 @@ data_options = _options(
                  help="Course format: the share of train classes held out for validation. [default: 0.2]"),
 )
 
+data_options = _options(
+    click.option("--data", default=DEFAULTS.data, help="Data set: 'synthetic' (built in, no download) or a path "
+                 "(a folder, or a .zip of a class-per-folder tree)."),
+    format_option,
+    image_size_option,
+    click.option("--channels", type=click.Choice(["1", "3"]), default=None, callback=lambda c, p, v: v and int(v),
+                 help="1 = greyscale, 3 = RGB. [default: inferred from the images]"),
+    click.option("--rotations/--no-rotations", default=DEFAULTS.rotations,
+                 help="Add 90/180/270-degree rotations of every class as new classes (the Omniglot protocol)."),
+    split_options,
+)
+
+test_ways_option = click.option("--test-ways", default=DEFAULTS.test_ways,
+                                help="Classes per test (and validation) episode, at least 2.")
+test_queries_option = click.option("--test-queries", default=DEFAULTS.test_queries,
+                                   help="Query images per class in test (and validation) episodes.")
+TEST_SHOTS_HELP = "Support images per class in test (and validation) episodes."
+val_episodes_option = click.option("--val-episodes", default=DEFAULTS.val_episodes,
+                                   help="Fixed val episodes scored after each epoch.")
+deterministic_option = click.option(
+    "--deterministic/--no-deterministic", default=DEFAULTS.deterministic,
+    help="PyTorch's deterministic algorithms: the same seed on the same machine and thread count gives the same "
+    "numbers to the last digit (README: what it costs).")
+patience_option = click.option(
+    "--patience", default=DEFAULTS.patience,
+    help="Stop after this many epochs without a better val accuracy (0 = train every epoch).")
+registered_name_option = click.option("--registered-model-name", default=None,
+                                      help="Registry name. [default: fsl-<method>]")
+system_metrics_option = click.option(
+    "--system-metrics/--no-system-metrics", default=True,
+    help="Record CPU and memory use (and GPU use, with the nvidia-ml-py package) every 2 s.")
+
 episode_options = _options(
     click.option("--ways", default=DEFAULTS.ways, help="Classes per training episode, at least 2 "
                  "(the paper trains 30-way for 1-shot)."),
     click.option("--shots", default=DEFAULTS.shots, help="Support images per class in training episodes."),
     click.option("--queries", default=DEFAULTS.queries, help="Query images per class in training episodes."),
-    click.option("--test-ways", default=DEFAULTS.test_ways, help="Classes per val/test episode, at least 2."),
-    click.option("--test-shots", type=AUTO_INT, default=None, help="Support images per class in val/test episodes. "
-                 "[default: --shots]"),
-    click.option("--test-queries", default=DEFAULTS.test_queries, help="Query images per class in val/test episodes."),
+    test_ways_option,
+    click.option("--test-shots", type=AUTO_INT, default=None, help=TEST_SHOTS_HELP + " [default: --shots]"),
+    test_queries_option,
 )
 
 test_run_options = _options(  # what a command that only tests a model reads
@@ -201,7 +228,7 @@ training_options = _options(
     click.option("--episodes-per-step", default=DEFAULTS.episodes_per_step,
                  help="Episodes averaged per optimiser step, per process "
                  "(torchrun: each of N processes draws its own, so a step sees N x this many)."),
-    click.option("--val-episodes", default=DEFAULTS.val_episodes, help="Fixed val episodes scored after each epoch."),
+    val_episodes_option,
     click.option("--test-episodes", default=DEFAULTS.test_episodes, help="Test episodes (600 as in the literature)."),
     click.option("--lr", default=DEFAULTS.lr, help="Adam learning rate."),
     click.option("--lr-step", default=DEFAULTS.lr_step,
@@ -210,19 +237,15 @@ training_options = _options(
     click.option("--compile", type=click.Choice(COMPILE_MODES), default=DEFAULTS.compile,
                  help="torch.compile the training step (CUDA graphs on CUDA); auto = on CUDA only, "
                  "where it measured 27-34% faster."),
-    click.option("--deterministic/--no-deterministic", default=DEFAULTS.deterministic,
-                 help="PyTorch's deterministic algorithms: the same seed on the same machine and thread count "
-                 "gives the same numbers to the last digit (README: what it costs)."),
-    click.option("--patience", default=DEFAULTS.patience,
-                 help="Stop after this many epochs without a better val accuracy (0 = train every epoch)."),
+    deterministic_option,
+    patience_option,
 )
 
 tracking_options = _options(
     click.option("--register/--no-register", default=True,
                  help="Register the best checkpoint in the model registry (fsl-protonet / fsl-hallucinate)."),
-    click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-<method>]"),
-    click.option("--system-metrics/--no-system-metrics", default=True,
-                 help="Record CPU and memory use (and GPU use, with the nvidia-ml-py package) every 2 s."),
+    registered_name_option,
+    system_metrics_option,
 )
 
 SWEEP_REGISTER = ("none", "best", "all")
@@ -232,9 +255,8 @@ sweep_tracking_options = _options(
                  help="none: register nothing; best: after every child ends, register the child with the best "
                  "val accuracy of each registry name (champion rule); all: register every child."),
     click.option("--no-register", "no_register", is_flag=True, hidden=True, help="The same as --register none."),
-    click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-<method>]"),
-    click.option("--system-metrics/--no-system-metrics", default=True,
-                 help="Record CPU and memory use (and GPU use, with the nvidia-ml-py package) every 2 s."),
+    registered_name_option,
+    system_metrics_option,
 )
 
 resume_option = click.option(
@@ -319,19 +341,17 @@ def hallucinate(register: bool, registered_model_name: str | None, system_metric
 @click.option("--batch-size", default=DEFAULTS.pretrain_batch_size, help="Images per batch.")
 @click.option("--lr", default=DEFAULTS.pretrain_lr, help="SGD learning rate (momentum 0.9, cosine decay to 0).")
 @click.option("--weight-decay", default=DEFAULTS.pretrain_weight_decay, help="SGD weight decay.")
-@click.option("--test-ways", default=DEFAULTS.test_ways, help="Classes per val/test episode, at least 2.")
-@click.option("--test-shots", default=1, help="Support images per class in val/test episodes.")
-@click.option("--test-queries", default=DEFAULTS.test_queries, help="Query images per class in val/test episodes.")
-@click.option("--val-episodes", default=DEFAULTS.val_episodes, help="Fixed val episodes scored after each epoch.")
+@test_ways_option
+@click.option("--test-shots", default=1, help=TEST_SHOTS_HELP)
+@test_queries_option
+@val_episodes_option
 @click.option("--test-episodes", default=DEFAULTS.test_episodes, help="Test episodes of the pre-trained encoder.")
 @run_options
-@click.option("--deterministic/--no-deterministic", default=DEFAULTS.deterministic,
-              help="PyTorch's deterministic algorithms (the same seed gives the same numbers).")
-@click.option("--patience", default=DEFAULTS.patience,
-              help="Stop after this many epochs without a better val accuracy.")
+@deterministic_option
+@patience_option
 @click.option("--register/--no-register", default=False, help="Register the pre-trained model (fsl-pretrain).")
-@click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-pretrain]")
-@click.option("--system-metrics/--no-system-metrics", default=True, help="Record CPU and memory use every 2 s.")
+@registered_name_option
+@system_metrics_option
 @resume_option
 def pretrain(epochs: int, batch_size: int, lr: float, weight_decay: float, register: bool,
              registered_model_name: str | None, system_metrics: bool, resume: str | None, **options: Any) -> None:
@@ -430,18 +450,15 @@ def data() -> None:
 
 @data.command(context_settings=SHOW)
 @click.argument("path")
-@click.option("--format", type=RegistryChoice(READERS), default=None, help="Format. [default: detected]")
-@click.option("--image-size", type=click.IntRange(16, 512), default=None, help="Target size. [default: inferred]")
-@click.option("--split-ratio", type=AUTO_TEXT, default=None, metavar="TRAIN,VAL,TEST",
-              help="Split a class-per-folder tree by class in these shares. [default: 0.64,0.16,0.2]")
-@click.option("--split-file", type=AUTO_TEXT, default=None, help="Split a class-per-folder tree by this list.")
-@click.option("--val-share", type=AUTO_FLOAT, default=None, help="Course format: validation share of train classes.")
+@format_option
+@image_size_option
+@split_options
 def inspect(path: str, format: str | None, image_size: int | None, **splits: Any) -> None:
     """Print the format, splits, classes, images per class and image size of PATH."""
     from fsl.data import load_dataset
 
-    cfg = TrainConfig(data=path, **splits)
-    cfg._validate_splits()
+    cfg = TrainConfig(data=path, image_size=image_size, **splits)
+    cfg.validate()
     click.echo(load_dataset(path, image_size, format, **cfg.read_options()).describe())
 
 
@@ -479,9 +496,9 @@ def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: 
 @click.option("--model", "model_spec", required=True,
               help="A checkpoint (.pt) or an MLflow URI: runs:/ID, runs:/ID/path.pt, models:/NAME@ALIAS.")
 @data_options
-@click.option("--test-ways", default=DEFAULTS.test_ways, help="Classes per test episode.")
-@click.option("--test-shots", default=1, help="Support images per class.")
-@click.option("--test-queries", default=DEFAULTS.test_queries, help="Query images per class.")
+@test_ways_option
+@click.option("--test-shots", default=1, help=TEST_SHOTS_HELP)
+@test_queries_option
 @click.option("--test-episodes", default=DEFAULTS.test_episodes, help="Test episodes.")
 @click.option("--episodes", "episodes_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Evaluate on the episodes of this CSV file instead of sampling new ones.")
@@ -497,7 +514,7 @@ def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None
 
 @cli.command(context_settings=SHOW)
 @click.option("--run-id", required=True, help="A finished training run.")
-@click.option("--registered-model-name", default=None, help="Registry name. [default: fsl-<method of the run>]")
+@registered_name_option
 @click.option("--allow-failed", is_flag=True, help="Also register a run that did not finish (FAILED or KILLED).")
 def register(run_id: str, registered_model_name: str | None, allow_failed: bool) -> None:
     """Register a chosen run's best checkpoint; `champion` moves only if it beats the champion

@@ -40,52 +40,56 @@ TEST_SPLITS = ("test", "all")  # --test-split: the test split of --test-data, or
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """What a training run trains: every field is the `fsl` option of the same name (`image_size`
+    is `--image-size`, `M` is `-M`), and what it means is that option's help, written once, in
+    fsl/cli.py (`fsl protonet --help`). None means "decided at run time" (`auto` on the command
+    line and in MLflow params). The comments here say only why a default is what it is."""
+
     data: str = "synthetic"
-    format: str | None = None              # None: detected from the files
-    image_size: int | None = None          # None: the data set's own size (32 for synthetic)
-    channels: int | None = None            # None: inferred (greyscale trees -> 1, else 3)
-    rotations: bool = False                # add 90/180/270-degree rotations as classes (Omniglot)
-    split_ratio: str | None = None         # "train,val,test" class shares of a class tree (None: 0.64,0.16,0.2)
-    split_file: str | None = None          # lines of `split,class` for a class-per-folder tree
-    val_share: float | None = None         # course format: share of train classes for validation (None: 0.2)
-    test_data: str | None = None           # test on this data set instead of --data's test split
-    test_split: str = "test"               # which classes of --test-data are tested: its test split, or all
-    augment: str = "none"                  # training-image augmentation policy, on the device (fsl.data.augment)
-    encoder: str = "conv4"                 # fsl.models.encoders.ENCODERS
-    encoder_width: float = 1.0             # channel multiplier of the encoder (1 = the published network)
-    feature_transform: str = "none"        # test-time features: cl2n = centre on the base-class mean, l2-normalise
+    format: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    rotations: bool = False
+    split_ratio: str | None = None
+    split_file: str | None = None
+    val_share: float | None = None
+    test_data: str | None = None
+    test_split: str = "test"
+    augment: str = "none"
+    encoder: str = "conv4"                 # the network of Snell et al.: the baseline every result is paired with
+    encoder_width: float = 1.0
+    feature_transform: str = "none"        # cl2n wins on the built-in data, loses on Omniglot (BENCHMARKS.md §6)
     ways: int = 5
     shots: int = 1
     queries: int = 15
     test_ways: int = 5
-    test_shots: int | None = None          # None: the same as shots
+    test_shots: int | None = None
     test_queries: int = 15
-    distance: str = "l2"
+    distance: str = "l2"                   # squared Euclidean, as in the paper
     epochs: int = 4                        # 2,000 episodes: the replicated study's schedule (BENCHMARKS.md §4)
-    episodes_per_epoch: int = 500          # optimiser steps per epoch
-    episodes_per_step: int = 1             # episodes averaged per step and process (DDP: per rank)
+    episodes_per_epoch: int = 500
+    episodes_per_step: int = 1
     val_episodes: int = 100
-    test_episodes: int = 600
+    test_episodes: int = 600               # as in the literature
     lr: float = 1e-3
-    lr_step: int = 2000
-    seed: int = 0                          # training episodes, initial weights, training noise
-    val_seed: int = 1                      # the fixed val episodes (part of the registry protocol)
-    test_seed: int = 2                     # the fixed test episodes and test-time noise
+    lr_step: int = 2000                    # the paper halves Adam's rate every 2,000 episodes
+    seed: int = 0
+    val_seed: int = 1                      # part of the registry protocol: val accuracies compare only under it
+    test_seed: int = 2
     device: str = "auto"
     precision: str = "auto"
-    compile: str = "auto"                  # torch.compile the training step: auto = on CUDA only
-    deterministic: bool = False            # deterministic kernels: the same seed gives the same numbers
-    patience: int = 0                      # stop after this many epochs without a better val accuracy; 0 = off
+    compile: str = "auto"
+    deterministic: bool = False
+    patience: int = 0
     experiment: str = "fsl"
     # Hallucination (Wang et al. 2018); hallucinator None is a plain ProtoNet.
     hallucinator: str | None = None
     M: int = 0
-    diversity_weight: float = 0.1          # weight of the anti-collapse term (improved only)
-    init: str | None = None                # start from a trained model (checkpoint or MLflow URI)
-    # Pre-training (Chen et al. 2019): a linear classifier over all training classes, on batches
-    # of images, before the episodic epochs. 0 = none; `fsl pretrain` is this with no episodes.
+    diversity_weight: float = 0.1
+    init: str | None = None
+    # Pre-training (Chen et al. 2019): `fsl pretrain` is pre-training with no episodic epochs.
     pretrain_epochs: int = 0
-    pretrain_lr: float = 0.05              # SGD with momentum 0.9, cosine decay to 0
+    pretrain_lr: float = 0.05
     pretrain_batch_size: int = 64
     pretrain_weight_decay: float = 5e-4
 

@@ -73,3 +73,43 @@ def test_every_registered_name_imports_and_is_the_choice_list_of_its_option(kind
     command = cli.commands["hallucinate"]
     [param] = [p for p in command.params if p.name == option]
     assert tuple(param.type.choices) == table.names()
+
+
+# Options whose name means something else in some commands, so their help differs on purpose.
+MEANINGS_PER_COMMAND = {
+    "--baseline": "sweep pairs any field, sweep-m pairs M",
+    "--episodes": "a count for `fsl episodes`, a file for `fsl evaluate`",
+    "--epochs": "episodic epochs, or pre-training epochs",
+    "--lr": "Adam for episodes, SGD for pre-training",
+    "--model": "evaluate and predict take different URIs",
+    "--out": "a CSV of episodes, or of predictions",
+    "--queries": "training episodes, or the episodes `fsl episodes` writes",
+    "--register": "a flag of a run, a mode of a sweep, off by default for pre-training",
+    "--seed": "training, or the draw of an episode file",
+    "--shots": "training episodes, or the episodes `fsl episodes` writes",
+    "--split": "the split an episode file draws from, or the classes evaluate tests",
+    "--test-episodes": "after training, of a pre-trained encoder, or of a saved model",
+    "--test-shots": "its default is --shots in training, 1 elsewhere",
+    "--ways": "training episodes, or the episodes `fsl episodes` writes",
+}
+
+
+def test_each_option_has_one_help_text_wherever_it_means_the_same():
+    """Help is written once: an option shared by several commands is one click object (or one
+    text), not a paraphrase per command, unless its meaning differs (MEANINGS_PER_COMMAND)."""
+    import click
+
+    texts: dict[str, set[str]] = {}
+
+    def walk(group: click.Group) -> None:
+        for command in group.commands.values():
+            if isinstance(command, click.Group):
+                walk(command)
+                continue
+            for param in command.params:
+                if isinstance(param, click.Option) and not param.hidden:
+                    texts.setdefault(max(param.opts, key=len), set()).add(param.help or "")
+
+    walk(cli)
+    differing = {name for name, helps in texts.items() if len(helps) > 1}
+    assert differing == set(MEANINGS_PER_COMMAND), differing ^ set(MEANINGS_PER_COMMAND)
