@@ -20,7 +20,17 @@ from fsl.choices import (
     RESUME_LATEST,
     SPLITS,
 )
-from fsl.config import DEFAULT_HALLUCINATOR, DEFAULT_M, DEFAULTS, FIELD_TYPES, MAX_M, TrainConfig
+from fsl.config import (
+    DEFAULT_HALLUCINATOR,
+    DEFAULT_M,
+    DEFAULTS,
+    FIELD_TYPES,
+    MAX_M,
+    DataConfig,
+    EpisodeFileConfig,
+    EvaluationConfig,
+    TrainConfig,
+)
 from fsl.errors import FslError
 from fsl.registry import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, READERS, Registry
 
@@ -457,7 +467,7 @@ def inspect(path: str, format: str | None, image_size: int | None, **splits: Any
     """Print the format, splits, classes, images per class and image size of PATH."""
     from fsl.data import load_dataset
 
-    cfg = TrainConfig(data=path, image_size=image_size, **splits)
+    cfg = DataConfig(data=path, image_size=image_size, **splits)
     cfg.validate()
     click.echo(load_dataset(path, image_size, format, **cfg.read_options()).describe())
 
@@ -487,9 +497,9 @@ def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: 
              **options: Any) -> None:
     """Write a fixed, shareable episode file (CSV: episode,role,label,path)."""
     from fsl.commands.cmd_episodes import write_episodes
-    from fsl.data.episodes import EpisodeShape
 
-    write_episodes(TrainConfig(**options), split, count, EpisodeShape(ways, shots, queries), seed, out, _reporter())
+    write_episodes(EpisodeFileConfig(split=split, count=count, ways=ways, shots=shots, queries=queries, seed=seed,
+                                     **options), out, _reporter())
 
 
 @cli.command(context_settings=SHOW)
@@ -509,7 +519,7 @@ def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None
     """Evaluate a saved model on new test episodes, or on an episode file (one MLflow run)."""
     from fsl.commands.cmd_evaluate import run_evaluation
 
-    run_evaluation(model_spec, TrainConfig(**options), episodes_file, _reporter())
+    run_evaluation(model_spec, EvaluationConfig(**options), episodes_file, _reporter())
 
 
 @cli.command(context_settings=SHOW)

@@ -39,11 +39,9 @@ TEST_SPLITS = ("test", "all")  # --test-split: the test split of --test-data, or
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """What a training run trains: every field is the `fsl` option of the same name (`image_size`
-    is `--image-size`, `M` is `-M`), and what it means is that option's help, written once, in
-    fsl/cli.py (`fsl protonet --help`). None means "decided at run time" (`auto` on the command
-    line and in MLflow params). The comments here say only why a default is what it is."""
+class DataConfig:
+    """Which data set a command reads, and how: the options of every command that takes --data.
+    Each field is the option of the same name; its help, written once, is in fsl/cli.py."""
 
     data: str = "synthetic"
     format: str | None = None
@@ -53,6 +51,118 @@ class TrainConfig:
     split_ratio: str | None = None
     split_file: str | None = None
     val_share: float | None = None
+
+    @property
+    def split_ratios(self) -> tuple[float, float, float] | None:
+        """--split-ratio as three floats (checked by `validate`), or None for the format's default."""
+        if self.split_ratio is None:
+            return None
+        parts = tuple(float(v) for v in str(self.split_ratio).split(","))
+        return parts  # type: ignore[return-value]
+
+    def read_options(self) -> dict[str, Any]:
+        """The split keywords of `fsl.data.load_dataset` for --data."""
+        return {"split_ratio": self.split_ratios, "split_file": self.split_file, "val_share": self.val_share}
+
+    def _validate_size(self) -> None:
+        if self.image_size is not None and not 16 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise UsageError(f"--image-size must be between 16 (Conv-4 halves it four times) and {MAX_IMAGE_SIZE}, "
+                             f"got {self.image_size}")
+        if self.channels not in (None, 1, 3):
+            raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
+
+    def _validate_data_name(self) -> None:
+        if not self.data.strip():
+            raise UsageError("--data must not be empty (use 'synthetic' for the built-in set)")
+
+    def _validate_split_options(self) -> None:
+        if self.split_ratio is not None:
+            try:
+                ratios = self.split_ratios
+            except ValueError:
+                ratios = None
+            if ratios is None or len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios) \
+                    or abs(sum(ratios) - 1) > 1e-6:
+                raise UsageError(f"--split-ratio must be three shares TRAIN,VAL,TEST, each >= 0, summing to 1 "
+                                 f"(e.g. 0.9,0.1,0), got {self.split_ratio!r}")
+        if self.split_ratio is not None and self.split_file is not None:
+            raise UsageError("--split-ratio and --split-file both choose the splits: give one")
+        if self.val_share is not None and not (math.isfinite(self.val_share) and 0 < self.val_share < 1):
+            raise UsageError(f"--val-share must be between 0 and 1 (exclusive), got {self.val_share}")
+
+    def validate(self) -> None:
+        """UsageError naming the option for a value outside its range, before anything is read."""
+        self._validate_size()
+        self._validate_data_name()
+        self._validate_split_options()
+
+
+@dataclass(frozen=True)
+class EvaluationConfig(DataConfig):
+    """`fsl evaluate`: a saved model tested on new episodes of --data (or on an episode file)."""
+
+    test_ways: int = 5
+    test_shots: int = 1
+    test_queries: int = 15
+    test_episodes: int = 600
+    test_seed: int = 2
+    test_split: str = "test"
+    device: str = "auto"
+    experiment: str = "fsl"
+
+    @property
+    def test_shape(self) -> "EpisodeShape":
+        from fsl.data.episodes import EpisodeShape
+
+        return EpisodeShape(self.test_ways, self.test_shots, self.test_queries)
+
+    def validate(self) -> None:
+        for name in ("test_ways",):
+            _at_least(name, getattr(self, name), 2)
+        for name in ("test_shots", "test_queries", "test_episodes"):
+            _at_least(name, getattr(self, name), 1)
+        _at_most("test_episodes", self.test_episodes, MAX_EPISODES)
+        if not 0 <= self.test_seed <= MAX_SEED:
+            raise UsageError(f"--test-seed must be between 0 and {MAX_SEED}, got {self.test_seed}")
+        _one_of("test_split", self.test_split, TEST_SPLITS)
+        _validate_device(self.device)
+        _validate_experiment(self.experiment)
+        super().validate()
+
+
+@dataclass(frozen=True)
+class EpisodeFileConfig(DataConfig):
+    """`fsl episodes`: the episodes drawn into a file (`split` "all": every class, as a test set)."""
+
+    split: str = "test"
+    count: int = 600
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    seed: int = 0
+
+    @property
+    def shape(self) -> "EpisodeShape":
+        from fsl.data.episodes import EpisodeShape
+
+        return EpisodeShape(self.ways, self.shots, self.queries)
+
+    def validate(self) -> None:
+        if not 1 <= self.count <= MAX_EPISODES:
+            raise UsageError(f"-n/--episodes must be between 1 and {MAX_EPISODES:,}, got {self.count:,}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        super().validate()
+
+
+@dataclass(frozen=True)
+class TrainConfig(DataConfig):
+    """What a training run trains (`fsl protonet`, `fsl hallucinate`, `fsl pretrain`, sweeps): the
+    data fields of `DataConfig` first, then these. Every field is the `fsl` option of the same
+    name (`image_size` is `--image-size`, `M` is `-M`), and what it means is that option's help,
+    written once, in fsl/cli.py (`fsl protonet --help`). None means "decided at run time" (`auto`
+    on the command line and in MLflow params). The comments say only why a default is what it is."""
+
     test_data: str | None = None
     test_split: str = "test"
     augment: str = "none"
@@ -100,18 +210,6 @@ class TrainConfig:
             object.__setattr__(self, "augment", flag[str(self.augment).lower()])
 
     @property
-    def split_ratios(self) -> tuple[float, float, float] | None:
-        """--split-ratio as three floats (checked by `validate`), or None for the format's default."""
-        if self.split_ratio is None:
-            return None
-        parts = tuple(float(v) for v in str(self.split_ratio).split(","))
-        return parts  # type: ignore[return-value]
-
-    def read_options(self) -> dict[str, Any]:
-        """The split keywords of `fsl.data.load_dataset` for --data."""
-        return {"split_ratio": self.split_ratios, "split_file": self.split_file, "val_share": self.val_share}
-
-    @property
     def train_shape(self) -> "EpisodeShape":
         from fsl.data.episodes import EpisodeShape
 
@@ -155,11 +253,7 @@ class TrainConfig:
         _at_least("test_ways", self.test_ways, 2)
         if self.test_shots is not None:
             _at_least("test_shots", self.test_shots, 1)
-        if self.image_size is not None and not 16 <= self.image_size <= MAX_IMAGE_SIZE:
-            raise UsageError(f"--image-size must be between 16 (Conv-4 halves it four times) and {MAX_IMAGE_SIZE}, "
-                             f"got {self.image_size}")
-        if self.channels not in (None, 1, 3):
-            raise UsageError(f"--channels must be 1 or 3, got {self.channels}")
+        self._validate_size()
 
     def _validate_numbers(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -186,34 +280,16 @@ class TrainConfig:
         _one_of("encoder", self.encoder, ENCODERS.names())
         _one_of("augment", self.augment, AUGMENTATIONS.names())
         _one_of("feature_transform", self.feature_transform, FEATURE_TRANSFORMS)
-        if not re.fullmatch(r"(auto|cpu|mps|cuda(:\d+)?)", self.device):
-            raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {self.device!r}")
+        _validate_device(self.device)
         if self.hallucinator is not None:
             _one_of("hallucinator", self.hallucinator, HALLUCINATORS.names())
         if not 0 <= self.M <= MAX_M:
             raise UsageError(f"-M/--hallucinations must be between 0 and {MAX_M}, got {self.M}")
-        if not self.experiment.strip():
-            raise UsageError("--experiment must not be empty")
-        if len(self.experiment) > MAX_EXPERIMENT_NAME or not self.experiment.isprintable():
-            raise UsageError(f"--experiment must be at most {MAX_EXPERIMENT_NAME} printable characters, got "
-                             f"{len(self.experiment)}")
-        if not self.data.strip():
-            raise UsageError("--data must not be empty (use 'synthetic' for the built-in set)")
+        _validate_experiment(self.experiment)
+        self._validate_data_name()
 
     def _validate_splits(self) -> None:
-        if self.split_ratio is not None:
-            try:
-                ratios = self.split_ratios
-            except ValueError:
-                ratios = None
-            if ratios is None or len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios) \
-                    or abs(sum(ratios) - 1) > 1e-6:
-                raise UsageError(f"--split-ratio must be three shares TRAIN,VAL,TEST, each >= 0, summing to 1 "
-                                 f"(e.g. 0.9,0.1,0), got {self.split_ratio!r}")
-        if self.split_ratio is not None and self.split_file is not None:
-            raise UsageError("--split-ratio and --split-file both choose the splits: give one")
-        if self.val_share is not None and not (math.isfinite(self.val_share) and 0 < self.val_share < 1):
-            raise UsageError(f"--val-share must be between 0 and 1 (exclusive), got {self.val_share}")
+        self._validate_split_options()
         _one_of("test_split", self.test_split, TEST_SPLITS)
         if self.test_data is not None and not self.test_data.strip():
             raise UsageError("--test-data must not be empty")
@@ -277,6 +353,19 @@ def _at_least(name: str, value: int, low: int) -> None:
 def _at_most(name: str, value: int, high: int) -> None:
     if value > high:
         raise UsageError(f"--{name.replace('_', '-')} must be at most {high:,}, got {value:,}")
+
+
+def _validate_device(device: str) -> None:
+    if not re.fullmatch(r"(auto|cpu|mps|cuda(:\d+)?)", device):
+        raise UsageError(f"--device must be one of {', '.join(DEVICES)} or cuda:N, got {device!r}")
+
+
+def _validate_experiment(experiment: str) -> None:
+    if not experiment.strip():
+        raise UsageError("--experiment must not be empty")
+    if len(experiment) > MAX_EXPERIMENT_NAME or not experiment.isprintable():
+        raise UsageError(f"--experiment must be at most {MAX_EXPERIMENT_NAME} printable characters, got "
+                         f"{len(experiment)}")
 
 
 def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -10,7 +10,7 @@ from fsl.commands.cmd_train import RunSummary
 from fsl.commands.inputs import device_option, load_data, load_model
 from fsl.commands.options import Reporter
 from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, run_tags
-from fsl.config import TrainConfig
+from fsl.config import EvaluationConfig
 from fsl.data.episodes import EpisodeIndices, FileEpisode, read_episode_file
 from fsl.data.store import DataSet, ImageStore
 from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
@@ -34,7 +34,7 @@ class EpisodesToTest:
     from_file: list[FileEpisode] = field(default_factory=list)
 
 
-def episodes_to_test(cfg: TrainConfig, model, episodes_file: str | None, device) -> EpisodesToTest:
+def episodes_to_test(cfg: EvaluationConfig, model, episodes_file: str | None, device) -> EpisodesToTest:
     """The episodes of `fsl evaluate`, at the model's image size and channels."""
     size = model.config["image_size"]
     split = "all" if cfg.test_split == "all" else "splits"
@@ -53,12 +53,11 @@ def episodes_to_test(cfg: TrainConfig, model, episodes_file: str | None, device)
                         sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test"))
 
 
-def run_evaluation(model_spec: str, cfg: TrainConfig, episodes_file: str | None = None,
+def run_evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | None = None,
                    reporter: Reporter = Reporter()) -> RunSummary:
     """Test `model_spec` as one MLflow run. Images are prepared as in the model's training, at
     the model's size; an episode file's `<split>:<row>` rows are checked against cfg.data."""
     cfg.validate()
-    cfg = cfg.resolved()
     runs = mlflow_runs()
     runs.check_store()
     device = device_option(cfg.device)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from fsl.config import TrainConfig
+from fsl.config import DataConfig, TrainConfig
 from fsl.data import DataSet, load_dataset
 from fsl.errors import FslError, UsageError
 from fsl.runtime import resolve_device
@@ -21,7 +21,7 @@ def device_option(name: str) -> torch.device:
         raise UsageError(str(exc)) from exc
 
 
-def load_data(cfg: TrainConfig, image_size: int | None = None, split: str = "splits") -> DataSet:
+def load_data(cfg: DataConfig, image_size: int | None = None, split: str = "splits") -> DataSet:
     """The data set named by cfg.data with cfg's format, size, channels, rotations and split
     options; `split="all"` makes every class a test class."""
     return load_dataset(cfg.data, image_size or cfg.image_size, cfg.format, cfg.channels, cfg.rotations,

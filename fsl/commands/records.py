@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import fsl
-from fsl.config import TrainConfig
+from fsl.config import DataConfig
 from fsl.data import DataSet
 
 
@@ -41,7 +41,7 @@ def log_source_diff(tracker) -> None:
             tracker.log_artifact(path)
 
 
-def dataset_input(data: DataSet, cfg: TrainConfig) -> dict[str, Any]:
+def dataset_input(data: DataSet, cfg: DataConfig) -> dict[str, Any]:
     """The data set as an MLflow dataset input: name, digest, source and profile."""
     name = "synthetic" if cfg.data == "synthetic" else Path(cfg.data).resolve().name
     source = {"data": cfg.data if cfg.data == "synthetic" else str(Path(cfg.data).resolve()),
