@@ -470,7 +470,7 @@ def test_dead_writers_temporary_folders_are_removed_by_data_cache(tmp_path, monk
 
     monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
     datasets = tmp_path / "cache" / "datasets"
-    code = ("import os, sys; from pathlib import Path; from fsl.runtime import _temporary_prefix; "
+    code = ("import os, sys; from pathlib import Path; from fsl.files import _temporary_prefix; "
             "p = Path(sys.argv[1]) / (_temporary_prefix('synthetic-x') + 'abc123'); p.mkdir(parents=True); "
             "(p / 'train_images.npy').write_bytes(b'0' * 1000)")
     subprocess.run([sys.executable, "-c", code, str(datasets)], check=True)  # a writer that is gone now

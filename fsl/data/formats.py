@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -230,6 +230,16 @@ def _image_array(path: Path, value) -> np.ndarray:
     return images
 
 
+def _pickled_splits(root: Path, file_name: str, stems: tuple[str, str, str],
+                    keys: tuple[str, ...]) -> Iterator[tuple[str, Path, dict, np.ndarray]]:
+    """(split, path, the pickled dict, its images) for the train, val and test files, named
+    `file_name` with each split's stem in it."""
+    for split, stem in zip(SPLITS, stems):
+        path = root / file_name.format(stem)
+        data = _load_pickle(path, keys)
+        yield split, path, data, _image_array(path, data[keys[0]])
+
+
 class Learn2LearnPickle(ArrayReader):
     keyed_like_v1 = True  # fsl 0.1's format: its fingerprints must not move
 
@@ -238,10 +248,8 @@ class Learn2LearnPickle(ArrayReader):
 
     def arrays(self, root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
         out = {}
-        for split, stem in (("train", "train"), ("val", "validation"), ("test", "test")):
-            path = root / f"mini-imagenet-cache-{stem}.pkl"
-            data = _load_pickle(path, ("image_data", "class_dict"))
-            images = _image_array(path, data["image_data"])
+        for split, path, data, images in _pickled_splits(root, "mini-imagenet-cache-{}.pkl",
+                                                         ("train", "validation", "test"), ("image_data", "class_dict")):
             if not isinstance(data["class_dict"], dict):
                 raise DataError(f"{path}: class_dict must map class names to row lists, found "
                                 f"{type(data['class_dict']).__name__}")
@@ -270,10 +278,9 @@ class MetaOptNetPickle(ArrayReader):
 
     def arrays(self, root: Path) -> dict[str, tuple[np.ndarray, list[str]]]:
         out = {}
-        for split, stem in (("train", "train_phase_train"), ("val", "val"), ("test", "test")):
-            path = root / f"miniImageNet_category_split_{stem}.pickle"
-            data = _load_pickle(path, ("data", "labels"))
-            images, labels = _image_array(path, data["data"]), list(data["labels"])
+        for split, path, data, images in _pickled_splits(root, "miniImageNet_category_split_{}.pickle",
+                                                         ("train_phase_train", "val", "test"), ("data", "labels")):
+            labels = list(data["labels"])
             if len(labels) != len(images):
                 raise DataError(f"{path}: {len(images)} images but {len(labels)} labels")
             out[split] = (images, [str(v) for v in labels])
