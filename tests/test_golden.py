@@ -22,7 +22,7 @@ def this_cpu() -> str:
 
 @pytest.mark.parametrize("kind", ["protonet", "wang", "improved", "calibrated"])
 def test_a_tiny_deterministic_schedule_gives_the_golden_numbers(kind):
-    from fsl.commands.cmd_train import prepare_training
+    from fsl.commands.training_setup import prepare_training
     from fsl.config import TrainConfig
     from fsl.evaluate import evaluate, sample_episodes
     from fsl.train import train

@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Callable
 
 from fsl import sweeps, viz
-from fsl.commands.cmd_train import TrainedTwin, prepare_training, run_test_of_twin, run_training
+from fsl.commands.cmd_train import TrainedTwin, run_test_of_twin, run_training
 from fsl.commands.options import Reporter, RunOptions
 from fsl.commands.records import log_source_diff, mlflow_runs, run_tags
 from fsl.commands.run_identity import config_hash, run_params
+from fsl.commands.training_setup import prepare_training
 from fsl.config import TrainConfig
 from fsl.data import DataSet
 from fsl.tracking.protocol import Runs

@@ -17,7 +17,7 @@ from fsl.pretrain import PREFIX as PRETRAIN
 from fsl.processes import process_alive
 
 if TYPE_CHECKING:
-    from fsl.commands.cmd_train import TrainingSetup
+    from fsl.commands.training_setup import TrainingSetup
 
 
 def run_name(cfg: TrainConfig) -> str:
