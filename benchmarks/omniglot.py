@@ -54,8 +54,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     background = load_dataset(str(OMNIGLOT / "images_background_small1.zip"), image_size, rotations=True,
-                              split_ratio=(0.9, 0.1, 0.0))
-    background = with_reflections(background) if reflections else background
+                              reflections=reflections, split_ratio=(0.9, 0.1, 0.0))
     workdir = workdir or Path(tempfile.mkdtemp(prefix="fsl-omniglot-"))
     split_file = unseen_split_file(OMNIGLOT / "images_background_small2.zip", workdir / "omniglot_unseen.txt")
     unseen = load_dataset(str(OMNIGLOT / "images_background_small2.zip"), image_size, split_file=str(split_file))
@@ -99,22 +98,6 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
                                                    "episodes": episodes, "per_episode": [round(a, 2) for a in res.accs]}
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     return out
-
-
-def with_reflections(data):
-    """Every class of every split also mirrored left-right, as a new class in the same split: a
-    mirrored character is a different character, as a rotated one is (class augmentation, x2)."""
-    import torch
-
-    from fsl.data.store import DataSet, ImageStore
-
-    splits = {}
-    for name, store in data.splits.items():
-        images = torch.cat([store.images, torch.flip(store.images, dims=(3,))])
-        labels = torch.cat([store.labels, store.labels + store.n_classes])
-        splits[name] = ImageStore(images, labels, list(store.class_names) + [f"{c}@mirror" for c in store.class_names])
-    return DataSet(data.name, splits, data.fingerprint + "-mirror", data.notes + ["reflections: x2 classes"],
-                   source_id=data.source_id + "-mirror")
 
 
 def with_centred_features(model, base):

@@ -145,6 +145,8 @@ data_options = _options(
                  help="1 = greyscale, 3 = RGB. [default: inferred from the images]"),
     click.option("--rotations/--no-rotations", default=DEFAULTS.rotations,
                  help="Add 90/180/270-degree rotations of every class as new classes (the Omniglot protocol)."),
+    click.option("--reflections/--no-reflections", default=DEFAULTS.reflections,
+                 help="Add the mirror image of every class as a new class (characters, not photographs)."),
     split_options,
 )
 

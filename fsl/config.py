@@ -48,6 +48,7 @@ class DataConfig:
     image_size: int | None = None
     channels: int | None = None
     rotations: bool = False
+    reflections: bool = False
     split_ratio: str | None = None
     split_file: str | None = None
     val_share: float | None = None
@@ -321,7 +322,7 @@ PRETRAIN_FIELDS = ("pretrain_epochs", "pretrain_lr", "pretrain_batch_size", "pre
 # value they are left out of the run identity (`fsl.config_hash`), so `--resume` and sweep reuse
 # still find the runs made before they existed. `augment` was a boolean.
 PRE_CHANGE_PARAMS = {"encoder": "conv4", "encoder_width": 1.0, "feature_transform": "none", "split_ratio": "",
-                     "split_file": "", "val_share": "", "test_data": "", "test_split": "test"}
+                     "split_file": "", "val_share": "", "test_data": "", "test_split": "test", "reflections": False}
 PRE_CHANGE_AUGMENT = {"none": False, "omniglot": True}
 
 

@@ -587,3 +587,25 @@ def test_a_cache_written_before_the_reader_registry_is_used_without_decoding(
     expected = json.loads(FORMATS_FIXTURE.with_suffix(".json").read_text())["class-folders"]
     assert (data.fingerprint, data.source_id, pixel_digest(data)) == (
         expected["fingerprint"], expected["source_id"], expected["pixels"])
+
+
+def test_reflections_add_the_mirror_image_of_every_class_as_a_class_and_change_the_fingerprint(tmp_path):
+    root = make_omniglot_like(tmp_path / "omni")
+    plain = load_dataset(str(root), split_ratio=(0.6, 0.2, 0.2))
+    mirrored = load_dataset(str(root), split_ratio=(0.6, 0.2, 0.2), reflections=True)
+    for split in plain.splits:
+        before, after = plain.split(split), mirrored.split(split)
+        assert after.n_classes == 2 * before.n_classes and after.class_names[before.n_classes].endswith("@mirror")
+        first = before.images[before.labels == 0][0]
+        assert torch.equal(after.images[after.labels == before.n_classes][0], torch.flip(first, dims=(2,)))
+    assert mirrored.fingerprint != plain.fingerprint and mirrored.source_id != plain.source_id
+
+
+def test_the_config_hash_of_a_run_without_reflections_is_the_hash_it_had_before_the_option():
+    from fsl.commands.run_identity import config_hash
+    from fsl.config import TrainConfig
+
+    params = TrainConfig().resolved().to_params()
+    assert params["reflections"] is False
+    assert config_hash(params) == config_hash({k: v for k, v in params.items() if k != "reflections"})
+    assert config_hash(params | {"reflections": True}) != config_hash(params)

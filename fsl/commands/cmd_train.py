@@ -174,8 +174,9 @@ def _log_datasets(setup: TrainingSetup, tracker, reporter: Reporter) -> None:
     --test-data, the test data set (context evaluation); warn of class names they share."""
     tracker.log_dataset(dataset_input(setup.data, setup.cfg), "training")
     if setup.test_data is not None:
-        as_read = replace(setup.cfg, data=str(setup.cfg.test_data), format=None, rotations=False, split_ratio=None,
-                          split_file=None, val_share=None)  # --data's options do not apply to it
+        as_read = replace(setup.cfg, data=str(setup.cfg.test_data), format=None, rotations=False,
+                          reflections=False, split_ratio=None, split_file=None,
+                          val_share=None)  # --data's options do not apply to it
         tracker.log_dataset(dataset_input(setup.test_data, as_read), "evaluation")
         shared = shared_class_names(setup)
         if shared:

@@ -22,10 +22,10 @@ def device_option(name: str) -> torch.device:
 
 
 def load_data(cfg: DataConfig, image_size: int | None = None, split: str = "splits") -> DataSet:
-    """The data set named by cfg.data with cfg's format, size, channels, rotations and split
+    """The data set named by cfg.data with cfg's format, size, channels, rotations, reflections and split
     options; `split="all"` makes every class a test class."""
     return load_dataset(cfg.data, image_size or cfg.image_size, cfg.format, cfg.channels, cfg.rotations,
-                        split=split, **cfg.read_options())
+                        reflections=cfg.reflections, split=split, **cfg.read_options())
 
 
 def load_test_data(cfg: TrainConfig, data: DataSet) -> DataSet:

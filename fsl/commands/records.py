@@ -46,6 +46,7 @@ def dataset_input(data: DataSet, cfg: DataConfig) -> dict[str, Any]:
     name = "synthetic" if cfg.data == "synthetic" else Path(cfg.data).resolve().name
     source = {"data": cfg.data if cfg.data == "synthetic" else str(Path(cfg.data).resolve()),
               "format": cfg.format or "detected", "rotations": cfg.rotations}
+    source |= {"reflections": True} if cfg.reflections else {}
     source |= {k: v for k, v in cfg.read_options().items() if v is not None}
     if cfg.data == "synthetic":
         from fsl.data import synthetic

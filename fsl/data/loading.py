@@ -9,7 +9,7 @@ from fsl.errors import UsageError
 
 
 def load_dataset(spec: str = "synthetic", image_size: int | None = None, fmt: str | None = None,
-                 channels: int | None = None, rotations: bool = False, *,
+                 channels: int | None = None, rotations: bool = False, *, reflections: bool = False,
                  split_ratio: tuple[float, float, float] | None = None, split_file: str | None = None,
                  val_share: float | None = None, split: str = "splits") -> DataSet:
     """Resolve a `--data` value to a `DataSet`, decoding once and caching under `cache_dir()`.
@@ -30,4 +30,5 @@ def load_dataset(spec: str = "synthetic", image_size: int | None = None, fmt: st
         opts = readers.ReadOptions(image_size=image_size, channels=channels, rotations=rotations,
                                    split_ratio=split_ratio, split_file=split_file, val_share=val_share)
         data = readers.read(spec, fmt, opts)
+    data = data.with_reflections() if reflections else data
     return data.all_as_test() if split == "all" else data

@@ -122,6 +122,19 @@ class DataSet:
         return DataSet(self.name, splits, self.fingerprint + "-rot", self.notes + ["rotations: x4 classes"],
                        source_id=self.source_id + "-rot")
 
+    def with_reflections(self) -> "DataSet":
+        """Add the left-right mirror image of every class as a new class, named `<class>@mirror`:
+        a mirrored character is another character, as a rotated one is (class augmentation for
+        Omniglot; not for photographs, whose mirror image is the same class)."""
+        splits = {}
+        for name, store in self.splits.items():
+            images = torch.cat([store.images, torch.flip(store.images, dims=(3,))])
+            labels = torch.cat([store.labels, store.labels + store.n_classes])
+            names = list(store.class_names) + [f"{c}@mirror" for c in store.class_names]
+            splits[name] = ImageStore(images, labels, names)
+        return DataSet(self.name, splits, self.fingerprint + "-mirror", self.notes + ["reflections: x2 classes"],
+                       source_id=self.source_id + "-mirror")
+
     def all_as_test(self) -> "DataSet":
         """Every class of every split as one `test` split (`--split all`): for testing a model on
         a data set none of whose classes it was trained on. Its fingerprint and source id say so."""
