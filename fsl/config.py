@@ -118,17 +118,20 @@ class EvaluationConfig(DataConfig):
         return EpisodeShape(self.test_ways, self.test_shots, self.test_queries)
 
     def validate(self) -> None:
-        for name in ("test_ways",):
-            _at_least(name, getattr(self, name), 2)
-        for name in ("test_shots", "test_queries", "test_episodes"):
+        """In TrainConfig's order of checks: counts and sizes, numbers, names, split options."""
+        for name in ("test_queries", "test_episodes"):
             _at_least(name, getattr(self, name), 1)
         _at_most("test_episodes", self.test_episodes, MAX_EPISODES)
+        _at_least("test_ways", self.test_ways, 2)
+        _at_least("test_shots", self.test_shots, 1)
+        self._validate_size()
         if not 0 <= self.test_seed <= MAX_SEED:
             raise UsageError(f"--test-seed must be between 0 and {MAX_SEED}, got {self.test_seed}")
-        _one_of("test_split", self.test_split, TEST_SPLITS)
         _validate_device(self.device)
         _validate_experiment(self.experiment)
-        super().validate()
+        self._validate_data_name()
+        self._validate_split_options()
+        _one_of("test_split", self.test_split, TEST_SPLITS)
 
 
 @dataclass(frozen=True)
@@ -149,11 +152,11 @@ class EpisodeFileConfig(DataConfig):
         return EpisodeShape(self.ways, self.shots, self.queries)
 
     def validate(self) -> None:
+        super().validate()
         if not 1 <= self.count <= MAX_EPISODES:
             raise UsageError(f"-n/--episodes must be between 1 and {MAX_EPISODES:,}, got {self.count:,}")
         if not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        super().validate()
 
 
 @dataclass(frozen=True)

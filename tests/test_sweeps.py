@@ -369,3 +369,22 @@ def test_sweep_and_child_names_say_the_method_the_grid_and_the_point():
         "protonet-hallucinator=none,M=0", "hallucinate-hallucinator=wang,M=10"]
     long = sweeps.plan_sweep(TrainConfig(), {"seed": list(range(60))})
     assert len(sweeps.sweep_run_name(long)) == sweeps.MAX_RUN_NAME and sweeps.sweep_run_name(long).endswith("~")
+
+
+def test_data_handed_in_is_part_of_the_run_identity_and_a_sweep_over_data_options_refuses_it(fsl_cache):
+    """A study that reads its own data sets must never reuse (or resume) a run made on other data."""
+    from fsl.commands.cmd_sweep import run_sweep
+    from fsl.commands.run_identity import config_hash, run_params
+    from fsl.commands.training_setup import prepare_training
+    from fsl.data import load_dataset
+    from fsl.tracking.null import NullRuns
+
+    cfg = TrainConfig(image_size=16, precision="fp32", device="cpu")
+    read = config_hash(run_params(prepare_training(cfg), 1))
+    same = load_dataset("synthetic", 16)
+    rotated = load_dataset("synthetic", 16, rotations=True)
+    handed = config_hash(run_params(prepare_training(cfg, data=same), 1))
+    other = config_hash(run_params(prepare_training(cfg, data=rotated), 1))
+    assert len({read, handed, other}) == 3
+    with pytest.raises(UsageError, match="a sweep over rotations reads its data itself"):
+        run_sweep(cfg, {"rotations": [False, True]}, data=same, runs=NullRuns())

@@ -5,7 +5,7 @@ runs under one parent that aggregates over the seeds (planning and statistics: `
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -15,8 +15,9 @@ from fsl.commands.options import Reporter, RunOptions
 from fsl.commands.records import log_source_diff, mlflow_runs, run_tags
 from fsl.commands.run_identity import config_hash, run_params
 from fsl.commands.training_setup import prepare_training
-from fsl.config import TrainConfig
+from fsl.config import DataConfig, TrainConfig
 from fsl.data import DataSet
+from fsl.errors import UsageError
 from fsl.tracking.protocol import Runs
 
 
@@ -50,9 +51,10 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
         from fsl.tracking.model_registry import validate_model_name
 
         validate_model_name(options.registered_model_name)
+    given = Given(data, test_data)
+    _check_given_data(given, grid)
     runs = runs or mlflow_runs()
     runs.check_store()
-    given = Given(data, test_data)
     hashes = _child_hashes(plan, given)
     tags = run_tags("sweep") | {"fsl.sweep_grid": repr(grid), "fsl.sweep_shard": f"{shard}/{shards}"}
     with runs.open(base.experiment, run_name=options.run_name or sweeps.sweep_run_name(plan), tags=tags,
@@ -110,26 +112,37 @@ class Given:
     test_data: DataSet | None = None
 
 
-def _handed_over(runs: Runs, twin: sweeps.Child, result: sweeps.ChildResult, workdir: Path) -> TrainedTwin:
-    """The checkpoint a child is tested from: the one its twin kept in `workdir`, or, for a twin
-    reused from an earlier sweep, its run's best checkpoint from the store."""
-    kept = workdir / f"{twin.name}.pt"
+def _check_given_data(given: Given, grid: dict[str, list]) -> None:
+    """A sweep over how data is read cannot run on data sets read already."""
+    if given.data is None and given.test_data is None:
+        return
+    read_fields = {f.name for f in fields(DataConfig)} | {"test_data", "test_split"}
+    axes = sorted(set(grid) & read_fields)
+    if axes:
+        raise UsageError(f"a sweep over {', '.join(axes)} reads its data itself: pass no data sets to run_sweep")
+
+
+def _handed_over(runs: Runs, kept: Path, result: sweeps.ChildResult) -> TrainedTwin:
+    """The checkpoint a child is tested from: the one its twin kept (`kept`), or, for a twin
+    reused from an earlier sweep, its run's best checkpoint, fetched from the store beside it."""
     if not kept.exists():
         assert result.run_id is not None  # a reused twin: found in the store
-        kept = runs.best_checkpoint(result.run_id, workdir / twin.name)
+        kept = runs.best_checkpoint(result.run_id, kept.with_suffix(""))
     return TrainedTwin(kept, result.run_id, result.metrics)
 
 
 def _run_children(runs: Runs, plan: sweeps.Plan, hashes: dict[str, str], options: RunOptions, reporter: Reporter,
                   given: Given, workdir: Path, on_child) -> dict[str, sweeps.ChildResult]:
     """Every child of the plan, twins first (`sweeps.run_order`); a twin keeps its best
-    checkpoint in `workdir` for the children tested from it."""
+    checkpoint in `workdir` (named by its config hash: a point's name may hold any character)
+    for the children tested from it."""
     results: dict[str, sweeps.ChildResult] = {}
     twins = {twin.name for child in plan.children if (twin := sweeps.trained_twin(plan, child))}
     for child in sweeps.run_order(plan):
         twin = sweeps.trained_twin(plan, child)
-        handed = _handed_over(runs, twin, results[twin.name], workdir) if twin else None
-        keep = workdir / f"{child.name}.pt" if child.name in twins else None
+        handed = (lambda t=twin: _handed_over(runs, workdir / f"{hashes[t.name]}.pt", results[t.name])) \
+            if twin else None
+        keep = workdir / f"{hashes[child.name]}.pt" if child.name in twins else None
         results[child.name] = _run_child(runs, child, hashes[child.name], replace(options, keep_checkpoint=keep),
                                          reporter, handed, given)
         if on_child:
@@ -150,7 +163,7 @@ def _child_hashes(plan: sweeps.Plan, given: Given) -> dict[str, str]:
 
 
 def _run_child(runs: Runs, child: sweeps.Child, child_hash: str, options: RunOptions, reporter: Reporter,
-               twin: TrainedTwin | None, given: Given) -> sweeps.ChildResult:
+               twin: Callable[[], TrainedTwin] | None, given: Given) -> sweeps.ChildResult:
     """Reuse a FINISHED run of the child's configuration, or test its trained twin's model
     (`sweeps.trained_twin`), or train it. The child's metrics are those its run logged, as the
     run itself reports them: the same whatever `runs` records."""
@@ -160,7 +173,7 @@ def _run_child(runs: Runs, child: sweeps.Child, child_hash: str, options: RunOpt
         return sweeps.ChildResult(found[0], found[1], reused=True)
     reporter.echo(f"--- sweep {child.name}")
     child_options = replace(options, nested=True, run_name=sweeps.child_run_name(child), resume=None)
-    summary = run_test_of_twin(child.cfg, twin, child_options, reporter, runs, given.data, given.test_data) \
+    summary = run_test_of_twin(child.cfg, twin(), child_options, reporter, runs, given.data, given.test_data) \
         if twin else None
     if summary is None:
         summary = run_training(child.cfg, child_options, reporter, runs, given.data, given.test_data)

@@ -8,6 +8,7 @@ surface, so no step below asks whether it is tracked.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -99,7 +100,8 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
             tracker.log_params(params)
             log_source_diff(tracker)
             _log_datasets(setup, tracker, reporter)
-            run_key = broadcast(tracker.run_id or resume_id or "untracked-" + run_hash)
+            # untracked: this process's own folder (two untracked runs of one config may run at once)
+            run_key = broadcast(tracker.run_id or resume_id or f"untracked-{run_hash}-{os.getpid()}")
             checkpoints = cache_dir() / "runs" / run_key
             if rank == 0:
                 claim_checkpoint_folder(checkpoints)
@@ -110,6 +112,8 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
             shutil.rmtree(checkpoints, ignore_errors=True)
             if summary.run_id:
                 reporter.echo(runs.link(summary.run_id))
+        if resume_id and summary.run_id:  # what the run logged before it was stopped, too
+            summary.metrics = runs.run_metrics(summary.run_id)
         return summary
 
 
@@ -174,13 +178,14 @@ def _log_datasets(setup: TrainingSetup, tracker, reporter: Reporter) -> None:
     --test-data, the test data set (context evaluation); warn of class names they share."""
     tracker.log_dataset(dataset_input(setup.data, setup.cfg), "training")
     if setup.test_data is not None:
-        as_read = replace(setup.cfg, data=str(setup.cfg.test_data), format=None, rotations=False,
+        label = setup.cfg.test_data or setup.test_data.name  # a data set handed in has no --test-data
+        as_read = replace(setup.cfg, data=label, format=None, rotations=False,
                           reflections=False, split_ratio=None, split_file=None,
                           val_share=None)  # --data's options do not apply to it
         tracker.log_dataset(dataset_input(setup.test_data, as_read), "evaluation")
         shared = shared_class_names(setup)
         if shared:
-            reporter.echo(f"warning: --test-data {setup.cfg.test_data} shares {len(shared)} class name(s) with the "
+            reporter.echo(f"warning: --test-data {label} shares {len(shared)} class name(s) with the "
                           f"training data ({', '.join(shared[:5])}{', ...' if len(shared) > 5 else ''}): if they are "
                           f"the same classes, the test measures seen classes")
 

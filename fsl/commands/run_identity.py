@@ -35,13 +35,18 @@ def run_name(cfg: TrainConfig) -> str:
 
 
 def run_params(setup: TrainingSetup, world_size: int) -> dict[str, Any]:
-    """The run's params: the config, what `auto` resolved to, and what the run ran on."""
+    """The run's params: the config, what `auto` resolved to, and what the run ran on. Data sets
+    a caller handed in (not read from cfg.data) are named by their fingerprints, which so enter
+    the config hash: a run on other data is never taken for this one."""
     from fsl.provenance import environment
 
+    handed_in = {"data_fingerprint": setup.data.fingerprint} | (
+        {"test_data_fingerprint": setup.test_data.fingerprint} if setup.test_data is not None else {}) \
+        if setup.handed_in else {}
     return setup.cfg.to_params() | {
         "device_resolved": str(setup.device), "precision_resolved": setup.precision,
         "image_size_resolved": setup.data.image_size, "feature_dim": setup.model.feature_dim,
-        "world_size": world_size} | environment()
+        "world_size": world_size} | handed_in | environment()
 
 
 def config_hash(params: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ class TrainingSetup:
     precision: str
     model: FewShotClassifier
     test_data: DataSet | None = None  # --test-data; None: the test split of `data`
+    handed_in: bool = False           # the data sets were read by the caller, not from cfg.data / cfg.test_data
 
     @property
     def test_set(self) -> DataSet:
@@ -48,6 +49,7 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None, data:
     ratios = cfg.split_ratios
     if ratios is not None and (ratios[0] == 0 or ratios[1] == 0):
         raise UsageError(f"--split-ratio {cfg.split_ratio}: training needs train and val classes (shares > 0)")
+    handed_in = data is not None or test_data is not None
     data = data or load_data(cfg)
     test_data = test_data or load_test_data(cfg, data)
     # Building the samplers checks ways and shots + queries against every split used.
@@ -64,7 +66,7 @@ def prepare_training(cfg: TrainConfig, device: torch.device | None = None, data:
         raise UsageError(f"--encoder {cfg.encoder}: {exc}") from None
     if cfg.init:
         _initialise_from(model, cfg.init)
-    return TrainingSetup(cfg, data, device, precision, model, None if test_data is data else test_data)
+    return TrainingSetup(cfg, data, device, precision, model, None if test_data is data else test_data, handed_in)
 
 
 def shared_class_names(setup: TrainingSetup) -> list[str]:

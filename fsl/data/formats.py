@@ -162,7 +162,8 @@ def _resolve(root: Path, name: str, folders: Iterable[str], csv_path: Path) -> s
 
 
 def _has_files(root: Path, *names: str) -> bool:
-    return root.is_dir() and all((root / name).is_file() for name in names)
+    """Whether the folder `root` lists all of `names` (as fsl 0.1 detected formats: by name)."""
+    return root.is_dir() and set(names) <= set(os.listdir(root))
 
 
 class Ravi(FileReader):
@@ -187,7 +188,7 @@ class Course(FileReader):
     keyed_like_v1 = True
 
     def detects(self, root: Path) -> bool:
-        return _has_files(root, "train.csv", "val.csv") and not (root / "test.csv").exists()  # that is ravi
+        return _has_files(root, "train.csv", "val.csv") and not _has_files(root, "test.csv")  # that is ravi
 
     def list_images(self, root: Path, opts: ReadOptions) -> Listing:
         raw = {}
