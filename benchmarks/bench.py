@@ -26,12 +26,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
 from benchmarks import reference
+from benchmarks.timing import interleaved, rate, sync
 from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeShape
 from fsl.data.readers import ReadOptions, read
@@ -66,26 +66,6 @@ def make_tree(root: Path, train_classes: int, per_class: int, size: int = 84, ev
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(_write_class, jobs))
     return root
-
-
-# ------------------------------------------------------------------------------ measuring
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def rate(block: Callable[[], int], device: torch.device, warmup: int, repeats: int) -> dict:
-    """Median/min/max items per second of `block` (which returns how many items it did)."""
-    for _ in range(warmup):
-        block()
-    sync(device)
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        n = block()
-        sync(device)
-        rates.append(n / (time.perf_counter() - t0))
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "repeats": repeats}
 
 
 def reset_host_peak() -> None:
@@ -389,21 +369,16 @@ def main() -> None:
 
 def logging_overhead(work: Path, repeats: int = 3) -> dict:
     """Wall time of one small `run_training` with MLflow against the same with no tracker."""
-    from fsl.commands.options import SILENT, RunOptions
     from fsl.commands.cmd_train import run_training
+    from fsl.commands.options import SILENT, RunOptions
     from fsl.tracking.null import NullRuns
 
     cfg = TrainConfig(epochs=5, episodes_per_epoch=100, val_episodes=20, test_episodes=100,
                       experiment="bench-logging")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    times: dict[str, list[float]] = {"with_mlflow": [], "without": []}
     options = RunOptions(register=True, system_metrics=False)
-    run_training(cfg, options, SILENT)  # warm-up: creates the store
-    for _ in range(repeats):
-        for label, runs in (("with_mlflow", None), ("without", NullRuns())):
-            t0 = time.perf_counter()
-            run_training(cfg, options, SILENT, runs=runs)
-            times[label].append(time.perf_counter() - t0)
+    times = interleaved({"with_mlflow": lambda: run_training(cfg, options, SILENT),  # the warm-up creates the store
+                         "without": lambda: run_training(cfg, options, SILENT, runs=NullRuns())}, repeats=repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"median_s": med, "all_s": times, "overhead": med["with_mlflow"] / med["without"] - 1}
 

@@ -12,19 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 
+from benchmarks.timing import interleaved, training_block
 from fsl.config import TrainConfig
 from fsl.data import load_dataset
 from fsl.models.classifier import build_model
 from fsl.runtime import resolve_device, resolve_precision, set_deterministic
 from fsl.train import EpisodeTrainer
-
-
-def step_ms(trainer: EpisodeTrainer, steps: int) -> float:
-    t0 = time.perf_counter()
-    float(trainer.run(steps)[0])
-    return (time.perf_counter() - t0) / steps * 1e3
 
 
 def main(steps: int = 20, repeats: int = 5) -> dict:
@@ -37,16 +31,11 @@ def main(steps: int = 20, repeats: int = 5) -> dict:
         cfg = TrainConfig(hallucinator=kind, M=m, seed=0)
         model = build_model(cfg, data, device, precision)
         trainer = EpisodeTrainer(model, store, cfg, device)
-        times: dict[bool, list[float]] = {False: [], True: []}
-        for on in (False, True):  # warm-up
-            set_deterministic(on)
-            step_ms(trainer, 3)
-        for _ in range(repeats):
-            for on in (False, True):
-                set_deterministic(on)
-                times[on].append(step_ms(trainer, steps))
+        block = training_block(trainer, steps)
+        seconds = interleaved({"off": lambda: (set_deterministic(False), block()),
+                               "on": lambda: (set_deterministic(True), block())}, device, repeats)
         set_deterministic(False)
-        off, on = statistics.median(times[False]), statistics.median(times[True])
+        off, on = (statistics.median(seconds[k]) / steps * 1e3 for k in ("off", "on"))
         out[label] = {"off_ms": off, "on_ms": on, "overhead": on / off - 1}
     return out
 

@@ -1,7 +1,7 @@
 """What each encoder costs: seconds per training episode and per test episode, 5-way 1-shot
 15-query, on the built-in data at each image size, through the trainer and evaluation fsl uses
 (`fsl.train.EpisodeTrainer`, `fsl.evaluate.episode_correct`). Medians of --repeats timed blocks
-after one warm-up block (`benchmarks.bench.rate`). Prints a markdown table and writes JSON.
+after one warm-up block (`benchmarks.timing.rate`). Prints a markdown table and writes JSON.
 
     python -m benchmarks.encoder_cost [--encoders conv4,resnet12,resnet12@0.25] [--sizes 32,84]
 """
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench import device_peak_mib, rate, reset_device_peak
+from benchmarks.bench import device_peak_mib, reset_device_peak
+from benchmarks.timing import rate
 from fsl.config import TrainConfig
 from fsl.data import load_dataset
 from fsl.data.episodes import EpisodeShape

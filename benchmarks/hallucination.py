@@ -23,6 +23,7 @@ from dataclasses import replace
 
 import torch
 
+from benchmarks.timing import interleaved, training_block
 from fsl import sweeps
 from fsl.choices import COMPILE_MODES
 from fsl.config import TrainConfig
@@ -52,13 +53,9 @@ def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5, size
         for label, kind, m in configs:
             cfg = TrainConfig(hallucinator=kind, M=m)
             trainers[label] = EpisodeTrainer(build_model(cfg, data, device, precision), store, cfg, device)
-            float(trainers[label].run(3)[0])  # warm-up
-        times: dict[str, list[float]] = {label: [] for label in trainers}
-        for _ in range(repeats):
-            for label, trainer in trainers.items():
-                t0 = time.perf_counter()
-                float(trainer.run(steps)[0])
-                times[label].append((time.perf_counter() - t0) / steps * 1e3)
+        seconds = interleaved({label: training_block(trainer, steps) for label, trainer in trainers.items()},
+                              device, repeats)
+        times = {label: [s / steps * 1e3 for s in values] for label, values in seconds.items()}
         row = {label: {"ms_per_step": statistics.median(t), "min": min(t), "max": max(t)} for label, t in times.items()}
         for label in trainers:
             if label != "M0":

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-
-
-import os
 
 # ../shared beside the checkout; FSL_OMNIGLOT_DIR points elsewhere (a copy carried to a GPU machine).
 OMNIGLOT = Path(os.environ.get("FSL_OMNIGLOT_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
@@ -43,8 +41,8 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     """Train (pre-training for `pretrain_epochs`, then `steps` episodes; either may be 0) and test
     on the unseen alphabets; a JSON-able summary."""
     from fsl.config import TrainConfig
-    from fsl.data.episodes import EpisodeShape
     from fsl.data import load_dataset
+    from fsl.data.episodes import EpisodeShape
     from fsl.evaluate import evaluate, sample_episodes
     from fsl.models.classifier import build_model
     from fsl.runtime import resolve_device, resolve_precision
