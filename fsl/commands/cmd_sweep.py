@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -140,8 +141,8 @@ def _run_children(runs: Runs, plan: sweeps.Plan, hashes: dict[str, str], options
     twins = {twin.name for child in plan.children if (twin := sweeps.trained_twin(plan, child))}
     for child in sweeps.run_order(plan):
         twin = sweeps.trained_twin(plan, child)
-        handed = (lambda t=twin: _handed_over(runs, workdir / f"{hashes[t.name]}.pt", results[t.name])) \
-            if twin else None
+        # fetched only if the child is not reused (a twin reused from the store may need a download)
+        handed = partial(_handed_over, runs, workdir / f"{hashes[twin.name]}.pt", results[twin.name]) if twin else None
         keep = workdir / f"{hashes[child.name]}.pt" if child.name in twins else None
         results[child.name] = _run_child(runs, child, hashes[child.name], replace(options, keep_checkpoint=keep),
                                          reporter, handed, given)
