@@ -300,8 +300,11 @@ def test_a_study_without_mlflow_gives_the_table_of_the_same_sweep_with_mlflow(tr
     from fsl.tracking.null import NullRuns
 
     real_train, trained = fsl.commands.cmd_train.train, []
-    monkeypatch.setattr(fsl.commands.cmd_train, "train",
-                        lambda model, data, cfg, *a, **k: trained.append(cfg.M) or real_train(model, data, cfg, *a, **k))
+    def recording(model, data, cfg, *args, **kwargs):
+        trained.append(cfg.M)
+        return real_train(model, data, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(fsl.commands.cmd_train, "train", recording)
     base = TrainConfig(image_size=16, epochs=1, episodes_per_epoch=4, val_episodes=3, test_episodes=5, queries=3,
                        test_queries=3, precision="fp32", device="cpu", hallucinator="calibrated", M=6)
     plan = {"seeds": [0, 1], "baseline": "M=0", "reporter": SILENT}
@@ -388,3 +391,21 @@ def test_data_handed_in_is_part_of_the_run_identity_and_a_sweep_over_data_option
     assert len({read, handed, other}) == 3
     with pytest.raises(UsageError, match="a sweep over rotations reads its data itself"):
         run_sweep(cfg, {"rotations": [False, True]}, data=same, runs=NullRuns())
+
+
+def test_the_mlflow_and_the_null_store_implement_the_whole_runs_protocol():
+    """Every method of `Runs` and `Tracker`, with the protocol's parameters, in both stores."""
+    import inspect
+
+    from fsl.tracking import protocol
+    from fsl.tracking.null import NullRuns, NullTracker
+    from fsl.tracking.runs import MlflowRuns, Tracker
+
+    stores = ((protocol.Runs, (NullRuns, MlflowRuns)), (protocol.Tracker, (NullTracker, Tracker)))
+    for spec, implementations in stores:
+        methods = [name for name, member in vars(spec).items() if callable(member) and not name.startswith("_")]
+        assert methods, spec
+        for cls in implementations:
+            for name in methods:
+                wanted = list(inspect.signature(getattr(spec, name)).parameters)
+                assert list(inspect.signature(getattr(cls, name)).parameters)[:len(wanted)] == wanted, (cls, name)

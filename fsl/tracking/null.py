@@ -1,5 +1,6 @@
-"""The tracking surface that records nothing, without importing mlflow: what a benchmark that
-measures logging cost, and every DDP rank but 0, train with."""
+"""The tracking protocol (`fsl.tracking.protocol`) recording nothing, without importing mlflow:
+for a study on a machine without MLflow, a benchmark of what logging costs, and every DDP rank
+but 0."""
 
 from __future__ import annotations
 
