@@ -5,7 +5,7 @@
 # children that already FINISHED in the experiment (the config hash), so parts share runs.
 #
 #   bash benchmarks/recipes.sh [PART...]
-#   parts: pretrain-only finetune hallucinate 5shot encoder wang
+#   parts: pretrain-only finetune hallucinate 5shot encoder wang 5shot-steps
 #
 # pretrain-only: `fsl pretrain` (10 epochs) tested as is, with and without CL2N and the standard
 #                augmentation, paired against no augmentation.
@@ -14,6 +14,8 @@
 # hallucinate:   the calibrated hallucinator on top of the best recipe (pre-training + CL2N, tested
 #                as is), M = 0, 10, 100, paired against M = 0 (the same model, hallucinator off).
 # 5shot:         today's ProtoNet and the best recipe (pre-training + CL2N) at 5-way 5-shot.
+# 5shot-steps:   the single steps at 5-way 5-shot: CL2N on ProtoNet, pre-training tested as is with
+#                and without CL2N, and `calibrated` (M = 10) on top of pre-training + CL2N.
 # encoder:       the best recipe with ResNet-12 at width 0.25 instead of Conv-4.
 # wang:          Wang et al.'s generator on top of pre-training + CL2N; it must train with the
 #                encoder, so with the 2,000 episodes of fine-tuning (M = 0: the same without it).
@@ -36,6 +38,11 @@ for part in ${parts[@]}; do
     5shot)         fsl sweep "${STUDY[@]}" --param shots=5
                    fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --feature-transform cl2n \
                      --param shots=5 ;;
+    5shot-steps)   fsl sweep "${STUDY[@]}" --shots 5 --param feature_transform=none,cl2n --baseline feature_transform=none
+                   fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --shots 5 --param feature_transform=none,cl2n \
+                     --baseline feature_transform=none
+                   fsl sweep "${STUDY[@]}" --method hallucinate --epochs 0 --pretrain-epochs 10 --feature-transform cl2n \
+                     --shots 5 --param hallucinator=calibrated --param M=0,10 --baseline M=0 ;;
     encoder)       fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --feature-transform cl2n \
                      --encoder-width 0.25 --param encoder=resnet12 ;;
     wang)          fsl sweep "${STUDY[@]}" --method hallucinate --pretrain-epochs 10 --feature-transform cl2n \
