@@ -112,28 +112,29 @@ class DataSet:
     def with_rotations(self) -> "DataSet":
         """Add the 90, 180 and 270 degree rotations of every class as new classes (the Omniglot
         protocol); a rotated class is named `<class>@rot<degrees>`."""
-        splits = {}
-        for name, store in self.splits.items():
-            n = store.n_classes
-            images = torch.cat([torch.rot90(store.images, k, dims=(2, 3)) for k in range(4)])
-            labels = torch.cat([store.labels + k * n for k in range(4)])
-            names = [f"{c}@rot{90 * k}" if k else c for k in range(4) for c in store.class_names]
-            splits[name] = ImageStore(images, labels, names)
-        return DataSet(self.name, splits, self.fingerprint + "-rot", self.notes + ["rotations: x4 classes"],
-                       source_id=self.source_id + "-rot")
+        turns = [(f"@rot{90 * k}" if k else "", lambda images, k=k: torch.rot90(images, k, dims=(2, 3)))
+                 for k in range(4)]
+        return self._with_class_variants(turns, "-rot", "rotations: x4 classes")
 
     def with_reflections(self) -> "DataSet":
         """Add the left-right mirror image of every class as a new class, named `<class>@mirror`:
         a mirrored character is another character, as a rotated one is (class augmentation for
         Omniglot; not for photographs, whose mirror image is the same class)."""
+        mirror = [("", lambda images: images), ("@mirror", lambda images: torch.flip(images, dims=(3,)))]
+        return self._with_class_variants(mirror, "-mirror", "reflections: x2 classes")
+
+    def _with_class_variants(self, variants: list[tuple[str, Callable[..., torch.Tensor]]],
+                             suffix: str, note: str) -> "DataSet":
+        """Every class once per variant (class-name suffix, image transform), each a class of its
+        own in the same split, variant-major; the fingerprint and source id get `suffix`."""
         splits = {}
         for name, store in self.splits.items():
-            images = torch.cat([store.images, torch.flip(store.images, dims=(3,))])
-            labels = torch.cat([store.labels, store.labels + store.n_classes])
-            names = list(store.class_names) + [f"{c}@mirror" for c in store.class_names]
+            images = torch.cat([transform(store.images) for _, transform in variants])
+            labels = torch.cat([store.labels + k * store.n_classes for k in range(len(variants))])
+            names = [c + tag for tag, _ in variants for c in store.class_names]
             splits[name] = ImageStore(images, labels, names)
-        return DataSet(self.name, splits, self.fingerprint + "-mirror", self.notes + ["reflections: x2 classes"],
-                       source_id=self.source_id + "-mirror")
+        return DataSet(self.name, splits, self.fingerprint + suffix, self.notes + [note],
+                       source_id=self.source_id + suffix)
 
     def all_as_test(self) -> "DataSet":
         """Every class of every split as one `test` split (`--split all`): for testing a model on
