@@ -125,8 +125,7 @@ class EvaluationConfig(DataConfig):
         _at_least("test_ways", self.test_ways, 2)
         _at_least("test_shots", self.test_shots, 1)
         self._validate_size()
-        if not 0 <= self.test_seed <= MAX_SEED:
-            raise UsageError(f"--test-seed must be between 0 and {MAX_SEED}, got {self.test_seed}")
+        _valid_seed("test_seed", self.test_seed)
         _validate_device(self.device)
         _validate_experiment(self.experiment)
         self._validate_data_name()
@@ -155,8 +154,7 @@ class EpisodeFileConfig(DataConfig):
         super().validate()
         if not 1 <= self.count <= MAX_EPISODES:
             raise UsageError(f"-n/--episodes must be between 1 and {MAX_EPISODES:,}, got {self.count:,}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        _valid_seed("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -273,9 +271,7 @@ class TrainConfig(DataConfig):
         if not (math.isfinite(self.diversity_weight) and self.diversity_weight >= 0):
             raise UsageError(f"--diversity-weight must be a finite number >= 0, got {self.diversity_weight}")
         for name in ("seed", "val_seed", "test_seed"):
-            value = getattr(self, name)
-            if not 0 <= value <= MAX_SEED:
-                raise UsageError(f"--{name.replace('_', '-')} must be between 0 and {MAX_SEED}, got {value}")
+            _valid_seed(name, getattr(self, name))
 
     def _validate_names(self) -> None:
         _one_of("distance", self.distance, DISTANCES.names())
@@ -352,6 +348,11 @@ FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
 def _at_least(name: str, value: int, low: int) -> None:
     if value < low:
         raise UsageError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+
+
+def _valid_seed(name: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        raise UsageError(f"--{name.replace('_', '-')} must be between 0 and {MAX_SEED}, got {value}")
 
 
 def _at_most(name: str, value: int, high: int) -> None:
