@@ -32,9 +32,6 @@ from fsl.models.classifier import build_model
 from fsl.runtime import resolve_device, resolve_precision
 from fsl.train import EpisodeTrainer
 
-# What a study's log line keeps of a child's metrics (with every halluc_* diagnostic).
-STUDY_METRICS = ("test_acc", "test_ci95", "best_val_acc", "test_acc_no_hallucination", "test_ci95_no_hallucination")
-
 
 def step_cost(device_name: str = "auto", steps: int = 30, repeats: int = 5, sizes=(32, 84)) -> dict:
     """Median ms per 5-way 1-shot training step for M = 0 and M = 100 with each hallucinator.
@@ -81,7 +78,7 @@ def replicated_study(plan: sweeps.Plan, data, test=None, device_name: str = "aut
         results[child.name] = result
         trained_in = sweeps.trained_twin(plan, child)
         log(json.dumps({"child": child.name, "trained_in": trained_in.name if trained_in else None} | {
-            k: v for k, v in result.metrics.items() if k in STUDY_METRICS or k.startswith("halluc_")}))
+            k: v for k, v in result.metrics.items() if sweeps.child_metric(k)}))
 
     base = replace(plan.base, device=str(device))
     rows = run_sweep(base, dict(plan.grid), seeds=list(plan.seeds) if plan.replicated else None,

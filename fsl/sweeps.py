@@ -46,6 +46,11 @@ CI_METRICS = ("test_acc", "test_acc_no_hallucination")
 MEAN_METRICS = ("best_val_acc",)
 
 
+def child_metric(key: str) -> bool:
+    """Whether a child's metric goes into its row of `sweep_runs.csv` (`child_rows`)."""
+    return key in CI_METRICS or key in MEAN_METRICS or key.startswith(("test_ci95", "halluc_"))
+
+
 def format_value(value: Any) -> str:
     """A grid value as it appears in names and tables: None is 'none'."""
     return "none" if value is None else str(value)
@@ -338,7 +343,7 @@ def child_rows(plan: Plan, results: Mapping[str, ChildResult]) -> list[dict]:
         row: dict[str, Any] = {k: format_value(v) for k, v in child.point.items}
         row |= {"point": child.point.name, "seed": child.seed, "run_id": result.run_id, "reused": result.reused}
         for key in sorted(result.metrics):
-            if key in CI_METRICS or key in MEAN_METRICS or key.startswith(("test_ci95", "halluc_")):
+            if child_metric(key):
                 row[key] = result.metrics[key]
         rows.append(row)
     return rows
