@@ -34,16 +34,32 @@ def unseen_split_file(archive: Path, out: Path) -> Path:
     return out
 
 
-def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 5, seed: int = 0,
-        device: str = "auto", workdir: Path | None = None, augment: bool | str = False, pretrain_epochs: int = 0,
-        feature_transform: str = "none", encoder: str = "conv4", encoder_width: float = 1.0,
-        precision: str = "auto", image_size: int | None = None, reflections: bool = False) -> dict:
-    """Train (pre-training for `pretrain_epochs`, then `steps` episodes; either may be 0) and test
-    on the unseen alphabets; a JSON-able summary."""
-    from fsl.config import TrainConfig
+TEST_VIEWS = 16  # views per test image of the test-time augmentation variant
+
+
+def load_omniglot(image_size: int | None, reflections: bool):
+    """(background: images_background_small1 with rotations, and mirror images where asked, as
+    extra classes, 10% of the classes for validation; unseen: the test split of the UNSEEN alphabets)."""
     from fsl.data import load_dataset
-    from fsl.data.episodes import EpisodeShape
-    from fsl.evaluate import evaluate, sample_episodes
+
+    background = load_dataset(str(OMNIGLOT / "images_background_small1.zip"), image_size, rotations=True,
+                              reflections=reflections, split_ratio=(0.9, 0.1, 0.0))
+    split_file = unseen_split_file(OMNIGLOT / "images_background_small2.zip",
+                                   Path(tempfile.mkdtemp(prefix="fsl-omniglot-")) / "omniglot_unseen.txt")
+    unseen = load_dataset(str(OMNIGLOT / "images_background_small2.zip"), image_size, split_file=str(split_file))
+    return background, unseen
+
+
+def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 5, seed: int = 0,
+        device: str = "auto", augment: bool | str = False, pretrain_epochs: int = 0,
+        feature_transform: str = "none", encoder: str = "conv4", encoder_width: float = 1.0,
+        precision: str = "auto", image_size: int | None = None, reflections: bool = False,
+        save: Path | None = None) -> dict:
+    """Train (pre-training for `pretrain_epochs`, then `steps` episodes; either may be 0) and test
+    on the unseen alphabets; a JSON-able summary. `save`: also write the trained model's
+    checkpoint there (`fsl.models.classifier.load_checkpoint` reads it), so that a test-time
+    variant can be screened later on the same model without training it again (`retest`)."""
+    from fsl.config import TrainConfig
     from fsl.models.classifier import build_model
     from fsl.runtime import resolve_device, resolve_precision
     from fsl.train import train
@@ -51,11 +67,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     started = time.perf_counter()
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
-    background = load_dataset(str(OMNIGLOT / "images_background_small1.zip"), image_size, rotations=True,
-                              reflections=reflections, split_ratio=(0.9, 0.1, 0.0))
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="fsl-omniglot-"))
-    split_file = unseen_split_file(OMNIGLOT / "images_background_small2.zip", workdir / "omniglot_unseen.txt")
-    unseen = load_dataset(str(OMNIGLOT / "images_background_small2.zip"), image_size, split_file=str(split_file))
+    background, unseen = load_omniglot(image_size, reflections)
     loaded = time.perf_counter() - started
 
     # Snell et al. train Omniglot 1-shot with 60-way episodes and 5 queries.
@@ -74,6 +86,10 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     if steps:
         result = train(model, background, cfg, dev)
     trained = time.perf_counter() - t0
+    if save:
+        import torch
+
+        torch.save(result.model.checkpoint(seed=seed, steps=steps, pretrain_epochs=pretrain_epochs), save)
     test = unseen.split("test").to(dev)
     out = {"train_classes": background.split("train").n_classes, "test_classes": test.n_classes,
            "steps": cfg.epochs * cfg.episodes_per_epoch, "train_shape": str(cfg.train_shape), "augment": cfg.augment,
@@ -81,21 +97,63 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
            "encoder_width": encoder_width, "image_size": test.image_size, "reflections": reflections,
            "best_val_acc_20way": result.best_val_acc, "device": str(dev), "precision": precision,
            "load_seconds": round(loaded, 1), "train_seconds": round(trained, 1)}
-    # The same trained encoder is also tested with centred, l2-normalised features (SimpleShot):
-    # the test-time step of the recipe, paired with its own training, for no training time.
-    tested = {feature_transform: result.model}
-    if feature_transform == "none":
-        tested["cl2n"] = with_centred_features(result.model, background.split("train").to(dev))
-    episode_sets = {way: sample_episodes(test, EpisodeShape(way, 1, 5), episodes, seed=100 + way, split="test")
-                    for way in (5, 20)}  # the same episodes for every model and transform
-    for transform, model in tested.items():
-        suffix = "" if transform == feature_transform else f"_{transform}"
-        for way, eps in episode_sets.items():
-            res = evaluate(model, test, eps)
-            out[f"test_{way}way_1shot{suffix}"] = {"acc": round(res.mean, 2), "ci95": round(res.ci95, 2),
-                                                   "episodes": episodes, "per_episode": [round(a, 2) for a in res.accs]}
+    out |= test_variants(result.model, background.split("train").to(dev), test, episodes, cfg.augment)
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     return out
+
+
+def test_variants(model, base, test, episodes: int, augment: str) -> dict:
+    """The trained model tested on the same fixed 5- and 20-way 1-shot episodes as trained and, for
+    no training time, with each test-time step of the recipe on the same weights (so paired with
+    its own training): CL2N features centred on `base` (its training classes) (`_cl2n`), and test-
+    time augmentation with TEST_VIEWS views from its training policy `augment` (`_views16`)."""
+    from fsl.data.episodes import EpisodeShape
+    from fsl.evaluate import evaluate, sample_episodes
+    from fsl.models.classifier import config_value
+
+    transform = config_value(model.config, "feature_transform")
+    tested = {"": model}
+    if transform == "none":
+        tested["_cl2n"] = with_centred_features(model, base)
+    if augment != "none" and not config_value(model.config, "test_views"):
+        tested[f"_views{TEST_VIEWS}"] = with_config(model, augment=augment, test_views=TEST_VIEWS)
+    episode_sets = {way: sample_episodes(test, EpisodeShape(way, 1, 5), episodes, seed=100 + way, split="test")
+                    for way in (5, 20)}  # the same episodes for every model and variant
+    out = {}
+    for suffix, variant in tested.items():
+        for way, eps in episode_sets.items():
+            res = evaluate(variant, test, eps)
+            out[f"test_{way}way_1shot{suffix}"] = {"acc": round(res.mean, 2), "ci95": round(res.ci95, 2),
+                                                   "episodes": episodes, "per_episode": [round(a, 2) for a in res.accs]}
+    return out
+
+
+def retest(checkpoint: Path, episodes: int = 1000, device: str = "auto") -> dict:
+    """A saved model (`--save`) tested again with today's variants; the summary `run` wrote beside
+    it (the same name, .json), if any, gets the new keys (its training figures are kept)."""
+    from fsl.models.classifier import load_checkpoint
+    from fsl.runtime import resolve_device
+
+    dev = resolve_device(device)
+    summary_path = checkpoint.with_suffix(".json")
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    model = load_checkpoint(checkpoint).place(dev).eval()
+    size = model.config["image_size"]
+    background, unseen = load_omniglot(None if size == 28 else size, summary.get("reflections", False))
+    summary |= test_variants(model, background.split("train").to(dev), unseen.split("test").to(dev), episodes,
+                             summary.get("augment", "omniglot"))
+    if summary_path.exists():
+        summary_path.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def with_config(model, **changes):
+    """A copy of `model` with the same weights under a changed config (a test-time option)."""
+    from fsl.models.classifier import FewShotClassifier
+
+    twin = FewShotClassifier(model.config | changes).place(model.device)
+    twin.load_state_dict(model.state_dict())
+    return twin.eval()
 
 
 def with_centred_features(model, base):
@@ -161,6 +219,9 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="pixels (default: the reader's 28)")
     parser.add_argument("--reflections", action="store_true", help="mirrored characters as extra classes (x2)")
     parser.add_argument("--precision", default="auto", help="auto, bf16 or fp32 (the recipe study times fp32)")
+    parser.add_argument("--save", type=Path, default=None, help="also write the trained model's checkpoint here")
+    parser.add_argument("--retest", type=Path, default=None,
+                        help="test a model saved with --save again, with today's test-time variants, instead")
     parser.add_argument("--table", type=Path, default=None,
                         help="print the study table of a folder of <recipe>_s<seed>.json outputs instead")
     parser.add_argument("--vs", default="today", help="with --table: the recipe every other one is paired with")
@@ -170,10 +231,14 @@ def main() -> None:
         return
     if not OMNIGLOT.exists():
         raise SystemExit(f"{OMNIGLOT} is absent: this check needs the shared Omniglot zips")
+    if args.retest:
+        print(json.dumps(retest(args.retest, args.episodes, args.device), indent=2))
+        return
     print(json.dumps(run(args.steps, args.episodes, seed=args.seed, device=args.device, augment=args.augment,
                          pretrain_epochs=args.pretrain_epochs, feature_transform=args.feature_transform,
                          encoder=args.encoder, encoder_width=args.encoder_width, precision=args.precision,
-                         image_size=args.image_size, reflections=args.reflections), indent=2))
+                         image_size=args.image_size, reflections=args.reflections,
+                         save=args.save), indent=2))
 
 
 if __name__ == "__main__":

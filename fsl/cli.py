@@ -210,6 +210,9 @@ model_options = _options(
     click.option("--feature-transform", type=click.Choice(FEATURE_TRANSFORMS), default=DEFAULTS.feature_transform,
                  help="Test-time features: cl2n centres them on the base-class mean and l2-normalises them "
                  "(SimpleShot, Wang et al. 2019); training is unchanged."),
+    click.option("--test-views", default=DEFAULTS.test_views,
+                 help="Test-time augmentation: each validation and test feature is the mean over the image and "
+                 "this many views drawn from the --augment policy. 0 = off."),
 )
 
 pretrain_options = _options(

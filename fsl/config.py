@@ -35,6 +35,7 @@ MAX_EPISODES = 10**6
 MAX_EPOCHS = 10**4
 MAX_EXPERIMENT_NAME = 256
 MAX_ENCODER_WIDTH = 8.0  # ResNet-12 x 8 is 5,120 channels in its last stage
+MAX_TEST_VIEWS = 64  # each view is one more encoder pass over every test image
 TEST_SPLITS = ("test", "all")  # --test-split: the test split of --test-data, or every class of it
 
 
@@ -171,6 +172,7 @@ class TrainConfig(DataConfig):
     encoder: str = "conv4"                 # the network of Snell et al.: the baseline every result is paired with
     encoder_width: float = 1.0
     feature_transform: str = "none"        # cl2n wins on the built-in data, loses on Omniglot (BENCHMARKS.md §6)
+    test_views: int = 0                    # off: each view is one more encoder pass at validation and test
     ways: int = 5
     shots: int = 1
     queries: int = 15
@@ -280,6 +282,11 @@ class TrainConfig(DataConfig):
         _one_of("encoder", self.encoder, ENCODERS.names())
         _one_of("augment", self.augment, AUGMENTATIONS.names())
         _one_of("feature_transform", self.feature_transform, FEATURE_TRANSFORMS)
+        if not 0 <= self.test_views <= MAX_TEST_VIEWS:
+            raise UsageError(f"--test-views must be between 0 and {MAX_TEST_VIEWS}, got {self.test_views}")
+        if self.test_views and self.augment == "none":
+            raise UsageError("--test-views draws its views from the training augmentation: "
+                             "give --augment omniglot or standard, or --test-views 0")
         _validate_device(self.device)
         if self.hallucinator is not None:
             _one_of("hallucinator", self.hallucinator, HALLUCINATORS.names())
@@ -321,7 +328,8 @@ PRETRAIN_FIELDS = ("pretrain_epochs", "pretrain_lr", "pretrain_batch_size", "pre
 # value they are left out of the run identity (`fsl.config_hash`), so `--resume` and sweep reuse
 # still find the runs made before they existed. `augment` was a boolean.
 PRE_CHANGE_PARAMS = {"encoder": "conv4", "encoder_width": 1.0, "feature_transform": "none", "split_ratio": "",
-                     "split_file": "", "val_share": "", "test_data": "", "test_split": "test", "reflections": False}
+                     "split_file": "", "val_share": "", "test_data": "", "test_split": "test", "reflections": False,
+                     "test_views": 0}
 PRE_CHANGE_AUGMENT = {"none": False, "omniglot": True}
 
 

@@ -18,11 +18,11 @@ import click
 DATA = ["data", "image-size", "split-ratio", "split-file", "val-share"]
 TRAINING = [*DATA, "test-data", "test-split", "ways", "shots", "queries", "test-ways", "test-shots",
             "test-queries", "distance", "encoder", "encoder-width", "augment", "feature-transform",
-            "pretrain-epochs", "epochs", "episodes-per-epoch", "val-episodes", "test-episodes", "lr", "lr-step",
-            "seed", "device", "precision"]
-PRETRAINING = [*DATA, "encoder", "encoder-width", "augment", "feature-transform", "epochs", "batch-size", "lr",
-               "weight-decay", "test-ways", "test-shots", "val-episodes", "test-episodes", "seed", "device",
-               "precision"]
+            "test-views", "pretrain-epochs", "epochs", "episodes-per-epoch", "val-episodes", "test-episodes", "lr",
+            "lr-step", "seed", "device", "precision"]
+PRETRAINING = [*DATA, "encoder", "encoder-width", "augment", "feature-transform", "test-views", "epochs",
+               "batch-size", "lr", "weight-decay", "test-ways", "test-shots", "val-episodes", "test-episodes", "seed",
+               "device", "precision"]
 HALLUCINATION = ["M", "hallucinator", "diversity-weight"]
 
 # entry point -> (fsl command, its parameters, a comment line or "")

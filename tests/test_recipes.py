@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -125,6 +126,39 @@ def test_params_at_their_pre_change_values_keep_the_config_hash_of_runs_made_bef
     assert hashed(image_size=16, augment="standard") != "01a3662f4cc59397"
     assert hashed(image_size=16, feature_transform="cl2n") != "01a3662f4cc59397"
     assert hashed(image_size=16, pretrain_epochs=5) != "01a3662f4cc59397"
+    assert hashed(image_size=16, augment="omniglot", hallucinator="calibrated", M=10, test_views=0) == "eea18367dbe0b224"
+    assert hashed(image_size=16, augment="omniglot", test_views=4) != hashed(image_size=16, augment="omniglot")
+
+
+# ------------------------------------------------------------------ test-time augmentation
+def test_test_views_average_each_image_with_its_augmented_views_in_eval_mode_only(tiny_dataset):
+    from fsl.data.augment import omniglot_augment
+    from fsl.evaluate import evaluate, sample_episodes
+    from fsl.data.episodes import EpisodeShape
+    from fsl.models.classifier import FewShotClassifier
+    from fsl.runtime import make_generator
+
+    torch.manual_seed(0)
+    model = FewShotClassifier.for_data(tiny_dataset, augment="omniglot", test_views=3).eval()
+    plain = FewShotClassifier(model.config | {"test_views": 0}).eval()
+    plain.load_state_dict(model.state_dict())
+    images = tiny_dataset.split("test").images[:10]
+    support, query = images[None, :4], images[None, 4:]
+    with torch.no_grad():
+        s, q = model.embed_episode(support, query, rng=make_generator(5))
+        prepared = torch.cat([model.prepare(support[0]), model.prepare(query[0])])
+        rng = make_generator(5)
+        by_hand = (model._encode(prepared) + sum(
+            model._encode(omniglot_augment(prepared, rng, model.mean, model.std)) for _ in range(3))) / 4
+        assert torch.allclose(torch.cat([s[0], q[0]]), by_hand, atol=1e-5)
+        s0, q0 = plain.embed_episode(support, query, rng=make_generator(5))
+        assert not torch.allclose(s, s0, atol=1e-3)                # the views change the features
+        model.train()
+        assert torch.equal(model.embed_episode(support, query)[0], plain.train().embed_episode(support, query)[0])
+    model.eval()
+    store = tiny_dataset.split("test")
+    episodes = sample_episodes(store, EpisodeShape(5, 1, 3), 6, seed=1, split="test")
+    assert np.array_equal(evaluate(model, store, episodes).accs, evaluate(model, store, episodes).accs)
 
 
 # ------------------------------------------------------------------ test-time features (CL2N)
