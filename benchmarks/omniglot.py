@@ -170,8 +170,8 @@ def with_centred_features(model, base):
 
 def study_table(folder: Path, baseline: str = "today") -> str:
     """The replicated study: `<recipe>_s<seed>.json` files (this script's output, one per recipe
-    and seed) -> a markdown table, per recipe and test (5- and 20-way, as trained and with CL2N
-    features): the mean over seeds ± t-CI, and the paired difference to `baseline` seed by seed
+    and seed) -> a markdown table, per recipe and test (5- and 20-way, as trained, with CL2N
+    features and with test-time views): the mean over seeds ± t-CI, and the paired difference to `baseline` seed by seed
     (the same 1,000 test episodes), with its t-CI; and the training minutes per model."""
     from fsl.stats import paired_difference, seed_ci
 
@@ -180,7 +180,9 @@ def study_table(folder: Path, baseline: str = "today") -> str:
         recipe, seed = path.stem.rsplit("_s", 1)
         runs.setdefault(recipe, {})[int(seed)] = json.loads(path.read_text())
     tests = [("5-way", "test_5way_1shot"), ("20-way", "test_20way_1shot"),
-             ("5-way, CL2N", "test_5way_1shot_cl2n"), ("20-way, CL2N", "test_20way_1shot_cl2n")]
+             ("5-way, CL2N", "test_5way_1shot_cl2n"), ("20-way, CL2N", "test_20way_1shot_cl2n"),
+             (f"5-way, {TEST_VIEWS} views", f"test_5way_1shot_views{TEST_VIEWS}"),
+             (f"20-way, {TEST_VIEWS} views", f"test_20way_1shot_views{TEST_VIEWS}")]
     lines = ["| recipe | seeds | test | accuracy | vs " + baseline + " (paired) | training minutes |",
              "| --- | --- | --- | --- | --- | --- |"]
     for recipe, by_seed in runs.items():
