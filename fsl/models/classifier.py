@@ -211,7 +211,7 @@ class FewShotClassifier(nn.Module):
     def mean_over_views(self, prepared: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
         """Test-time augmentation: prepared [B, C, H, W] -> float32 [B, D], the mean feature of each
         image and `test_views` views of it drawn from the training policy (`augment`). On Omniglot
-        16 views add +0.8 / +2.3 points at 5- / 20-way 1-shot (BENCHMARKS.md §6); each costs
+        16 views add +0.9 / +2.5 points at 5- / 20-way 1-shot (BENCHMARKS.md §6); each costs
         one more encoder pass. Views are encoded one at a time (eval-mode BatchNorm does not mix them)."""
         policy = AUGMENTATIONS[self.config["augment"]]
         rng = rng if rng is not None else make_generator(CLASSIFY_SEED, prepared.device)
