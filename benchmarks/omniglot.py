@@ -129,9 +129,10 @@ def test_variants(model, base, test, episodes: int, augment: str) -> dict:
 
 
 def retest(checkpoint: Path, episodes: int = 1000, device: str = "auto") -> dict:
-    """A saved model (`--save`) tested again with today's variants; the summary `run` wrote beside
-    it (the same name, .json), if any, gets the new keys (its training figures are kept)."""
-    from fsl.models.classifier import load_checkpoint
+    """A saved model (`--save`) tested again with today's variants. The summary `run` wrote beside
+    it (the same name, .json), if any, gets the variants it lacks, after a check that the model
+    as trained scores exactly what it recorded (the same episodes, the same weights)."""
+    from fsl.models.classifier import config_value, load_checkpoint
     from fsl.runtime import resolve_device
 
     dev = resolve_device(device)
@@ -140,11 +141,16 @@ def retest(checkpoint: Path, episodes: int = 1000, device: str = "auto") -> dict
     model = load_checkpoint(checkpoint).place(dev).eval()
     size = model.config["image_size"]
     background, unseen = load_omniglot(None if size == 28 else size, summary.get("reflections", False))
-    summary |= test_variants(model, background.split("train").to(dev), unseen.split("test").to(dev), episodes,
-                             summary.get("augment", "omniglot"))
-    if summary_path.exists():
-        summary_path.write_text(json.dumps(summary, indent=2))
-    return summary
+    augment = summary.get("augment") or config_value(model.config, "augment")
+    fresh = test_variants(model, background.split("train").to(dev), unseen.split("test").to(dev), episodes, augment)
+    for key, recorded in summary.items():
+        if key in fresh and fresh[key]["per_episode"] != recorded["per_episode"]:
+            raise SystemExit(f"{checkpoint}: {key} differs from the recorded one: not the same model or episodes")
+    if summary:  # written whole or not at all
+        partial = summary_path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(summary | fresh, indent=2))
+        os.replace(partial, summary_path)
+    return summary | fresh
 
 
 def with_config(model, **changes):

@@ -69,8 +69,7 @@ def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: Episo
     # ~4k images (and hallucinated rows, which pass through the hallucinator's wider layers) per
     # call fits any device; -M 1000 would otherwise allocate gigabytes per chunk.
     hallucinated = shape.ways * (model.M if M is None else M) * 4
-    views = 1 + model.config["test_views"]  # test-time augmentation encodes every image this often
-    batch = batch or max(1, 4096 // (images_per_episode * views + hallucinated))
+    batch = batch or max(1, 4096 // (images_per_episode + hallucinated))  # test views are encoded one at a time
     support_labels = episodes.support_labels().to(device)
     query_labels = episodes.query_labels().to(device)
     correct = torch.zeros(len(episodes), device=device)

@@ -68,7 +68,8 @@ DISTANCES = Registry("distance", {
     "dot": "fsl.models.distances:dot",
 })
 
-# `--augment` policies: (normalised batch, device generator, mean, std) -> augmented batch.
+# `--augment` policies: (normalised batch, device generator, mean, std, per_image=True) -> augmented
+# batch; per_image=False draws one transform for the whole batch (a test-time view, `--test-views`).
 AUGMENTATIONS = Registry("augmentation", {
     "none": None,  # a bare --augment is omniglot (fsl 0.1)
     "omniglot": "fsl.data.augment:omniglot_augment",

@@ -304,7 +304,8 @@ def base_class_features(model: FewShotClassifier, store, per_class: int = 64, ba
     was_training = model.training
     model.eval()
     try:
-        features = torch.cat([model.embed(store.images[rows[i:i + batch]]) for i in range(0, len(rows), batch)])
+        features = torch.cat([model.test_features(store.images[rows[i:i + batch]])
+                              for i in range(0, len(rows), batch)])
     finally:
         model.train(was_training)
     return features, store.labels[rows]

@@ -103,6 +103,8 @@ def test_a_bare_augment_means_omniglot_and_no_augment_means_none(tracking):
     assert newest_run().data.params["augment"] == "none"
     invoke("protonet", *TINY, "--augment", "standard")
     assert newest_run().data.params["augment"] == "standard"
+    invoke("protonet", *TINY, "--augment", "omniglot", "--test-views", "2")
+    assert newest_run().data.params["test_views"] == "2"
     assert TrainConfig(augment=True).augment == "omniglot" and TrainConfig(augment="false").augment == "none"
 
 
@@ -131,33 +133,40 @@ def test_params_at_their_pre_change_values_keep_the_config_hash_of_runs_made_bef
 
 
 # ------------------------------------------------------------------ test-time augmentation
-def test_test_views_average_each_image_with_its_augmented_views_in_eval_mode_only(tiny_dataset):
+def test_test_views_average_each_image_with_fixed_views_in_eval_mode_only(tiny_dataset):
+    from fsl.config import TrainConfig
     from fsl.data.augment import omniglot_augment
     from fsl.evaluate import evaluate, sample_episodes
     from fsl.data.episodes import EpisodeShape
-    from fsl.models.classifier import FewShotClassifier
+    from fsl.models.classifier import TEST_VIEW_SEED, build_model
     from fsl.runtime import make_generator
 
-    torch.manual_seed(0)
-    model = FewShotClassifier.for_data(tiny_dataset, augment="omniglot", test_views=3).eval()
-    plain = FewShotClassifier(model.config | {"test_views": 0}).eval()
-    plain.load_state_dict(model.state_dict())
+    model = build_model(TrainConfig(augment="omniglot", test_views=3), tiny_dataset).eval()
+    assert model.config["test_views"] == 3 and model.config["augment"] == "omniglot"
+    plain = build_model(TrainConfig(augment="omniglot"), tiny_dataset).eval()  # the same seed: the same weights
     images = tiny_dataset.split("test").images[:10]
     support, query = images[None, :4], images[None, 4:]
     with torch.no_grad():
-        s, q = model.embed_episode(support, query, rng=make_generator(5))
+        s, q = model.embed_episode(support, query)
         prepared = torch.cat([model.prepare(support[0]), model.prepare(query[0])])
-        rng = make_generator(5)
-        by_hand = (model._encode(prepared) + sum(
-            model._encode(omniglot_augment(prepared, rng, model.mean, model.std)) for _ in range(3))) / 4
+        views = [omniglot_augment(prepared, make_generator(TEST_VIEW_SEED + k), model.mean, model.std, per_image=False)
+                 for k in range(3)]
+        by_hand = (model._encode(prepared) + sum(model._encode(v) for v in views)) / 4
         assert torch.allclose(torch.cat([s[0], q[0]]), by_hand, atol=1e-5)
-        s0, q0 = plain.embed_episode(support, query, rng=make_generator(5))
+        # an image's features do not depend on the other images it is embedded with
+        alone = model.embed_episode(support[:, :1], query[:, :1])
+        assert torch.allclose(alone[0][0, 0], s[0, 0], atol=1e-5) and torch.allclose(alone[1][0, 0], q[0, 0], atol=1e-5)
+        s0, _ = plain.embed_episode(support, query)
         assert not torch.allclose(s, s0, atol=1e-3)                # the views change the features
+        logits = model.episode_logits(support[0], torch.arange(4), query[0], 4)
+        assert not torch.allclose(logits, plain.episode_logits(support[0], torch.arange(4), query[0], 4), atol=1e-3)
         model.train()
         assert torch.equal(model.embed_episode(support, query)[0], plain.train().embed_episode(support, query)[0])
     model.eval()
     store = tiny_dataset.split("test")
     episodes = sample_episodes(store, EpisodeShape(5, 1, 3), 6, seed=1, split="test")
+    from fsl.evaluate import episode_correct
+    assert torch.equal(episode_correct(model, store, episodes, batch=1), episode_correct(model, store, episodes))
     assert np.array_equal(evaluate(model, store, episodes).accs, evaluate(model, store, episodes).accs)
 
 

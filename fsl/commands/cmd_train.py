@@ -141,7 +141,7 @@ def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = 
             raise UsageError(f"the trained twin of {options.run_name or run_name(setup.cfg)}: "
                              f"{str(exc).removeprefix('--model ')}") from None
         trained_in = twin.run_id or "its twin (not tracked)"
-        if model.config | {"hallucinations": 0} != setup.model.config | {"hallucinations": 0}:
+        if model.kind() != setup.model.kind():
             reporter.echo(f"run {trained_in} holds another kind of model (an older fsl?): training instead")
             return None
         setup = replace(setup, model=model.set_hallucinations(setup.cfg.M).place(setup.device))

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 # 2: the hallucinator's weights are saved under `hallucinator.` (schema 1: `generator.`).
 SCHEMA_VERSION = 2
 CLASSIFY_SEED = 0  # the noise seed of `classify`: the same call always gives the same answer
+TEST_VIEW_SEED = 1_000  # view k of `--test-views` is the transform that generator seed 1000 + k draws
 
 
 class Prediction(NamedTuple):
@@ -190,35 +191,52 @@ class FewShotClassifier(nn.Module):
 
     def embed_episode(self, support_images: torch.Tensor, query_images: torch.Tensor,
                       encoder: nn.Module | None = None,
-                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """support [E, S, C, H, W], query [E, Q, C, H, W] -> features [E, S, D], [E, Q, D].
 
         Prepared apart (their sizes may differ), encoded together: one encoder call per step,
         so BatchNorm sees the whole episode, as in Snell et al.'s implementation. `encoder`
         replaces self.encoder for this call (the trainer passes a compiled one); `augment`
         transforms the prepared batch (training only). In eval mode with `test_views`, each
-        feature is the mean over the image and its views (`rng` draws them; None: a fixed seed).
+        feature is the mean over the image and its test-time views (`mean_over_views`).
         """
         e, s, q = support_images.shape[0], support_images.shape[1], query_images.shape[1]
         prepared = torch.cat([self.prepare(support_images.flatten(0, 1)), self.prepare(query_images.flatten(0, 1))])
         if augment is None and not self.training and self.config["test_views"]:
-            features = self.mean_over_views(prepared, rng)
+            features = self.mean_over_views(prepared)
         else:
             features = self._encode(augment(prepared) if augment else prepared, encoder)
         return features[: e * s].view(e, s, -1), features[e * s:].view(e, q, -1)
 
-    def mean_over_views(self, prepared: torch.Tensor, rng: torch.Generator | None = None) -> torch.Tensor:
+    def mean_over_views(self, prepared: torch.Tensor) -> torch.Tensor:
         """Test-time augmentation: prepared [B, C, H, W] -> float32 [B, D], the mean feature of each
-        image and `test_views` views of it drawn from the training policy (`augment`). On Omniglot
-        16 views add +0.9 / +2.5 points at 5- / 20-way 1-shot (BENCHMARKS.md §6); each costs
-        one more encoder pass. Views are encoded one at a time (eval-mode BatchNorm does not mix them)."""
+        image and `test_views` views of it. View k is one fixed transform of the training policy
+        (`augment`), drawn from seed TEST_VIEW_SEED + k for the whole batch: an image's features do
+        not depend on the other images of its batch, the chunking or the request. On Omniglot 16
+        views add about +0.9 / +2.5 points at 5- / 20-way 1-shot (BENCHMARKS.md §6); each costs one
+        more encoder pass. Views are encoded one at a time (eval-mode BatchNorm does not mix them)."""
         policy = AUGMENTATIONS[self.config["augment"]]
-        rng = rng if rng is not None else make_generator(CLASSIFY_SEED, prepared.device)
         total = self._encode(prepared)
-        for _ in range(self.config["test_views"]):
-            total = total + self._encode(policy(prepared, rng, self.mean, self.std))
+        for k in range(self.config["test_views"]):
+            view = policy(prepared, make_generator(TEST_VIEW_SEED + k, prepared.device), self.mean, self.std,
+                          per_image=False)
+            total = total + self._encode(view)
         return total / (self.config["test_views"] + 1)
+
+    @torch.no_grad()
+    def test_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] -> features float32 [B, D] as a test episode sees them (eval mode):
+        with the test-time views where the model has them. What CL2N's base mean is taken from."""
+        prepared = self.prepare(images)
+        return self.mean_over_views(prepared) if self.config["test_views"] else self._encode(prepared)
+
+    def kind(self) -> dict[str, Any]:
+        """The config without what a test-time setting may change on the same trained weights (M),
+        nor, without test views, the training policy (which models saved before it was kept lack):
+        two models of the same kind load each other's weights and test alike."""
+        ignored = {"hallucinations": 0} | ({} if self.config["test_views"] else {"augment": None})
+        return self.config | ignored
 
     def logits_from_features(self, support: torch.Tensor, support_labels: torch.Tensor,
                              queries: torch.Tensor, ways: int, M: int | None = None,
@@ -278,7 +296,7 @@ class FewShotClassifier(nn.Module):
         if single:
             support_images, support_labels, query_images = (
                 support_images[None], support_labels[None], query_images[None])
-        support, queries = self.embed_episode(support_images, query_images, rng=rng)
+        support, queries = self.embed_episode(support_images, query_images)
         out = self.logits_from_features(support, support_labels, queries, ways, M, rng)
         return out[0] if single else out
 
