@@ -99,9 +99,9 @@ def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: Episo
 
 def evaluate(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
              M: int | None = None, noise_seed: int = 0,
-             progress: Callable[[int], None] | None = None) -> EvalResult:
-    """Per-episode accuracies with mean ± 95% CI, all in percent."""
-    correct = episode_correct(model, store, episodes, M, noise_seed, progress=progress)
+             progress: Callable[[int], None] | None = None, batch: int = 0) -> EvalResult:
+    """Per-episode accuracies with mean ± 95% CI, all in percent (`batch`: see `episode_correct`)."""
+    correct = episode_correct(model, store, episodes, M, noise_seed, batch=batch, progress=progress)
     return EvalResult.from_accs(correct.double().cpu().numpy() * 100 / episodes.query.shape[1])
 
 
