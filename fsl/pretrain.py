@@ -23,6 +23,7 @@ from fsl.config import TrainConfig
 from fsl.data.store import DataSet, ImageStore
 from fsl.errors import UsageError
 from fsl.models.classifier import FewShotClassifier
+from fsl.processes import stop_if_interrupted
 from fsl.registry import AUGMENTATIONS
 from fsl.runtime import make_generator
 from fsl.train import EpochStats, TrainResult, augmenter, fit
@@ -76,6 +77,7 @@ class BatchTrainer:
         correct = torch.zeros((), device=self.device)
         first_bad = torch.full((), n, device=self.device)
         for step in range(n):
+            stop_if_interrupted()
             rows = order[step]
             labels = self.store.labels[rows]
             prepared = self.model.prepare(self.store.images[rows])

@@ -1,5 +1,5 @@
-"""Processes: whether a process is alive, torchrun / DDP set-up and the world, SIGTERM as an
-interrupt, and values broadcast from rank 0.
+"""Processes: whether a process is alive, torchrun / DDP set-up and the world, Ctrl-C and SIGTERM as
+interrupts that stop a run for sure, and values broadcast from rank 0.
 """
 
 from __future__ import annotations
@@ -88,20 +88,45 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_pending_interrupt: int | None = None  # the signal `interruptible` caught, until the block ends
+
+
+def _interrupt(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into `Terminated` in the main thread, so runs end KILLED, not RUNNING."""
+def interruptible() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM stop the block for sure, so runs end KILLED, not RUNNING and
+    not training on: SIGINT raises KeyboardInterrupt, SIGTERM `Terminated`, in the main thread.
+
+    Python drops an exception raised while a `__del__` or a weakref callback runs ("Exception
+    ignored in ..."): a signal that lands there would be lost and the run would train on. So the
+    handler also records the signal, and the training loops call `stop_if_interrupted`, which
+    raises it again."""
+    global _pending_interrupt
+
     def handler(signum, frame):
-        raise Terminated(signum)
+        global _pending_interrupt
+        _pending_interrupt = signum
+        raise _interrupt(signum)
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _pending_interrupt = None
+
+
+def stop_if_interrupted() -> None:
+    """Raise the interrupt of a signal `interruptible` caught whose first raise was dropped."""
+    if _pending_interrupt is not None:
+        raise _interrupt(_pending_interrupt)
 
 
 def broadcast(value: Any) -> Any:

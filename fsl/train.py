@@ -31,7 +31,7 @@ from fsl.errors import FslError
 from fsl.evaluate import evaluate, sample_episodes
 from fsl.files import atomic_save
 from fsl.models.classifier import FewShotClassifier, current_state_dict
-from fsl.processes import world
+from fsl.processes import stop_if_interrupted, world
 from fsl.registry import AUGMENTATIONS
 from fsl.runtime import compile_module, make_generator, resolve_compile
 
@@ -141,6 +141,7 @@ class EpisodeTrainer:
         correct = torch.zeros((), device=device)
         first_bad = torch.full((), n, device=device)
         for step in range(n):
+            stop_if_interrupted()
             self.optimizer.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), device=device)
             for j in range(self.per_step):
@@ -247,6 +248,7 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
     if cfg.patience and first_epoch - 1 - best_epoch >= cfg.patience:
         first_epoch = epochs + 1  # the interrupted run had already stopped early
     for epoch in range(first_epoch, epochs + 1):
+        stop_if_interrupted()  # a signal that landed in validation or checkpointing
         started = time.perf_counter()
         loss_sum, correct, first_bad = trainer.run(steps_per_epoch, progress)
         bad = int(first_bad)  # the one host sync of the epoch's training part

@@ -12,7 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from fsl.processes import free_port
+from fsl.processes import Terminated, free_port, interruptible, stop_if_interrupted
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.slow  # every test here runs fsl in other processes
@@ -116,7 +116,11 @@ def interrupt(cache: Path, sig: int, budget: list[str] = KILL_BUDGET) -> tuple[s
     process = start("protonet", *budget)
     last = wait_for_first_epoch(process, cache, run_folders(cache))
     process.send_signal(sig)
-    process.communicate(timeout=120)
+    try:
+        process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()  # never leave a training process behind to slow down the rest of the suite
+        raise AssertionError(f"signal {sig} did not end the run: {process.communicate()[1][-2000:]}") from None
     return process, last.parent.name
 
 
@@ -195,6 +199,29 @@ def test_ctrl_c_ends_the_run_killed_and_keeps_a_loadable_checkpoint(tracking, fs
     assert process.returncode == 1
     assert MlflowClient(tracking).get_run(run_id).info.status == "KILLED"
     assert load_checkpoint(fsl_cache / "runs" / run_id / "best.pt").feature_dim == 64
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the dropped raise, on purpose
+@pytest.mark.parametrize("sig, expected", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_python_drops_inside_a_finalizer_still_stops_the_training_loop(sig, expected):
+    """An interrupt raised while a `__del__` runs is printed and dropped by Python; the training
+    loops' `stop_if_interrupted` raises it again, so the run cannot train on after Ctrl-C."""
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), sig)  # the handler runs here, inside the finalizer
+
+    stopped_at, before = None, signal.getsignal(sig)
+    with interruptible():
+        with pytest.raises(expected):
+            for step in range(1000):
+                stop_if_interrupted()
+                if step == 3:
+                    SignalledWhileCollected()  # collected at once: the raise inside __del__ is dropped
+                stopped_at = step
+    assert stopped_at == 3  # stopped at the next step, not after the loop
+    stop_if_interrupted()  # the block is over: nothing pending any more
+    assert signal.getsignal(sig) is before
 
 
 def test_resume_never_takes_over_a_live_run_and_names_a_changed_option(tracking, fsl_cache):

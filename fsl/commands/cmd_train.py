@@ -33,7 +33,7 @@ from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.files import atomic_save, cache_dir
 from fsl.pretrain import PREFIX as PRETRAIN
 from fsl.pretrain import pretrain, steps_per_epoch
-from fsl.processes import broadcast, distributed, process_alive, sigterm_as_interrupt
+from fsl.processes import broadcast, distributed, interruptible, process_alive
 from fsl.tracking.null import NullRuns, NullTracker
 from fsl.tracking.protocol import RecordingTracker, Runs
 from fsl.train import train, validation_episodes
@@ -70,7 +70,7 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
     data sets already loaded, instead of reading `cfg.data` / `cfg.test_data` (a study that tests
     on part of another set). `options.resume` continues an interrupted run in place.
     """
-    with distributed(cfg.device) as (rank, world_size, rank_device), sigterm_as_interrupt():
+    with distributed(cfg.device) as (rank, world_size, rank_device), interruptible():
         if world_size > 1 and cfg.pretrain_epochs:
             raise UsageError("pre-training runs in one process: start it without torchrun (the episodic phase "
                              "can then run under torchrun with --init)")
@@ -131,7 +131,7 @@ def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = 
     (the fixed val episodes at this M; the twin's as `twin_best_val_acc`), the checkpoint at this
     M, test metrics, diagnostics, t-SNE, registration, and the tag `fsl.trained_in`.
     """
-    with sigterm_as_interrupt():
+    with interruptible():
         runs = runs or mlflow_runs()
         runs.check_store()
         setup = prepare_training(cfg, None, data, test_data)
