@@ -7,7 +7,7 @@ policies) are not closed: their names are the registries of `fsl.registry`.
 
 # Test-time feature transforms: cl2n centres on the base-class mean and l2-normalises (SimpleShot).
 FEATURE_TRANSFORMS = ("none", "cl2n")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp64")  # fp64: double throughout (slow; exact across CPUs)
 COMPILE_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # cuda may carry an index: cuda:1
 SPLITS = ("train", "val", "test")

@@ -180,9 +180,7 @@ episode_options = _options(
     test_queries_option,
 )
 
-test_run_options = _options(  # what a command that only tests a model reads
-    click.option("--test-seed", default=DEFAULTS.test_seed,
-                 help="Seed of the fixed test episodes and test-time noise."),
+test_run_options = _options(  # what a command that only tests a model reads, besides its test seed
     click.option("--device", default=DEFAULTS.device,
                  help="auto = CUDA, else Apple MPS, else CPU; or cpu, cuda, cuda:N, mps."),
     click.option("--experiment", default=DEFAULTS.experiment, help="MLflow experiment (ignored inside `mlflow run`)."),
@@ -192,6 +190,8 @@ run_options = _options(
     click.option("--seed", default=DEFAULTS.seed,
                  help="Seed of training episodes, initial weights and training noise."),
     click.option("--val-seed", default=DEFAULTS.val_seed, help="Seed of the fixed validation episodes."),
+    click.option("--test-seed", default=DEFAULTS.test_seed,
+                 help="Seed of the fixed test episodes and test-time noise."),
     test_run_options,
     click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULTS.precision,
                  help="auto = bf16 autocast where the device has bf16 units (CUDA, AMX CPUs), else fp32."),
@@ -272,6 +272,8 @@ sweep_tracking_options = _options(
     click.option("--no-register", "no_register", is_flag=True, hidden=True, help="The same as --register none."),
     registered_name_option,
     system_metrics_option,
+    click.option("--tsne/--no-tsne", default=False,
+                 help="Draw the t-SNE of each hallucination child (seconds to minutes each; one run draws it always)."),
 )
 
 resume_option = click.option(
@@ -298,11 +300,11 @@ def train_config(options: dict[str, Any]) -> TrainConfig:
 
 
 def _run_options(register: bool, registered_model_name: str | None, system_metrics: bool,
-                 resume: str | None = None):
+                 resume: str | None = None, tsne: bool = True):
     from fsl.commands.options import RunOptions
 
     return RunOptions(register=register, registered_model_name=registered_model_name,
-                      system_metrics=system_metrics, resume=resume)
+                      system_metrics=system_metrics, resume=resume, tsne=tsne)
 
 
 def _reporter():
@@ -408,7 +410,7 @@ seeds_option = click.option(
 @click.option("--baseline", default=None, help="Pair every M with this point, seed by seed, e.g. M=0. "
               "[default: M=0 when 0 is among --values]")
 def sweep_m(values: str, seeds: str, baseline: str | None, register_mode: str, no_register: bool,
-            registered_model_name: str | None, system_metrics: bool, **options: Any) -> None:
+            registered_model_name: str | None, system_metrics: bool, tsne: bool, **options: Any) -> None:
     """The M study: one hallucination model per M (M = 0 is a plain ProtoNet) and seed, nested
     runs under one parent with a table and a plot of test accuracy ± CI against M."""
     from fsl.commands.cmd_sweep import run_sweep
@@ -416,7 +418,7 @@ def sweep_m(values: str, seeds: str, baseline: str | None, register_mode: str, n
 
     ms = _values(values, int)
     run_sweep(train_config(options), {"M": ms},
-              _run_options(False, registered_model_name, system_metrics),
+              _run_options(False, registered_model_name, system_metrics, tsne=tsne),
               _reporter(), seeds=parse_seeds(seeds), baseline=baseline or ("M=0" if 0 in ms else None),
               register="none" if no_register else register_mode)
 
@@ -436,7 +438,7 @@ def sweep_m(values: str, seeds: str, baseline: str | None, register_mode: str, n
 @sweep_tracking_options
 def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: str, baseline: str | None,
           register_mode: str, no_register: bool, registered_model_name: str | None, system_metrics: bool,
-          **options: Any) -> None:
+          tsne: bool, **options: Any) -> None:
     """Train and test a grid of configurations as nested runs under one parent run."""
     from fsl.commands.cmd_sweep import run_sweep
     from fsl.sweeps import parse_seeds
@@ -453,7 +455,7 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: 
             raise click.BadParameter(f"expected OPTION=V1,V2,... with a training option, got {item!r}",
                                      param_hint="--param")
         grid[key] = _values(text, _caster(FIELD_TYPES[key]))
-    run_sweep(train_config(options), grid, _run_options(False, registered_model_name, system_metrics),
+    run_sweep(train_config(options), grid, _run_options(False, registered_model_name, system_metrics, tsne=tsne),
               _reporter(), seeds=parse_seeds(seeds), baseline=baseline, shard=shard, shards=shards,
               register="none" if no_register else register_mode)
 
@@ -519,6 +521,9 @@ def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: 
               help="Evaluate on the episodes of this CSV file instead of sampling new ones.")
 @click.option("--split", "test_split", type=click.Choice(["test", "all"]), default="test",
               help="Test on the data set's test split, or on every class of it (a data set the model never saw).")
+@click.option("--test-seed", type=AUTO_INT, default=None,
+              help="Seed of the test episodes and test-time noise. [default: the training's test seed + 1, so new "
+              "episodes; give the training's --test-seed to reproduce its test]")
 @test_run_options
 def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None:
     """Evaluate a saved model on new test episodes, or on an episode file (one MLflow run)."""

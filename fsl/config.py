@@ -107,7 +107,7 @@ class EvaluationConfig(DataConfig):
     test_shots: int = 1
     test_queries: int = 15
     test_episodes: int = 600
-    test_seed: int = 2
+    test_seed: int | None = None  # None: the training's test seed + 1 (`fresh_test_seed`), new episodes
     test_split: str = "test"
     device: str = "auto"
     experiment: str = "fsl"
@@ -126,12 +126,20 @@ class EvaluationConfig(DataConfig):
         _at_least("test_ways", self.test_ways, 2)
         _at_least("test_shots", self.test_shots, 1)
         self._validate_size()
-        _valid_seed("test_seed", self.test_seed)
+        if self.test_seed is not None:
+            _valid_seed("test_seed", self.test_seed)
         _validate_device(self.device)
         _validate_experiment(self.experiment)
         self._validate_data_name()
         self._validate_split_options()
         _one_of("test_split", self.test_split, TEST_SPLITS)
+
+
+def fresh_test_seed(training_test_seed: int) -> int:
+    """`fsl evaluate`'s default test seed: one past the training's, so that a model is tested on
+    episodes its own run never scored (and its noise drawn anew); the training's own seed, given
+    on purpose, reproduces the training's test."""
+    return (training_test_seed + 1) % (MAX_SEED + 1)
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from fsl.evaluate import encode_rows
 from fsl.models.distances import prototypes
-from fsl.runtime import make_generator
+from fsl.models.noise import PAIR_NOISE, SECOND_NOISE, episode_keys, stream
 
 if TYPE_CHECKING:
     from fsl.models.hallucinator import Hallucinator
@@ -128,18 +129,19 @@ def mix_weight(hallucinator: "Hallucinator", shots: int, M: int) -> float:
 
 
 def episode_prototypes(model, support: torch.Tensor, labels: torch.Tensor, ways: int,
-                       rng: torch.Generator | None = None, M: int | None = None
+                       keys: torch.Tensor | None = None, M: int | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """The real and the final prototypes of episodes, as `FewShotClassifier.logits_from_features`
     makes them (a test checks they give its logits).
 
-    support [E, S, D], labels int64 [E, S] -> (real [E, ways, D]: class means of the support;
+    support [E, S, D], labels int64 [E, S], keys int64 [E, ways] (the classes' noise keys) ->
+    (real [E, ways, D]: class means of the support;
     final [E, ways, D]: after `combine` with the hallucinations (= real when there are none);
     (fake [E, ways*M, D], fake_labels [E, ways*M]) or None).
     """
     labels = labels.to(support.device)
     real = prototypes(support, labels, ways)
-    hallucinated = model.hallucinate_support(support, labels, ways, M, rng)
+    hallucinated = model.hallucinate_support(support, labels, ways, M, keys)
     if hallucinated is None:
         return real, real, None
     fake, fake_labels = hallucinated
@@ -152,37 +154,43 @@ def episode_prototypes(model, support: torch.Tensor, labels: torch.Tensor, ways:
 def hallucination_diagnostics(model, store, episodes, noise_seed: int = 0, max_episodes: int = 100,
                               batch: int = 8) -> dict[str, float]:
     """The six `halluc_*` metrics (module docstring) of `model` on the first `max_episodes` of
-    `episodes` (EpisodeIndices of `store`). {} for a model that does not hallucinate."""
+    `episodes` (EpisodeIndices of `store`), with the noise the evaluation of the same episodes
+    draws (keyed by noise_seed, episode, class). {} for a model that does not hallucinate; a
+    metric with no value (NaN: one way, identical features) is left out."""
     M = model.M
     if M <= 0:
         return {}
-    was_training = model.training
-    model.eval()
     shape = episodes.shape
     device = model.device
     episodes = episodes.slice(0, max_episodes)
+    rows = torch.unique(torch.cat([episodes.support.flatten(), episodes.query.flatten()]))
+    features = encode_rows(model, store.images, rows)
     support_labels = episodes.support_labels().to(device)
     query_labels = episodes.query_labels().to(device)
     first_shots = torch.arange(shape.ways, device=device) * shape.shots  # support is class-major
-    rng = make_generator(noise_seed, device)
-    rng_a, rng_b = make_generator(noise_seed + 1, device), make_generator(noise_seed + 2, device)
     sums: dict[str, float] = {}
+    was_training = model.training
+    model.eval()
     try:
         for start in range(0, len(episodes), batch):
             chunk = episodes.slice(start, start + batch)
             e = len(chunk)
-            support, query = model.embed_episode(store.images[chunk.support.to(store.images.device)],
-                                                 store.images[chunk.query.to(store.images.device)])
+            support = features[torch.searchsorted(rows, chunk.support.contiguous()).to(device)]
+            query = features[torch.searchsorted(rows, chunk.query.contiguous()).to(device)]
+            keys = episode_keys(noise_seed, torch.arange(start, start + e), chunk.classes)
             labels = support_labels.expand(e, -1)
             support_protos, final_protos, (fake, fake_labels) = episode_prototypes(model, support, labels,
-                                                                                   shape.ways, rng=rng)
+                                                                                   shape.ways, keys)
             one, one_labels = support[:, first_shots], support_labels[first_shots].expand(e, -1)
-            a = model.hallucinate_support(one, one_labels, shape.ways, rng=rng_a)[0]
-            b = model.hallucinate_support(one, one_labels, shape.ways, rng=rng_b)[0]
+            a = model.hallucinate_support(one, one_labels, shape.ways, keys=stream(keys, SECOND_NOISE))[0]
+            b = model.hallucinate_support(one, one_labels, shape.ways, keys=stream(keys, PAIR_NOISE))[0]
             real = torch.cat([support, query], 1)
             real_labels = torch.cat([labels, query_labels.expand(e, -1)], 1)
             sums = add_sums(sums, diagnostic_sums(real, real_labels, fake, fake_labels, a, b, shape.ways,
                                                   support_protos, final_protos))
     finally:
         model.train(was_training)
-    return diagnostics_from_sums(sums) | {"halluc_mix_weight": mix_weight(model.hallucinator, shape.shots, M)}
+    metrics = diagnostics_from_sums(sums) | {"halluc_mix_weight": mix_weight(model.hallucinator, shape.shots, M)}
+    if next(model.hallucinator.parameters(), None) is None:
+        metrics.pop("halluc_collapse")  # a sampler without weights (calibrated) cannot collapse: an empty chart
+    return {key: value for key, value in metrics.items() if not math.isnan(value)}

@@ -12,6 +12,7 @@ import torch
 from fsl.data.episodes import EpisodeIndices, EpisodeSampler, EpisodeShape
 from fsl.data.store import ImageStore
 from fsl.models.classifier import FewShotClassifier
+from fsl.models.noise import episode_keys, label_ids
 from fsl.processes import world
 from fsl.runtime import make_generator
 
@@ -48,6 +49,39 @@ def sample_episodes(store: ImageStore, shape: EpisodeShape, n: int, seed: int, s
     return sampler.sample(make_generator(seed), n)
 
 
+ENCODE_BATCH = 256  # images per encoder call in evaluation (eval mode: a feature does not depend on its batch)
+# Elements (features, hallucinations and the hallucinator's wider hidden rows) per scoring chunk:
+# about 64 MB of float32, whatever the shape, M and feature size.
+CHUNK_ELEMENTS = 2**24
+
+
+@torch.no_grad()
+def encode_rows(model: FewShotClassifier, images: torch.Tensor, rows: torch.Tensor,
+                batch: int = ENCODE_BATCH, progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Test-time features of `images[rows]` (eval mode, with the model's test views):
+    images uint8 [N, C, H, W], rows int64 [U] -> features [U, D] in the model's dtype."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for start in range(0, len(rows), batch):
+            out.append(model.test_features(images[rows[start:start + batch].to(images.device)]))
+            if progress:
+                progress(min(batch, len(rows) - start))
+    finally:
+        model.train(was_training)
+    if not out:
+        return torch.empty(0, model.feature_dim, device=model.device, dtype=model.dtype)
+    return torch.cat(out)
+
+
+def chunk_size(shape: EpisodeShape, feature_dim: int, M: int) -> int:
+    """Episodes scored per chunk: CHUNK_ELEMENTS over what one episode holds (its features and
+    M hallucinations per class, x4 for the hallucinator's hidden layers)."""
+    per_episode = (shape.ways * (shape.shots + shape.queries) + 4 * shape.ways * M) * max(1, feature_dim)
+    return max(1, CHUNK_ELEMENTS // per_episode)
+
+
 @torch.no_grad()
 def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
                     M: int | None = None, noise_seed: int = 0, batch: int = 0,
@@ -55,36 +89,35 @@ def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: Episo
     """Correctly classified queries of each episode, float32 [E] on the model's device (no host
     sync); counts are exact in float32, and `evaluate` turns them into percent in float64.
 
-    Episodes are evaluated `batch` at a time in one encoder call; in eval mode BatchNorm uses
-    its running statistics, so batching does not change any result. Chunk c's generator noise
-    comes from a generator seeded with (noise_seed, c): evaluating twice gives the same numbers,
-    and so does sharding the chunks over torchrun processes (summed with one all-reduce).
+    Each distinct image of the episodes is encoded once (`encode_rows`; in eval mode a feature does
+    not depend on its batch, and test views are fixed per image), then episodes are scored
+    `batch` at a time (default: `chunk_size`) on features gathered per episode. Each class's
+    hallucination noise is keyed by (noise_seed, episode index, class id): evaluating twice, in
+    other chunks or sharded over torchrun processes (chunk c on rank c % world, summed with one
+    all-reduce) gives the same numbers.
     """
     rank, world_size = world()
-    was_training = model.training
-    model.eval()
     device = model.device
     shape = episodes.shape
-    images_per_episode = shape.ways * (shape.shots + shape.queries)
-    # ~4k images (and hallucinated rows, which pass through the hallucinator's wider layers) per
-    # call fits any device; -M 1000 would otherwise allocate gigabytes per chunk.
-    hallucinated = shape.ways * (model.M if M is None else M) * 4
-    batch = batch or max(1, 4096 // (images_per_episode + hallucinated))  # test views are encoded one at a time
+    M = model.M if M is None else M
+    batch = batch or chunk_size(shape, model.feature_dim, M)
+    starts = [start for c, start in enumerate(range(0, len(episodes), batch)) if c % world_size == rank]
+    mine = [episodes.slice(start, start + batch) for start in starts]
+    rows = torch.unique(torch.cat([torch.cat([c.support.flatten(), c.query.flatten()]) for c in mine])) \
+        if mine else torch.zeros(0, dtype=torch.long)
+    features = encode_rows(model, store.images, rows)
     support_labels = episodes.support_labels().to(device)
     query_labels = episodes.query_labels().to(device)
     correct = torch.zeros(len(episodes), device=device)
+    was_training = model.training
+    model.eval()
     try:
-        for chunk_index, start in enumerate(range(0, len(episodes), batch)):
-            if chunk_index % world_size != rank:
-                continue
-            chunk = episodes.slice(start, start + batch)
+        for start, chunk in zip(starts, mine):
             e = len(chunk)
-            rng = make_generator(noise_seed * 1_000_003 + chunk_index, device)
-            logits = model.episode_logits(
-                store.images[chunk.support.to(store.images.device)],
-                support_labels.expand(e, -1),
-                store.images[chunk.query.to(store.images.device)],
-                shape.ways, M=M, rng=rng)
+            support = features[torch.searchsorted(rows, chunk.support.contiguous()).to(device)]
+            query = features[torch.searchsorted(rows, chunk.query.contiguous()).to(device)]
+            keys = episode_keys(noise_seed, torch.arange(start, start + e), chunk.classes)
+            logits = model.logits_from_features(support, support_labels.expand(e, -1), query, shape.ways, M, keys)
             correct[start:start + e] = (logits.argmax(-1) == query_labels).float().sum(-1)
             if progress:
                 progress(e)
@@ -111,12 +144,12 @@ def evaluate_file_episodes(model: FewShotClassifier, episodes: list, noise_seed:
     """Evaluate episodes read from a CSV (`read_episode_file`); each may have its own shape."""
     was_training = model.training
     model.eval()
-    rng = make_generator(noise_seed, model.device)
     accs = []
     try:
-        for episode in episodes:
+        for i, episode in enumerate(episodes):
+            keys = episode_keys(noise_seed, [i], label_ids(episode.class_names)[None])
             logits = model.episode_logits(episode.support_images, episode.support_labels,
-                                          episode.query_images, episode.ways, rng=rng)
+                                          episode.query_images, episode.ways, keys=keys)
             correct = float((logits.argmax(-1).cpu() == episode.query_labels).sum())
             accs.append(correct * 100 / len(episode.query_labels))
             if progress:

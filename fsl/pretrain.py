@@ -53,7 +53,7 @@ class BatchTrainer:
         self.batch = cfg.pretrain_batch_size
         self.samples_per_step = self.batch
         self.steps_per_epoch = steps_per_epoch(cfg, store)
-        self.head = nn.Linear(model.feature_dim, store.n_classes).to(device)
+        self.head = nn.Linear(model.feature_dim, store.n_classes).to(device, model.dtype)
         self.policy = AUGMENTATIONS[cfg.augment]
         self.order_rng = make_generator(cfg.seed + 1)          # which rows, on the CPU: the same on every device
         self.noise_rng = make_generator(cfg.seed + 3, device)  # augmentation noise, on the device

@@ -89,6 +89,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _pending_interrupt: int | None = None  # the signal `interruptible` caught, until the block ends
+_project_parent: int | None = None  # the pid of `mlflow run` when this process runs under it
 
 
 def _interrupt(signum: int) -> KeyboardInterrupt:
@@ -111,22 +112,45 @@ def interruptible() -> Iterator[None]:
         _pending_interrupt = signum
         raise _interrupt(signum)
 
+    global _project_parent
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Under `mlflow run` (it sets MLFLOW_RUN_ID), a SIGTERM to `mlflow run` alone kills it without
+    # telling this process: its death (this process re-parented) counts as that SIGTERM.
+    _project_parent = os.getppid() if os.environ.get("MLFLOW_RUN_ID") else None
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        _pending_interrupt = None
+        _pending_interrupt = _project_parent = None
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored for the block (main thread only): for the few store calls that end
+    a run once it has been interrupted, so that a second signal (`mlflow run` sends SIGTERM after
+    Ctrl-C) cannot cut them short and leave the run RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def stop_if_interrupted() -> None:
-    """Raise the interrupt of a signal `interruptible` caught whose first raise was dropped."""
+    """Raise the interrupt of a signal `interruptible` caught whose first raise was dropped, or
+    `Terminated` once the `mlflow run` process this one runs under is gone."""
     if _pending_interrupt is not None:
         raise _interrupt(_pending_interrupt)
+    if _project_parent is not None and os.getppid() != _project_parent:
+        raise Terminated(signal.SIGTERM)
 
 
 def broadcast(value: Any) -> Any:

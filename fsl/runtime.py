@@ -81,14 +81,32 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {name!r}")
     if name != "auto":
-        if name == "bf16" and device.type == "mps":
-            raise ValueError("--precision bf16 is not supported on MPS; use fp32")
+        if name in ("bf16", "fp64") and device.type == "mps":
+            raise ValueError(f"--precision {name} is not supported on MPS; use fp32")
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     return "fp32"
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype of features, prototypes and logits under a resolved precision: float64 for `fp64`
+    (weights too: double throughout, for checks that must agree across CPUs), else float32."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Modules made inside are made in `dtype`: a fp64 model's weights are drawn in double, so that
+    its initial weights do not carry the float32 rounding of the CPU's kernels."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

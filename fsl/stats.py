@@ -20,25 +20,14 @@ import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-# Two-sided 95% critical values of Student's t, t_{0.975, df}, for df = 1..30 (used when scipy is
-# absent; scipy gives the same numbers to 3 decimals).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
-
 
 def t_critical(df: int, confidence: float = 0.95) -> float:
     """The two-sided critical value of Student's t with `df` degrees of freedom: the q with
-    P(|T| <= q) = confidence. df >= 1. scipy when importable (it comes with scikit-learn);
-    otherwise, for 95% only, a table (df <= 30) and the normal 1.96 beyond."""
+    P(|T| <= q) = confidence. df >= 1. From scipy, which scikit-learn (a dependency) requires."""
+    from scipy.stats import t
+
     if df < 1:
         raise ValueError(f"Student's t needs at least 1 degree of freedom, got {df}")
-    try:
-        from scipy.stats import t
-    except ImportError:
-        if confidence != 0.95:
-            raise
-        return _T975[df - 1] if df <= len(_T975) else 1.96
     return float(t.ppf(0.5 + confidence / 2, df))
 
 

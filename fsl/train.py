@@ -28,9 +28,10 @@ from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeSampler
 from fsl.data.store import DataSet
 from fsl.errors import FslError
-from fsl.evaluate import evaluate, sample_episodes
+from fsl.evaluate import encode_rows, evaluate, sample_episodes
 from fsl.files import atomic_save
 from fsl.models.classifier import FewShotClassifier, current_state_dict
+from fsl.models.noise import episode_keys
 from fsl.processes import stop_if_interrupted, world
 from fsl.registry import AUGMENTATIONS
 from fsl.runtime import compile_module, make_generator, resolve_compile
@@ -74,15 +75,18 @@ class EpisodeLoss(nn.Module):
         object.__setattr__(self, "compiled", encoder)  # shares model's weights: not a second submodule
 
     def forward(self, support: torch.Tensor, query: torch.Tensor, support_labels: torch.Tensor,
-                query_labels: torch.Tensor, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+                query_labels: torch.Tensor, rng: torch.Generator, keys: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One episode: support [S, C, H, W], query [Q, C, H, W], labels [1, S] and [Q]; `rng` draws
+        the augmentation, `keys` int64 [1, ways] key each class's hallucination noise."""
         augment = augmenter(self.model, self.policy, rng)
         s, q = self.model.embed_episode(support[None], query[None], self.compiled, augment)
-        logits = self.model.logits_from_features(s, support_labels, q, self.ways, rng=rng)[0]
+        logits = self.model.logits_from_features(s, support_labels, q, self.ways, keys=keys)[0]
         hallucinator = self.model.hallucinator if self.model.M else None
         if hallucinator is not None:  # e.g. base-class statistics (`calibrated`)
             hallucinator.observe(torch.cat([s, q], 1), torch.cat([support_labels, query_labels[None]], 1), self.ways)
         loss = F.cross_entropy(logits, query_labels)
-        extra = hallucinator.extra_loss(s, support_labels, self.ways, rng) if hallucinator is not None else None
+        extra = hallucinator.extra_loss(s, support_labels, self.ways, keys) if hallucinator is not None else None
         return (loss if extra is None else loss + extra), logits
 
 
@@ -111,6 +115,8 @@ class EpisodeTrainer:
         # Which episodes: CPU random generators, the same on every device. Noise: on the device.
         self.episode_rngs = [make_generator(cfg.seed + GENERATOR_STRIDE * r) for r in replicas]
         self.noise_rngs = [make_generator(cfg.seed + 2 + GENERATOR_STRIDE * r, device) for r in replicas]
+        # Hallucination noise is keyed by (this seed, step, class): the same episode draws the same.
+        self.noise_seeds = [cfg.seed + 2 + GENERATOR_STRIDE * r for r in replicas]
         ways, shots, queries = self.shape.ways, self.shape.shots, self.shape.queries
         self.support_labels = torch.arange(ways, device=device).repeat_interleave(shots)[None]
         self.query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
@@ -148,8 +154,9 @@ class EpisodeTrainer:
                 sync = j == self.per_step - 1 or not isinstance(self.step_loss, nn.parallel.DistributedDataParallel)
                 with contextlib.nullcontext() if sync else cast(nn.parallel.DistributedDataParallel,
                                                                  self.step_loss).no_sync():
+                    keys = episode_keys(self.noise_seeds[j], [self.episodes_done], draws[j].classes[step][None])
                     loss, logits = self.step_loss(images[support_idx[j][step]], images[query_idx[j][step]],
-                                                  self.support_labels, self.query_labels, self.noise_rngs[j])
+                                                  self.support_labels, self.query_labels, self.noise_rngs[j], keys)
                     (loss / self.per_step).backward()
                 step_loss += loss.detach()
                 correct += (logits.detach().argmax(-1) == self.query_labels).sum()
@@ -268,7 +275,7 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
             best_val, best_epoch = val_acc, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if save and best_path is not None:
-                atomic_save(model.checkpoint(val_acc=val_acc, epoch=epoch), best_path)
+                atomic_save(model.checkpoint(val_acc=val_acc, epoch=epoch, test_seed=cfg.test_seed), best_path)
         if on_epoch:
             on_epoch(stats)
         if checkpoint_dir is not None:
@@ -303,14 +310,7 @@ def base_class_features(model: FewShotClassifier, store, per_class: int = 64, ba
     `store` (the first ones: the same images every time), in eval mode: what SimpleShot centres
     on, and what the calibrated hallucinator's base statistics are taken from."""
     rows = torch.cat([(store.labels == c).nonzero().flatten()[:per_class] for c in range(store.n_classes)])
-    was_training = model.training
-    model.eval()
-    try:
-        features = torch.cat([model.test_features(store.images[rows[i:i + batch]])
-                              for i in range(0, len(rows), batch)])
-    finally:
-        model.train(was_training)
-    return features, store.labels[rows]
+    return encode_rows(model, store.images, rows, batch), store.labels[rows]
 
 
 def _save_last(path: Path, model: FewShotClassifier, trainer, epoch: int, best_val: float,

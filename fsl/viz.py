@@ -42,6 +42,10 @@ def learning_curve(history: Sequence, path: Path) -> Path:
     ax_acc.plot(epochs, [h.val_acc for h in history], marker="s", label="val")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Episode accuracy")
     ax_acc.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no 1.2, 1.4, ...
     return _save(fig, path)
 
 
@@ -95,25 +99,54 @@ def x_axis(positions: Sequence[float]) -> tuple[float, float, list[float]]:
 def sweep_plot(rows: Sequence[dict], x: str, group_fields: Sequence[str], path: Path) -> Path:
     """A sweep's mean test accuracy over seeds against `x` (e.g. M), one line per combination of
     `group_fields` (e.g. per hallucinator) with its 95% CI over seeds as a band, and each
-    baseline point (`is_baseline` true, e.g. ProtoNet at M = 0) as a horizontal band.
+    baseline point (`is_baseline` true, e.g. ProtoNet at M = 0) as a horizontal band. Where the
+    rows are paired with a baseline (`diff_vs_baseline`), a second panel draws each point's
+    paired difference with its t-CI over seeds and says whether the CI excludes 0: with few seeds
+    the per-point bands overlap while the paired test is decisive, and this panel is the test.
 
     rows: `fsl.sweeps.aggregate` rows (test_acc, test_acc_ci95; NaN CI with one seed draws
     no band). Non-numeric x values are placed in their first-seen order."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    paired = [r for r in rows if r.get("diff_vs_baseline") is not None and not r.get("is_baseline")]
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(13 if paired else 7, 4.5), squeeze=False)
+    position, ticks = _accuracy_panel(axes[0][0], rows, x, group_fields)
+    if paired:
+        _difference_panel(axes[0][1], paired, x, group_fields, position, ticks)
+    return _save(fig, path)
+
+
+def _x_positions(rows: Sequence[dict], x: str) -> tuple[dict, list | None]:
+    """Where each x value sits: its number, or (non-numeric) its first-seen index and the tick labels."""
+    try:
+        return {v: float(v) for v in {r[x] for r in rows}}, None
+    except ValueError:
+        ticks = list(dict.fromkeys(r[x] for r in rows))
+        return {v: float(i) for i, v in enumerate(ticks)}, ticks
+
+
+def _set_x_axis(ax, position: dict, ticks: list | None, x: str) -> None:
+    low, high, at = x_axis(sorted(set(position.values())))
+    ax.set_xlim(low, high)
+    if ticks is not None:
+        ax.set_xticks(range(len(ticks)), ticks)
+    elif len(at) <= 12:
+        ax.set_xticks(at, [f"{v:g}" for v in at])
+    ax.set_xlabel(x)
+
+
+def _group(row: dict, group_fields: Sequence[str]) -> str:
+    return ",".join(f"{f}={row[f]}" for f in group_fields)
+
+
+def _accuracy_panel(ax, rows: Sequence[dict], x: str, group_fields: Sequence[str]) -> tuple[dict, list | None]:
+    plt = _pyplot()
     colours = plt.get_cmap("tab10")
     baselines = [r for r in rows if r.get("is_baseline")]
     lines = [r for r in rows if not r.get("is_baseline")]
-    try:
-        position = {v: float(v) for v in {r[x] for r in rows}}
-        ticks = None
-    except ValueError:
-        ticks = list(dict.fromkeys(r[x] for r in rows))
-        position = {v: float(i) for i, v in enumerate(ticks)}
-    groups = list(dict.fromkeys(",".join(f"{f}={r[f]}" for f in group_fields) for r in lines))
+    position, ticks = _x_positions(rows, x)
+    groups = list(dict.fromkeys(_group(r, group_fields) for r in lines))
     for i, g in enumerate(groups):
-        sel = sorted((r for r in lines if ",".join(f"{f}={r[f]}" for f in group_fields) == g),
-                     key=lambda r: position[r[x]])
+        sel = sorted((r for r in lines if _group(r, group_fields) == g), key=lambda r: position[r[x]])
         xs = np.array([position[r[x]] for r in sel])
         mean = np.array([float(r["test_acc"]) for r in sel])
         half = np.array([float(r.get("test_acc_ci95", np.nan)) for r in sel])
@@ -130,21 +163,51 @@ def sweep_plot(rows: Sequence[dict], x: str, group_fields: Sequence[str], path: 
         ax.axhline(level, color=colour, linestyle="--", linewidth=1, label=f"{kind} ({r['point']})")
         if not np.isnan(spread):
             ax.axhspan(level - spread, level + spread, color=colour, alpha=0.12)
-    low, high, at = x_axis(sorted(set(position.values())))
-    ax.set_xlim(low, high)
-    if ticks is not None:
-        ax.set_xticks(range(len(ticks)), ticks)
-    elif len(at) <= 12:
-        ax.set_xticks(at, [f"{v:g}" for v in at])
+    _set_x_axis(ax, position, ticks, x)
     n = max((int(r.get("n_seeds", 1)) for r in rows), default=1)
-    ax.set(xlabel=x, ylabel="test accuracy (%)",
-           title=f"Mean test accuracy over {n} seed{'s' if n != 1 else ''} ± 95% CI against {x}")
+    ax.set(ylabel="test accuracy (%)", title=f"Mean test accuracy over {n} seed{'s' if n != 1 else ''} ± 95% CI")
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return position, ticks
 
 
-def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, classes: int = 5,
-              per_class: int = 40) -> Path:
+def _difference_panel(ax, paired: Sequence[dict], x: str, group_fields: Sequence[str], position: dict,
+                      ticks: list | None) -> None:
+    """Each point's paired difference to its baseline ± t-CI over seeds; filled: the CI excludes 0."""
+    plt = _pyplot()
+    colours = plt.get_cmap("tab10")
+    groups = list(dict.fromkeys(_group(r, group_fields) for r in paired))
+    width = 0.08 * max(1.0, np.ptp(list(position.values())) if len(position) > 1 else 1.0)
+    for i, g in enumerate(groups):
+        for r in (r for r in paired if _group(r, group_fields) == g):
+            at = position[r[x]] + (i - (len(groups) - 1) / 2) * width
+            half = float(r.get("diff_vs_baseline_ci95", np.nan))
+            excludes = bool(r.get("diff_excludes_0"))
+            ax.errorbar([at], [float(r["diff_vs_baseline"])], yerr=None if np.isnan(half) else [[half], [half]],
+                        fmt="o", capsize=4, color=colours(i % 10), markerfacecolor=colours(i % 10) if excludes else
+                        "white", label=g if r is next(q for q in paired if _group(q, group_fields) == g) else None)
+            ax.annotate("excludes 0" if excludes else "includes 0", (at, float(r["diff_vs_baseline"])),
+                        textcoords="offset points", xytext=(6, 6), fontsize=7)
+    ax.axhline(0, color="black", linewidth=1)
+    _set_x_axis(ax, position, ticks, x)
+    baseline = paired[0].get("baseline", "the baseline")
+    ax.set(ylabel="paired difference (points)", title=f"Paired difference to {baseline} ± 95% t-CI over seeds "
+           "(filled: CI excludes 0)")
+    if any(groups):
+        ax.legend(fontsize=8, loc="best")
+
+
+TSNE_CLASSES, TSNE_PER_CLASS = 5, 40
+
+
+def tsne_size(store, M: int, classes: int = TSNE_CLASSES, per_class: int = TSNE_PER_CLASS) -> int:
+    """How many points `tsne_plot` embeds: real features, M hallucinations per class, prototypes."""
+    classes = min(classes, store.n_classes)
+    counts = store.images_per_class()[:classes].clamp(max=per_class)
+    return int(counts.sum()) + classes * (M + 2)
+
+
+def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, classes: int = TSNE_CLASSES,
+              per_class: int = TSNE_PER_CLASS) -> Path:
     """t-SNE of real test features and M hallucinated ones for `classes` fixed test classes,
     with each class's real prototype (mean of its support) and final prototype (after combining
     with the hallucinations, as the classifier does).
@@ -154,7 +217,7 @@ def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, cla
     import torch
 
     from fsl.diagnostics import episode_prototypes
-    from fsl.runtime import make_generator
+    from fsl.models.noise import episode_keys
 
     classes = min(classes, store.n_classes)
     labels = store.labels
@@ -166,8 +229,9 @@ def tsne_plot(model: FewShotClassifier, store, cfg: TrainConfig, path: Path, cla
     with torch.no_grad():
         real = model.embed(store.images[rows])
         support = model.embed(store.images[seeds])
-        real_protos, final_protos, (fake, fake_labels) = episode_prototypes(
-            model, support[None], seed_labels[None], classes, rng=make_generator(cfg.test_seed, model.device))
+        keys = episode_keys(cfg.test_seed, [0], torch.arange(classes)[None])
+        real_protos, final_protos, (fake, fake_labels) = episode_prototypes(model, support[None], seed_labels[None],
+                                                                            classes, keys)
         fake, fake_labels = fake[0], fake_labels[0]
     return tsne(real.cpu().numpy(), labels[rows].cpu().numpy(), fake.float().cpu().numpy(),
                     fake_labels.cpu().numpy(), store.class_names[:classes], path, seed=cfg.test_seed,

@@ -18,6 +18,13 @@ TINY = ["--image-size", "16", "--epochs", "1", "--episodes-per-epoch", "4", "--v
         "--test-episodes", "5", "--queries", "3", "--test-queries", "3", "--precision", "fp32", "--no-register"]
 
 
+def noise_keys(seed: int, episodes: int, ways: int = 5) -> torch.Tensor:
+    """The hallucination noise keys of `episodes` episodes of classes 0..ways-1: int64 [episodes, ways]."""
+    from fsl.models.noise import episode_keys
+
+    return episode_keys(seed, range(episodes), torch.arange(ways).expand(episodes, -1))
+
+
 def all_runs(client) -> list:
     """Every run of every experiment of the client's store, newest first."""
     return client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -90,6 +90,7 @@ MEANINGS_PER_COMMAND = {
     "--split": "the split an episode file draws from, or the classes evaluate tests",
     "--test-episodes": "after training, of a pre-trained encoder, or of a saved model",
     "--test-shots": "its default is --shots in training, 1 elsewhere",
+    "--test-seed": "evaluate's default is new episodes (the training's seed + 1), training's a fixed 2",
     "--ways": "training episodes, or the episodes `fsl episodes` writes",
 }
 

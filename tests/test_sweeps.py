@@ -187,8 +187,8 @@ def test_a_replicated_sweep_aggregates_two_seeds_of_two_points_in_the_parent(tra
         assert child.data.tags["fsl.method"] == ("protonet" if name.startswith("M=0") else "hallucinate")
     for name in ("M=2-seed0", "M=2-seed1"):
         metrics = children[name].data.metrics
-        assert set(METRICS) <= set(metrics)
-        assert metrics["halluc_mix_weight"] == pytest.approx(2 / 3)  # wang at K=1, M=2: M / (K + M)
+        assert set(METRICS) - {"halluc_collapse"} <= set(metrics)  # calibrated has no weights to collapse
+        assert metrics["halluc_mix_weight"] == pytest.approx(2 / 3)  # Wang's rule at K=1, M=2: M / (K + M)
     assert {"sweep.csv", "sweep_runs.csv", "sweep.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     acc = {name: child.data.metrics["test_acc"] for name, child in children.items()}
     rows = {r["point"]: r for r in parent_table(client, parent.info.run_id)}
@@ -259,7 +259,7 @@ def test_a_calibrated_sweep_trains_once_per_seed_and_tests_each_m_from_that_mode
 
     monkeypatch.setattr(fsl.commands.cmd_train, "train", recording)
     args = ["sweep", *TINY, "--method", "hallucinate", "--hallucinator", "calibrated",
-            "--param", "M=0,2,6", "--seeds", "0,1", "--baseline", "M=0"]
+            "--param", "M=0,2,6", "--seeds", "0,1", "--baseline", "M=0", "--tsne"]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert trained == [(0, 0), (0, 1), (6, 0), (6, 1)]  # M=2 is tested from the M=6 model

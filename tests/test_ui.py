@@ -31,7 +31,8 @@ PINNED_VIEW = {
     "columnOrder": ["attributes.`Run Name`", "metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`",
                     "metrics.`val_acc`", "params.`M`", "params.`hallucinator`", "params.`shots`", "params.`encoder`",
                     "attributes.`Models`", "attributes.`Dataset`"],
-    "columnWidths": {"attributes.`Run Name`": 320},
+    "columnWidths": {"attributes.`Run Name`": 320, "metrics.`test_acc`": 150, "metrics.`test_ci95`": 150},
+    "orderByKey": "metrics.`test_acc`", "orderByAsc": False,  # the best run first
 }
 
 
@@ -45,6 +46,9 @@ def test_every_run_writes_the_results_view_and_its_link_opens_it(tracking):
     table = (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs"
              f"?workflowType=machine_learning&viewStateShareKey=fsl-results")
     assert f"; all runs: {table}" in out, out
+    # the experiments list shows the description: the link and how to read the table
+    description = experiment.tags["mlflow.note.content"]
+    assert table in description and "test_ci95" in description and "best test accuracy first" in description
 
 
 def test_no_param_is_blank_and_the_new_spellings_keep_the_config_hash(tracking):

@@ -8,9 +8,9 @@ from typing import Any
 
 from fsl.commands.cmd_train import RunSummary
 from fsl.commands.inputs import device_option, load_data, load_model
-from fsl.commands.options import Reporter
+from fsl.commands.options import Reporter, quietable
 from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, run_tags
-from fsl.config import EvaluationConfig
+from fsl.config import EvaluationConfig, fresh_test_seed
 from fsl.data.episodes import EpisodeIndices, FileEpisode, read_episode_file
 from fsl.data.store import DataSet, ImageStore
 from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
@@ -34,7 +34,8 @@ class EpisodesToTest:
     from_file: list[FileEpisode] = field(default_factory=list)
 
 
-def episodes_to_test(cfg: EvaluationConfig, model, episodes_file: str | None, device) -> EpisodesToTest:
+def episodes_to_test(cfg: EvaluationConfig, model, episodes_file: str | None, device, test_seed: int
+                     ) -> EpisodesToTest:
     """The episodes of `fsl evaluate`, at the model's image size and channels."""
     size = model.config["image_size"]
     split = "all" if cfg.test_split == "all" else "splits"
@@ -50,9 +51,10 @@ def episodes_to_test(cfg: EvaluationConfig, model, episodes_file: str | None, de
               "test_episodes": cfg.test_episodes, "split": cfg.test_split}
     params |= {k: v for k, v in cfg.read_options().items() if v is not None}
     return EpisodesToTest(str(cfg.test_shape), cfg.test_episodes, data.fingerprint, params, data, store,
-                        sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test"))
+                        sample_episodes(store, cfg.test_shape, cfg.test_episodes, test_seed, "test"))
 
 
+@quietable
 def run_evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | None = None,
                    reporter: Reporter = Reporter()) -> RunSummary:
     """Test `model_spec` as one MLflow run. Images are prepared as in the model's training, at
@@ -69,8 +71,10 @@ def run_evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | 
     source = model_source(model_spec, resolved)
     model = load_model(model_spec, resolved=resolved)
     model.place(device)
-    tested = episodes_to_test(cfg, model, episodes_file, device)
-    params = {"model": model_spec, "data": cfg.data, "test_seed": cfg.test_seed, "device_resolved": str(device),
+    # new episodes by default: never the ones the training run tested on
+    test_seed = fresh_test_seed(model.training_test_seed) if cfg.test_seed is None else cfg.test_seed
+    tested = episodes_to_test(cfg, model, episodes_file, device, test_seed)
+    params = {"model": model_spec, "data": cfg.data, "test_seed": test_seed, "device_resolved": str(device),
               "precision_resolved": model.config["precision"]} | source | tested.params
     tags = run_tags("evaluate", tested.fingerprint, model.config["precision"]) | {
         f"fsl.{key}": value for key, value in source.items()}
@@ -87,14 +91,14 @@ def run_evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | 
                                 "evaluation")
         with reporter.progress(tested.count, "test episodes") as advance:
             if tested.store is None or tested.episodes is None:
-                test = evaluate_file_episodes(model, tested.from_file, noise_seed=cfg.test_seed, progress=advance)
+                test = evaluate_file_episodes(model, tested.from_file, noise_seed=test_seed, progress=advance)
             else:
-                test = evaluate(model, tested.store, tested.episodes, noise_seed=cfg.test_seed, progress=advance)
+                test = evaluate(model, tested.store, tested.episodes, noise_seed=test_seed, progress=advance)
         log_eval(tracker, test)
         reporter.echo(f"test ({tested.label}): {test}")
         if model.M and tested.store is not None and tested.episodes is not None:
             # as training reports it: the same encoder and episodes, the hallucinator off
-            plain = evaluate(model, tested.store, tested.episodes, M=0, noise_seed=cfg.test_seed)
+            plain = evaluate(model, tested.store, tested.episodes, M=0, noise_seed=test_seed)
             log_eval(tracker, plain, "_no_hallucination")
             reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
         summary = RunSummary(tracker.run_id, float("nan"), test, None, params)

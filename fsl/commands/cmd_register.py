@@ -17,7 +17,7 @@ def register_run(run_id: str, name: str | None = None, allow_failed: bool = Fals
     rule. The run's status is left as it is; a run that did not finish is refused unless
     `allow_failed` (its best checkpoint may predate a crash)."""
     from fsl.models.classifier import load_checkpoint
-    from fsl.tracking.model_registry import log_and_register, validate_model_name
+    from fsl.tracking.model_registry import log_run_models, register_logged, validate_model_name
     from fsl.tracking.runs import Tracker, download, get_run, locked_client
 
     if name:
@@ -32,9 +32,11 @@ def register_run(run_id: str, name: str | None = None, allow_failed: bool = Fals
     name = name or f"fsl-{run.data.tags.get('fsl.method', 'protonet')}"
     with tempfile.TemporaryDirectory(prefix="fsl-register-") as folder:  # removed, error or not
         checkpoint = download(f"runs:/{run_id}/checkpoints/best.pt", folder)
-        params = run.data.params
-        shape = (int(params["ways"]), int(params["shots"])) if "ways" in params and "shots" in params else None
-        reg = log_and_register(Tracker(run_id, locked_client()), load_checkpoint(checkpoint), checkpoint, name,
-                             run.data.metrics["best_val_acc"], json.loads(run.data.tags["fsl.protocol"]), shape)
+        params, protocol = run.data.params, json.loads(run.data.tags["fsl.protocol"])
+        shape = (int(params["ways"]), int(params["shots"])) if "ways" in params and "shots" in params else \
+            (protocol["ways"], protocol["shots"])  # `fsl pretrain`: the shape it is tested at
+        tracker = Tracker(run_id, locked_client())
+        logged = log_run_models(tracker, load_checkpoint(checkpoint), checkpoint, name, shape)
+        reg = register_logged(tracker, logged, name, run.data.metrics["best_val_acc"], protocol)
     reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
     return reg

@@ -12,7 +12,7 @@ from typing import Callable
 
 from fsl import sweeps, viz
 from fsl.commands.cmd_train import TrainedTwin, run_test_of_twin, run_training
-from fsl.commands.options import Reporter, RunOptions
+from fsl.commands.options import Reporter, RunOptions, quietable
 from fsl.commands.records import log_source_diff, mlflow_runs, run_tags
 from fsl.commands.run_identity import config_hash, run_params
 from fsl.commands.training_setup import prepare_training
@@ -22,6 +22,7 @@ from fsl.errors import UsageError
 from fsl.tracking.protocol import Runs
 
 
+@quietable
 def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = RunOptions(),
               reporter: Reporter = Reporter(), *, seeds: list[int] | None = None, baseline: str | None = None,
               shard: int = 0, shards: int = 1, register: str = "none", runs: Runs | None = None,

@@ -20,8 +20,8 @@ import torch
 from fsl import viz
 from fsl.champion import registry_protocol
 from fsl.commands.inputs import load_model
-from fsl.commands.options import SILENT, Reporter, RunOptions
-from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, run_tags
+from fsl.commands.options import SILENT, Reporter, RunOptions, quietable
+from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, result_line, run_tags
 from fsl.commands.run_identity import config_hash, resume_target, run_name, run_params
 from fsl.commands.training_setup import TrainingSetup, prepare_training, shared_class_names
 from fsl.config import TrainConfig
@@ -61,6 +61,7 @@ class TrainedTwin:
     metrics: dict[str, float]
 
 
+@quietable
 def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter: Reporter = Reporter(),
                  runs: Runs | None = None, data: DataSet | None = None, test_data: DataSet | None = None) -> RunSummary:
     """Train, test on the best-by-val checkpoint, and log everything to one run.
@@ -88,7 +89,7 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
         run_hash = config_hash(params)
         resume_id = broadcast(resume_target(runs, cfg, run_hash, params, options.resume)
                               if options.resume and rank == 0 else None)
-        reporter.echo(f"{cfg.method}: {cfg.train_shape} training, {cfg.test_shape} testing on {cfg.data} "
+        reporter.echo(f"{cfg.method}: {training_banner(cfg, data)}, {cfg.test_shape} testing on {cfg.data} "
                       f"({data.image_size}px, {data.channels} ch) on {setup.device} in {setup.precision}"
                       + (f", {world_size} processes" if world_size > 1 else "")
                       + (f"; resuming run {resume_id}" if resume_id else ""))
@@ -115,6 +116,17 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
         if resume_id and summary.run_id:  # what the run logged before it was stopped, too
             summary.metrics = runs.run_metrics(summary.run_id)
         return summary
+
+
+def training_banner(cfg: TrainConfig, data: DataSet) -> str:
+    """What the run trains on, as its first line says it: episodes, or pre-training's batches."""
+    phases = []
+    if cfg.pretrain_epochs:
+        phases.append(f"pre-training on batches of {cfg.pretrain_batch_size} images over the "
+                      f"{data.split('train').n_classes} training classes")
+    if cfg.epochs:
+        phases.append(f"{cfg.train_shape} training")
+    return ", then ".join(phases)
 
 
 def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = RunOptions(),
@@ -162,10 +174,12 @@ def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = 
                 new: twin.metrics[old] for old, new in (("best_val_acc", "twin_best_val_acc"),
                                                         ("best_epoch", "best_epoch")) if old in twin.metrics})
             checkpoint = Path(workdir) / "best.pt"
-            atomic_save(model.checkpoint(val_acc=best_val, trained_in=trained_in), checkpoint)
+            meta = {"val_acc": best_val, "trained_in": trained_in, "test_seed": setup.cfg.test_seed}
+            atomic_save(model.checkpoint(**meta), checkpoint)
             tracker.log_artifact(checkpoint, "checkpoints")
-            test, plain = _test(setup, tracker, reporter, Path(workdir))
-            _tag_and_register(setup, tracker, checkpoint, best_val, options, reporter)
+            test, plain = _test(setup, tracker, reporter, Path(workdir), options.tsne)
+            _tag_and_register(setup, tracker, checkpoint, best_val, options, reporter,
+                              result_line(test, setup.cfg.test_shape, plain))
             summary = RunSummary(tracker.run_id, best_val, test, plain, params, dict(tracker.latest))
             if options.keep_checkpoint is not None:
                 shutil.copy(checkpoint, options.keep_checkpoint)
@@ -195,9 +209,13 @@ def _train_test_register(setup: TrainingSetup, tracker: RecordingTracker, checkp
     """The body of a run, inside its MLflow run: train, test, plot, register."""
     cfg, model, data = setup.cfg, setup.model, setup.data
 
+    # the rate changes within the run only where it is halved before the last episode: a constant
+    # rate is the `lr` param, not a flat chart
+    varies = cfg.lr_step < cfg.epochs * cfg.episodes_per_epoch
+
     def on_epoch(stats) -> None:
-        tracker.log_metrics({"train_loss": stats.train_loss, "train_acc": stats.train_acc,
-                             "val_acc": stats.val_acc, "learning_rate": stats.lr, "epoch_seconds": stats.seconds},
+        tracker.log_metrics({"train_loss": stats.train_loss, "train_acc": stats.train_acc, "val_acc": stats.val_acc,
+                             "epoch_seconds": stats.seconds} | ({"learning_rate": stats.lr} if varies else {}),
                             step=stats.epoch)
         reporter.echo(f"epoch {stats.epoch}/{cfg.epochs}: loss {stats.train_loss:.4f}, train {stats.train_acc:.2f}%, "
                       f"val {stats.val_acc:.2f}% ({stats.seconds:.1f} s)")
@@ -223,8 +241,9 @@ def _train_test_register(setup: TrainingSetup, tracker: RecordingTracker, checkp
     tested = resume_id is not None and "test_acc" in tracker.logged_metric_keys()
     with tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
         tracker.log_artifact(viz.learning_curve(result.history, Path(workdir) / "learning_curve.png"))
-        test, plain = _test(setup, SILENT_TRACKER if tested else tracker, reporter, Path(workdir))
-    _tag_and_register(setup, tracker, result.best_checkpoint, result.best_val_acc, options, reporter)
+        test, plain = _test(setup, SILENT_TRACKER if tested else tracker, reporter, Path(workdir), options.tsne)
+    _tag_and_register(setup, tracker, result.best_checkpoint, result.best_val_acc, options, reporter,
+                      result_line(test, cfg.test_shape, plain))
     return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params, dict(tracker.latest))
 
 
@@ -252,23 +271,33 @@ def _pretrain_phase(setup: TrainingSetup, tracker, checkpoints: Path, resume_id:
 
 
 def _tag_and_register(setup: TrainingSetup, tracker, checkpoint: Path, best_val: float, options: RunOptions,
-                      reporter: Reporter) -> None:
-    """Tag the run with its registry protocol and, with --register, register its model."""
+                      reporter: Reporter, result: str) -> None:
+    """Tag the run with its registry protocol, log its model (both flavours: every tracked run
+    ends in a model `mlflow.pytorch.load_model` loads), with --register register it, and describe
+    the run in one line: `result` (`result_line`), the version and whether it is champion."""
     cfg = setup.cfg
     protocol = registry_protocol(cfg, setup.data.fingerprint, setup.precision)
     tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True)})
-    if options.register and tracker.run_id:
-        from fsl.tracking.model_registry import log_and_register
+    if not tracker.run_id:
+        return
+    from fsl.tracking.model_registry import log_run_models, register_logged
 
-        name = options.registered_model_name or f"fsl-{cfg.method}"
-        shape = None if cfg.method == "pretrain" else (cfg.ways, cfg.shots)
-        reg = log_and_register(tracker, setup.model, checkpoint, name, best_val, protocol, shape)
+    name = options.registered_model_name or f"fsl-{cfg.method}"
+    shape = (cfg.test_shape.ways, cfg.test_shape.shots) if cfg.method == "pretrain" else (cfg.ways, cfg.shots)
+    reporter.echo("logging the model (PyTorch and serving flavours)...")
+    logged = log_run_models(tracker, setup.model, checkpoint, name, shape)
+    registered = "not registered"
+    if options.register:
+        reg = register_logged(tracker, logged, name, best_val, protocol, result)
         reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
+        registered = f"{reg.name} v{reg.version} · {'champion' if reg.champion else 'not champion'}"
+    tracker.set_description(f"{result} · {registered}")
 
 
-def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> tuple[EvalResult, EvalResult | None]:
+def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path,
+          tsne: bool = True) -> tuple[EvalResult, EvalResult | None]:
     """Test on the fixed test episodes; with hallucination, again with the generator off on
-    the same episodes, and a t-SNE of real against hallucinated features."""
+    the same episodes, and (with `tsne`) a t-SNE of real against hallucinated features."""
     cfg, model = setup.cfg, setup.model
     store = setup.test_set.split("test").to(setup.device)
     episodes = sample_episodes(store, cfg.test_shape, cfg.test_episodes, cfg.test_seed, "test")
@@ -282,7 +311,8 @@ def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path) -> t
     log_eval(tracker, plain, "_no_hallucination")
     reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
     tracker.log_metrics(hallucination_diagnostics(model, store, episodes, noise_seed=cfg.test_seed))
-    if tracker.run_id:  # t-SNE takes seconds: only for a run that keeps it
+    if tracker.run_id and tsne:  # t-SNE takes seconds to minutes: only for a run that keeps it, and asks
+        reporter.echo(f"drawing the t-SNE of {viz.tsne_size(store, model.M)} real and hallucinated test features...")
         tracker.log_artifact(viz.tsne_plot(model, store, cfg, workdir / "tsne.png"))
     return test, plain
 

@@ -3,9 +3,13 @@ where its human output goes (`Reporter`)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 from fsl.choices import RESUME_LATEST
 from fsl.progress import progress
@@ -24,6 +28,7 @@ class RunOptions:
     resume: str | None = None               # None, LATEST or a run id
     system_metrics: bool = True             # MLflow's CPU/memory (and GPU) sampling
     keep_checkpoint: Path | None = None     # copy the run's best checkpoint here (a sweep's twins)
+    tsne: bool = True                       # draw the t-SNE of a hallucination run (sweeps: only if asked)
 
 
 @dataclass(frozen=True)
@@ -38,3 +43,37 @@ class Reporter:
 
 
 SILENT = Reporter(lambda line: None, show_progress=False)
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def quietable(command: F) -> F:
+    """Give a command function a `quiet=False` keyword: `quiet=True` sends its lines and progress
+    bars nowhere (`SILENT`) and holds MLflow's INFO lines (system metrics started, stopped) back,
+    for a notebook; errors still raise."""
+    @functools.wraps(command)
+    def run(*args, quiet: bool = False, **kwargs):
+        if not quiet:
+            return command(*args, **kwargs)
+        with _mlflow_info_off():
+            return command(*args, **(kwargs | {"reporter": SILENT}))
+    return run  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _mlflow_info_off() -> Iterator[None]:
+    """MLflow's logger at WARNING for the block: set now, and through MLFLOW_LOGGING_LEVEL for an
+    MLflow first imported inside it (its import sets the level from that variable)."""
+    logger = logging.getLogger("mlflow")
+    level, variable = logger.level, os.environ.get("MLFLOW_LOGGING_LEVEL")
+    os.environ["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level or logging.INFO)
+        if variable is None:
+            os.environ.pop("MLFLOW_LOGGING_LEVEL", None)
+        else:
+            os.environ["MLFLOW_LOGGING_LEVEL"] = variable

@@ -69,3 +69,10 @@ def mlflow_runs():
     from fsl.tracking.runs import MlflowRuns
 
     return MlflowRuns()
+
+
+def result_line(test, shape, plain=None) -> str:
+    """A test result as people read it, rounded: `test 71.53 ± 0.71 % (600 episodes, 5-way 1-shot)`,
+    with the same encoder's figure without hallucination where there is one."""
+    text = f"test {test.mean:.2f} ± {test.ci95:.2f} % ({len(test.accs)} episodes, {shape.ways}-way {shape.shots}-shot)"
+    return text + (f", {plain.mean:.2f} without hallucination" if plain is not None else "")

@@ -20,8 +20,9 @@ from fsl.models.distances import logits as distance_logits
 from fsl.models.distances import prototypes
 from fsl.models.encoders import build_encoder
 from fsl.models.hallucinator import hallucinate
+from fsl.models.noise import episode_keys, label_ids
 from fsl.registry import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS
-from fsl.runtime import autocast, make_generator, resolve_precision, seed_everything
+from fsl.runtime import autocast, compute_dtype, default_dtype, make_generator, resolve_precision, seed_everything
 
 if TYPE_CHECKING:
     from fsl.config import TrainConfig
@@ -97,10 +98,11 @@ class FewShotClassifier(nn.Module):
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
         self.config: dict[str, Any] = CONFIG_DEFAULTS | copy.deepcopy(config)  # a saved config may predate some keys
-        self.encoder = build_encoder(config["encoder"], config["channels"], config["image_size"],
-                                     config_value(config, "encoder_width"))
-        kind = config.get("hallucinator")
-        self.hallucinator = HALLUCINATORS[kind](self.encoder.out_dim) if kind else None
+        with default_dtype(self.dtype):
+            self.encoder = build_encoder(config["encoder"], config["channels"], config["image_size"],
+                                         config_value(config, "encoder_width"))
+            kind = config.get("hallucinator")
+            self.hallucinator = HALLUCINATORS[kind](self.encoder.out_dim) if kind else None
         self.register_buffer("mean", torch.tensor(config["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config["std"]).view(1, -1, 1, 1), persistent=False)
         if config_value(config, "feature_transform") == "cl2n":
@@ -150,10 +152,17 @@ class FewShotClassifier(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """What features and logits are computed in: float64 for `fp64`, else float32 (bf16
+        autocasts only the encoder and hallucinator, whose outputs are read back as float32)."""
+        return compute_dtype(self.config["precision"])
+
     def place(self, device: torch.device | str) -> "FewShotClassifier":
-        """Move to `device` in the fast memory format: channels-last (not on MPS, which lacks it)."""
+        """Move to `device` in the fast memory format: channels-last (not on MPS, which lacks it),
+        in float64 for a `fp64` model."""
         device = torch.device(device)
-        self.to(device)
+        self.to(device, self.dtype)
         return self if device.type == "mps" else self.to(memory_format=torch.channels_last)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -171,7 +180,7 @@ class FewShotClassifier(nn.Module):
 
     def _unit_scale(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float [B, C, H, W] -> float [B, C, S, S] in [0, 1] at the model's size."""
-        x = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        x = images.to(self.dtype).div_(255) if images.dtype == torch.uint8 else images.to(self.dtype)
         size = self.config["image_size"]
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -182,12 +191,12 @@ class FewShotClassifier(nn.Module):
         return self.embed(images)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Images [B, C, H, W] -> features float32 [B, D], under the model's precision."""
+        """Images [B, C, H, W] -> features [B, D] (`dtype`), under the model's precision."""
         return self._encode(self.prepare(images))
 
     def _encode(self, prepared: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
         with autocast(self.device, self.config["precision"]):
-            return (self.encoder if encoder is None else encoder)(prepared).float()
+            return (self.encoder if encoder is None else encoder)(prepared).to(self.dtype)
 
     def embed_episode(self, support_images: torch.Tensor, query_images: torch.Tensor,
                       encoder: nn.Module | None = None,
@@ -240,15 +249,16 @@ class FewShotClassifier(nn.Module):
 
     def logits_from_features(self, support: torch.Tensor, support_labels: torch.Tensor,
                              queries: torch.Tensor, ways: int, M: int | None = None,
-                             rng: torch.Generator | None = None) -> torch.Tensor:
+                             keys: torch.Tensor | None = None) -> torch.Tensor:
         """support [E, S, D], labels int64 [E, S] in 0..ways-1, queries [E, Q, D] -> [E, Q, ways].
 
         With a hallucinator and M > 0, each prototype combines the class's K real and M hallucinated
-        features as the hallucinator says (Wang: their plain mean). `M` overrides the model's M.
+        features as the hallucinator says (Wang: their plain mean); `keys` int64 [E, ways] are the
+        classes' noise keys (`fsl.models.noise`). `M` overrides the model's M.
         """
         labels = support_labels.to(support.device)
         protos = prototypes(support, labels, ways)
-        hallucinated = self.hallucinate_support(support, labels, ways, M, rng)
+        hallucinated = self.hallucinate_support(support, labels, ways, M, keys)
         if hallucinated is not None:
             fake, fake_labels = hallucinated
             real_counts = torch.nn.functional.one_hot(labels, ways).sum(-2)
@@ -267,11 +277,12 @@ class FewShotClassifier(nn.Module):
         return F.normalize(features - self.base_mean, dim=-1)
 
     def hallucinate_support(self, support: torch.Tensor, support_labels: torch.Tensor, ways: int,
-                            M: int | None = None, rng: torch.Generator | None = None
+                            M: int | None = None, keys: torch.Tensor | None = None
                             ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """M hallucinated features per class (Wang et al. 2018), or None with the hallucinator off.
 
-        support [E, N*K, D], labels int64 [E, N*K] -> (fake float32 [E, N*M, D], labels [E, N*M]),
+        support [E, N*K, D], labels int64 [E, N*K], keys int64 [E, N] (each class's noise key, needed
+        whenever features are hallucinated) -> (fake [E, N*M, D] in `dtype`, labels [E, N*M]),
         class-major; `M` overrides the model's M (0 turns the hallucinator off). A hallucinator with
         `trains_with_encoder = False` is off in training mode.
         """
@@ -280,24 +291,27 @@ class FewShotClassifier(nn.Module):
             return None
         if self.training and not self.hallucinator.trains_with_encoder:
             return None  # a test-time hallucinator (`calibrated`): training is a plain ProtoNet's
+        if keys is None:
+            raise ValueError("hallucinating needs the classes' noise keys (fsl.models.noise.episode_keys)")
         with autocast(self.device, self.config["precision"]):
-            fake, fake_labels = hallucinate(self.hallucinator, support, support_labels, ways, M, rng)
-        return fake.float(), fake_labels
+            fake, fake_labels = hallucinate(self.hallucinator, support, support_labels, ways, M, keys)
+        return fake.to(self.dtype), fake_labels
 
     def episode_logits(self, support_images: torch.Tensor, support_labels: torch.Tensor,
                        query_images: torch.Tensor, ways: int, M: int | None = None,
-                       rng: torch.Generator | None = None) -> torch.Tensor:
+                       keys: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of E episodes at once (E may be left out).
 
         support_images [E, S, C, H, W]; support_labels int64 [E, S] in 0..ways-1;
-        query_images [E, Q, C, H, W] -> logits float32 [E, Q, ways].
+        query_images [E, Q, C, H, W]; keys int64 [E, ways] (or [ways]) -> logits [E, Q, ways].
         """
         single = support_images.dim() == 4
         if single:
             support_images, support_labels, query_images = (
                 support_images[None], support_labels[None], query_images[None])
+            keys = None if keys is None else keys.reshape(1, -1)
         support, queries = self.embed_episode(support_images, query_images)
-        out = self.logits_from_features(support, support_labels, queries, ways, M, rng)
+        out = self.logits_from_features(support, support_labels, queries, ways, M, keys)
         return out[0] if single else out
 
     @torch.no_grad()
@@ -307,21 +321,22 @@ class FewShotClassifier(nn.Module):
 
         support_images [S, C, H, W] and query_images [Q, C, H, W]: uint8 in 0..255 or float in
         [0, 1], any size (resized to the model's input). support_labels: S hashable values.
-        Runs in eval mode with seeded generator noise, so the same call gives the same answer.
+        Runs in eval mode with generator noise keyed by each label (`fsl.models.noise.label_ids`),
+        so the same call gives the same answer, whatever the order of the support and the queries.
         """
         if len(support_labels) != len(support_images):
             raise ValueError(f"{len(support_images)} support images but {len(support_labels)} labels")
         classes = list(dict.fromkeys(support_labels))
         index = {label: i for i, label in enumerate(classes)}
         labels = torch.tensor([index[label] for label in support_labels], device=self.device)
+        keys = episode_keys(CLASSIFY_SEED, [0], label_ids(classes)[None])
         was_training = self.training
         self.eval()
         try:
-            rng = make_generator(CLASSIFY_SEED, self.device)
-            logits = self.episode_logits(support_images, labels, query_images, len(classes), rng=rng)
+            logits = self.episode_logits(support_images, labels, query_images, len(classes), keys=keys)
         finally:
             self.train(was_training)
-        probs = logits.softmax(-1).cpu()
+        probs = logits.softmax(-1).float().cpu()
         return Prediction([classes[i] for i in probs.argmax(-1).tolist()], probs)
 
     def checkpoint(self, **meta: Any) -> dict[str, Any]:
@@ -334,7 +349,17 @@ class FewShotClassifier(nn.Module):
     def from_checkpoint(cls, checkpoint: dict[str, Any]) -> "FewShotClassifier":
         model = cls(checkpoint["config"])
         model.load_state_dict(current_state_dict(checkpoint))
+        model.trained_with = dict(checkpoint.get("meta") or {})
         return model
+
+    # What the checkpoint's `meta` says of the run that saved it (val_acc, epoch, test_seed, ...).
+    trained_with: dict[str, Any] = {}
+
+    @property
+    def training_test_seed(self) -> int:
+        """The seed of the test episodes the training run tested on: from the checkpoint, or 2,
+        the default of every fsl before it was saved."""
+        return int(self.trained_with.get("test_seed", 2))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Models pickled by fsl 0.1.0 (registered PyTorch models) skip `__init__`: they hold their

@@ -46,5 +46,7 @@ def dot(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
 
 
 def logits(queries: torch.Tensor, protos: torch.Tensor, distance: str) -> torch.Tensor:
-    """Negative distance under the named metric, in fp32 whatever the autocast: [..., Q, N]."""
-    return -DISTANCES[distance](queries.float(), protos.float())
+    """Negative distance under the named metric, in fp32 whatever the autocast (fp64 stays
+    fp64): [..., Q, N]."""
+    dtype = torch.promote_types(torch.promote_types(queries.dtype, protos.dtype), torch.float32)
+    return -DISTANCES[distance](queries.to(dtype), protos.to(dtype))

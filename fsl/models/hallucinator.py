@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fsl.models.distances import prototypes
+from fsl.models.noise import NOISE, PAIR_NOISE, SECOND_NOISE, SEED_CHOICE, keyed_normal, keyed_uniform, stream
 from fsl.registry import HALLUCINATORS  # noqa: F401  (the names: fsl.registry)
 
 
@@ -40,7 +41,7 @@ class Hallucinator(nn.Module):
       (default: nothing);
     - `trains_with_encoder`: False for a test-time hallucinator, which is off in training mode
       (the encoder then trains exactly as a ProtoNet's, and a sweep tests every M of one model);
-    - `extra_loss(features, labels, ways, rng)` -> a term added to the training loss, or None;
+    - `extra_loss(features, labels, ways, keys)` -> a term added to the training loss, or None;
     - `hyper_parameters`: the TrainConfig fields it reads, set by `configure(cfg)` for training;
     - `uses_base_statistics` / `calibrate(features, labels, classes)`: statistics of all the
       base classes, given by pre-training (which has no episodes to `observe`).
@@ -70,8 +71,9 @@ class Hallucinator(nn.Module):
         """features [E, S, D], labels int64 [E, S] of a training episode; nothing by default."""
 
     def extra_loss(self, features: torch.Tensor, labels: torch.Tensor, ways: int,
-                   rng: torch.Generator | None) -> torch.Tensor | None:
-        """A term added to the episode's loss (support features [E, S, D]); none by default."""
+                   keys: torch.Tensor) -> torch.Tensor | None:
+        """A term added to the episode's loss (support features [E, S, D], the classes' noise keys
+        [E, ways]); none by default."""
         return None
 
     def calibrate(self, features: torch.Tensor, labels: torch.Tensor, classes: int) -> None:
@@ -132,10 +134,10 @@ class PrototypeResidualHallucinator(Hallucinator):
     diversity_weight = 0.1  # the weight of the mode-seeking term (`--diversity-weight`)
 
     def extra_loss(self, features: torch.Tensor, labels: torch.Tensor, ways: int,
-                   rng: torch.Generator | None) -> torch.Tensor | None:
+                   keys: torch.Tensor) -> torch.Tensor | None:
         if not self.diversity_weight:
             return None
-        return self.diversity_weight * mode_seeking_loss(self, features, labels, ways, rng)
+        return self.diversity_weight * mode_seeking_loss(self, features, labels, ways, keys)
 
     def forward(self, seeds: torch.Tensor, noise: torch.Tensor, class_means: torch.Tensor) -> torch.Tensor:
         """seeds, noise, class_means: [..., D] -> hallucinated features [..., D] (>= 0)."""
@@ -209,7 +211,7 @@ class CalibratedHallucinator(Hallucinator):
         The first episodes are averaged equally, later ones with weight `momentum` (EMA), so
         the statistics follow the encoder as it trains.
         """
-        f = features.detach().float()
+        f = features.detach().to(self.grand_mean.dtype)
         onehot = torch.nn.functional.one_hot(labels, ways).to(f.dtype)             # [E, S, N]
         counts = onehot.sum(-2)                                                     # [E, N]
         means = onehot.transpose(-1, -2) @ f / counts.unsqueeze(-1)                 # [E, N, D]
@@ -229,10 +231,10 @@ class CalibratedHallucinator(Hallucinator):
         """Set g, S, T afresh from labelled base-class features: features float [N, D], labels
         int64 [N] in 0..classes-1 (at least 2 images per class). For an encoder trained without
         episodes (pre-training), where `observe` never ran; one `observe` of all classes at once."""
-        f = features.detach().float()
+        f = features.detach().to(self.grand_mean.dtype)
         counts = torch.bincount(labels, minlength=classes).to(f.dtype)                     # [C]
         present = counts > 0
-        means = torch.zeros(classes, f.shape[-1], device=f.device).index_add_(0, labels, f)
+        means = torch.zeros(classes, f.shape[-1], device=f.device, dtype=f.dtype).index_add_(0, labels, f)
         means = means[present] / counts[present, None]                                       # [C', D]
         resid = f - means[torch.cumsum(present.long(), 0)[labels] - 1]
         ways = int(present.sum())
@@ -266,8 +268,9 @@ class CalibratedHallucinator(Hallucinator):
         half = noise.shape[-2] // 2
         if noise.dim() >= 2 and half:
             noise = torch.cat([noise[..., :half, :], -noise[..., :half, :], noise[..., 2 * half:, :]], dim=-2)
-        centre, std = self.posterior(class_means.float(), shots)
-        return torch.relu(centre + std * noise.float()).to(class_means.dtype)
+        dtype = self.grand_mean.dtype  # float32, or float64 in a fp64 model
+        centre, std = self.posterior(class_means.to(dtype), shots)
+        return torch.relu(centre + std * noise.to(dtype)).to(class_means.dtype)
 
     def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, M: int) -> torch.Tensor:
         """Prototype = the mean of the K real and M hallucinated features (Wang's rule)."""
@@ -275,38 +278,46 @@ class CalibratedHallucinator(Hallucinator):
         return (k * real + M * fake) / (k + M)
 
 
-def pick_seeds(labels: torch.Tensor, ways: int, rng: torch.Generator | None) -> torch.Tensor:
+def pick_seeds(features: torch.Tensor, labels: torch.Tensor, ways: int, keys: torch.Tensor) -> torch.Tensor:
     """For each class, the row of one support feature chosen uniformly at random.
 
-    labels: int64 [..., S] in 0..ways-1 -> int64 [..., ways] (row indices into S).
+    features [..., S, D], labels int64 [..., S] in 0..ways-1, keys int64 [..., ways] (the classes'
+    noise keys, `fsl.models.noise`) -> int64 [..., ways] (row indices into S). The choice is a
+    rank among the class's rows ordered by their features, drawn from the class's key: the same
+    feature is picked whatever the order of the support rows.
     """
-    keys = torch.rand(labels.shape, generator=rng, device=labels.device)
+    u = keyed_uniform(stream(keys, SEED_CHOICE), features.device, torch.float64)          # [..., ways]
     member = labels.unsqueeze(-2) == torch.arange(ways, device=labels.device).unsqueeze(-1)  # [..., ways, S]
-    return torch.where(member, keys.unsqueeze(-2), torch.full_like(keys.unsqueeze(-2), -1.0)).argmax(-1)
+    counts = member.sum(-1)
+    rank = (u * counts).floor().long().clamp(min=0).minimum(counts - 1)
+    score = features.detach().double().sum(-1).unsqueeze(-2).expand(member.shape)
+    order = torch.where(member, score, torch.full_like(score, float("inf"))).argsort(dim=-1, stable=True)
+    return order.gather(-1, rank.unsqueeze(-1)).squeeze(-1)
 
 
 def seeds_and_means(features: torch.Tensor, labels: torch.Tensor, ways: int,
-                    rng: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+                    keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The generator's inputs per class: one random real feature, and the real class mean.
 
-    features [..., S, D], labels [..., S] -> (seeds [..., ways, D], means [..., ways, D]).
+    features [..., S, D], labels [..., S], keys int64 [..., ways] -> (seeds [..., ways, D], means [..., ways, D]).
     """
-    rows = pick_seeds(labels, ways, rng)
+    rows = pick_seeds(features, labels, ways, keys)
     seeds = features.gather(-2, rows.unsqueeze(-1).expand(*rows.shape, features.shape[-1]))
     return seeds, prototypes(features, labels, ways)
 
 
 def hallucinate(hallucinator: Hallucinator, features: torch.Tensor, labels: torch.Tensor, ways: int, M: int,
-                rng: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """M new features per class, all in one generator call.
 
-    features: [..., S, D] real support features; labels: int64 [..., S] in 0..ways-1.
+    features: [..., S, D] real support features; labels: int64 [..., S] in 0..ways-1; keys: int64
+    [..., ways], each class's noise key (`fsl.models.noise.episode_keys`): the seed choice and the
+    noise of a class depend on its key alone, not on where it sits in the episode or the batch.
     Returns (hallucinated [..., ways*M, D], their labels int64 [..., ways*M]), class-major.
-    `rng` makes the seed choice and the noise repeatable (it must live on features' device).
     """
-    seeds, means = seeds_and_means(features, labels, ways, rng)           # [..., ways, D] each
+    seeds, means = seeds_and_means(features, labels, ways, keys)           # [..., ways, D] each
     shape = (*seeds.shape[:-1], M, features.shape[-1])                          # [..., ways, M, D]
-    noise = torch.randn(shape, generator=rng, device=features.device, dtype=features.dtype)
+    noise = keyed_normal(stream(keys, NOISE), shape[-2:], features.device, features.dtype)
     extra = {}
     if hallucinator.conditions_on_shots:  # K real shots per class, for a K-aware generator
         shots = torch.nn.functional.one_hot(labels, ways).sum(-2)                # [..., ways]
@@ -318,15 +329,15 @@ def hallucinate(hallucinator: Hallucinator, features: torch.Tensor, labels: torc
 
 
 def mode_seeking_loss(hallucinator: Hallucinator, features: torch.Tensor, labels: torch.Tensor, ways: int,
-                      rng: torch.Generator | None = None) -> torch.Tensor:
+                      keys: torch.Tensor) -> torch.Tensor:
     """Anti-collapse regulariser: mean of |z1 - z2| / |g(z1) - g(z2)| over one pair per class.
 
     Small when different noises give different features; it grows without bound as the
-    generator collapses (Mao et al., CVPR 2019). features [..., S, D]; returns a scalar.
+    generator collapses (Mao et al., CVPR 2019). features [..., S, D], keys [..., ways]; a scalar.
     """
-    seeds, means = seeds_and_means(features, labels, ways, rng)
-    z1 = torch.randn(seeds.shape, generator=rng, device=features.device, dtype=features.dtype)
-    z2 = torch.randn(seeds.shape, generator=rng, device=features.device, dtype=features.dtype)
+    seeds, means = seeds_and_means(features, labels, ways, keys)
+    z1 = keyed_normal(stream(keys, PAIR_NOISE), seeds.shape[-1:], features.device, features.dtype)
+    z2 = keyed_normal(stream(keys, SECOND_NOISE), seeds.shape[-1:], features.device, features.dtype)
     out_gap = (hallucinator(seeds, z1, means) - hallucinator(seeds, z2, means)).abs().mean(-1)
     noise_gap = (z1 - z2).abs().mean(-1)
     return (noise_gap / (out_gap + 1e-5)).mean()

@@ -171,6 +171,23 @@ def _serve_signature():
         outputs=Schema([ColSpec("long", "query"), ColSpec("string", "label"), ColSpec("double", "probability")]))
 
 
+def serve_example():
+    """A valid request for the serving model, logged as its `input_example` (what the model page
+    shows a user): two labelled support images and one query, tiny PNGs in base64."""
+    import base64
+
+    import pandas as pd
+    from PIL import Image
+
+    def png(colour: tuple[int, int, int]) -> str:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    return pd.DataFrame({"role": ["support", "support", "query"], "label": ["cat", "dog", ""],
+                         "image": [png((200, 40, 40)), png((40, 40, 200)), png((190, 50, 40))]})
+
+
 def logged_model_name(registered: str, ways: int, shots: int) -> str:
     """`fsl-protonet-5w1s`: the registered name and the shape, in the characters MLflow allows in
     a logged model's name (it refuses `.`, `%`, `"`, `'`, `/` and `:`, which a registered name
@@ -196,7 +213,7 @@ def log_models(tracker: Tracker, model, checkpoint: Path, name: str) -> tuple[st
             name=name + SERVE_SUFFIX, python_model=str(Path(__file__).with_name("serve_model.py")),
             artifacts={"checkpoint": str(checkpoint)}, code_paths=_code_paths(),
             model_config={"max_image_pixels": MAX_IMAGE_PIXELS, "max_request_bytes": MAX_REQUEST_BYTES},
-            pip_requirements=pip_requirements(), signature=_serve_signature())
+            pip_requirements=pip_requirements(), signature=_serve_signature(), input_example=serve_example())
         info = mlflow.pytorch.log_model(
             cpu_model, name=name, serialization_format="pickle", code_paths=_code_paths(),
             pip_requirements=pip_requirements(), signature=_tensor_signature(cpu_model))
@@ -230,8 +247,12 @@ class Registration:
 
 
 def register(name: str, model_uri: str, serve_uri: str, run_id: str, val_acc: float,
-             protocol: dict) -> Registration:
-    """Register both models as new versions; move `champion` on both only if the rule says so."""
+             protocol: dict, result: str = "") -> Registration:
+    """Register both models as new versions; move `champion` on both only if the rule says so.
+
+    `result`: the run's result as people read it (`test 71.53 ± 0.71 % (...)`): each version's
+    `fsl.test` tag and the start of its description. The serving twin is registered first, so
+    that the PyTorch model, the one a user loads, is listed first (newest first) on the run page."""
     client = MlflowClient()
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
@@ -245,23 +266,56 @@ def register(name: str, model_uri: str, serve_uri: str, run_id: str, val_acc: fl
             "fsl.run_id": run_id, "fsl.decision": decision, "fsl.champion": str(promote).lower(),
             "fsl.previous_champion_val_acc": repr(champion["val_acc"]) if champion else "none",
             "fsl.previous_champion_version": str(current.version) if current else "none"}
+    tags |= {"fsl.test": result} if result else {}
+    description = (f"{result + '; ' if result else ''}val {val_acc:.2f} % (what the champion rule compares); "
+                   f"{decision}; trained in run {run_id}")
     with contextlib.redirect_stderr(io.StringIO()):  # "Successfully registered model ...": fsl says it once
-        version = mlflow.register_model(model_uri, name, tags=tags)
         serve_version = mlflow.register_model(serve_uri, name + SERVE_SUFFIX, tags=tags)
+        version = mlflow.register_model(model_uri, name, tags=tags)
+    for registered, number, text in ((name, version.version, MODEL_DESCRIPTION),
+                                     (name + SERVE_SUFFIX, serve_version.version, SERVE_DESCRIPTION)):
+        client.update_model_version(registered, number, description=description)
+        if not client.get_registered_model(registered).description:
+            client.update_registered_model(registered, description=text.format(name=name))
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version.version)
         client.set_registered_model_alias(name + SERVE_SUFFIX, CHAMPION, serve_version.version)
     return Registration(name, version.version, promote, decision)
 
 
-def log_and_register(tracker, model, checkpoint: Path, name: str, val_acc: float, protocol: dict,
-                     shape: tuple[int, int] | None = None):
-    """Log the PyTorch and serving models to the tracker's run and register them as `name`.
-    `shape` (ways, shots) names the logged models as the run is named: its training shape (the
-    test shape of the protocol without one, as for `fsl pretrain`)."""
-    ways, shots = shape or (protocol["ways"], protocol["shots"])
-    logged_name = logged_model_name(name, ways, shots)
-    model_uri, serve_uri = log_models(tracker, model, checkpoint, logged_name)
-    reg = register(name, model_uri, serve_uri, tracker.run_id, val_acc, protocol)
+MODEL_DESCRIPTION = ("fsl few-shot classifiers (PyTorch). Load the champion with "
+                     "mlflow.pytorch.load_model('models:/{name}@champion') and call .classify(support, labels, "
+                     "queries). Each version's description gives its test accuracy; the alias `champion` moves only to "
+                     "a version with a better val accuracy under the same protocol.")
+SERVE_DESCRIPTION = ("The serving twin of {name}: mlflow models serve -m models:/{name}-serve@champion "
+                     "--env-manager local answers JSON requests of support and query images (README, Serving).")
+
+
+@dataclass(frozen=True)
+class LoggedModels:
+    """A run's two logged models: the PyTorch flavour and its serving twin (model URIs)."""
+
+    model_uri: str
+    serve_uri: str
+
+
+def log_run_models(tracker, model, checkpoint: Path, name: str, shape: tuple[int, int]) -> LoggedModels:
+    """The run's PyTorch and serving models under the logged name of `name` and `shape` (ways,
+    shots): found where the run logged them already (every training run logs them; `fsl
+    register` of such a run), else logged now from `checkpoint`."""
+    logged_name = logged_model_name(name, *shape)
+    client = MlflowClient()
+    run = client.get_run(tracker.run_id)
+    found = {m.name: m.model_uri for m in client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{tracker.run_id}'")}
+    if logged_name in found and logged_name + SERVE_SUFFIX in found:
+        return LoggedModels(found[logged_name], found[logged_name + SERVE_SUFFIX])
+    return LoggedModels(*log_models(tracker, model, checkpoint, logged_name))
+
+
+def register_logged(tracker, logged: LoggedModels, name: str, val_acc: float, protocol: dict,
+                    result: str = "") -> Registration:
+    """Register a run's logged models as new versions of `name` (champion rule) and tag the run."""
+    reg = register(name, logged.model_uri, logged.serve_uri, tracker.run_id, val_acc, protocol, result)
     tracker.set_tags({"fsl.registered_model": f"{reg.name}/{reg.version}", "fsl.registry_decision": reg.decision})
     return reg

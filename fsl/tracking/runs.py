@@ -22,6 +22,7 @@ from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, Ru
 from mlflow.tracking import MlflowClient
 
 from fsl.errors import FslError, UsageError
+from fsl.processes import signals_held
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
@@ -64,8 +65,12 @@ RESULT_COLUMNS = ["metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_va
 # the validation curve, not a single-value bar chart. The run page orders charts by name.
 PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
 RUN_NAME_COLUMN = "attributes.`Run Name`"
+# The best run first (`orderByKey` / `orderByAsc`, restored with the columns); widths so that a
+# metric reads in full: the table shows every digit MLflow stores and cannot round.
 RESULTS_VIEW = {"selectedColumns": RESULT_COLUMNS, "columnOrder": [RUN_NAME_COLUMN, *RESULT_COLUMNS],
-                "columnWidths": {RUN_NAME_COLUMN: 320}}  # sweep children's names are long
+                "columnWidths": {RUN_NAME_COLUMN: 320, "metrics.`test_acc`": 150, "metrics.`test_ci95`": 150},
+                "orderByKey": "metrics.`test_acc`", "orderByAsc": False}
+DESCRIPTION_TAG = "mlflow.note.content"  # the description of a run or an experiment, as the UI shows it
 
 
 class Tracker:
@@ -89,6 +94,10 @@ class Tracker:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def set_description(self, text: str) -> None:
+        """The run's description, one line that the run page shows first."""
+        self.set_tags({DESCRIPTION_TAG: text})
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -232,19 +241,51 @@ class MlflowRuns:
         if inherited and not run_id and run_name:
             tags = (tags or {}) | {"mlflow.runName": run_name}  # `mlflow run` named it at random
         try:  # from here on, an error ends the run FAILED (KILLED) instead of leaving it RUNNING
-            for key, value in ((VIEW_TAG, json.dumps(RESULTS_VIEW)), (PRIMARY_METRIC_TAG, "val_acc")):
+            experiment_tags = {VIEW_TAG: json.dumps(RESULTS_VIEW), PRIMARY_METRIC_TAG: "val_acc",
+                               DESCRIPTION_TAG: experiment_description(run.info.experiment_id)}
+            for key, value in experiment_tags.items():
                 _retry_locked(lambda: tracker.client.set_experiment_tag(run.info.experiment_id, key, value))
             if tags:
                 tracker.set_tags(tags)
             yield tracker
         except KeyboardInterrupt:
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            # `mlflow run` answers Ctrl-C with a SIGTERM to this process: the run is ended KILLED
+            # with further signals held off, and, since `mlflow run` then marks it FAILED whatever
+            # it ended with, a watcher puts KILLED back once `mlflow run` has exited.
+            with signals_held():
+                mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+                if inherited and not run_id:
+                    from fsl.tracking import after_project_run
+
+                    after_project_run.start(tracker.run_id, "KILLED")
             raise
         except BaseException:
-            mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+            with signals_held():
+                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
             raise
         else:
             mlflow.end_run()
+
+
+def ui_base() -> str:
+    """Where the UI of the current store is: the server's own address, else `mlflow ui`'s default."""
+    uri = mlflow.get_tracking_uri()
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def results_table(experiment_id: str) -> str:
+    """The experiment's runs table in the training view with fsl's results view (RESULTS_VIEW)."""
+    return f"{ui_base()}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}&viewStateShareKey={VIEW_KEY}"
+
+
+def experiment_description(experiment_id: str) -> str:
+    """The experiment's description (the experiments list shows it): the results link and how to
+    read the table."""
+    return (f"fsl results. Open the results table: {results_table(experiment_id)} . "
+            "One row per run, the best test accuracy first: test_acc is the mean accuracy over the test "
+            "episodes in percent, test_ci95 the half-width of its 95% confidence interval; best_val_acc is what "
+            "the registry's champion rule compares. Each run's description says its result in one line; a "
+            "sweep's parent has the replicated, paired table (sweep.csv, sweep.png).")
 
 
 def run_link(run_id: str) -> str:
@@ -253,15 +294,11 @@ def run_link(run_id: str) -> str:
     else `mlflow ui`'s default address and the command serving it."""
     run = get_run(run_id)
     uri = mlflow.get_tracking_uri()
-    experiment = f"#/experiments/{run.info.experiment_id}/runs"
-    page = f"{experiment}/{run_id}?{TRAINING_VIEW}"
-    table = f"{experiment}?{TRAINING_VIEW}&viewStateShareKey={VIEW_KEY}"
-    name = run.info.run_name or run_id
+    page = f"{ui_base()}/#/experiments/{run.info.experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+    line = f"run {run.info.run_name or run_id} ({run_id}): {page} ; all runs: {results_table(run.info.experiment_id)}"
     if uri.startswith(("http://", "https://")):
-        base = uri.rstrip("/")
-        return f"run {name} ({run_id}): {base}/{page} ; all runs: {base}/{table}"
-    return (f"run {name} ({run_id}): {LOCAL_UI}/{page} ; all runs: {LOCAL_UI}/{table}  "
-            f"(served by: mlflow ui --backend-store-uri {uri})")
+        return line
+    return f"{line}  (served by: mlflow ui --backend-store-uri {uri})"
 
 
 def _record(run) -> RunRecord:
@@ -306,9 +343,10 @@ def _check_sqlite(uri: str) -> None:
 
 @contextlib.contextmanager
 def store_lock() -> Iterator[None]:
-    """An exclusive file lock beside a local SQLite store: two processes starting at once on a
-    fresh `mlflow.db` would otherwise race in MLflow's schema creation and experiment creation."""
-    import fcntl
+    """An exclusive lock beside a local SQLite store (`mlflow.db.lock`, git-ignored): two
+    processes starting at once on a fresh `mlflow.db` would otherwise race in MLflow's schema
+    creation and experiment creation. `filelock` (installed with torch) works on every OS."""
+    from filelock import FileLock
 
     uri = mlflow.get_tracking_uri()
     if not uri.startswith("sqlite:///"):
@@ -316,12 +354,8 @@ def store_lock() -> Iterator[None]:
         return
     lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".db.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with FileLock(lock_path):
+        yield
 
 
 def locked_client() -> MlflowClient:
