@@ -5,8 +5,10 @@
 Makes, in a temporary store: a registered `fsl protonet` and `fsl hallucinate` (2 epochs of
 `--episodes` episodes on the built-in data), a replicated `fsl sweep-m --values 0,10 --seeds
 0,1,2`, and an `fsl evaluate --model models:/fsl-hallucinate@champion`. Then serves the store
-with `mlflow ui` and saves `runs_table.png` (the link fsl prints: the results view),
-`sweep_parent.png` and `evaluation.png`, each under 200 KB (256-colour PNG).
+with `mlflow ui` and saves, each under 200 KB (256-colour PNG): `experiments_list.png` (the
+experiments list, with fsl's description of its experiment), `runs_table.png` (the link fsl
+prints: the results view), `run_page.png` (the best run), `registered_model.png` (the registry
+page of `fsl-hallucinate`), `sweep_parent.png` and `evaluation.png`.
 
 Needs Chromium (Debian: `apt-get install chromium`) and `pip install playwright` (driving the
 system's /usr/bin/chromium; no browser download). Not part of the package or its tests.
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from fsl.processes import free_port
 
 CHROMIUM = os.environ.get("FSL_CHROMIUM", "/usr/bin/chromium")
 MAX_BYTES = 200_000
@@ -40,12 +43,6 @@ def make_runs(store: str, folder: Path, episodes: int) -> None:
     fsl(store, folder, "hallucinate", *short, "-M", "10", "--register")
     fsl(store, folder, "sweep-m", *short, "--values", "0,10", "--seeds", "0,1,2")
     fsl(store, folder, "evaluate", "--model", "models:/fsl-hallucinate@champion")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(store: str, folder: Path, port: int) -> subprocess.Popen:
@@ -71,9 +68,15 @@ def pages(store: str, port: int) -> dict[str, str]:
     by_name = {r.info.run_name: r for r in runs}
     parent = next(r for name, r in by_name.items() if name.startswith("sweep-"))
     evaluation = next(r for name, r in by_name.items() if name.startswith("evaluate-"))
-    base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+    best = max((r for r in runs if "test_acc" in r.data.metrics and not r.data.tags.get("mlflow.parentRunId")
+                and not r.info.run_name.startswith(("sweep-", "evaluate-"))), key=lambda r: r.data.metrics["test_acc"])
+    root = f"http://127.0.0.1:{port}/#"
+    base = f"{root}/experiments/{experiment.experiment_id}/runs"
     view = "workflowType=machine_learning"
-    return {"runs_table": f"{base}?{view}&viewStateShareKey=fsl-results",
+    return {"experiments_list": f"{root}/experiments",
+            "runs_table": f"{base}?{view}&viewStateShareKey=fsl-results",
+            "run_page": f"{base}/{best.info.run_id}?{view}",
+            "registered_model": f"{root}/models/fsl-hallucinate",
             "sweep_parent": f"{base}/{parent.info.run_id}?{view}",
             "evaluation": f"{base}/{evaluation.info.run_id}?{view}"}
 

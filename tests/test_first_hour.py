@@ -147,3 +147,15 @@ def test_the_readme_python_example_runs_in_under_a_minute(tmp_path, monkeypatch)
     exec(compile(readme_python_example(), "README.md", "exec"), namespace)
     assert time.perf_counter() - started < 60
     assert namespace["summary"].test.mean > 20  # better than chance at 5-way
+
+
+def test_the_readme_is_a_newcomers_page_and_history_lives_in_the_changelog():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 350
+    setup = "pip install -e . && mlflow run . -e main --env-manager local --experiment-name fsl"
+    for must in (setup, "pip install -e '.[test]' && python -m pytest -q", "## One minute", "--device cuda",
+                 "MLFLOW_TRACKING_URI", "mlflow models serve", "mlflow runs delete", "BENCHMARKS.md"):
+        assert must in readme, must
+    assert "Names changed on" not in readme and "Names changed on" in (ROOT / "CHANGELOG.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -m pytest -q" in ci  # CI runs the README's test command

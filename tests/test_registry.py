@@ -74,6 +74,14 @@ def test_the_champion_moves_only_to_a_better_version_under_the_same_protocol(reg
     assert "beats the champion" in v3.tags["fsl.decision"] and v3.tags["fsl.previous_champion_version"] == "1"
     assert client.get_model_version_by_alias("fsl-protonet", "champion").version == 3
     assert client.get_model_version_by_alias("fsl-protonet-serve", "champion").version == 3
+    # what the runs say of their models, for the results table and the run pages: one champion
+    (worst, middle, best) = (client.get_run(r).data.tags for r in runs)
+    assert middle["fsl.model"] == "fsl-protonet v1 · champion until v3"
+    assert worst["fsl.model"] == "fsl-protonet v2 · not champion" and best["fsl.model"] == "fsl-protonet v3 · champion"
+    assert middle["mlflow.note.content"].startswith("test ") and \
+        middle["mlflow.note.content"].endswith(" · fsl-protonet v1 · champion until v3")
+    mean, ci = client.get_run(runs[2]).data.metrics["test_acc"], client.get_run(runs[2]).data.metrics["test_ci95"]
+    assert best["fsl.result"] == f"{mean:.2f} ± {ci:.2f}"
 
 
 def test_a_different_protocol_leaves_the_champion_alone_and_says_so():

@@ -24,14 +24,13 @@ def invoke(*args: str):
 
 # The runs table's shared view, as MLflow 3.17's UI reads it (`mlflow.sharedViewState.<key>`):
 # pinned here, so a change to it is a decision, not an accident.
+COLUMNS = ["tags.`fsl.result`", "tags.`fsl.model`", "metrics.`test_acc`", "metrics.`test_ci95`",
+           "metrics.`best_val_acc`", "params.`M`", "params.`hallucinator`", "params.`shots`", "params.`encoder`",
+           "attributes.`Models`", "attributes.`Dataset`"]
 PINNED_VIEW = {
-    "selectedColumns": ["metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`", "metrics.`val_acc`",
-                        "params.`M`", "params.`hallucinator`", "params.`shots`", "params.`encoder`",
-                        "attributes.`Models`", "attributes.`Dataset`"],
-    "columnOrder": ["attributes.`Run Name`", "metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`",
-                    "metrics.`val_acc`", "params.`M`", "params.`hallucinator`", "params.`shots`", "params.`encoder`",
-                    "attributes.`Models`", "attributes.`Dataset`"],
-    "columnWidths": {"attributes.`Run Name`": 320, "metrics.`test_acc`": 150, "metrics.`test_ci95`": 150},
+    "selectedColumns": COLUMNS,
+    "columnOrder": ["attributes.`Run Name`", *COLUMNS],
+    "columnWidths": {"attributes.`Run Name`": 300, "tags.`fsl.result`": 130, "tags.`fsl.model`": 250},
     "orderByKey": "metrics.`test_acc`", "orderByAsc": False,  # the best run first
 }
 

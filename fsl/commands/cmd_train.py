@@ -21,7 +21,14 @@ from fsl import viz
 from fsl.champion import registry_protocol
 from fsl.commands.inputs import load_model
 from fsl.commands.options import SILENT, Reporter, RunOptions, quietable
-from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, result_line, run_tags
+from fsl.commands.records import (
+    dataset_input,
+    log_eval,
+    log_source_diff,
+    mlflow_runs,
+    result_line,
+    run_tags,
+)
 from fsl.commands.run_identity import config_hash, resume_target, run_name, run_params
 from fsl.commands.training_setup import TrainingSetup, prepare_training, shared_class_names
 from fsl.config import TrainConfig
@@ -35,7 +42,7 @@ from fsl.pretrain import PREFIX as PRETRAIN
 from fsl.pretrain import pretrain, steps_per_epoch
 from fsl.processes import broadcast, distributed, interruptible, process_alive
 from fsl.tracking.null import NullRuns, NullTracker
-from fsl.tracking.protocol import RecordingTracker, Runs
+from fsl.tracking.protocol import MODEL_TAG, RecordingTracker, Runs
 from fsl.train import train, validation_episodes
 
 SILENT_TRACKER = NullTracker()  # computes and reports, records nothing
@@ -286,12 +293,11 @@ def _tag_and_register(setup: TrainingSetup, tracker, checkpoint: Path, best_val:
     shape = (cfg.test_shape.ways, cfg.test_shape.shots) if cfg.method == "pretrain" else (cfg.ways, cfg.shots)
     reporter.echo("logging the model (PyTorch and serving flavours)...")
     logged = log_run_models(tracker, setup.model, checkpoint, name, shape)
-    registered = "not registered"
-    if options.register:
+    tracker.set_tags({MODEL_TAG: "not registered"})
+    tracker.set_description(f"{result} · not registered")
+    if options.register:  # the version and whether it is champion replace "not registered" in both
         reg = register_logged(tracker, logged, name, best_val, protocol, result)
         reporter.echo(f"registered {reg.name} version {reg.version}: {reg.decision}")
-        registered = f"{reg.name} v{reg.version} · {'champion' if reg.champion else 'not champion'}"
-    tracker.set_description(f"{result} · {registered}")
 
 
 def _test(setup: TrainingSetup, tracker, reporter: Reporter, workdir: Path,

@@ -28,7 +28,8 @@ import fsl
 from fsl.champion import champion_decision
 from fsl.data.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_BYTES
 from fsl.errors import UsageError
-from fsl.tracking.runs import Tracker, download
+from fsl.tracking.protocol import MODEL_TAG
+from fsl.tracking.runs import DESCRIPTION_TAG, Tracker, download
 
 if TYPE_CHECKING:
     pass
@@ -280,7 +281,25 @@ def register(name: str, model_uri: str, serve_uri: str, run_id: str, val_acc: fl
     if promote:
         client.set_registered_model_alias(name, CHAMPION, version.version)
         client.set_registered_model_alias(name + SERVE_SUFFIX, CHAMPION, serve_version.version)
+        if current is not None:  # its run must not still say champion
+            previous_run = current.run_id or current.tags.get("fsl.run_id", "")
+            set_model_text(client, previous_run, f"{name} v{current.version} · champion until v{version.version}")
     return Registration(name, version.version, promote, decision)
+
+
+def set_model_text(client: MlflowClient, run_id: str, text: str) -> None:
+    """What a run says of its model, for people: its `fsl.model` tag (a column of the results
+    view) and the end of its description (`... · fsl-protonet v3 · champion`), which ends with
+    the tag's previous text. A deleted run is left alone."""
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return
+    old = run.data.tags.get(MODEL_TAG)
+    client.set_tag(run_id, MODEL_TAG, text)
+    description = run.data.tags.get(DESCRIPTION_TAG, "")
+    if old and description.endswith(old):
+        client.set_tag(run_id, DESCRIPTION_TAG, description[: -len(old)] + text)
 
 
 MODEL_DESCRIPTION = ("fsl few-shot classifiers (PyTorch). Load the champion with "
@@ -318,4 +337,6 @@ def register_logged(tracker, logged: LoggedModels, name: str, val_acc: float, pr
     """Register a run's logged models as new versions of `name` (champion rule) and tag the run."""
     reg = register(name, logged.model_uri, logged.serve_uri, tracker.run_id, val_acc, protocol, result)
     tracker.set_tags({"fsl.registered_model": f"{reg.name}/{reg.version}", "fsl.registry_decision": reg.decision})
+    set_model_text(MlflowClient(), tracker.run_id,
+                   f"{reg.name} v{reg.version} · {'champion' if reg.champion else 'not champion'}")
     return reg

@@ -10,6 +10,12 @@ import contextlib
 from pathlib import Path
 from typing import Any, Iterable, Protocol, runtime_checkable
 
+# Run tags written for people, which fsl's results view shows as its first columns: the test
+# accuracy ± CI rounded (the table cannot round a metric) and the registered version with
+# whether it is champion (updated on the old champion's run when the alias moves).
+RESULT_TAG = "fsl.result"
+MODEL_TAG = "fsl.model"
+
 
 @runtime_checkable
 class Tracker(Protocol):

@@ -58,9 +58,13 @@ LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store by 
 # `<metrics|params|attributes>.` + the name in backquotes.
 VIEW_KEY = "fsl-results"
 VIEW_TAG = "mlflow.sharedViewState." + VIEW_KEY
-RESULT_COLUMNS = ["metrics.`test_acc`", "metrics.`test_ci95`", "metrics.`best_val_acc`", "metrics.`val_acc`",
-                  "params.`M`", "params.`hallucinator`", "params.`shots`", "params.`encoder`",
-                  "attributes.`Models`", "attributes.`Dataset`"]
+# The first two are tags that people read (`fsl.result`: the test accuracy ± CI rounded, which
+# the table cannot do for a metric; `fsl.model`: the registered version and whether it is
+# champion), so that the table answers "which run is best, what did it score, which model is
+# champion" without a click; the raw metrics follow, and the table is sorted by `test_acc`.
+RESULT_COLUMNS = ["tags.`fsl.result`", "tags.`fsl.model`", "metrics.`test_acc`", "metrics.`test_ci95`",
+                  "metrics.`best_val_acc`", "params.`M`", "params.`hallucinator`", "params.`shots`",
+                  "params.`encoder`", "attributes.`Models`", "attributes.`Dataset`"]
 # The experiment's chart view draws its "primary metric" first (an experiment tag the UI reads):
 # the validation curve, not a single-value bar chart. The run page orders charts by name.
 PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
@@ -68,7 +72,7 @@ RUN_NAME_COLUMN = "attributes.`Run Name`"
 # The best run first (`orderByKey` / `orderByAsc`, restored with the columns); widths so that a
 # metric reads in full: the table shows every digit MLflow stores and cannot round.
 RESULTS_VIEW = {"selectedColumns": RESULT_COLUMNS, "columnOrder": [RUN_NAME_COLUMN, *RESULT_COLUMNS],
-                "columnWidths": {RUN_NAME_COLUMN: 320, "metrics.`test_acc`": 150, "metrics.`test_ci95`": 150},
+                "columnWidths": {RUN_NAME_COLUMN: 300, "tags.`fsl.result`": 130, "tags.`fsl.model`": 250},
                 "orderByKey": "metrics.`test_acc`", "orderByAsc": False}
 DESCRIPTION_TAG = "mlflow.note.content"  # the description of a run or an experiment, as the UI shows it
 
