@@ -36,7 +36,8 @@ def measure(processes: int, steps: int, epochs: int, work: Path) -> dict:
     subprocess.run(launcher + args, env=env, check=True, capture_output=True, cwd=work)
     client = MlflowClient(uri)
     run = client.search_runs([client.get_experiment_by_name(f"ddp{processes}").experiment_id])[0]
-    seconds = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "epoch_seconds"), key=lambda m: m.step)]
+    history = client.get_metric_history(run.info.run_id, "epoch_seconds")
+    seconds = [m.value for m in sorted(history, key=lambda m: m.step)]
     per_epoch = statistics.median(seconds[1:] or seconds)
     return {"processes": processes, "threads_per_process": int(env["OMP_NUM_THREADS"]),
             "epoch_seconds": seconds, "episodes_per_s": processes * steps / per_epoch}

@@ -34,7 +34,7 @@ def parse_encoder(text: str) -> tuple[str, float]:
 def encoder_cost(name: str, width: float, size: int, device: torch.device, precision: str, steps: int,
                  repeats: int) -> dict:
     data = load_dataset("synthetic", image_size=size)
-    model = build_model(TrainConfig(encoder=name, encoder_width=width, seed=0), data, device, precision)
+    model = build_model(TrainConfig(encoder=name, encoder_args={"width": width}, seed=0), data, device, precision)
     shape = EpisodeShape(5, 1, 15)
     trainer = EpisodeTrainer(model, data.split("train").to(device), TrainConfig(compile="off"), device)
     reset_device_peak(device)

@@ -21,7 +21,8 @@ import zipfile
 from pathlib import Path
 
 # ../shared beside the checkout; FSL_OMNIGLOT_DIR points elsewhere (a copy carried to a GPU machine).
-OMNIGLOT = Path(os.environ.get("FSL_OMNIGLOT_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
+OMNIGLOT = Path(os.environ.get("FSL_OMNIGLOT_DIR")
+                or Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot")
 UNSEEN = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
 
 
@@ -75,7 +76,7 @@ def run(steps: int = 3000, episodes: int = 1000, ways: int = 60, queries: int = 
     cfg = TrainConfig(ways=ways, shots=1, queries=queries, test_ways=20, test_shots=1, test_queries=5,
                       epochs=steps // per_epoch, episodes_per_epoch=per_epoch, val_episodes=100,
                       lr_step=max(1, steps // 2), seed=seed, augment=augment, pretrain_epochs=pretrain_epochs,
-                      feature_transform=feature_transform, encoder=encoder, encoder_width=encoder_width)
+                      feature_transform=feature_transform, encoder=encoder, encoder_args={"width": encoder_width})
     cfg.validate()
     model = build_model(cfg, background, dev, precision)
     t0 = time.perf_counter()
@@ -210,7 +211,8 @@ def study_table(folder: Path, baseline: str = "today") -> str:
                 diff = f"{d.mean:+.2f} ± {d.half:.2f}{' ✓' if d.excludes_zero else ''}"
             elif (recipe, key) != (baseline, base_key) and len(common) == 1:
                 diff = f"{acc[common[0]] - base[common[0]]:+.2f} (1 seed)"
-            lines.append(f"| {recipe} | {','.join(map(str, sorted(acc)))} | {label} | {cell} | {diff} | {minutes:.1f} |")
+            seeds = ",".join(map(str, sorted(acc)))
+            lines.append(f"| {recipe} | {seeds} | {label} | {cell} | {diff} | {minutes:.1f} |")
     return "\n".join(lines)
 
 

@@ -19,32 +19,33 @@
 # encoder:       the best recipe with ResNet-12 at width 0.25 instead of Conv-4.
 # wang:          Wang et al.'s generator on top of pre-training + CL2N; it must train with the
 #                encoder, so with the 2,000 episodes of fine-tuning (M = 0: the same without it).
-# `python -m benchmarks.recipes table` pairs every child with today's ProtoNet seed by seed.
+# `python -m benchmarks.recipe_study table` pairs every child with today's ProtoNet seed by seed.
 #
+# The recipes are the files of fsl/recipes (`--recipe simpleshot` = pre-training 10 epochs, no
+# episodic epochs, CL2N), the same files the README's commands name; the runs' identities are
+# their settings, so runs made before the recipe files existed are reused.
 # Runs in its own tracking store (./recipes.db, artifacts in ./mlruns) with --no-register.
 set -euo pipefail
 export MLFLOW_TRACKING_URI=${MLFLOW_TRACKING_URI:-sqlite:///recipes.db}
-STUDY=(--epochs 4 --episodes-per-epoch 500 --val-episodes 100 --test-episodes 600 --patience 0 --precision fp32
+STUDY=(--episodes-per-epoch 500 --val-episodes 100 --test-episodes 600 --patience 0 --precision fp32
        --seeds 0,1,2 --no-register --no-system-metrics --experiment recipes)
 parts=("${@:-pretrain-only finetune hallucinate 5shot encoder wang}")
 for part in ${parts[@]}; do
   case "$part" in
-    pretrain-only) fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --param feature_transform=none,cl2n \
+    pretrain-only) fsl sweep "${STUDY[@]}" --recipe simpleshot --param feature_transform=none,cl2n \
                      --param augment=none,standard --baseline augment=none ;;
     finetune)      fsl sweep "${STUDY[@]}" --param pretrain_epochs=0,10 --param feature_transform=none,cl2n \
                      --baseline pretrain_epochs=0 ;;
-    hallucinate)   fsl sweep "${STUDY[@]}" --method hallucinate --epochs 0 --pretrain-epochs 10 \
-                     --feature-transform cl2n --param hallucinator=calibrated --param M=0,10,100 --baseline M=0 ;;
+    hallucinate)   fsl sweep "${STUDY[@]}" --method hallucinate --recipe simpleshot \
+                     --param hallucinator=calibrated --param M=0,10,100 --baseline M=0 ;;
     5shot)         fsl sweep "${STUDY[@]}" --param shots=5
-                   fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --feature-transform cl2n \
-                     --param shots=5 ;;
+                   fsl sweep "${STUDY[@]}" --recipe simpleshot --param shots=5 ;;
     5shot-steps)   fsl sweep "${STUDY[@]}" --shots 5 --param feature_transform=none,cl2n --baseline feature_transform=none
-                   fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --shots 5 --param feature_transform=none,cl2n \
+                   fsl sweep "${STUDY[@]}" --recipe simpleshot --shots 5 --param feature_transform=none,cl2n \
                      --baseline feature_transform=none
-                   fsl sweep "${STUDY[@]}" --method hallucinate --epochs 0 --pretrain-epochs 10 --feature-transform cl2n \
+                   fsl sweep "${STUDY[@]}" --method hallucinate --recipe simpleshot \
                      --shots 5 --param hallucinator=calibrated --param M=0,10 --baseline M=0 ;;
-    encoder)       fsl sweep "${STUDY[@]}" --epochs 0 --pretrain-epochs 10 --feature-transform cl2n \
-                     --encoder-width 0.25 --param encoder=resnet12 ;;
+    encoder)       fsl sweep "${STUDY[@]}" --recipe simpleshot --encoder-arg width=0.25 --param encoder=resnet12 ;;
     wang)          fsl sweep "${STUDY[@]}" --method hallucinate --pretrain-epochs 10 --feature-transform cl2n \
                      --param hallucinator=wang --param M=0,10 --baseline M=0 ;;
     *) echo "unknown part $part" >&2; exit 2 ;;

@@ -2,7 +2,7 @@
 
 The CLI's `click.Choice` lists, `TrainConfig.validate` and the runtime resolvers read these
 tuples. The axes users extend (encoders, hallucinators, data formats, distances, augmentation
-policies) are not closed: their names are the registries of `fsl.registry`.
+policies) are not closed: their names, and their settings, are the tables of `fsl.components`.
 """
 
 # Test-time feature transforms: cl2n centres on the base-class mean and l2-normalises (SimpleShot).

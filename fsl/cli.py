@@ -1,12 +1,15 @@
 """The `fsl` command: parses options, builds a config and calls one module of `fsl.commands`.
 
-Choices come from `fsl.choices` and defaults from `fsl.config.DEFAULTS`, so neither is written
-here a second time.
+Choices come from `fsl.choices` and the component tables, defaults from `fsl.config.DEFAULTS`,
+and a component's settings from the component (`--encoder-arg`, `--hallucinator-arg`,
+`--format-arg`), so none is written here a second time. `--recipe` applies a named file of
+settings under the options given on the command line (`fsl.recipes`).
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Any, Callable
 
 import click
@@ -20,19 +23,18 @@ from fsl.choices import (
     RESUME_LATEST,
     SPLITS,
 )
+from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, READERS, Registry
 from fsl.config import (
     DEFAULT_HALLUCINATOR,
     DEFAULT_M,
     DEFAULTS,
-    FIELD_TYPES,
     MAX_M,
     DataConfig,
     EpisodeFileConfig,
     EvaluationConfig,
     TrainConfig,
 )
-from fsl.errors import FslError
-from fsl.registry import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, READERS, Registry
+from fsl.errors import FslError, UsageError
 
 SHOW = {"show_default": True}
 
@@ -57,6 +59,40 @@ class FslGroup(click.Group):
         except FslError as exc:
             click.echo(f"Error: {exc}", err=True)
             sys.exit(exc.exit_code)
+
+
+# `--help` lists a command's options under these headings (by the option's Python name), so each
+# group fits a screen; an option not listed goes under "Other options".
+OPTION_GROUPS = {
+    "Data": ("data", "format", "format_arg", "image_size", "channels", "rotations", "reflections", "split_ratio",
+             "split_file", "val_share", "test_split", "episodes_file", "split", "count", "out"),
+    "Episodes": ("ways", "shots", "queries", "test_ways", "test_shots", "test_queries"),
+    "Model": ("model_spec", "encoder", "encoder_arg", "encoder_width", "distance", "hallucinator", "hallucinator_arg",
+              "M", "diversity_weight", "augment", "no_augment", "feature_transform", "test_views", "init"),
+    "Schedule": ("recipe", "epochs", "episodes_per_epoch", "episodes_per_step", "val_episodes", "lr", "lr_step",
+                 "patience", "batch_size", "weight_decay", "pretrain_epochs", "pretrain_lr", "pretrain_batch_size",
+                 "pretrain_weight_decay", "seed", "val_seed"),
+    "Test": ("test_data", "test_episodes", "test_seed"),
+    "Sweep": ("params", "method", "values", "seeds", "baseline", "shard", "shards"),
+    "Run and tracking": ("device", "precision", "compile", "deterministic", "experiment", "resume", "register",
+                         "register_mode", "registered_model_name", "system_metrics", "tsne"),
+}
+
+
+class GroupedCommand(click.Command):
+    """A command whose `--help` lists its options under the headings of OPTION_GROUPS."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                group = next((g for g, names in OPTION_GROUPS.items() if param.name in names), "Other options")
+                rows.setdefault(group, []).append(record)
+        for group in [*OPTION_GROUPS, "Other options"]:
+            if group in rows:
+                with formatter.section(group):
+                    formatter.write_dl(rows[group])
 
 
 class AutoInt(click.ParamType):
@@ -121,6 +157,18 @@ def _options(*decorators: Callable) -> Callable:
 
 format_option = click.option("--format", type=RegistryChoice(READERS), default=None,
                              help="On-disk format of --data. [default: detected]")
+
+
+def setting_option(axis: str, what: str) -> Callable:
+    """`--<axis>-arg NAME=VALUE`: a setting of the component `--<axis>` names (repeatable; several
+    comma-separated). The settings are declared on the component: `fsl components <axis>`."""
+    return click.option(f"--{axis}-arg", f"{axis}_arg", multiple=True, metavar="NAME=VALUE",
+                        help=f"A setting of the {what}, e.g. {SETTING_EXAMPLES[axis]} (repeatable; "
+                        f"`fsl components {axis}` lists each one's settings).")
+
+
+SETTING_EXAMPLES = {"encoder": "width=0.25", "hallucinator": "diversity_weight=0.3", "format": "NAME=VALUE"}
+format_arg_option = setting_option("format", "--format reader")
 image_size_option = click.option(
     "--image-size", type=AUTO_INT, default=None,
     help="Resize images to this side (16 to 512). [default: the data set's: 32 synthetic, 84 Mini-ImageNet, "
@@ -140,6 +188,7 @@ data_options = _options(
     click.option("--data", default=DEFAULTS.data, help="Data set: 'synthetic' (built in, no download) or a path "
                  "(a folder, or a .zip of a class-per-folder tree)."),
     format_option,
+    format_arg_option,
     image_size_option,
     click.option("--channels", type=click.Choice(["1", "3"]), default=None, callback=lambda c, p, v: v and int(v),
                  help="1 = greyscale, 3 = RGB. [default: inferred from the images]"),
@@ -200,8 +249,9 @@ run_options = _options(
 model_options = _options(
     click.option("--encoder", type=RegistryChoice(ENCODERS), default=DEFAULTS.encoder,
                  help="Backbone: conv4 (Snell et al.) or resnet12 (64-160-320-640, as in MetaOptNet and FEAT)."),
-    click.option("--encoder-width", default=DEFAULTS.encoder_width,
-                 help="Multiply the encoder's channel counts (1 = the published network; 0.25 for a quick CPU run)."),
+    setting_option("encoder", "encoder"),
+    click.option("--encoder-width", type=AUTO_FLOAT, default=None, metavar="FLOAT",
+                 help="The same as --encoder-arg width=FLOAT (the option's name before fsl 0.2)."),
     click.option("--augment", type=RegistryChoice(AUGMENTATIONS), is_flag=False, flag_value="omniglot",
                  default=DEFAULTS.augment, help="Training-image augmentation, batched on the device: omniglot = random "
                  "rotation (15 deg), scale (0.9-1.1) and shift (10%) (a bare --augment); standard = random resized "
@@ -287,16 +337,62 @@ hallucination_options = _options(
     click.option("--hallucinator", type=RegistryChoice(HALLUCINATORS), default=DEFAULT_HALLUCINATOR,
                  help="wang: the original generator; improved: prototype-conditioned, residual, anti-collapse; "
                  "calibrated: sampled from a class distribution calibrated with base-class statistics."),
-    click.option("--diversity-weight", default=DEFAULTS.diversity_weight,
-                 help="Weight of the anti-collapse term (improved only)."),
+    setting_option("hallucinator", "hallucinator"),
+    click.option("--diversity-weight", type=AUTO_FLOAT, default=None, metavar="FLOAT",
+                 help="The same as --hallucinator-arg diversity_weight=FLOAT (improved only; the option's name "
+                 "before fsl 0.2)."),
 )
 
 
-def train_config(options: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of a training command's options (`--no-augment` is `--augment none`)."""
+recipe_option = click.option(
+    "--recipe", type=AUTO_TEXT, default=None, metavar="NAME|FILE",
+    help="Start from a recipe: a named file of settings (`fsl recipes` lists them) or a TOML file of your own; "
+    "options given on the command line override it.")
+# MLproject passes every parameter, its default included: with this flag a value equal to the
+# option's default counts as not given, so that `-P recipe=NAME` is not overridden by defaults.
+from_mlproject_option = click.option("--from-mlproject", is_flag=True, hidden=True)
+GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+
+
+def given_on_command_line(options: dict[str, Any], from_mlproject: bool = False) -> set[str]:
+    """The options of the running command that were given (not left at their defaults)."""
+    ctx = click.get_current_context()
+    defaults = {p.name: p.default for p in ctx.command.params}
+    return {name for name in options if ctx.get_parameter_source(name) in GIVEN
+            and not (from_mlproject and options[name] == defaults.get(name))}
+
+
+def data_config_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A data command's options with `--format-arg` read into `format_args`."""
+    from fsl.settings import parse_pairs
+
+    return options | {"format_args": parse_pairs(options.pop("format_arg", ()), "--format-arg")}
+
+
+def train_config(options: dict[str, Any], renames: dict[str, str] | None = None,
+                 fixed: dict[str, Any] | None = None) -> TrainConfig:
+    """The TrainConfig of a training command's options: the command's defaults, under its
+    --recipe's settings, under the options given on the command line (component settings and the
+    old option names included). `renames`: option -> field where they differ (`fsl pretrain`'s
+    --epochs is `pretrain_epochs`); `fixed`: fields the command sets whatever is given."""
+    from fsl.config import COMPONENT_AXES
+    from fsl.recipes import load_recipe
+    from fsl.settings import parse_pairs
+
+    renames, fixed = renames or {}, fixed or {}
+    recipe = load_recipe(options.pop("recipe", None))
+    explicit = given_on_command_line(options, options.pop("from_mlproject", False))
     if options.pop("no_augment", False):
-        options["augment"] = "none"
-    return TrainConfig(**options)
+        options["augment"], explicit = "none", explicit | {"augment"}
+    settings = {f"{axis}.{k}": v for axis in COMPONENT_AXES if f"{axis}_arg" in options
+                for k, v in parse_pairs(options.pop(f"{axis}_arg"), f"--{axis}-arg").items()}
+    aliases = {k: options.pop(k) for k in ("encoder_width", "diversity_weight") if k in options}
+    settings |= {k: v for k, v in aliases.items() if v is not None}
+    cfg = TrainConfig(**{renames.get(k, k): v for k, v in options.items()})
+    if recipe is not None:
+        cfg = cfg.with_values(recipe.values)
+    cfg = cfg.with_values({renames.get(k, k): options[k] for k in explicit if k in options} | settings | fixed)
+    return replace(cfg, recipe=recipe.name if recipe else None)
 
 
 def _run_options(register: bool, registered_model_name: str | None, system_metrics: bool,
@@ -323,7 +419,15 @@ def cli() -> None:
     """
 
 
-@cli.command(context_settings=SHOW)
+def training_command(name: str | None = None) -> Callable:
+    """A command that trains: grouped --help, and --recipe."""
+    def wrap(f: Callable) -> Callable:
+        return cli.command(name, cls=GroupedCommand, context_settings=SHOW)(
+            recipe_option(from_mlproject_option(f)))
+    return wrap
+
+
+@training_command()
 @training_options
 @tracking_options
 @resume_option
@@ -336,7 +440,7 @@ def protonet(register: bool, registered_model_name: str | None, system_metrics: 
                  _reporter())
 
 
-@cli.command(context_settings=SHOW)
+@training_command()
 @training_options
 @hallucination_options
 @tracking_options
@@ -351,7 +455,12 @@ def hallucinate(register: bool, registered_model_name: str | None, system_metric
                  _reporter())
 
 
-@cli.command(context_settings=SHOW)
+# `fsl pretrain`'s options that are the pre-training fields of TrainConfig under shorter names.
+PRETRAIN_OPTIONS = {"epochs": "pretrain_epochs", "batch_size": "pretrain_batch_size", "lr": "pretrain_lr",
+                    "weight_decay": "pretrain_weight_decay"}
+
+
+@training_command()
 @data_options
 @model_options
 @click.option("--epochs", default=20, help="Pre-training epochs (passes over the training split).")
@@ -370,23 +479,21 @@ def hallucinate(register: bool, registered_model_name: str | None, system_metric
 @registered_name_option
 @system_metrics_option
 @resume_option
-def pretrain(epochs: int, batch_size: int, lr: float, weight_decay: float, register: bool,
-             registered_model_name: str | None, system_metrics: bool, resume: str | None, **options: Any) -> None:
+def pretrain(register: bool, registered_model_name: str | None, system_metrics: bool, resume: str | None,
+             **options: Any) -> None:
     """Pre-train the encoder as a classifier over all training classes (cross-entropy on batches
     of images; Chen et al. 2019), validate it by nearest prototype on the fixed val episodes after
     each epoch, keep the best, and test it as is. Fine-tune it with `fsl protonet --init runs:/ID`."""
     from fsl.commands.cmd_train import run_training
 
-    cfg = train_config(options | {"epochs": 0, "pretrain_epochs": epochs, "pretrain_batch_size": batch_size,
-                                  "pretrain_lr": lr, "pretrain_weight_decay": weight_decay})
-    run_training(cfg, _run_options(register, registered_model_name, system_metrics, resume), _reporter())
-
-
-def _caster(annotation: str) -> Callable[[str], Any]:
-    """How to read a swept value, from the TrainConfig field's annotation ('int | None', 'bool', ...)."""
-    if "bool" in annotation:
-        return lambda v: {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[v.lower()]
-    return float if "float" in annotation else int if "int" in annotation else str
+    cfg = train_config(options, renames=PRETRAIN_OPTIONS, fixed={"epochs": 0})
+    try:
+        run_training(cfg, _run_options(register, registered_model_name, system_metrics, resume), _reporter())
+    except UsageError as exc:  # name this command's options, not the training fields they fill
+        message = str(exc)
+        for option, name in PRETRAIN_OPTIONS.items():
+            message = message.replace(f"--{name.replace('_', '-')} ", f"--{option.replace('_', '-')} ")
+        raise UsageError(message) from None
 
 
 def _values(text: str, cast: Callable = str) -> list:
@@ -401,7 +508,7 @@ seeds_option = click.option(
     "them: mean ± 95% t-CI, paired differences to --baseline. auto = once, with --seed.")
 
 
-@cli.command("sweep-m", context_settings=SHOW)
+@training_command("sweep-m")
 @training_options
 @hallucination_options
 @sweep_tracking_options
@@ -423,11 +530,12 @@ def sweep_m(values: str, seeds: str, baseline: str | None, register_mode: str, n
               register="none" if no_register else register_mode)
 
 
-@cli.command(context_settings=SHOW)
+@training_command()
 @training_options
 @hallucination_options
 @click.option("--param", "params", multiple=True, required=True,
-              help="A swept option and its values, e.g. --param shots=1,5 --param distance=l2,cosine.")
+              help="A swept option and its values, e.g. --param shots=1,5 --param distance=l2,cosine; a component "
+              "setting by its dotted name, e.g. --param hallucinator.diversity_weight=0.1,0.3.")
 @click.option("--method", type=click.Choice(METHODS), default="protonet",
               help="Train plain ProtoNets, or hallucination models.")
 @click.option("--shard", default=0, help="This process's share of the grid: points with index % --shards == --shard.")
@@ -441,21 +549,12 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: 
           tsne: bool, **options: Any) -> None:
     """Train and test a grid of configurations as nested runs under one parent run."""
     from fsl.commands.cmd_sweep import run_sweep
-    from fsl.sweeps import parse_seeds
+    from fsl.sweeps import parse_grid, parse_seeds
 
     if method == "protonet":
         options["hallucinator"] = None
-    grid = {}
-    for item in params:
-        key, _, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if key == "hallucinations":
-            key = "M"
-        if key not in FIELD_TYPES or not text:
-            raise click.BadParameter(f"expected OPTION=V1,V2,... with a training option, got {item!r}",
-                                     param_hint="--param")
-        grid[key] = _values(text, _caster(FIELD_TYPES[key]))
-    run_sweep(train_config(options), grid, _run_options(False, registered_model_name, system_metrics, tsne=tsne),
+    base = train_config(options)
+    run_sweep(base, parse_grid(base, params), _run_options(False, registered_model_name, system_metrics, tsne=tsne),
               _reporter(), seeds=parse_seeds(seeds), baseline=baseline, shard=shard, shards=shards,
               register="none" if no_register else register_mode)
 
@@ -468,13 +567,14 @@ def data() -> None:
 @data.command(context_settings=SHOW)
 @click.argument("path")
 @format_option
+@format_arg_option
 @image_size_option
 @split_options
 def inspect(path: str, format: str | None, image_size: int | None, **splits: Any) -> None:
     """Print the format, splits, classes, images per class and image size of PATH."""
     from fsl.data import load_dataset
 
-    cfg = DataConfig(data=path, image_size=image_size, **splits)
+    cfg = DataConfig(data=path, format=format, image_size=image_size, **data_config_options(splits))
     cfg.validate()
     click.echo(load_dataset(path, image_size, format, **cfg.read_options()).describe())
 
@@ -506,7 +606,7 @@ def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: 
     from fsl.commands.cmd_episodes import write_episodes
 
     write_episodes(EpisodeFileConfig(split=split, count=count, ways=ways, shots=shots, queries=queries, seed=seed,
-                                     **options), out, _reporter())
+                                     **data_config_options(options)), out, _reporter())
 
 
 @cli.command(context_settings=SHOW)
@@ -529,7 +629,7 @@ def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None
     """Evaluate a saved model on new test episodes, or on an episode file (one MLflow run)."""
     from fsl.commands.cmd_evaluate import run_evaluation
 
-    run_evaluation(model_spec, EvaluationConfig(**options), episodes_file, _reporter())
+    run_evaluation(model_spec, EvaluationConfig(**data_config_options(options)), episodes_file, _reporter())
 
 
 @cli.command(context_settings=SHOW)
@@ -554,6 +654,34 @@ def predict(model_spec: str, support_dir: str, query_dir: str, out: str | None) 
     from fsl.commands.cmd_predict import predict_folder
 
     predict_folder(model_spec, support_dir, query_dir, out, _reporter())
+
+
+@cli.command(context_settings=SHOW)
+@click.argument("axis", required=False, type=click.Choice(["encoder", "hallucinator", "format"]))
+def components(axis: str | None) -> None:
+    """List the registered components of AXIS (default: every axis) with their settings, as
+    `--<axis>-arg NAME=VALUE` and `--param <axis>.NAME=...` take them."""
+    from fsl.config import COMPONENT_AXES
+
+    for name, table in COMPONENT_AXES.items():
+        if axis in (None, name):
+            click.echo(f"{name} (--{name}; settings: --{name}-arg NAME=VALUE)")
+            for component in table:
+                doc = (getattr(table[component], "__doc__", None) or "").strip().splitlines()
+                click.echo(f"  {component}: {doc[0] if doc else ''}")
+                for spec in table.settings(component).values():
+                    click.echo(f"      {spec.describe()}")
+
+
+@cli.command(context_settings=SHOW)
+def recipes() -> None:
+    """List the shipped recipes (`--recipe NAME`): what each sets and where its figures are."""
+    from fsl.recipes import load_recipe, shipped
+
+    for name in shipped():
+        recipe = load_recipe(name)
+        assert recipe is not None
+        click.echo(f"{name}: {recipe.description}\n    {recipe.command_line()}\n    figures: {recipe.evidence}")
 
 
 def main() -> None:

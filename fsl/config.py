@@ -1,22 +1,30 @@
 """Typed run configuration, flattened under the CLI's option names for logging.
 
-One frozen dataclass describes a training run. Its field names are the option names with
-dashes turned into underscores (and `M` for `-M/--hallucinations`), which are also the
-MLproject parameter names, so a value has one name from the command line to the MLflow UI.
+A training run is described by one frozen dataclass, `TrainConfig`, assembled from one group per
+concern: the data (`DataConfig`), the episodes (`EpisodeConfig`), the model (`ModelSpec`: its
+components and their settings), the schedule (`ScheduleConfig`), the test (`TestConfig`) and
+where it runs (`RuntimeConfig`). Field names are the option names with dashes turned into
+underscores (and `M` for `-M/--hallucinations`), which are also the MLproject parameter names,
+so a value has one name from the command line to the MLflow UI. A component's settings are the
+dict `<axis>_args` (`encoder_args`, `hallucinator_args`, `format_args`), logged as dotted params
+(`encoder.width`); what each setting is, is declared on the component (`fsl.settings`).
+
 The defaults here are the only ones: the CLI's options and MLproject's parameters read them
-(a test checks MLproject against the CLI). This module imports no torch, so `fsl --help` is fast.
+(a test checks MLproject against the CLI). This module imports no torch, so `fsl --help` is fast
+(settings are checked at run time, importing their component).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Mapping
 
+from fsl import compat
 from fsl.choices import COMPILE_MODES, DEVICES, FEATURE_TRANSFORMS, PRECISIONS
+from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, READERS, Registry
 from fsl.errors import UsageError
-from fsl.registry import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS
 
 if TYPE_CHECKING:
     from fsl.data.episodes import EpisodeShape
@@ -34,9 +42,13 @@ MAX_SEED = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
 MAX_EPISODES = 10**6
 MAX_EPOCHS = 10**4
 MAX_EXPERIMENT_NAME = 256
-MAX_ENCODER_WIDTH = 8.0  # ResNet-12 x 8 is 5,120 channels in its last stage
 MAX_TEST_VIEWS = 64  # each view is one more encoder pass over every test image
 TEST_SPLITS = ("test", "all")  # --test-split: the test split of --test-data, or every class of it
+
+# The axes whose components have settings: axis (the option that names the component) -> its
+# table. The settings of the component named by option `<axis>` are the field `<axis>_args`, the
+# option `--<axis>-arg`, the params `<axis>.<setting>` and the MLproject parameter `<axis>_args`.
+COMPONENT_AXES: dict[str, Registry] = {"encoder": ENCODERS, "hallucinator": HALLUCINATORS, "format": READERS}
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class DataConfig:
     split_ratio: str | None = None
     split_file: str | None = None
     val_share: float | None = None
+    format_args: dict[str, Any] = field(default_factory=dict)  # the reader's own settings (needs --format)
 
     @property
     def split_ratios(self) -> tuple[float, float, float] | None:
@@ -63,8 +76,9 @@ class DataConfig:
         return parts  # type: ignore[return-value]
 
     def read_options(self) -> dict[str, Any]:
-        """The split keywords of `fsl.data.load_dataset` for --data."""
-        return {"split_ratio": self.split_ratios, "split_file": self.split_file, "val_share": self.val_share}
+        """The split and reader keywords of `fsl.data.load_dataset` for --data."""
+        return {"split_ratio": self.split_ratios, "split_file": self.split_file, "val_share": self.val_share,
+                "format_args": dict(self.format_args)}
 
     def _validate_size(self) -> None:
         if self.image_size is not None and not 16 <= self.image_size <= MAX_IMAGE_SIZE:
@@ -92,11 +106,18 @@ class DataConfig:
         if self.val_share is not None and not (math.isfinite(self.val_share) and 0 < self.val_share < 1):
             raise UsageError(f"--val-share must be between 0 and 1 (exclusive), got {self.val_share}")
 
+    def _validate_format_args(self) -> None:
+        if self.format_args and self.format is None:
+            raise UsageError("--format-arg sets a reader's own settings: name the reader with --format")
+        if self.format is not None and self.format in READERS:
+            READERS.resolve(self.format, self.format_args)
+
     def validate(self) -> None:
         """UsageError naming the option for a value outside its range, before anything is read."""
         self._validate_size()
         self._validate_data_name()
         self._validate_split_options()
+        self._validate_format_args()
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,7 @@ class EvaluationConfig(DataConfig):
         _validate_experiment(self.experiment)
         self._validate_data_name()
         self._validate_split_options()
+        self._validate_format_args()
         _one_of("test_split", self.test_split, TEST_SPLITS)
 
 
@@ -167,53 +189,90 @@ class EpisodeFileConfig(DataConfig):
 
 
 @dataclass(frozen=True)
-class TrainConfig(DataConfig):
-    """What a training run trains (`fsl protonet`, `fsl hallucinate`, `fsl pretrain`, sweeps): the
-    data fields of `DataConfig` first, then these. Every field is the `fsl` option of the same
-    name (`image_size` is `--image-size`, `M` is `-M`), and what it means is that option's help,
-    written once, in fsl/cli.py (`fsl protonet --help`). None means "decided at run time" (`auto`
-    on the command line and in MLflow params). The comments say only why a default is what it is."""
+class EpisodeConfig:
+    """The episodes: training's N-way K-shot Q-query shape, and validation's and test's."""
 
-    test_data: str | None = None
-    test_split: str = "test"
-    augment: str = "none"
-    encoder: str = "conv4"                 # the network of Snell et al.: the baseline every result is paired with
-    encoder_width: float = 1.0
-    feature_transform: str = "none"        # cl2n wins on the built-in data, loses on Omniglot (BENCHMARKS.md §6)
-    test_views: int = 0                    # off: each view is one more encoder pass at validation and test
     ways: int = 5
     shots: int = 1
     queries: int = 15
     test_ways: int = 5
-    test_shots: int | None = None
+    test_shots: int | None = None          # None: --shots
     test_queries: int = 15
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What model a run builds: its components (encoder, distance, hallucinator), their settings
+    and the test-time feature options. Saved in every checkpoint (`fsl.models.classifier.model_config`)."""
+
+    encoder: str = "conv4"                 # the network of Snell et al.: the baseline every result is paired with
+    encoder_args: dict[str, Any] = field(default_factory=dict)
     distance: str = "l2"                   # squared Euclidean, as in the paper
+    # Hallucination (Wang et al. 2018); hallucinator None is a plain ProtoNet.
+    hallucinator: str | None = None
+    hallucinator_args: dict[str, Any] = field(default_factory=dict)
+    M: int = 0
+    augment: str = "none"
+    feature_transform: str = "none"        # cl2n wins on the built-in data, loses on Omniglot (BENCHMARKS.md §6)
+    test_views: int = 0                    # off: each view is one more encoder pass at validation and test
+
+    def model_spec(self) -> "ModelSpec":
+        """This config's model fields alone, as `build_model` and `model_config` take them."""
+        return ModelSpec(**{f.name: getattr(self, f.name) for f in fields(ModelSpec)})
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How the model is trained: episodic epochs, optional pre-training first, and the seeds."""
+
     epochs: int = 4                        # 2,000 episodes: the replicated study's schedule (BENCHMARKS.md §4)
     episodes_per_epoch: int = 500
     episodes_per_step: int = 1
     val_episodes: int = 100
-    test_episodes: int = 600               # as in the literature
     lr: float = 1e-3
     lr_step: int = 2000                    # the paper halves Adam's rate every 2,000 episodes
-    seed: int = 0
-    val_seed: int = 1                      # part of the registry protocol: val accuracies compare only under it
-    test_seed: int = 2
-    device: str = "auto"
-    precision: str = "auto"
-    compile: str = "auto"
-    deterministic: bool = False
     patience: int = 0
-    experiment: str = "fsl"
-    # Hallucination (Wang et al. 2018); hallucinator None is a plain ProtoNet.
-    hallucinator: str | None = None
-    M: int = 0
-    diversity_weight: float = 0.1
     init: str | None = None
     # Pre-training (Chen et al. 2019): `fsl pretrain` is pre-training with no episodic epochs.
     pretrain_epochs: int = 0
     pretrain_lr: float = 0.05
     pretrain_batch_size: int = 64
     pretrain_weight_decay: float = 5e-4
+    seed: int = 0
+    val_seed: int = 1                      # part of the registry protocol: val accuracies compare only under it
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """What the trained model is tested on."""
+
+    test_data: str | None = None
+    test_split: str = "test"
+    test_episodes: int = 600               # as in the literature
+    test_seed: int = 2
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how a run computes, and where it is tracked."""
+
+    device: str = "auto"
+    precision: str = "auto"
+    compile: str = "auto"
+    deterministic: bool = False
+    experiment: str = "fsl"
+    recipe: str | None = None              # the --recipe the settings started from (logged; not the run's identity)
+
+
+@dataclass(frozen=True)
+class TrainConfig(RuntimeConfig, TestConfig, ScheduleConfig, ModelSpec, EpisodeConfig, DataConfig):
+    """What a training run trains (`fsl protonet`, `fsl hallucinate`, `fsl pretrain`, sweeps): the
+    fields of its groups, in this order: data, episodes, model, schedule, test, runtime. Every
+    field is the `fsl` option of the same name (`image_size` is `--image-size`, `M` is `-M`), and
+    what it means is that option's help, written once, in fsl/cli.py (`fsl protonet --help`). None
+    means "decided at run time" (`auto` on the command line and in MLflow params). The comments
+    say only why a default is what it is. `with_values` sets fields by option name, component
+    settings by their dotted names and old option names by their aliases."""
 
     def __post_init__(self) -> None:
         # `augment` was a boolean before it named a policy: True (--augment) is `omniglot`.
@@ -240,13 +299,51 @@ class TrainConfig(DataConfig):
             return "hallucinate"
         return "pretrain" if self.epochs == 0 else "protonet"  # `fsl pretrain`: no episodic epochs
 
+    def settings(self, axis: str) -> dict[str, Any]:
+        """Every setting of the component named by `axis` (`encoder`, `hallucinator`, ...), checked,
+        the ones not given at their defaults; {} without that component. Imports the component."""
+        name = getattr(self, axis)
+        if name is None or name not in COMPONENT_AXES[axis]:
+            return {}
+        return COMPONENT_AXES[axis].resolve(name, getattr(self, f"{axis}_args"))
+
+    def with_values(self, values: Mapping[str, Any]) -> "TrainConfig":
+        """This config with `values` set: option names (`lr`, `shots`), component settings by their
+        dotted names (`hallucinator.diversity_weight`) and old option names (`encoder_width`,
+        `diversity_weight`, `hallucinations`: `fsl.compat.OPTION_ALIASES`). Values are not checked
+        here (`validate` does); UsageError for a name that is none of these."""
+        flat: dict[str, Any] = {}
+        args = {axis: dict(getattr(self, f"{axis}_args")) for axis in COMPONENT_AXES}
+        for key, value in values.items():
+            key = compat.OPTION_ALIASES.get(key, key)
+            axis, dot, setting = key.partition(".")
+            if dot and axis in COMPONENT_AXES and setting:
+                args[axis][setting] = value
+            elif key in TrainConfig.__dataclass_fields__ and not key.endswith("_args"):
+                flat[key] = value
+            else:
+                raise UsageError(f"{key!r} is not a training option or a component setting (such as "
+                                 f"hallucinator.diversity_weight)")
+        # a component named anew keeps the settings it also has (a width applies to both encoders);
+        # the others were another component's
+        for axis, table in COMPONENT_AXES.items():
+            name = flat.get(axis, getattr(self, axis))
+            if axis in flat and name != getattr(self, axis) and name in table:
+                args[axis] = {k: v for k, v in args[axis].items() if k in table.settings(name)}
+        changes: dict[str, Any] = flat | {f"{axis}_args": a for axis, a in args.items()}
+        return replace(self, **changes)
+
     def validate(self) -> None:
         """Raise UsageError naming the option for any value outside its range: before any data
         is loaded and before any run opens. Checked in this order: counts and sizes, numbers,
-        names, then the split options."""
+        names, component settings, then the split options."""
         self._validate_counts()
         self._validate_numbers()
         self._validate_names()
+        for axis in ("encoder", "hallucinator"):  # the reader's: with the data options
+            if getattr(self, f"{axis}_args") and getattr(self, axis) is None:
+                raise UsageError(f"--{axis}-arg: there is no {axis} to set (give --{axis})")
+            self.settings(axis)
         self._validate_splits()
 
     def _validate_counts(self) -> None:
@@ -270,16 +367,10 @@ class TrainConfig(DataConfig):
     def _validate_numbers(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a positive finite number, got {self.lr}")
-        for name in ("pretrain_lr", "encoder_width"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise UsageError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
-        if self.encoder_width > MAX_ENCODER_WIDTH:
-            raise UsageError(f"--encoder-width must be at most {MAX_ENCODER_WIDTH:g}, got {self.encoder_width}")
+        if not (math.isfinite(self.pretrain_lr) and self.pretrain_lr > 0):
+            raise UsageError(f"--pretrain-lr must be a positive finite number, got {self.pretrain_lr}")
         if not (math.isfinite(self.pretrain_weight_decay) and self.pretrain_weight_decay >= 0):
             raise UsageError(f"--pretrain-weight-decay must be a finite number >= 0, got {self.pretrain_weight_decay}")
-        if not (math.isfinite(self.diversity_weight) and self.diversity_weight >= 0):
-            raise UsageError(f"--diversity-weight must be a finite number >= 0, got {self.diversity_weight}")
         for name in ("seed", "val_seed", "test_seed"):
             _valid_seed(name, getattr(self, name))
 
@@ -305,18 +396,25 @@ class TrainConfig(DataConfig):
 
     def _validate_splits(self) -> None:
         self._validate_split_options()
+        self._validate_format_args()
         _one_of("test_split", self.test_split, TEST_SPLITS)
         if self.test_data is not None and not self.test_data.strip():
             raise UsageError("--test-data must not be empty")
 
     def resolved(self) -> "TrainConfig":
-        return replace(self, test_shots=self.test_shots or self.shots)
+        """With `test_shots` decided and every component's settings filled in (checked)."""
+        settings: dict[str, Any] = {f"{axis}_args": self.settings(axis) for axis in COMPONENT_AXES}
+        return replace(self, test_shots=self.test_shots or self.shots, **settings)
 
     def to_params(self) -> dict[str, Any]:
-        """Flat dict of every value for MLflow params: keys named like the options."""
-        params = asdict(self.resolved())
+        """Flat dict of every value for MLflow params: keys named like the options, and each
+        component setting as `<axis>.<setting>`."""
+        resolved = self.resolved()
+        params = {k: v for k, v in asdict(resolved).items() if not k.endswith("_args")}
+        for axis in COMPONENT_AXES:
+            params |= {f"{axis}.{k}": v for k, v in getattr(resolved, f"{axis}_args").items()}
         if not self.hallucinator:  # a ProtoNet run has no generator settings to record
-            for key in ("hallucinator", "M", "diversity_weight"):
+            for key in [k for k in params if k in ("hallucinator", "M") or k.startswith("hallucinator.")]:
                 params.pop(key)
         if not self.pretrain_epochs:  # nor a run without pre-training pre-training settings
             for key in PRETRAIN_FIELDS:
@@ -324,7 +422,7 @@ class TrainConfig(DataConfig):
         if self.method == "pretrain":  # nor `fsl pretrain` the settings of episodic training
             for key in EPISODIC_FIELDS:
                 params.pop(key)
-        return {k: (UNSET_PARAMS.get(k, "none") if v is None else v) for k, v in params.items()}
+        return {k: (compat.UNSET_PARAMS.get(k, "none") if v is None else v) for k, v in params.items()}
 
 
 # The fields that only episodic training reads.
@@ -332,29 +430,8 @@ EPISODIC_FIELDS = ("ways", "shots", "queries", "episodes_per_epoch", "episodes_p
                    "compile", "init")
 # The fields that only pre-training reads.
 PRETRAIN_FIELDS = ("pretrain_epochs", "pretrain_lr", "pretrain_batch_size", "pretrain_weight_decay")
-# Params added after fsl 0.1 with the value that reproduces a run made before them: at that
-# value they are left out of the run identity (`fsl.config_hash`), so `--resume` and sweep reuse
-# still find the runs made before they existed. `augment` was a boolean.
-PRE_CHANGE_PARAMS = {"encoder": "conv4", "encoder_width": 1.0, "feature_transform": "none", "split_ratio": "",
-                     "split_file": "", "val_share": "", "test_data": "", "test_split": "test", "reflections": False,
-                     "test_views": 0}
-PRE_CHANGE_AUGMENT = {"none": False, "omniglot": True}
-
-
-# How an unset option is logged: `auto` where fsl decides (from the data, by default), `none`
-# where nothing is used. Runs made before 2026-11-30 logged them as "" (a blank cell in the UI).
-UNSET_PARAMS = {"format": "auto", "image_size": "auto", "channels": "auto", "split_ratio": "auto",
-                "split_file": "auto", "val_share": "auto", "test_data": "auto", "init": "none"}
-
-
-def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
-    """`params` as a run made before the new options would have logged them (see PRE_CHANGE_PARAMS),
-    with unset options spelled "" as they were then (UNSET_PARAMS)."""
-    params = {k: ("" if k in UNSET_PARAMS and v in ("", UNSET_PARAMS[k]) else v) for k, v in params.items()}
-    out = {k: v for k, v in params.items() if not (k in PRE_CHANGE_PARAMS and v == PRE_CHANGE_PARAMS[k])}
-    if out.get("augment") in PRE_CHANGE_AUGMENT:
-        out["augment"] = PRE_CHANGE_AUGMENT[out["augment"]]
-    return out
+# How a run made before today's spellings is recognised: `fsl.compat` (its one room).
+canonical_params = compat.canonical_params
 
 
 DEFAULTS = TrainConfig()

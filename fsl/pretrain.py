@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsl.components import AUGMENTATIONS
 from fsl.config import TrainConfig
 from fsl.data.store import DataSet, ImageStore
 from fsl.errors import UsageError
 from fsl.models.classifier import FewShotClassifier
 from fsl.processes import stop_if_interrupted
-from fsl.registry import AUGMENTATIONS
 from fsl.runtime import make_generator
 from fsl.train import EpochStats, TrainResult, augmenter, fit
 

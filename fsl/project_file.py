@@ -16,14 +16,15 @@ import click
 
 # The parameters people tune, as option names (without the leading dashes) of the command.
 DATA = ["data", "image-size", "split-ratio", "split-file", "val-share"]
-TRAINING = [*DATA, "test-data", "test-split", "ways", "shots", "queries", "test-ways", "test-shots",
-            "test-queries", "distance", "encoder", "encoder-width", "augment", "feature-transform",
+# `recipe` first: a named file of settings that the other parameters override where given.
+TRAINING = ["recipe", *DATA, "test-data", "test-split", "ways", "shots", "queries", "test-ways", "test-shots",
+            "test-queries", "distance", "encoder", "encoder-arg", "encoder-width", "augment", "feature-transform",
             "test-views", "pretrain-epochs", "epochs", "episodes-per-epoch", "val-episodes", "test-episodes", "lr",
             "lr-step", "seed", "device", "precision"]
-PRETRAINING = [*DATA, "encoder", "encoder-width", "augment", "feature-transform", "test-views", "epochs",
-               "batch-size", "lr", "weight-decay", "test-ways", "test-shots", "val-episodes", "test-episodes", "seed",
-               "device", "precision"]
-HALLUCINATION = ["M", "hallucinator", "diversity-weight"]
+PRETRAINING = ["recipe", *DATA, "encoder", "encoder-arg", "encoder-width", "augment", "feature-transform",
+               "test-views", "epochs", "batch-size", "lr", "weight-decay", "test-ways", "test-shots", "val-episodes",
+               "test-episodes", "seed", "device", "precision"]
+HALLUCINATION = ["M", "hallucinator", "hallucinator-arg", "diversity-weight"]
 
 # entry point -> (fsl command, its parameters, a comment line or "")
 ENTRY_POINTS: dict[str, tuple[str, list[str], str]] = {
@@ -49,8 +50,12 @@ entry_points:
 
 def parameter(option: click.Option) -> tuple[str, dict[str, Any]]:
     """(MLproject name, {type, default}) of a click option: its Python name, its type, and its
-    default, with `auto` for an option whose default is decided at run time (None)."""
+    default, with `auto` for an option whose default is decided at run time (None) and `none` for
+    a repeatable one given no value (`--encoder-arg`: the component's own defaults). A component
+    setting option is named for what it holds (`encoder_args`)."""
     default = option.default
+    if option.multiple:
+        return str(option.name).replace("_arg", "_args"), {"type": "string", "default": "none"}
     if isinstance(option.type, click.types.IntParamType) and default is not None:
         kind = "int"
     elif isinstance(option.type, click.types.FloatParamType) and default is not None:
@@ -73,7 +78,8 @@ def entry_point(name: str, command_name: str, wanted: list[str], comment: str) -
                for opt in param.opts}
     lines = [f"  # {comment}."] if comment else []
     lines += [f"  {name}:", "    parameters:"]
-    words = ["python", "-m", "fsl", command_name]
+    # --from-mlproject: a parameter at its default counts as not given, so a recipe is not overridden
+    words = ["python", "-m", "fsl", command_name, "--from-mlproject"]
     for option_name in wanted:
         option = options[option_name]
         key, spec = parameter(option)

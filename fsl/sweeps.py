@@ -13,11 +13,13 @@ Vocabulary:
   it only in FIELD (set to VALUE), seed by seed.
 
 A point with M = 0 (or no hallucinator) is a plain ProtoNet whatever its hallucinator: such
-points are merged into one ProtoNet point (hallucinator None), trained once per seed, so a
-grid `hallucinator=wang,improved x M=0,10` has 3 points, and both hallucinators pair with the
-same ProtoNet runs.
+points are merged into one ProtoNet point (hallucinator None, and every `hallucinator.*`
+setting None), trained once per seed, so a grid `hallucinator=wang,improved x M=0,10` has 3
+points, and both hallucinators pair with the same ProtoNet runs. Likewise a component setting
+that the point's component does not have (`hallucinator.diversity_weight` on a `wang` point) is
+None there, so the points that differ only in it are one point.
 
-A hallucinator that does not act in training (`fsl.registry.is_test_time`, e.g. calibrated)
+A hallucinator that does not act in training (`fsl.components.is_test_time`, e.g. calibrated)
 trains the same weights at every M: of the children that differ only in M, the one with the
 largest M is trained and the others are tested from its model (`trained_twin`).
 """
@@ -32,14 +34,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fsl.config import TrainConfig
+from fsl import compat
+from fsl.components import is_test_time
+from fsl.config import COMPONENT_AXES, FIELD_TYPES, TrainConfig
 from fsl.errors import UsageError
-from fsl.registry import is_test_time
 from fsl.stats import paired_difference, seed_ci
 
-# The options that only mean something with a hallucinator (TrainConfig.to_params drops them
-# for a ProtoNet): on a ProtoNet point they are normalised so equal ProtoNets are one point.
-HALLUCINATION_FIELDS = ("hallucinator", "M", "diversity_weight")
 # Per-child metrics averaged over seeds into the aggregate table (with a t-CI for accuracies);
 # every metric named halluc_* (the hallucination diagnostics) is averaged too.
 CI_METRICS = ("test_acc", "test_acc_no_hallucination")
@@ -68,8 +68,9 @@ class Point:
 
     @property
     def name(self) -> str:
-        """`field=value,field=value`, e.g. 'hallucinator=wang,M=10'."""
-        return ",".join(f"{k}={format_value(v)}" for k, v in self.items)
+        """`field=value,field=value`, e.g. 'hallucinator=wang,M=10' (a component setting that the
+        point's component does not have is left out)."""
+        return ",".join(f"{k}={format_value(v)}" for k, v in self.items if not ("." in k and v is None))
 
     def with_value(self, field: str, value: Any) -> "Point":
         return Point(tuple((k, value if k == field else v) for k, v in self.items))
@@ -80,23 +81,35 @@ def is_protonet(cfg: TrainConfig) -> bool:
     return cfg.hallucinator is None or cfg.M == 0
 
 
+def _applied(base: TrainConfig, point: Point) -> TrainConfig:
+    """`base` with the point's values (None: a setting the point's component does not have)."""
+    return base.with_values({k: v for k, v in point.items if v is not None})
+
+
 def point_config(base: TrainConfig, point: Point) -> TrainConfig:
     """The training config of a point (seed not set). A ProtoNet point gets hallucinator None,
-    M 0 and the base's diversity_weight, so its config (and run identity) does not depend on
-    which hallucinator's M = 0 it came from."""
-    cfg = replace(base, **point.values)
+    M 0 and no hallucinator settings, so its config (and run identity) does not depend on which
+    hallucinator's M = 0 it came from."""
+    cfg = _applied(base, point)
     if is_protonet(cfg):
-        cfg = replace(cfg, hallucinator=None, M=0, diversity_weight=TrainConfig.diversity_weight)
+        cfg = replace(cfg, hallucinator=None, M=0, hallucinator_args={})
     return cfg
 
 
 def normalise(base: TrainConfig, point: Point) -> Point:
-    """The point with its hallucination fields set as `point_config` sets them for a ProtoNet:
-    hallucinator None, M 0, diversity_weight None (it has none). Other points are unchanged."""
-    if not is_protonet(replace(base, **point.values)):
-        return point
-    fixed = {"hallucinator": None, "M": 0, "diversity_weight": None}
-    return Point(tuple((k, fixed[k] if k in fixed else v) for k, v in point.items))
+    """The point as `point_config` reads it: on a ProtoNet point the hallucinator None, M 0 and
+    every hallucinator setting None; on any point a setting its component does not have None."""
+    cfg = _applied(base, point)
+    protonet = is_protonet(cfg)
+    fixed: dict[str, Any] = {"hallucinator": None, "M": 0} if protonet else {}
+    for key, _ in point.items:
+        axis, dot, setting = key.partition(".")
+        if dot and axis in COMPONENT_AXES:
+            name = getattr(cfg, axis)
+            if (axis == "hallucinator" and protonet) or name is None or name not in COMPONENT_AXES[axis] \
+                    or setting not in COMPONENT_AXES[axis].settings(name):
+                fixed[key] = None
+    return Point(tuple((k, fixed.get(k, v)) for k, v in point.items))
 
 
 def expand_grid(base: TrainConfig, grid: Mapping[str, Sequence[Any]]) -> list[Point]:
@@ -110,6 +123,55 @@ def expand_grid(base: TrainConfig, grid: Mapping[str, Sequence[Any]]) -> list[Po
 
 
 # ---------------------------------------------------------------------------------- input
+def parse_grid(base: TrainConfig, items: Sequence[str]) -> dict[str, list]:
+    """`--param NAME=V1,V2` items -> {name: typed values}. NAME is a training option (`shots`,
+    `distance`; old names such as `hallucinations` and `encoder_width` too), or a component setting
+    by its dotted name (`hallucinator.diversity_weight`), read with the type its component
+    declares: the component named by the grid or, if the grid does not name one, by `base`.
+    UsageError naming the item for anything else."""
+    texts = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = compat.OPTION_ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
+        if not sep or not text.strip():
+            raise UsageError(f"--param must be NAME=V1,V2,... with a training option or a component setting, "
+                             f"got {item!r}")
+        texts[key] = [v.strip() for v in text.split(",") if v.strip()]
+    return {key: [_grid_value(base, texts, key, v) for v in values] for key, values in texts.items()}
+
+
+def _grid_value(base: TrainConfig, texts: Mapping[str, Sequence[str]], key: str, text: str) -> Any:
+    """One value of grid axis `key`, typed (see `parse_grid`)."""
+    axis, dot, setting = key.partition(".")
+    if dot and axis in COMPONENT_AXES:
+        names = texts.get(axis) or [getattr(base, axis)]
+        owners = [n for n in names if n in COMPONENT_AXES[axis] and setting in COMPONENT_AXES[axis].settings(n)]
+        if not owners:
+            raise UsageError(f"--param {key}: no {axis} of this sweep ({', '.join(map(str, names))}) has a setting "
+                             f"{setting!r} (`fsl components {axis}` lists them)")
+        spec = COMPONENT_AXES[axis].settings(owners[0])[setting]
+        try:
+            return spec.cast(text)
+        except ValueError as exc:
+            raise UsageError(f"--param {key}: {exc}") from None
+    if key not in FIELD_TYPES or key.endswith("_args"):
+        raise UsageError(f"--param {key}: not a training option or a component setting (such as "
+                         f"hallucinator.diversity_weight)")
+    return _cast_field(FIELD_TYPES[key], text, key)
+
+
+def _cast_field(annotation: str, text: str, key: str) -> Any:
+    """A grid value of a TrainConfig field, read with the field's annotation ('int | None', 'bool')."""
+    if "None" in annotation and text.lower() == "none":
+        return None
+    try:
+        if "bool" in annotation:
+            return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
+        return float(text) if "float" in annotation else int(text) if "int" in annotation else text
+    except (KeyError, ValueError):
+        raise UsageError(f"--param {key}: cannot read {text!r} as {annotation}") from None
+
+
 def parse_seeds(text: str | None) -> list[int] | None:
     """`--seeds`: '0,1,2' -> [0, 1, 2]; None or 'auto' -> None (no replicates: the one --seed).
     Empty, repeated or non-integer seeds raise UsageError."""
@@ -158,7 +220,7 @@ def parse_baseline(text: str | None, grid: Mapping[str, Sequence[Any]]) -> Basel
         return None
     field, sep, value = text.partition("=")
     field = field.strip().replace("-", "_")
-    field = "M" if field == "hallucinations" else field
+    field = compat.OPTION_ALIASES.get(field, field)
     value = value.strip()
     if not sep or field not in grid:
         raise UsageError(f"--baseline must be FIELD=VALUE with FIELD one of the swept fields "
@@ -264,9 +326,10 @@ def plan_sweep(base: TrainConfig, grid: Mapping[str, Sequence[Any]], *, seeds: S
     grid = {k: list(v) for k, v in grid.items()}
     if not grid:
         raise UsageError("a sweep needs at least one --param")
-    unknown = [f for f in grid if f not in TrainConfig.__dataclass_fields__]
+    unknown = [f for f in grid if f not in TrainConfig.__dataclass_fields__
+               and not (f.partition(".")[0] in COMPONENT_AXES and "." in f)]
     if unknown:
-        raise UsageError(f"cannot sweep over {unknown}: not a training option")
+        raise UsageError(f"cannot sweep over {unknown}: not a training option or a component setting")
     empty = [f for f, v in grid.items() if not v]
     if empty:
         raise UsageError(f"--param {empty[0]}: no values")
@@ -302,7 +365,7 @@ def plan_sweep(base: TrainConfig, grid: Mapping[str, Sequence[Any]], *, seeds: S
 def trained_twin(plan: Plan, child: Child) -> Child | None:
     """The child whose trained model `child` is tested from, or None if `child` trains itself.
 
-    For a test-time hallucinator (`fsl.registry.is_test_time`), the children of one seed that
+    For a test-time hallucinator (`fsl.components.is_test_time`), the children of one seed that
     differ only in M (M > 0) train the same weights; the one with the largest M trains and the
     others borrow its model (its checkpoint was chosen, and early stopping decided, on val
     accuracy at that M). Only children of this plan (this shard) are considered.

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsl.components import AUGMENTATIONS
 from fsl.config import TrainConfig
 from fsl.data.episodes import EpisodeSampler
 from fsl.data.store import DataSet
@@ -33,7 +34,6 @@ from fsl.files import atomic_save
 from fsl.models.classifier import FewShotClassifier, current_state_dict
 from fsl.models.noise import episode_keys
 from fsl.processes import stop_if_interrupted, world
-from fsl.registry import AUGMENTATIONS
 from fsl.runtime import compile_module, make_generator, resolve_compile
 
 GENERATOR_STRIDE = 7919  # seed offset between the episode streams of replicas (a prime)
@@ -123,8 +123,6 @@ class EpisodeTrainer:
         self.samples_per_step = len(self.query_labels)  # what train accuracy is counted over
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=0.5)
-        if model.hallucinator is not None:
-            model.hallucinator.configure(cfg)
         # The compiled encoder lives here, not in the model: checkpoints, evaluation (other
         # shapes) and registered models use the plain one, which shares its weights.
         compiled = compile_module(model.encoder, device) if resolve_compile(cfg.compile, device) else None

@@ -75,7 +75,7 @@ def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_
 
 
 def test_the_recipe_table_pairs_each_recipe_with_protonet_at_its_shots_seed_by_seed():
-    from benchmarks.recipes import RECIPE_PARAMS, recipe_of, table
+    from benchmarks.recipe_study import RECIPE_PARAMS, recipe_of, table
 
     def recipe(**changes):
         return recipe_of({k: str(v) for k, v in changes.items()})

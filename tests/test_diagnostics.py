@@ -5,11 +5,19 @@ import math
 import pytest
 import torch
 
-from fsl.diagnostics import (METRICS, diagnostic_sums, diagnostics_from_sums, episode_prototypes, feature_diagnostics,
-                             hallucination_diagnostics, mix_weight)
+from fsl.components import HALLUCINATORS
+from fsl.config import ModelSpec
+from fsl.diagnostics import (
+    METRICS,
+    diagnostic_sums,
+    diagnostics_from_sums,
+    episode_prototypes,
+    feature_diagnostics,
+    hallucination_diagnostics,
+    mix_weight,
+)
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.models.distances import logits
-from fsl.models.hallucinator import HALLUCINATORS
 from tests.conftest import noise_keys
 
 
@@ -49,8 +57,8 @@ def test_a_generator_that_ignores_its_noise_is_fully_collapsed_and_wide_noise_is
 
 def classifier(kind, m):
     torch.manual_seed(0)
-    return FewShotClassifier(model_config(image_size=16, channels=3, mean=[0.5] * 3, std=[0.25] * 3,
-                                          precision="fp32", hallucinator=kind, M=m)).eval()
+    return FewShotClassifier(model_config(ModelSpec(hallucinator=kind, M=m), image_size=16, channels=3,
+                                          mean=[0.5] * 3, std=[0.25] * 3, precision="fp32")).eval()
 
 
 @pytest.mark.parametrize("shots, m", [(1, 100), (5, 10)])

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from fsl.components import DISTANCES
 from fsl.models.distances import cosine, dot, l2, logits, prototypes
-from fsl.registry import DISTANCES
 
 
 def test_l2_is_the_squared_euclidean_distance_worked_by_hand():

@@ -16,8 +16,9 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from fsl.cli import cli
+from fsl.components import HALLUCINATORS
+from fsl.config import ModelSpec
 from fsl.models.classifier import FewShotClassifier, model_config
-from fsl.registry import HALLUCINATORS
 from tests.conftest import TINY, all_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,8 @@ def invoke(*args: str):
 
 def model_with(hallucinator: str | None, M: int = 6) -> FewShotClassifier:
     torch.manual_seed(0)
-    model = FewShotClassifier(model_config(image_size=16, channels=3, mean=[0.5] * 3, std=[0.25] * 3,
-                                           hallucinator=hallucinator, M=M if hallucinator else 0))
+    spec = ModelSpec(hallucinator=hallucinator, M=M if hallucinator else 0)
+    model = FewShotClassifier(model_config(spec, image_size=16, channels=3, mean=[0.5] * 3, std=[0.25] * 3))
     if hallucinator == "calibrated":  # statistics as training leaves them, so the noise matters
         for name, value in (("grand_mean", 0.3), ("within_var", 0.2), ("between_var", 0.05)):
             getattr(model.hallucinator, name).fill_(value)

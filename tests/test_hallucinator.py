@@ -4,16 +4,18 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from fsl.cli import cli
+from fsl.components import HALLUCINATORS
+from fsl.config import ModelSpec
 from fsl.models.classifier import FewShotClassifier, model_config
 from fsl.models.distances import prototypes
-from fsl.models.hallucinator import HALLUCINATORS, CalibratedHallucinator, WangHallucinator, hallucinate
+from fsl.models.hallucinator import CalibratedHallucinator, WangHallucinator, hallucinate
 from tests.conftest import TINY, all_runs, noise_keys
 
 
 def classifier(hallucinator="wang", m=4, size=16):
     torch.manual_seed(0)
-    return FewShotClassifier(model_config(image_size=size, channels=3, mean=[0.5] * 3, std=[0.25] * 3,
-                                          precision="fp32", hallucinator=hallucinator, M=m))
+    return FewShotClassifier(model_config(ModelSpec(hallucinator=hallucinator, M=m), image_size=size, channels=3,
+                                          mean=[0.5] * 3, std=[0.25] * 3, precision="fp32"))
 
 
 @pytest.mark.parametrize("kind", sorted(HALLUCINATORS))
@@ -26,7 +28,7 @@ def test_generators_map_features_and_noise_to_features_of_the_same_size(kind, d)
 
 def test_wang_generator_is_3200_2400_2400_1600_at_d_1600():
     linears = [m for m in WangHallucinator(1600).modules() if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(3200, 2400), (2400, 2400), (2400, 1600)]
+    assert [(layer.in_features, layer.out_features) for layer in linears] == [(3200, 2400), (2400, 2400), (2400, 1600)]
 
 
 def test_the_augmented_support_is_n_times_k_plus_m_rows():
@@ -229,7 +231,8 @@ def test_calibrated_acts_at_test_time_only_and_is_a_protonet_before_it_has_stati
     queries = torch.rand(2, 7, model.feature_dim)
     plain = -((queries[:, :, None] - prototypes(support, labels, 5)[:, None]) ** 2).sum(-1)
     model.eval()
-    assert torch.allclose(model.logits_from_features(support, labels, queries, 5, keys=noise_keys(0, 2)), plain)  # nothing observed
+    # nothing observed: the prototypes are the plain ones
+    assert torch.allclose(model.logits_from_features(support, labels, queries, 5, keys=noise_keys(0, 2)), plain)
     gen = model.hallucinator
     gen.grand_mean.fill_(0.5), gen.within_var.fill_(0.1), gen.between_var.fill_(0.1)
     calibrated = model.logits_from_features(support, labels, queries, 5, keys=noise_keys(0, 2))
@@ -247,7 +250,8 @@ def test_calibrated_statistics_are_gathered_by_the_training_loop_and_saved_in_ch
     loss = EpisodeLoss(model, 5, None)
     s = torch.randint(0, 255, (5, 3, 16, 16), dtype=torch.uint8)
     q = torch.randint(0, 255, (10, 3, 16, 16), dtype=torch.uint8)
-    loss(s, q, torch.arange(5)[None], torch.arange(5).repeat_interleave(2), torch.Generator().manual_seed(0), noise_keys(0, 1))
+    loss(s, q, torch.arange(5)[None], torch.arange(5).repeat_interleave(2), torch.Generator().manual_seed(0),
+         noise_keys(0, 1))
     gen = model.hallucinator
     assert int(gen.observed) == 1 and gen.within_var.sum() > 0 and gen.grand_mean.sum() > 0
     restored = FewShotClassifier.from_checkpoint(model.checkpoint())

@@ -29,7 +29,7 @@ def option_feeding(command: str, parameter: str) -> str:
 def test_every_entry_point_parameter_defaults_to_its_cli_option_default(name):
     entry = entry_points()[name]
     words = shlex.split(entry.command)
-    assert words[:3] == ["python", "-m", "fsl"]
+    assert words[:5] == ["python", "-m", "fsl", words[3], "--from-mlproject"]
     command = cli.commands[words[3]]
     options = {opt: param for param in command.params for opt in getattr(param, "opts", [])}
     placeholders = set(re.findall(r"\{(\w+)\}", entry.command))
@@ -38,7 +38,9 @@ def test_every_entry_point_parameter_defaults_to_its_cli_option_default(name):
         option = options[option_feeding(entry.command, parameter)]
         default = option.default
         declared = spec.default
-        if default is None:  # AUTO_INT options: MLproject passes 'auto'
+        if option.multiple:  # --encoder-arg: "none" is no setting given
+            assert declared == "none", parameter
+        elif default is None:  # AUTO_INT options: MLproject passes "auto"
             assert declared == "auto", parameter
         elif isinstance(default, float):
             assert float(declared) == default, parameter
@@ -63,9 +65,9 @@ def test_main_is_protonet():
 def test_every_registered_name_imports_and_is_the_choice_list_of_its_option(kind):
     """A registry is the one list of its axis: each "module:attribute" entry resolves to an
     object, and the CLI option that picks from it lists exactly its names."""
-    from fsl import registry
+    from fsl import components
 
-    table = getattr(registry, kind)
+    table = getattr(components, kind)
     for name in table:
         assert table[name] is not None or (kind, name) == ("AUGMENTATIONS", "none"), name
     option = {"ENCODERS": "encoder", "HALLUCINATORS": "hallucinator", "READERS": "format",

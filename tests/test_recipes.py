@@ -30,7 +30,7 @@ def newest_run():
 
 # ----------------------------------------------------------------------------- the encoders
 def test_resnet12_has_four_residual_stages_of_64_160_320_640_channels_and_pools_globally():
-    from fsl.models.encoders import ResNet12, ResidualStage
+    from fsl.models.encoders import ResidualStage, ResNet12
 
     encoder = ResNet12(3, 84)
     stages = [m for m in encoder.modules() if isinstance(m, ResidualStage)]
@@ -128,7 +128,8 @@ def test_params_at_their_pre_change_values_keep_the_config_hash_of_runs_made_bef
     assert hashed(image_size=16, augment="standard") != "01a3662f4cc59397"
     assert hashed(image_size=16, feature_transform="cl2n") != "01a3662f4cc59397"
     assert hashed(image_size=16, pretrain_epochs=5) != "01a3662f4cc59397"
-    assert hashed(image_size=16, augment="omniglot", hallucinator="calibrated", M=10, test_views=0) == "eea18367dbe0b224"
+    assert hashed(image_size=16, augment="omniglot", hallucinator="calibrated", M=10, test_views=0) \
+        == "eea18367dbe0b224"
     assert hashed(image_size=16, augment="omniglot", test_views=4) != hashed(image_size=16, augment="omniglot")
 
 
@@ -136,8 +137,8 @@ def test_params_at_their_pre_change_values_keep_the_config_hash_of_runs_made_bef
 def test_test_views_average_each_image_with_fixed_views_in_eval_mode_only(tiny_dataset):
     from fsl.config import TrainConfig
     from fsl.data.augment import omniglot_augment
-    from fsl.evaluate import evaluate, sample_episodes
     from fsl.data.episodes import EpisodeShape
+    from fsl.evaluate import evaluate, sample_episodes
     from fsl.models.classifier import TEST_VIEW_SEED, build_model
     from fsl.runtime import make_generator
 
@@ -249,7 +250,8 @@ def test_pretrain_then_fine_tune_then_register_then_load_and_classify(tracking):
     stem = "encoder.stages.0.body.0.weight"
     assert not torch.equal(model.state_dict()[stem], pretrained.state_dict()[stem])  # fine-tuned from ...
     fresh = torch.nn.init.kaiming_normal_(torch.empty_like(pretrained.state_dict()[stem]))
-    assert (model.state_dict()[stem] - pretrained.state_dict()[stem]).norm() < (fresh - pretrained.state_dict()[stem]).norm()
+    moved = (model.state_dict()[stem] - pretrained.state_dict()[stem]).norm()
+    assert moved < (fresh - pretrained.state_dict()[stem]).norm()
     from fsl.data import load_dataset
 
     images = load_dataset("synthetic", 16).split("test").images[:4]

@@ -180,7 +180,8 @@ def request_frame(tiny_dataset):
     rows = []
     for c in range(3):
         idx = (test.labels == c).nonzero().flatten().tolist()
-        rows.append({"role": "support", "label": f"class-{c}", "image": encode(test.images[idx[0]].permute(1, 2, 0).numpy())})
+        image = encode(test.images[idx[0]].permute(1, 2, 0).numpy())
+        rows.append({"role": "support", "label": f"class-{c}", "image": image})
         rows.append({"role": "query", "label": "", "image": encode(test.images[idx[1]].permute(1, 2, 0).numpy())})
     return pd.DataFrame(rows)
 
@@ -334,6 +335,10 @@ class _Payload:
         return (Path(self.marker).write_text, ("the registered pickle ran",))
 
 
+def version_experiment(client, version) -> str:
+    return client.get_run(version.run_id).info.experiment_id
+
+
 @pytest.mark.slow
 def test_fsl_commands_never_run_a_registered_models_pickle_or_its_code_folder(tracking, tmp_path, tiny_dataset):
     """The registered model's data/model.pth is replaced by a payload and a module is planted in
@@ -358,7 +363,11 @@ def test_fsl_commands_never_run_a_registered_models_pickle_or_its_code_folder(tr
                 f"models:/{model_id}", "models:/fsl-protonet/latest"):
         evaluated = invoke(cli, ["evaluate", "--model", uri, "--image-size", "16", "--test-episodes", "3"])
         assert evaluated.exit_code == 0, evaluated.output
-        assert f"run {version.run_id}" in evaluated.output or "test (" in evaluated.output
+        assert "test (3-way" in evaluated.output or "test (" in evaluated.output.split("\n")[-3]
+        evaluation = client.search_runs([version_experiment(client, version)], order_by=["attributes.start_time DESC"],
+                                        max_results=1)[0]
+        assert evaluation.info.run_name.startswith("evaluate-")  # the newest run is this evaluation, which
+        assert evaluation.data.params["model_run_id"] == version.run_id  # recorded the run that trained it
         predicted = invoke(cli, ["predict", "--model", uri, "--support", str(support), "--query", str(query)])
         assert predicted.exit_code == 0, predicted.output
     tuned = invoke(cli, ["protonet", *TINY, "--init", "models:/fsl-protonet@champion"])

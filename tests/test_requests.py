@@ -77,4 +77,5 @@ def test_line_wrapped_base64_is_accepted_and_budgets_count_bytes_per_band():
     Image.fromarray(np.zeros((64, 64), dtype=np.float32)).save(buffer, format="TIFF")
     wide = base64.b64encode(buffer.getvalue()).decode()  # mode F: 4 bytes per pixel
     with pytest.raises(RequestError, match="row 1, field 'image': the request would decode to over"):
-        check_request(frame(("support", "a", png(64)), ("query", "", wide)), max_request_bytes=64 * 64 * 3 + 64 * 64 * 2)
+        check_request(frame(("support", "a", png(64)), ("query", "", wide)),
+                      max_request_bytes=64 * 64 * 3 + 64 * 64 * 2)

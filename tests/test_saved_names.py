@@ -6,6 +6,7 @@ with centred, normalised test features)."""
 
 import base64
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_a_registered_model_of_0_1_0_loads_with_mlflow_and_classifies(saved, ima
     model = mlflow.pytorch.load_model(str(saved / "model"))
     assert isinstance(model, FewShotClassifier)
     # its pickle skips __init__: the config keys added since get the values that reproduce it
-    assert model.config["encoder_width"] == 1.0 and model.config["feature_transform"] == "none"
+    assert model.config["encoder_args"] == {"width": 1.0} and model.config["feature_transform"] == "none"
     assert not model.needs_base_mean
     assert torch.allclose(model.eval().embed(images), torch.load(saved / "features.pt"), atol=1e-5)
     from fsl.models.classifier import load_checkpoint
@@ -116,3 +117,47 @@ def test_a_serving_model_of_8eb3b68_loads_as_code_and_answers(saved_today, image
                           "image": [png(images[0]), png(images[1]), png(images[0])]})
     out = mlflow.pyfunc.load_model(str(saved_today / "serve")).predict(frame)
     assert list(out["label"]) == ["a"]
+
+
+# ------------------- made just before settings became per-component (e9d6a4a): identities and a model
+HASHES = Path(__file__).parent / "fixtures" / "hashes-e9d6a4a.json"
+IMPROVED = Path(__file__).parent / "fixtures" / "saved-by-fsl-e9d6a4a-improved.zip"
+
+
+@pytest.mark.parametrize("name", sorted(json.loads(HASHES.read_text())["runs"]))
+def test_a_command_line_of_e9d6a4a_keeps_its_run_identity(name, fsl_cache):
+    """The same command line, and its spelling with today's per-component settings, give the config
+    hash the run got before (so `--resume` and sweep reuse find it), and no option differs."""
+    from fsl.commands.run_identity import differences
+    from tests.fixtures.make_hashes import identity
+
+    recorded = json.loads(HASHES.read_text())["runs"][name]
+    now = identity(recorded["args"])
+    assert now["config_hash"] == recorded["config_hash"], (now["params"], recorded["params"])
+    assert differences(recorded["params"], now["params"]).startswith("its configuration differs")
+    respelled = [{"--encoder-width": "--encoder-arg", "--diversity-weight": "--hallucinator-arg"}.get(a, a)
+                 for a in recorded["args"]]
+    respelled = [f"width={v}" if prev == "--encoder-arg" else f"diversity_weight={v}" if prev == "--hallucinator-arg"
+                 else v for prev, v in zip(["", *respelled], respelled)]
+    assert identity(respelled)["config_hash"] == recorded["config_hash"], respelled
+
+
+@pytest.fixture(scope="module")
+def saved_improved(tmp_path_factory) -> Path:
+    return extracted(tmp_path_factory, IMPROVED)
+
+
+def test_an_improved_model_of_e9d6a4a_loads_with_its_settings(saved_improved, images):
+    import mlflow.pytorch
+
+    from fsl.models.classifier import load_checkpoint
+
+    checkpoint = load_checkpoint(saved_improved / "checkpoint.pt").eval()
+    assert checkpoint.config["encoder_args"] == {"width": 0.5} and checkpoint.encoder.width == 0.5
+    assert checkpoint.config["hallucinator_args"] == {"dropout": 0.1, "initial_mix": 0.1, "diversity_weight": 0.1}
+    pickled = mlflow.pytorch.load_model(str(saved_improved / "model")).eval()
+    assert pickled.hallucinator.diversity_weight == 0.3  # trained with it: the pickle kept the attribute
+    assert pickled.config["encoder_args"] == {"width": 0.5}
+    prediction = pickled.classify(images[:2], ["a", "b"], images)
+    assert torch.allclose(prediction.probs, checkpoint.classify(images[:2], ["a", "b"], images).probs, atol=1e-5)
+    assert torch.allclose(checkpoint.embed(images), torch.load(saved_improved / "features.pt"), atol=1e-5)

@@ -321,11 +321,12 @@ def test_a_study_without_mlflow_gives_the_table_of_the_same_sweep_with_mlflow(tr
 
 @pytest.mark.slow
 def test_the_config_hash_of_a_child_is_the_same_in_another_process(fsl_cache):
-    from fsl.commands.training_setup import prepare_training
     from fsl.commands.run_identity import config_hash, run_params
+    from fsl.commands.training_setup import prepare_training
 
     code = ("from fsl.config import TrainConfig; from fsl.commands.training_setup import prepare_training; "
-            "from fsl.commands.run_identity import config_hash, run_params; print(config_hash(run_params(prepare_training(TrainConfig(image_size=16, "
+            "from fsl.commands.run_identity import config_hash, run_params; "
+            "print(config_hash(run_params(prepare_training(TrainConfig(image_size=16, "
             "hallucinator='wang', M=3, seed=4, precision='fp32', device='cpu')), 1)))")
     here = config_hash(run_params(prepare_training(TrainConfig(image_size=16, hallucinator="wang", M=3, seed=4,
                                                                precision="fp32", device="cpu")), 1))

@@ -148,6 +148,7 @@ def test_a_dotted_registered_name_is_logged_under_a_name_mlflow_accepts(tracking
     invoke("protonet", *REGISTER, "--registered-model-name", "team.fsl", "--ways", "4")
     client = MlflowClient()
     [run] = all_runs(client)
-    assert run.info.status == "FINISHED" and str(client.get_model_version_by_alias("team.fsl", "champion").version) == "1"
+    champion = client.get_model_version_by_alias("team.fsl", "champion")
+    assert run.info.status == "FINISHED" and str(champion.version) == "1"
     names = {m.name for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])}
     assert names == {"team-fsl-4w1s", "team-fsl-4w1s-serve"}  # the training shape, as the run's name

@@ -6,16 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsl.commands.cmd_train import RunSummary
 from fsl.commands.inputs import device_option, load_data, load_model
 from fsl.commands.options import Reporter, quietable
 from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, run_tags
 from fsl.config import EvaluationConfig, fresh_test_seed
 from fsl.data.episodes import EpisodeIndices, FileEpisode, read_episode_file
 from fsl.data.store import DataSet, ImageStore
-from fsl.evaluate import evaluate, evaluate_file_episodes, sample_episodes
+from fsl.evaluate import EvalResult, evaluate, evaluate_file_episodes, sample_episodes
 from fsl.files import digest
 from fsl.processes import process_alive
+from fsl.tracking.protocol import Runs
 
 
 @dataclass
@@ -49,18 +49,30 @@ def episodes_to_test(cfg: EvaluationConfig, model, episodes_file: str | None, de
     store = data.split("test").to(device)
     params = {"test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots, "test_queries": cfg.test_queries,
               "test_episodes": cfg.test_episodes, "split": cfg.test_split}
-    params |= {k: v for k, v in cfg.read_options().items() if v is not None}
+    params |= {k: v for k, v in cfg.read_options().items() if v not in (None, {})}
     return EpisodesToTest(str(cfg.test_shape), cfg.test_episodes, data.fingerprint, params, data, store,
                         sample_episodes(store, cfg.test_shape, cfg.test_episodes, test_seed, "test"))
 
 
+@dataclass
+class EvaluationSummary:
+    """What `fsl evaluate` measured: its run (None where not tracked), the test, the same encoder's
+    test with the hallucinator off where the model has one, and the run's params."""
+
+    run_id: str | None
+    test: EvalResult
+    test_no_hallucination: EvalResult | None
+    params: dict[str, Any]
+
+
 @quietable
 def run_evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | None = None,
-                   reporter: Reporter = Reporter()) -> RunSummary:
-    """Test `model_spec` as one MLflow run. Images are prepared as in the model's training, at
-    the model's size; an episode file's `<split>:<row>` rows are checked against cfg.data."""
+                   reporter: Reporter = Reporter(), runs: Runs | None = None) -> EvaluationSummary:
+    """Test `model_spec` as one run of `runs` (default: MLflow; `NullRuns()` records nothing).
+    Images are prepared as in the model's training, at the model's size; an episode file's
+    `<split>:<row>` rows are checked against cfg.data."""
     cfg.validate()
-    runs = mlflow_runs()
+    runs = runs or mlflow_runs()
     runs.check_store()
     device = device_option(cfg.device)
     resolved = None
@@ -96,12 +108,13 @@ def run_evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | 
                 test = evaluate(model, tested.store, tested.episodes, noise_seed=test_seed, progress=advance)
         log_eval(tracker, test)
         reporter.echo(f"test ({tested.label}): {test}")
+        plain = None
         if model.M and tested.store is not None and tested.episodes is not None:
             # as training reports it: the same encoder and episodes, the hallucinator off
             plain = evaluate(model, tested.store, tested.episodes, M=0, noise_seed=test_seed)
             log_eval(tracker, plain, "_no_hallucination")
             reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
-        summary = RunSummary(tracker.run_id, float("nan"), test, None, params)
+        summary = EvaluationSummary(tracker.run_id, test, plain, params)
     reporter.echo(runs.link(summary.run_id))
     return summary
 

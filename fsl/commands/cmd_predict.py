@@ -11,17 +11,19 @@ from fsl.commands.inputs import load_model
 from fsl.commands.options import Reporter
 from fsl.data.images import IMAGE_SUFFIXES, decode_image
 from fsl.errors import FslError, UsageError
+from fsl.tracking.protocol import Runs
 
 
 def predict_folder(model_spec: str, support_dir: str, query_dir: str, out: str | None = None,
-                   reporter: Reporter = Reporter()) -> list[tuple[str, str, float]]:
-    """Classify query_dir/* given support_dir/<class>/*; print a table, optionally write a CSV."""
+                   reporter: Reporter = Reporter(), runs: Runs | None = None) -> list[tuple[str, str, float]]:
+    """Classify query_dir/* given support_dir/<class>/*; print a table, optionally write a CSV.
+    `runs`: the store an MLflow URI is read from (default: MLflow's), checked first."""
     if out:
         _check_writable(out)  # before any work, not after the table is printed
     if ":/" in model_spec and not Path(model_spec).exists():
         from fsl.commands.records import mlflow_runs
 
-        mlflow_runs().check_store()
+        (runs or mlflow_runs()).check_store()
     model = load_model(model_spec)
     size, channels = model.config["image_size"], model.config["channels"]
     classes = sorted(p for p in Path(support_dir).iterdir() if p.is_dir()) if Path(support_dir).is_dir() else []

@@ -9,20 +9,22 @@ import tempfile
 from fsl.commands.options import Reporter
 from fsl.commands.records import mlflow_runs
 from fsl.errors import UsageError
+from fsl.tracking.protocol import Runs
 
 
 def register_run(run_id: str, name: str | None = None, allow_failed: bool = False,
-                 reporter: Reporter = Reporter()):
+                 reporter: Reporter = Reporter(), runs: Runs | None = None):
     """`fsl register --run-id`: register a finished run's best checkpoint under the champion
     rule. The run's status is left as it is; a run that did not finish is refused unless
-    `allow_failed` (its best checkpoint may predate a crash)."""
+    `allow_failed` (its best checkpoint may predate a crash). `runs`: the store, checked first
+    (default: MLflow's; the model registry itself is MLflow's)."""
     from fsl.models.classifier import load_checkpoint
     from fsl.tracking.model_registry import log_run_models, register_logged, validate_model_name
     from fsl.tracking.runs import Tracker, download, get_run, locked_client
 
     if name:
         validate_model_name(name)
-    mlflow_runs().check_store()
+    (runs or mlflow_runs()).check_store()
     run = get_run(run_id)
     if "fsl.protocol" not in run.data.tags or "best_val_acc" not in run.data.metrics:
         raise UsageError(f"--run-id {run_id}: not a finished fsl training run (no protocol or best_val_acc)")

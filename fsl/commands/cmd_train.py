@@ -1,4 +1,6 @@
-"""`fsl protonet` and `fsl hallucinate`: check, load, train, test, track, register.
+"""Every training run: `fsl protonet`, `fsl hallucinate`, `fsl pretrain` and each child of a sweep
+(check, load, train, test, track, register), and the test-only run of a sweep child whose model
+its twin trained (`run_test_of_twin`).
 
 `run_training` reads top to bottom as the run happens. Under torchrun every rank trains (DDP);
 rank 0 alone tracks, checkpoints and registers, and the other ranks get the null tracking
@@ -143,7 +145,7 @@ def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = 
     opened) if that model is not `cfg`'s model at another M. `runs`, `data`, `test_data`: as
     for `run_training`.
 
-    For a test-time hallucinator (`fsl.registry.is_test_time`) runs that differ only
+    For a test-time hallucinator (`fsl.components.is_test_time`) runs that differ only
     in M train the same weights, so `fsl sweep` trains one of them per seed and makes the others
     here: the twin's best checkpoint (kept by val accuracy at the twin's M), set to this run's M.
     The run logs what a trained run logs except the training history: params, `best_val_acc`

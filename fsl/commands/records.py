@@ -48,7 +48,7 @@ def dataset_input(data: DataSet, cfg: DataConfig) -> dict[str, Any]:
     source = {"data": cfg.data if cfg.data == "synthetic" else str(Path(cfg.data).resolve()),
               "format": cfg.format or "detected", "rotations": cfg.rotations}
     source |= {"reflections": True} if cfg.reflections else {}
-    source |= {k: v for k, v in cfg.read_options().items() if v is not None}
+    source |= {k: v for k, v in cfg.read_options().items() if v not in (None, {})}
     if cfg.data == "synthetic":
         from fsl.data import synthetic
 

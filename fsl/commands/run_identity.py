@@ -1,7 +1,7 @@
 """A training run's identity: its name, params and config hash, and which run `--resume` continues.
 
 The config hash decides what counts as the same run: `--resume` and a restarted sweep find an
-earlier run by it, across upgrades (`fsl.config.canonical_params`).
+earlier run by it, across upgrades (`fsl.compat.canonical_params`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from fsl.commands.options import LATEST
-from fsl.config import TrainConfig, canonical_params
+from fsl.compat import canonical_params
+from fsl.config import TrainConfig
 from fsl.errors import UsageError
 from fsl.files import cache_dir, digest
 from fsl.pretrain import PREFIX as PRETRAIN
@@ -24,8 +25,8 @@ def run_name(cfg: TrainConfig) -> str:
     """A descriptive run name, e.g. `protonet-5w1s-l2`, `hallucinate-wang-M100-5w1s` or
     `pretrain-resnet12-e20`; a backbone other than Conv-4 and pre-training are named too."""
     shape = f"{cfg.ways}w{cfg.shots}s"
-    encoder = "" if cfg.encoder == "conv4" and cfg.encoder_width == 1 else \
-        "-" + cfg.encoder + (f"x{cfg.encoder_width:g}" if cfg.encoder_width != 1 else "")
+    width = cfg.settings("encoder").get("width", 1)
+    encoder = "" if cfg.encoder == "conv4" and width == 1 else "-" + cfg.encoder + (f"x{width:g}" if width != 1 else "")
     if cfg.method == "pretrain":
         return f"pretrain{encoder or '-conv4'}-e{cfg.pretrain_epochs}"
     stages = f"{encoder}-pre{cfg.pretrain_epochs}" if cfg.pretrain_epochs else encoder
@@ -49,15 +50,19 @@ def run_params(setup: TrainingSetup, world_size: int) -> dict[str, Any]:
         "world_size": world_size} | handed_in | environment()
 
 
+NOT_IDENTITY = ("experiment", "recipe")  # where a run is tracked and what its settings started from
+
+
 def config_hash(params: dict[str, Any]) -> str:
     """The `fsl.config_hash` tag: a digest of the params that decide what is trained, including
-    what `auto` resolved to (device, precision, image size). It leaves out the experiment and the
-    library versions and thread count, so `--resume` and a restarted sweep still find a run after
-    an upgrade or on another thread count, and options added since at the value that reproduces
-    the older runs (`fsl.config.canonical_params`); sorted JSON, sha256."""
+    what `auto` resolved to (device, precision, image size). It leaves out the experiment, the recipe
+    (its settings are in the params) and the library versions and thread count, so `--resume` and
+    a restarted sweep still find a run after an upgrade or on another thread count, and options
+    added since at the value that reproduces the older runs (`fsl.compat.canonical_params`);
+    sorted JSON, sha256."""
     from fsl.provenance import ENVIRONMENT_KEYS
 
-    key = {k: v for k, v in canonical_params(params).items() if k != "experiment" and k not in ENVIRONMENT_KEYS}
+    key = {k: v for k, v in canonical_params(params).items() if k not in NOT_IDENTITY and k not in ENVIRONMENT_KEYS}
     return digest(json.dumps(key, sort_keys=True, default=str).encode())
 
 
@@ -104,7 +109,7 @@ def differences(logged: dict[str, str], params: dict[str, Any]) -> str:
 
     from fsl.provenance import ENVIRONMENT_KEYS
 
-    ignored = {"experiment", *ENVIRONMENT_KEYS}
+    ignored = {*NOT_IDENTITY, *ENVIRONMENT_KEYS}
     # as the config hash sees them: an unset option logged "" (before) and "auto" (now) is one value
     logged, params = canonical_params(logged), canonical_params(params)
     keys = [k for k in params if k in logged and not same(logged[k], params[k]) and k not in ignored]

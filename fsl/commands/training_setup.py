@@ -94,8 +94,11 @@ def _initialise_from(model: FewShotClassifier, spec: str) -> None:
 
 def _encoder_identity(model: FewShotClassifier) -> str:
     """What must match to copy one model's encoder weights into another, as a user reads it."""
-    from fsl.models.classifier import config_value
+    from fsl.components import ENCODERS
 
-    width = config_value(model.config, "encoder_width")
-    return (f"{model.config['encoder']}{f' x{width:g}' if width != 1 else ''} on {model.config['channels']}-channel "
+    name = model.config["encoder"]
+    defaults = {k: spec.default for k, spec in ENCODERS.settings(name).items()} if name in ENCODERS else {}
+    settings = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in model.config["encoder_args"].items() if defaults.get(k, object()) != v)
+    return (f"{model.config['encoder']}{f' ({settings})' if settings else ''} on {model.config['channels']}-channel "
             f"{model.config['image_size']}px images ({model.feature_dim}-d features)")

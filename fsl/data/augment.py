@@ -4,7 +4,7 @@ Every policy draws its parameters per image (`per_image=True`, training) or once
 batch (`per_image=False`: one fixed transform, what a test-time view is, so that an image's view
 does not depend on the batch it arrives in).
 
-`fsl.registry.AUGMENTATIONS` names the `--augment` policies: `omniglot` (small affine jitter of strokes),
+`fsl.components.AUGMENTATIONS` names the `--augment` policies: `omniglot` (small affine jitter of strokes),
 `standard` (random resized crop, flip and colour jitter, for RGB photographs) and `none`.
 """
 

@@ -1,4 +1,4 @@
-"""The six built-in readers (`--format` names), each one class registered in `fsl.registry.READERS`.
+"""The six built-in readers (`--format` names), each one class registered in `fsl.components.READERS`.
 
 - `ravi`: Ravi & Larochelle's split: images/ + train.csv, val.csv, test.csv (filename,label)
 - `course`: train.csv + val.csv (id,filename,label) next to image folders; val is the test

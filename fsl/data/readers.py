@@ -7,7 +7,10 @@ class, which are then decoded in parallel; an `ArrayReader` returns arrays alrea
 
     READERS.register("my-format", "my_package.module:MyReader")   # or the class itself
 
-(`fsl.registry.READERS`; `--format` then lists and accepts it, and detection tries it.)
+(`fsl.components.READERS`; `--format` then lists and accepts it, and detection tries it.) A
+reader's own settings are keyword-only parameters of its constructor declared with
+`fsl.settings.Setting` and kept under their own names (`--format my-format --format-arg
+NAME=VALUE`); they enter its cache key and data fingerprint, and no other format's.
 
 Files are decoded once into uint8 arrays at the target size and cached under `cache_dir()`,
 keyed on the source files' names, sizes and mtimes and on the read options the format uses; a
@@ -28,21 +31,20 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from fsl.compat import SPLIT_OPTIONS_OF_V1
+from fsl.components import READERS
 from fsl.data.images import IMAGE_SUFFIXES, WIDE_GREY_MODES, decode_all, image_mode
 from fsl.data.store import DataSet, ImageStore, cached
 from fsl.errors import DataError, UsageError
 from fsl.files import cache_dir
-from fsl.registry import READERS
+from fsl.settings import settings_of
 
 READER_VERSION = 1
 MINI_IMAGENET = (84, 3)
 GREYSCALE_DEFAULT = (28, 1)  # Omniglot as in the paper
 
-# The options that split classes, each used by some formats only (`Reader.options`). fsl 0.1
-# hashed all of them into every key, each at its default where the format does not use it:
-# the built-in readers keep hashing these values, so that their fingerprints, cache keys and
-# source ids stay what they were, and no reader's default moves another format's key.
-SPLIT_OPTIONS_OF_V1 = {"split_ratio": (0.64, 0.16, 0.20), "split_file": None, "val_share": 0.2}
+# The options that split classes are used by some formats only (`Reader.options`); fsl 0.1
+# hashed all of them into every key (`fsl.compat.SPLIT_OPTIONS_OF_V1`).
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class ReadOptions:
     split_ratio: tuple[float, float, float] | None = None
     split_file: str | None = None
     val_share: float | None = None
+    format_args: tuple[tuple[str, Any], ...] = ()  # the reader's own settings (`--format-arg`), as pairs
 
 
 # A reference to one image: a path on disk, or "archive.zip::member".
@@ -86,13 +89,16 @@ class Reader:
         return self.options[name] if value is None else value
 
     def key_options(self, opts: ReadOptions) -> dict[str, Any]:
-        """What the cache key hashes besides the files: the common options and this format's
-        split options at their effective values."""
-        common = {k: v for k, v in asdict(opts).items() if k not in SPLIT_OPTIONS_OF_V1}
+        """What the cache key hashes besides the files: the common options, this format's split
+        options at their effective values, and its own settings where it declares any (a reader
+        without settings keeps the key it had before settings existed)."""
+        common = {k: v for k, v in asdict(opts).items() if k not in SPLIT_OPTIONS_OF_V1 and k != "format_args"}
         own = {name: self.option(opts, name) for name in self.options}
         if "split_ratio" in own:
             own["split_ratio"] = tuple(own["split_ratio"])
-        return common | (SPLIT_OPTIONS_OF_V1 if self.keyed_like_v1 else {}) | own
+        settings = settings_of(self)
+        return common | (SPLIT_OPTIONS_OF_V1 if self.keyed_like_v1 else {}) | own | (
+            {"settings": settings} if settings else {})
 
     def notes(self, opts: ReadOptions) -> list[str]:
         """Lines for `fsl data inspect` about how this format was read."""
@@ -144,11 +150,11 @@ def infer_image_format(ref: str) -> tuple[int, int]:
     return GREYSCALE_DEFAULT if image_mode(ref) in ("1", "L", "LA", *WIDE_GREY_MODES) else MINI_IMAGENET
 
 
-def reader(fmt: str) -> Reader:
-    """The registered reader of `fmt`; UsageError listing the formats."""
+def reader(fmt: str, settings: dict[str, Any] | None = None) -> Reader:
+    """The registered reader of `fmt` with its settings (checked); UsageError listing the formats."""
     if fmt not in READERS:
         raise UsageError(f"--format must be one of {', '.join(READERS)}, got {fmt!r}")
-    return READERS[fmt]()
+    return READERS.create(fmt, **(settings or {}))
 
 
 def detect_format(path: Path) -> str:
@@ -240,7 +246,7 @@ def read(path: str | Path, fmt: str | None = None, opts: ReadOptions = ReadOptio
         fmt = fmt or detect_format(root)
     except zipfile.BadZipFile:
         raise DataError(f"--data {path}: not a readable .zip file (truncated or not a zip)") from None
-    fmt_reader = reader(fmt)
+    fmt_reader = reader(fmt, dict(opts.format_args))
     refuse_foreign_options(fmt, fmt_reader, opts)
     try:
         key, source_id, validity = _source_keys(root, fmt, fmt_reader, opts)

@@ -15,21 +15,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fsl import compat
 from fsl.choices import FEATURE_TRANSFORMS
+from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS
 from fsl.models.distances import logits as distance_logits
 from fsl.models.distances import prototypes
-from fsl.models.encoders import build_encoder
-from fsl.models.hallucinator import hallucinate
+from fsl.models.encoders import Encoder
+from fsl.models.hallucinator import Hallucinator, hallucinate
 from fsl.models.noise import episode_keys, label_ids
-from fsl.registry import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS
 from fsl.runtime import autocast, compute_dtype, default_dtype, make_generator, resolve_precision, seed_everything
+from fsl.settings import settings_of, specs
 
 if TYPE_CHECKING:
-    from fsl.config import TrainConfig
+    from fsl.config import ModelSpec, TrainConfig
     from fsl.data.store import DataSet
 
-# 2: the hallucinator's weights are saved under `hallucinator.` (schema 1: `generator.`).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = compat.SCHEMA_VERSION  # the hallucinator's weights under `hallucinator.` (fsl.compat)
 CLASSIFY_SEED = 0  # the noise seed of `classify`: the same call always gives the same answer
 TEST_VIEW_SEED = 1_000  # view k of `--test-views` is the transform that generator seed 1000 + k draws
 
@@ -42,45 +43,51 @@ class Prediction(NamedTuple):
     probs: torch.Tensor
 
 
-def model_config(*, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float],
-                 distance: str = "l2", precision: str = "fp32", encoder: str = "conv4",
-                 encoder_width: float = 1.0, feature_transform: str = "none",
-                 hallucinator: str | None = None, M: int = 0, augment: str = "none",
-                 test_views: int = 0) -> dict[str, Any]:
-    """The plain dict that rebuilds a model: it is saved in every checkpoint and logged model.
+def model_config(spec: "ModelSpec", *, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float],
+                 precision: str = "fp32") -> dict[str, Any]:
+    """The plain dict that rebuilds a model from `spec` (its components and their settings) and
+    the data's input: it is saved in every checkpoint and logged model.
 
     `augment` is the policy the model was trained with; `test_views` > 0 draws that many views of
     every test image from it and averages their features with the image's (test-time augmentation).
-    Keys added after fsl 0.1 (`encoder_width`, `feature_transform`, `augment`, `test_views`) are
-    read with their pre-change defaults (`config_value`), so older checkpoints and pickles still load."""
+    Each component's settings are saved in full (`<axis>_args`); configs saved by earlier versions
+    are read through `fsl.compat.current_model_config`. ValueError for an unknown name or setting."""
+    encoder, hallucinator = spec.encoder, spec.hallucinator
     if encoder not in ENCODERS:
         raise ValueError(f"unknown encoder {encoder!r}; choose from {', '.join(ENCODERS)}")
-    if feature_transform not in FEATURE_TRANSFORMS:
-        raise ValueError(f"unknown feature transform {feature_transform!r}; "
+    if spec.feature_transform not in FEATURE_TRANSFORMS:
+        raise ValueError(f"unknown feature transform {spec.feature_transform!r}; "
                          f"choose from {', '.join(FEATURE_TRANSFORMS)}")
-    if distance not in DISTANCES:
-        raise ValueError(f"unknown distance {distance!r}; choose from {sorted(DISTANCES)}")
+    if spec.distance not in DISTANCES:
+        raise ValueError(f"unknown distance {spec.distance!r}; choose from {sorted(DISTANCES)}")
     if hallucinator is not None and hallucinator not in HALLUCINATORS:
         raise ValueError(f"unknown hallucinator {hallucinator!r}; choose from {', '.join(HALLUCINATORS)}")
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {augment!r}; choose from {', '.join(AUGMENTATIONS)}")
-    if test_views < 0 or (test_views and AUGMENTATIONS[augment] is None):
-        raise ValueError(f"test_views={test_views} needs a count >= 0 and, above 0, an augmentation policy "
-                         f"to draw the views from (augment={augment!r})")
-    return {"encoder": encoder, "image_size": int(image_size), "channels": int(channels),
-            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "distance": distance,
-            "precision": precision, "hallucinator": hallucinator, "hallucinations": int(M),  # saved key: M
-            "encoder_width": float(encoder_width), "feature_transform": feature_transform,
-            "augment": augment, "test_views": int(test_views)}
+    if spec.augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {spec.augment!r}; choose from {', '.join(AUGMENTATIONS)}")
+    if spec.test_views < 0 or (spec.test_views and AUGMENTATIONS[spec.augment] is None):
+        raise ValueError(f"test_views={spec.test_views} needs a count >= 0 and, above 0, an augmentation policy "
+                         f"to draw the views from (augment={spec.augment!r})")
+    return {"encoder": encoder, "encoder_args": _checked(ENCODERS, encoder, spec.encoder_args),
+            "image_size": int(image_size), "channels": int(channels),
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std], "distance": spec.distance,
+            "precision": precision, "hallucinator": hallucinator,
+            "hallucinator_args": _checked(HALLUCINATORS, hallucinator, spec.hallucinator_args) if hallucinator else {},
+            "hallucinations": int(spec.M) if hallucinator else 0,  # saved key: M
+            "feature_transform": spec.feature_transform, "augment": spec.augment, "test_views": int(spec.test_views)}
 
 
-# Defaults of the config keys that models saved before them lack.
-CONFIG_DEFAULTS = {"encoder_width": 1.0, "feature_transform": "none", "augment": "none", "test_views": 0}
+def _checked(table, name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Every setting of a component, checked (ValueError, not the CLI's UsageError: a model can be
+    built from Python)."""
+    try:
+        return table.resolve(name, given)
+    except Exception as exc:  # fsl.errors.UsageError names the option; here it is a bad argument
+        raise ValueError(str(exc)) from None
 
 
 def config_value(config: dict[str, Any], key: str) -> Any:
     """A model config's value, with the pre-change default for keys older models lack."""
-    return config.get(key, CONFIG_DEFAULTS[key])
+    return compat.current_model_config(config)[key]
 
 
 class FewShotClassifier(nn.Module):
@@ -95,32 +102,57 @@ class FewShotClassifier(nn.Module):
     std: torch.Tensor
     base_mean: torch.Tensor
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], encoder: Encoder | None = None,
+                 hallucinator: Hallucinator | None = None) -> None:
         super().__init__()
-        self.config: dict[str, Any] = CONFIG_DEFAULTS | copy.deepcopy(config)  # a saved config may predate some keys
-        with default_dtype(self.dtype):
-            self.encoder = build_encoder(config["encoder"], config["channels"], config["image_size"],
-                                         config_value(config, "encoder_width"))
+        config = compat.current_model_config(copy.deepcopy(config))  # a saved config may predate some keys
+        with default_dtype(compute_dtype(config["precision"])):
+            if encoder is None:
+                encoder = ENCODERS.create(config["encoder"], config["channels"], config["image_size"],
+                                          **config.get("encoder_args", {}))
             kind = config.get("hallucinator")
-            self.hallucinator = HALLUCINATORS[kind](self.encoder.out_dim) if kind else None
+            if hallucinator is None and kind:
+                hallucinator = HALLUCINATORS.create(kind, encoder.out_dim, **config.get("hallucinator_args", {}))
+        self.encoder, self.hallucinator = encoder, hallucinator
+        # what rebuilds it: each component's settings as it holds them (every one, defaults too)
+        self.config: dict[str, Any] = config | {"encoder_args": settings_of(encoder),
+                                                "hallucinator_args": settings_of(hallucinator) if hallucinator else {}}
         self.register_buffer("mean", torch.tensor(config["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config["std"]).view(1, -1, 1, 1), persistent=False)
-        if config_value(config, "feature_transform") == "cl2n":
+        if config["feature_transform"] == "cl2n":
             # The base-class feature mean: saved with the weights, set by `set_base_mean`.
             self.register_buffer("base_mean", torch.zeros(self.encoder.out_dim))
 
     @classmethod
-    def for_data(cls, data, *, precision: str = "fp32", distance: str = "l2", hallucinator: str | None = None,
-                 M: int = 0, encoder: str = "conv4", encoder_width: float = 1.0,
-                 feature_transform: str = "none", augment: str = "none", test_views: int = 0
-                 ) -> "FewShotClassifier":
-        """A new model for a `DataSet`: its input size, channels and train-split normalisation."""
+    def for_data(cls, data, spec: "ModelSpec | None" = None, *, precision: str = "fp32",
+                 **fields: Any) -> "FewShotClassifier":
+        """A new model of `spec` (default: a Conv-4 ProtoNet), or of a `ModelSpec` of the given
+        `fields` (`hallucinator="calibrated", M=5`), for a `DataSet`: its input size, channels and
+        train-split normalisation."""
+        from fsl.config import ModelSpec
+
         mean, std = data.channel_stats()
-        return cls(model_config(image_size=data.image_size, channels=data.channels, mean=mean, std=std,
-                                distance=distance, precision=precision, encoder=encoder,
-                                encoder_width=encoder_width, feature_transform=feature_transform,
-                                hallucinator=hallucinator, M=M if hallucinator else 0, augment=augment,
-                                test_views=test_views))
+        return cls(model_config(spec or ModelSpec(**fields), image_size=data.image_size, channels=data.channels,
+                                mean=mean, std=std, precision=precision))
+
+    @classmethod
+    def from_parts(cls, encoder: Any, *, image_size: int, channels: int = 3,
+                   mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
+                   distance: str = "l2", hallucinator: Hallucinator | None = None, M: int = 0,
+                   precision: str = "fp32") -> "FewShotClassifier":
+        """A model around a research backbone you built yourself, registered or not (as easyfsl's
+        `FewShotClassifier(backbone)`): `encoder` maps [B, channels, image_size, image_size] to
+        [B, D] and has `out_dim` (or is probed for it). It trains, tests and classifies like any
+        other; saving it as a checkpoint needs its encoder registered (a checkpoint names it)."""
+        if not hasattr(encoder, "out_dim"):
+            with torch.no_grad():
+                encoder.out_dim = int(encoder(torch.zeros(1, channels, image_size, image_size)).shape[-1])
+        name = next((n for n in ENCODERS if isinstance(encoder, ENCODERS[n])), type(encoder).__name__)
+        config = {"encoder": name, "image_size": int(image_size), "channels": int(channels),
+                  "mean": [float(v) for v in mean][:channels], "std": [float(v) for v in std][:channels],
+                  "distance": distance, "precision": precision,
+                  "hallucinator": _table_name(HALLUCINATORS, hallucinator), "hallucinations": int(M)}
+        return cls(config, encoder=encoder, hallucinator=hallucinator)
 
     @property
     def needs_base_mean(self) -> bool:
@@ -362,14 +394,22 @@ class FewShotClassifier(nn.Module):
         return int(self.trained_with.get("test_seed", 2))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        """Models pickled by fsl 0.1.0 (registered PyTorch models) skip `__init__`: they hold their
-        hallucinator as the submodule `generator`, and their config lacks the keys added since
-        (CONFIG_DEFAULTS), which get the defaults that reproduce them."""
+        """Models pickled by earlier versions (registered PyTorch models) skip `__init__`: fsl 0.1.0's
+        hold their hallucinator as the submodule `generator`; their config lacks the keys added
+        since (`fsl.compat.current_model_config`), and their components the settings declared
+        since, which get their defaults (the values that reproduce them)."""
         modules = state.get("_modules", {})
-        state.setdefault("config", {}).update(
-            {k: v for k, v in CONFIG_DEFAULTS.items() if k not in state["config"]})
         if "generator" in modules:
             modules["hallucinator"] = modules.pop("generator")
+        config = compat.current_model_config(state.get("config", {}))
+        for axis in ("encoder", "hallucinator"):
+            component, saved = modules.get(axis), config.get(f"{axis}_args") or {}
+            if component is not None:  # a setting it was built with, else (declared since) the default
+                for name, spec in specs(type(component)).items():
+                    if name not in component.__dict__:
+                        component.__dict__[name] = saved.get(name, spec.default)
+        state["config"] = config | {"encoder_args": settings_of(modules["encoder"]), "hallucinator_args": (
+            settings_of(modules["hallucinator"]) if modules.get("hallucinator") is not None else {})}
         super().__setstate__(state)
 
 
@@ -383,24 +423,19 @@ def build_model(cfg: "TrainConfig", data: "DataSet", device: torch.device | str 
     ValueError where the encoder cannot take the data (an image too small for it, say)."""
     device = torch.device(device)
     seed_everything(cfg.seed)
-    model = FewShotClassifier.for_data(data, precision=precision or resolve_precision(cfg.precision, device),
-                                       distance=cfg.distance, hallucinator=cfg.hallucinator, M=cfg.M,
-                                       encoder=cfg.encoder, encoder_width=cfg.encoder_width,
-                                       feature_transform=cfg.feature_transform, augment=cfg.augment,
-                                       test_views=cfg.test_views)
+    model = FewShotClassifier.for_data(data, cfg.model_spec(),
+                                       precision=precision or resolve_precision(cfg.precision, device))
     return model.place(device)
 
 
-def current_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """A checkpoint's state dict under today's names (schema 1 and 2 are read)."""
-    version = checkpoint.get("schema_version")
-    if version not in (1, SCHEMA_VERSION):
-        raise ValueError(f"checkpoint schema {version} is not supported (expected 1 or {SCHEMA_VERSION})")
-    state = checkpoint["state_dict"]
-    if version == 1:
-        state = {("hallucinator." + k[len("generator."):] if k.startswith("generator.") else k): v
-                 for k, v in state.items()}
-    return state
+current_state_dict = compat.current_state_dict  # a checkpoint's weights under today's names
+
+
+def _table_name(table, component: Any) -> str | None:
+    """The name `component`'s class is registered under in `table` (None for None)."""
+    if component is None:
+        return None
+    return next((n for n in table if isinstance(component, table[n])), type(component).__name__)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> FewShotClassifier:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from fsl.registry import DISTANCES
+from fsl.components import DISTANCES
 
 EPS = 1e-8
 

@@ -1,8 +1,9 @@
 """Feature extractors: images [B, C, S, S] -> features [B, out_dim].
 
-`fsl.registry.ENCODERS` is the one registry: the `--encoder` choices, the checkpoint's `encoder`
+`fsl.components.ENCODERS` is the one table: the `--encoder` choices, the checkpoint's `encoder`
 key and the model's constructor all read it, so a new backbone is one class plus one line. Every
-encoder takes (in_channels, image_size, width=...) and sets `out_dim`; `width` multiplies every
+encoder takes (in_channels, image_size) and sets `out_dim`; its settings are keyword-only and
+declared with `fsl.settings.Setting` (`--encoder-arg width=0.25`). `width` multiplies every
 channel count (1.0 is the published network; CI trains the same classes at 0.25).
 
 - `conv4`: the backbone of Snell et al. (2017) and of most few-shot papers.
@@ -12,13 +13,20 @@ channel count (1.0 is the published network; CI trains the same classes at 0.25)
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsl.registry import ENCODERS
+from fsl.components import ENCODERS
+from fsl.settings import Setting
 
 MIN_IMAGE_SIZE = 16  # both encoders halve the input four times
+# The width multiplier of both encoders: at least one channel in their narrowest stage (64), at
+# most ResNet-12 x 8 (5,120 channels in its last stage).
+Width = Annotated[float, Setting("Multiply every channel count (1 = the published network; 0.25 for a quick CPU "
+                                 "run).", low=1 / 64, high=8.0)]
 
 
 def scaled(channels: int, width: float) -> int:
@@ -53,9 +61,10 @@ class Conv4(Encoder):
     84 -> 1600, 32 -> 256, 28 -> 64 (hidden = 64 x width).
     """
 
-    def __init__(self, in_channels: int = 3, image_size: int = 84, hidden: int = 64, width: float = 1.0) -> None:
+    def __init__(self, in_channels: int = 3, image_size: int = 84, hidden: int = 64, *, width: Width = 1.0) -> None:
         super().__init__()
         _check_size("Conv-4", image_size)
+        self.width = width
         hidden = scaled(hidden, width)
         self.blocks = nn.Sequential(*(conv_block(in_channels if i == 0 else hidden, hidden) for i in range(4)))
         side = image_size
@@ -122,10 +131,12 @@ class ResNet12(Encoder):
 
     CHANNELS = (64, 160, 320, 640)
 
-    def __init__(self, in_channels: int = 3, image_size: int = 84, width: float = 1.0,
-                 drop_rate: float = 0.0) -> None:
+    def __init__(self, in_channels: int = 3, image_size: int = 84, *, width: Width = 1.0,
+                 drop_rate: Annotated[float, Setting("DropBlock's share of dropped units in the last two stages "
+                                                     "(0 = off).", low=0.0, high=1.0, high_open=True)] = 0.0) -> None:
         super().__init__()
         _check_size("ResNet-12", image_size)
+        self.width, self.drop_rate = width, drop_rate
         widths = [scaled(c, width) for c in self.CHANNELS]
         ins = [in_channels, *widths[:-1]]
         self.stages = nn.Sequential(*(ResidualStage(i, o, drop_rate if k >= 2 else 0.0)
@@ -139,9 +150,9 @@ class ResNet12(Encoder):
         return self.stages(x).mean((-2, -1))
 
 
-def build_encoder(name: str, in_channels: int, image_size: int, width: float = 1.0) -> Encoder:
-    """The registered encoder `name` (fsl.registry.ENCODERS); ValueError naming the choices for an
-    unknown one."""
+def build_encoder(name: str, in_channels: int, image_size: int, **settings) -> Encoder:
+    """The registered encoder `name` (fsl.components.ENCODERS) with its settings; ValueError naming
+    the choices for an unknown one."""
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; choose from {', '.join(ENCODERS)}")
-    return ENCODERS[name](in_channels, image_size, width=width)
+    return ENCODERS.create(name, in_channels, image_size, **settings)

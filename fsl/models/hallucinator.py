@@ -10,12 +10,21 @@ calibrated with running base-class statistics (Yang, Liu and Xu, ICLR 2021) and 
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
+from fsl import compat
 from fsl.models.distances import prototypes
 from fsl.models.noise import NOISE, PAIR_NOISE, SECOND_NOISE, SEED_CHOICE, keyed_normal, keyed_uniform, stream
-from fsl.registry import HALLUCINATORS  # noqa: F401  (the names: fsl.registry)
+from fsl.settings import Setting
+
+# The old class names that pickled registered models use (fsl.compat.CLASS_ALIASES).
+__getattr__ = compat.module_getattr(__name__)
+
+Dropout_p = Annotated[float, Setting("Dropout after the hidden layers (training only).", low=0.0, high=1.0,
+                                     high_open=True)]
 
 
 class Dropout(nn.Dropout):
@@ -42,22 +51,16 @@ class Hallucinator(nn.Module):
     - `trains_with_encoder`: False for a test-time hallucinator, which is off in training mode
       (the encoder then trains exactly as a ProtoNet's, and a sweep tests every M of one model);
     - `extra_loss(features, labels, ways, keys)` -> a term added to the training loss, or None;
-    - `hyper_parameters`: the TrainConfig fields it reads, set by `configure(cfg)` for training;
     - `uses_base_statistics` / `calibrate(features, labels, classes)`: statistics of all the
       base classes, given by pre-training (which has no episodes to `observe`).
-    Constructors take the feature size (and keyword defaults only), so a checkpoint rebuilds one.
+    Constructors take the feature size, then its settings as keyword-only parameters declared
+    with `fsl.settings.Setting` and kept under their own names (`--hallucinator-arg NAME=VALUE`):
+    a checkpoint saves them and rebuilds the hallucinator with them.
     """
 
     trains_with_encoder: bool = True
     conditions_on_shots: bool = False
-    hyper_parameters: tuple[str, ...] = ()
     uses_base_statistics: bool = False
-
-    def configure(self, cfg) -> "Hallucinator":
-        """Take this hallucinator's training hyper-parameters from a TrainConfig."""
-        for name in self.hyper_parameters:
-            setattr(self, name, getattr(cfg, name))
-        return self
 
     def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, M: int) -> torch.Tensor:
         """Prototype = the mean of the K real and M hallucinated features of each class.
@@ -87,10 +90,10 @@ class WangHallucinator(Hallucinator):
     3200 -> 2400 -> 2400 -> 1600. The final ReLU matches Conv-4 features, which are >= 0.
     """
 
-    def __init__(self, feature_dim: int, dropout: float = 0.5) -> None:
+    def __init__(self, feature_dim: int, *, dropout: Dropout_p = 0.5) -> None:
         super().__init__()
         hidden = feature_dim * 3 // 2
-        self.feature_dim = feature_dim
+        self.feature_dim, self.dropout = feature_dim, dropout
         self.net = nn.Sequential(
             nn.Linear(2 * feature_dim, hidden), nn.ReLU(inplace=True), Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), Dropout(dropout),
@@ -116,22 +119,25 @@ class PrototypeResidualHallucinator(Hallucinator):
         the class and not only one example, and predicts a gated residual around the seed, so
         at initialisation it already proposes plausible features of the right class.
     (3) A small mode-seeking term (Mao et al. 2019, as in AFHN, Li et al. 2020; weight
-        `--diversity-weight`) keeps different noises from giving the same feature.
+        `diversity_weight`) keeps different noises from giving the same feature.
     """
 
-    def __init__(self, feature_dim: int, dropout: float = 0.1, initial_mix: float = 0.1) -> None:
+    def __init__(self, feature_dim: int, *, dropout: Dropout_p = 0.1,
+                 initial_mix: Annotated[float, Setting("The starting weight of the hallucinated mean in the prototype "
+                                                       "(learned from there).", low=0.0, high=1.0, low_open=True,
+                                                       high_open=True)] = 0.1,
+                 diversity_weight: Annotated[float, Setting("Weight of the anti-collapse (mode-seeking) term of the "
+                                                            "training loss.", low=0.0)] = 0.1) -> None:
         super().__init__()
         hidden = feature_dim * 3 // 2
-        self.feature_dim = feature_dim
+        self.feature_dim, self.dropout, self.initial_mix = feature_dim, dropout, initial_mix
+        self.diversity_weight = diversity_weight
         self.net = nn.Sequential(
             nn.Linear(3 * feature_dim, hidden), nn.ReLU(inplace=True), Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
             nn.Linear(hidden, 2 * feature_dim),
         )
         self.mix_logit = nn.Parameter(torch.logit(torch.tensor(initial_mix)))
-
-    hyper_parameters = ("diversity_weight",)
-    diversity_weight = 0.1  # the weight of the mode-seeking term (`--diversity-weight`)
 
     def extra_loss(self, features: torch.Tensor, labels: torch.Tensor, ways: int,
                    keys: torch.Tensor) -> torch.Tensor | None:
@@ -193,7 +199,10 @@ class CalibratedHallucinator(Hallucinator):
     between_var: torch.Tensor
     observed: torch.Tensor
 
-    def __init__(self, feature_dim: int, momentum: float = 0.01) -> None:
+    def __init__(self, feature_dim: int, *,
+                 momentum: Annotated[float, Setting("Weight of each new training episode in the running base-class "
+                                                    "statistics, after the first 1 / momentum.", low=0.0, high=1.0,
+                                                    low_open=True)] = 0.01) -> None:
         super().__init__()
         self.feature_dim, self.momentum = feature_dim, momentum
         self.register_buffer("grand_mean", torch.zeros(feature_dim))    # g   [D]
@@ -272,11 +281,6 @@ class CalibratedHallucinator(Hallucinator):
         centre, std = self.posterior(class_means.to(dtype), shots)
         return torch.relu(centre + std * noise.to(dtype)).to(class_means.dtype)
 
-    def combine(self, real: torch.Tensor, fake: torch.Tensor, real_counts: torch.Tensor, M: int) -> torch.Tensor:
-        """Prototype = the mean of the K real and M hallucinated features (Wang's rule)."""
-        k = real_counts.unsqueeze(-1).to(real.dtype)
-        return (k * real + M * fake) / (k + M)
-
 
 def pick_seeds(features: torch.Tensor, labels: torch.Tensor, ways: int, keys: torch.Tensor) -> torch.Tensor:
     """For each class, the row of one support feature chosen uniformly at random.
@@ -342,8 +346,3 @@ def mode_seeking_loss(hallucinator: Hallucinator, features: torch.Tensor, labels
     noise_gap = (z1 - z2).abs().mean(-1)
     return (noise_gap / (out_gap + 1e-5)).mean()
 
-
-# The names of fsl 0.1 and of every version before the one-suffix rename: pickled models (a
-# registered PyTorch model, `mlflow.pytorch.load_model`) name their classes by these paths.
-WangGenerator = WangHallucinator
-PrototypeResidualGenerator = PrototypeResidualHallucinator

@@ -11,10 +11,7 @@
 """
 
 
-def __getattr__(name: str):
-    # Serving models registered by fsl 0.1.0 pickled their class as `fsl.tracking.FewShotServe`.
-    if name == "FewShotServe":
-        from fsl.tracking.serving import FewShotServe
+from fsl import compat
 
-        return FewShotServe
-    raise AttributeError(f"module 'fsl.tracking' has no attribute {name!r}")
+# `fsl.tracking.FewShotServe`: the class path of fsl 0.1.0's pickled serving twins (fsl.compat).
+__getattr__ = compat.module_getattr(__name__)

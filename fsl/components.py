@@ -1,22 +1,28 @@
-"""Registries: the one list of the names of each extension axis, imported on use.
+"""The components: the one list of names of each extension axis, imported on use.
 
-A registry maps a name to "module:attribute" (or to the object itself), so that the command
-line can list and check the names without importing torch, and the object is imported only when
-it is used. A new hallucinator, encoder or data format (reader) is one class plus one line:
+A table maps a name to "module:attribute" (or to the object itself), so that the command line
+can list and check the names without importing torch, and the object is imported only when it
+is used. A new hallucinator, encoder or data format (reader) is one class plus one line:
 
     HALLUCINATORS.register("mine", "my_package.module:MyHallucinator")   # or the class itself
 
-The CLI's choices, `TrainConfig.validate`, checkpoints and registered models all read these.
+Its settings are declared on the class (`fsl.settings`), and `create(name, *args, **settings)`
+builds it with them checked. The CLI's choices, `TrainConfig.validate`, checkpoints and
+registered models all read these tables. ("Registry" here is a plug-in table; the MLflow Model
+Registry is `fsl.tracking.model_registry`.)
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
+
+from fsl.settings import Spec, resolve, specs
 
 
 class Registry:
-    """An ordered name -> object table whose entries may be "module:attribute" strings."""
+    """An ordered name -> component table whose entries may be "module:attribute" strings."""
 
     def __init__(self, kind: str, entries: dict[str, Any]) -> None:
         self.kind = kind
@@ -47,6 +53,25 @@ class Registry:
             module, _, attribute = target.partition(":")
             target = self._entries[name] = getattr(importlib.import_module(module), attribute)
         return target
+
+    def settings(self, name: str) -> dict[str, Spec]:
+        """The settings component `name` declares (`fsl.settings.specs`), in declaration order."""
+        return specs(self[name])
+
+    def resolve(self, name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every setting of `name`: `given` cast and checked, the rest at their defaults;
+        UsageError naming `--<kind>-arg` for an unknown setting or a bad value."""
+        return resolve(self.kind, name, self[name], given or {})
+
+    def create(self, name: str, *args: Any, **settings: Any) -> Any:
+        """Component `name` built with `args` (its structural arguments: feature size, channels,
+        ...) and its settings, checked (`resolve`). A function component (a distance, a head) is
+        returned with its settings bound."""
+        target = self[name]
+        values = self.resolve(name, settings)
+        if isinstance(target, type):
+            return target(*args, **values)
+        return functools.partial(target, *args, **values) if values or args else target
 
 
 ENCODERS = Registry("encoder", {

@@ -1,7 +1,7 @@
 """The recipe study's table (issue 18, BENCHMARKS.md §6): every recipe of `benchmarks/recipes.sh`
 paired seed by seed with today's ProtoNet, across the sweeps of the study.
 
-    python -m benchmarks.recipes table [--experiment recipes] [--out rows.csv]
+    python -m benchmarks.recipe_study table [--experiment recipes] [--out rows.csv]
 
 Reads the FINISHED sweep children of the experiment in the current tracking store
 (MLFLOW_TRACKING_URI); a recipe is the values of RECIPE_PARAMS, the baseline is ProtoNet with
@@ -25,6 +25,8 @@ RECIPE_PARAMS = {"encoder": "conv4", "encoder_width": "1.0", "pretrain_epochs": 
 
 
 def recipe_of(params: dict[str, str]) -> tuple[str, ...]:
+    """The recipe of a run's params (the width is `encoder.width` in runs since fsl 0.2)."""
+    params = {"encoder_width": params.get("encoder.width", "1.0")} | params
     return tuple(params.get(k, default) for k, default in RECIPE_PARAMS.items())
 
 

@@ -1,0 +1,71 @@
+"""Recipes: named files of settings (nanoGPT's `config/*.py`, easyfsl's JSON configs).
+
+A recipe is a small TOML file: a `description`, where its figures are (`evidence`), and a
+`[settings]` table of training options by their names (`ways = 30`), component settings by
+their dotted names (`"hallucinator.diversity_weight" = 0.3`). `fsl <command> --recipe NAME`
+starts from it, and options given on the command line override it; the run logs the recipe's
+name (param `recipe`) and, as always, every resolved setting. The shipped recipes are the files
+of this folder (`fsl recipes` lists them); a path to a file of your own works the same.
+benchmarks/recipes.sh and the README read the same files.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsl.errors import UsageError
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of settings: `values` maps option (or dotted setting) names to values."""
+
+    name: str
+    description: str
+    evidence: str
+    values: dict[str, Any]
+
+    def command_line(self) -> str:
+        """The recipe as options, e.g. `--pretrain-epochs 10 --feature-transform cl2n`."""
+        from fsl.settings import format_pairs
+
+        words = []
+        for key, value in self.values.items():
+            if "." in key:
+                axis, _, setting = key.partition(".")
+                words.append(f"--{axis}-arg {format_pairs({setting: value})}")
+            elif isinstance(value, bool):
+                words.append(f"--{'' if value else 'no-'}{key.replace('_', '-')}")
+            else:
+                words.append(f"{'-M' if key == 'M' else '--' + key.replace('_', '-')} {value}")
+        return " ".join(words)
+
+
+def shipped() -> list[str]:
+    """The names of the recipes that come with fsl."""
+    return sorted(p.stem for p in HERE.glob("*.toml"))
+
+
+def load_recipe(spec: str | None) -> Recipe | None:
+    """The recipe `spec` names: a shipped name or a path to a TOML file; None for None or 'none'.
+    UsageError naming the recipes for an unknown name, and the problem for a bad file."""
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None
+    path = Path(spec) if spec.endswith(".toml") or "/" in spec else HERE / f"{spec}.toml"
+    if not path.is_file():
+        raise UsageError(f"--recipe {spec}: no such recipe (shipped: {', '.join(shipped())}; or a path to a .toml "
+                         f"file)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--recipe {spec}: not a readable TOML file ({exc})") from None
+    values = data.get("settings")
+    if not isinstance(values, dict) or not values:
+        raise UsageError(f"--recipe {spec}: no [settings] table of options")
+    name = path.stem if path.parent == HERE else str(path)
+    return Recipe(name, str(data.get("description", "")), str(data.get("evidence", "")), dict(values))
