@@ -25,9 +25,11 @@ from fsl.choices import (
 )
 from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, READERS, Registry
 from fsl.config import (
+    BATCH_NORMS,
     DEFAULT_HALLUCINATOR,
     DEFAULT_M,
     DEFAULTS,
+    INPUT_NORMS,
     MAX_M,
     DataConfig,
     EpisodeFileConfig,
@@ -67,9 +69,11 @@ OPTION_GROUPS = {
     "Data": ("data", "format", "format_arg", "image_size", "channels", "rotations", "reflections", "split_ratio",
              "split_file", "val_share", "test_split", "episodes_file", "split", "count", "out"),
     "Episodes": ("ways", "shots", "queries", "test_ways", "test_shots", "test_queries"),
-    "Model": ("model_spec", "encoder", "encoder_arg", "encoder_width", "distance", "hallucinator", "hallucinator_arg",
+    "Model": ("model_spec", "encoder", "encoder_arg", "encoder_width", "distance", "logit_scale", "learn_logit_scale",
+              "input_norm", "hallucinator", "hallucinator_arg",
               "M", "diversity_weight", "augment", "no_augment", "feature_transform", "test_views", "init"),
-    "Schedule": ("recipe", "epochs", "episodes_per_epoch", "episodes_per_step", "val_episodes", "lr", "lr_step",
+    "Schedule": ("recipe", "batch_norm", "epochs", "episodes_per_epoch", "episodes_per_step", "val_episodes", "lr",
+                 "lr_step",
                  "patience", "batch_size", "weight_decay", "pretrain_epochs", "pretrain_lr", "pretrain_batch_size",
                  "pretrain_weight_decay", "seed", "val_seed"),
     "Test": ("test_data", "test_episodes", "test_seed"),
@@ -286,7 +290,18 @@ training_options = _options(
     click.option("--init", default=None, help="Start from a trained model (its encoder, and its hallucinator if "
                  "compatible): a checkpoint or an MLflow URI, e.g. the runs:/ID of an `fsl pretrain` run."),
     click.option("--distance", type=RegistryChoice(DISTANCES), default=DEFAULTS.distance,
-                 help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper."),
+                 help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper; euclidean is not "
+                 "squared."),
+    click.option("--logit-scale", default=DEFAULTS.logit_scale,
+                 help="Logits are -scale x distance (TADAM's alpha, Oreshkin et al. 2018); 1 is Snell et al.'s."),
+    click.option("--learn-logit-scale/--fixed-logit-scale", default=DEFAULTS.learn_logit_scale,
+                 help="Learn the logit scale with the encoder (TADAM), starting from --logit-scale."),
+    click.option("--input-norm", type=click.Choice(INPUT_NORMS), default=DEFAULTS.input_norm,
+                 help="data: normalise images by the training split's mean and std; unit: images in [0, 1] as they "
+                 "are."),
+    click.option("--batch-norm", type=click.Choice(BATCH_NORMS), default=DEFAULTS.batch_norm,
+                 help="Training: BatchNorm's statistics over each episode's support and query together (Snell et al.), "
+                 "or split: over each apart (easyfsl)."),
     click.option("--epochs", default=DEFAULTS.epochs,
                  help="Epochs; each ends with validation and keeps the best model."),
     click.option("--episodes-per-epoch", default=DEFAULTS.episodes_per_epoch, help="Optimiser steps per epoch."),

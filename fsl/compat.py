@@ -35,7 +35,8 @@ UNSET_PARAMS = {"format": "auto", "image_size": "auto", "channels": "auto", "spl
 # left out mechanically, `canonical_params`.)
 PRE_CHANGE_PARAMS = {"encoder": "conv4", "encoder_width": 1.0, "feature_transform": "none", "split_ratio": "",
                      "split_file": "", "val_share": "", "test_data": "", "test_split": "test", "reflections": False,
-                     "test_views": 0, "head": "prototype"}
+                     "test_views": 0, "head": "prototype", "logit_scale": 1.0, "learn_logit_scale": False,
+                     "input_norm": "data", "batch_norm": "episode"}
 
 # `augment` was a boolean before it named a policy.
 PRE_CHANGE_AUGMENT = {"none": False, "omniglot": True}
@@ -104,7 +105,8 @@ def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
 # Model configs (the dict saved in every checkpoint and registered model)
 
 # Keys added after fsl 0.1, with the value that reproduces a model saved before them.
-MODEL_CONFIG_DEFAULTS: dict[str, Any] = {"feature_transform": "none", "augment": "none", "test_views": 0}
+MODEL_CONFIG_DEFAULTS: dict[str, Any] = {"feature_transform": "none", "augment": "none", "test_views": 0,
+                                         "logit_scale": 1.0, "learn_logit_scale": False}
 
 # Settings saved as flat keys before they belonged to components: key -> (axis, setting).
 MODEL_CONFIG_RENAMES = {"encoder_width": ("encoder", "width")}

@@ -89,6 +89,7 @@ HALLUCINATORS = Registry("hallucinator", {
 # Query-to-prototype distances: (queries [..., Q, D], prototypes [..., N, D]) -> [..., Q, N].
 DISTANCES = Registry("distance", {
     "l2": "fsl.models.distances:l2",
+    "euclidean": "fsl.models.distances:euclidean",
     "cosine": "fsl.models.distances:cosine",
     "dot": "fsl.models.distances:dot",
 })

@@ -44,6 +44,8 @@ MAX_EPOCHS = 10**4
 MAX_EXPERIMENT_NAME = 256
 MAX_TEST_VIEWS = 64  # each view is one more encoder pass over every test image
 TEST_SPLITS = ("test", "all")  # --test-split: the test split of --test-data, or every class of it
+INPUT_NORMS = ("data", "unit")  # --input-norm: the training split's mean and std, or none ([0, 1])
+BATCH_NORMS = ("episode", "split")  # --batch-norm: one encoder call per episode, or support and query apart
 
 # The axes whose components have settings: axis (the option that names the component) -> its
 # table. The settings of the component named by option `<axis>` are the field `<axis>_args`, the
@@ -208,6 +210,9 @@ class ModelSpec:
     encoder: str = "conv4"                 # the network of Snell et al.: the baseline every result is paired with
     encoder_args: dict[str, Any] = field(default_factory=dict)
     distance: str = "l2"                   # squared Euclidean, as in the paper
+    logit_scale: float = 1.0               # logits = -scale x distance (TADAM's alpha); 1: Snell et al.'s
+    learn_logit_scale: bool = False        # TADAM learns it, starting from logit_scale
+    input_norm: str = "data"               # normalise images by the training split's mean and std (or "unit": [0, 1])
     # Hallucination (Wang et al. 2018); hallucinator None is a plain ProtoNet.
     hallucinator: str | None = None
     hallucinator_args: dict[str, Any] = field(default_factory=dict)
@@ -232,6 +237,7 @@ class ScheduleConfig:
     lr: float = 1e-3
     lr_step: int = 2000                    # the paper halves Adam's rate every 2,000 episodes
     patience: int = 0
+    batch_norm: str = "episode"            # BatchNorm statistics over support and query together, as Snell et al.
     init: str | None = None
     # Pre-training (Chen et al. 2019): `fsl pretrain` is pre-training with no episodic epochs.
     pretrain_epochs: int = 0
@@ -367,6 +373,8 @@ class TrainConfig(RuntimeConfig, TestConfig, ScheduleConfig, ModelSpec, EpisodeC
     def _validate_numbers(self) -> None:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UsageError(f"--lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.logit_scale) and self.logit_scale > 0):
+            raise UsageError(f"--logit-scale must be a positive finite number, got {self.logit_scale}")
         if not (math.isfinite(self.pretrain_lr) and self.pretrain_lr > 0):
             raise UsageError(f"--pretrain-lr must be a positive finite number, got {self.pretrain_lr}")
         if not (math.isfinite(self.pretrain_weight_decay) and self.pretrain_weight_decay >= 0):
@@ -381,6 +389,8 @@ class TrainConfig(RuntimeConfig, TestConfig, ScheduleConfig, ModelSpec, EpisodeC
         _one_of("encoder", self.encoder, ENCODERS.names())
         _one_of("augment", self.augment, AUGMENTATIONS.names())
         _one_of("feature_transform", self.feature_transform, FEATURE_TRANSFORMS)
+        _one_of("input_norm", self.input_norm, INPUT_NORMS)
+        _one_of("batch_norm", self.batch_norm, BATCH_NORMS)
         if not 0 <= self.test_views <= MAX_TEST_VIEWS:
             raise UsageError(f"--test-views must be between 0 and {MAX_TEST_VIEWS}, got {self.test_views}")
         if self.test_views and self.augment == "none":
@@ -427,7 +437,7 @@ class TrainConfig(RuntimeConfig, TestConfig, ScheduleConfig, ModelSpec, EpisodeC
 
 # The fields that only episodic training reads.
 EPISODIC_FIELDS = ("ways", "shots", "queries", "episodes_per_epoch", "episodes_per_step", "lr", "lr_step",
-                   "compile", "init")
+                   "compile", "init", "batch_norm")
 # The fields that only pre-training reads.
 PRETRAIN_FIELDS = ("pretrain_epochs", "pretrain_lr", "pretrain_batch_size", "pretrain_weight_decay")
 # How a run made before today's spellings is recognised: `fsl.compat` (its one room).

@@ -67,9 +67,10 @@ class TrainResult:
 class EpisodeLoss(nn.Module):
     """One episode's loss as a module, so DistributedDataParallel can wrap the whole step."""
 
-    def __init__(self, model: FewShotClassifier, ways: int, encoder: nn.Module | None, augment: str = "none"):
+    def __init__(self, model: FewShotClassifier, ways: int, encoder: nn.Module | None, augment: str = "none",
+                 batch_norm: str = "episode"):
         super().__init__()
-        self.model, self.ways = model, ways
+        self.model, self.ways, self.split = model, ways, batch_norm == "split"
         self.policy = AUGMENTATIONS[augment]
         self.compiled: nn.Module | None
         object.__setattr__(self, "compiled", encoder)  # shares model's weights: not a second submodule
@@ -80,7 +81,7 @@ class EpisodeLoss(nn.Module):
         """One episode: support [S, C, H, W], query [Q, C, H, W], labels [1, S] and [Q]; `rng` draws
         the augmentation, `keys` int64 [1, ways] key each class's hallucination noise."""
         augment = augmenter(self.model, self.policy, rng)
-        s, q = self.model.embed_episode(support[None], query[None], self.compiled, augment)
+        s, q = self.model.embed_episode(support[None], query[None], self.compiled, augment, self.split)
         logits = self.model.logits_from_features(s, support_labels, q, self.ways, keys=keys)[0]
         hallucinator = self.model.hallucinator if self.model.M else None
         if hallucinator is not None:  # e.g. base-class statistics (`calibrated`)
@@ -126,7 +127,7 @@ class EpisodeTrainer:
         # The compiled encoder lives here, not in the model: checkpoints, evaluation (other
         # shapes) and registered models use the plain one, which shares its weights.
         compiled = compile_module(model.encoder, device) if resolve_compile(cfg.compile, device) else None
-        self.step_loss: nn.Module = EpisodeLoss(model, ways, compiled, cfg.augment)
+        self.step_loss: nn.Module = EpisodeLoss(model, ways, compiled, cfg.augment, cfg.batch_norm)
         if world_size > 1:
             self.step_loss = nn.parallel.DistributedDataParallel(
                 self.step_loss, device_ids=[device] if device.type == "cuda" else None,

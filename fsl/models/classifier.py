@@ -8,6 +8,7 @@ registered model rebuilds itself and classifies new images without the command l
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Hashable, NamedTuple, Sequence
 
@@ -73,7 +74,8 @@ def model_config(spec: "ModelSpec", *, image_size: int, channels: int, mean: Seq
             "precision": precision, "hallucinator": hallucinator,
             "hallucinator_args": _checked(HALLUCINATORS, hallucinator, spec.hallucinator_args) if hallucinator else {},
             "hallucinations": int(spec.M) if hallucinator else 0,  # saved key: M
-            "feature_transform": spec.feature_transform, "augment": spec.augment, "test_views": int(spec.test_views)}
+            "feature_transform": spec.feature_transform, "augment": spec.augment, "test_views": int(spec.test_views),
+            "logit_scale": float(spec.logit_scale), "learn_logit_scale": bool(spec.learn_logit_scale)}
 
 
 def _checked(table, name: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +121,8 @@ class FewShotClassifier(nn.Module):
                                                 "hallucinator_args": settings_of(hallucinator) if hallucinator else {}}
         self.register_buffer("mean", torch.tensor(config["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config["std"]).view(1, -1, 1, 1), persistent=False)
+        if config["learn_logit_scale"]:  # TADAM's alpha, learned as its log (it stays positive)
+            self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config["logit_scale"]), dtype=self.dtype))
         if config["feature_transform"] == "cl2n":
             # The base-class feature mean: saved with the weights, set by `set_base_mean`.
             self.register_buffer("base_mean", torch.zeros(self.encoder.out_dim))
@@ -131,9 +135,12 @@ class FewShotClassifier(nn.Module):
         train-split normalisation."""
         from fsl.config import ModelSpec
 
-        mean, std = data.channel_stats()
-        return cls(model_config(spec or ModelSpec(**fields), image_size=data.image_size, channels=data.channels,
-                                mean=mean, std=std, precision=precision))
+        spec = spec or ModelSpec(**fields)
+        # "unit": images in [0, 1] as they are (no mean and std of the training split)
+        unit = ([0.0] * data.channels, [1.0] * data.channels)
+        mean, std = data.channel_stats() if spec.input_norm == "data" else unit
+        return cls(model_config(spec, image_size=data.image_size, channels=data.channels, mean=mean, std=std,
+                                precision=precision))
 
     @classmethod
     def from_parts(cls, encoder: Any, *, image_size: int, channels: int = 3,
@@ -232,22 +239,26 @@ class FewShotClassifier(nn.Module):
 
     def embed_episode(self, support_images: torch.Tensor, query_images: torch.Tensor,
                       encoder: nn.Module | None = None,
-                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                      split: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """support [E, S, C, H, W], query [E, Q, C, H, W] -> features [E, S, D], [E, Q, D].
 
         Prepared apart (their sizes may differ), encoded together: one encoder call per step,
-        so BatchNorm sees the whole episode, as in Snell et al.'s implementation. `encoder`
-        replaces self.encoder for this call (the trainer passes a compiled one); `augment`
-        transforms the prepared batch (training only). In eval mode with `test_views`, each
-        feature is the mean over the image and its test-time views (`mean_over_views`).
+        so BatchNorm sees the whole episode, as in Snell et al.'s implementation; `split` encodes
+        support and query in two calls instead (`--batch-norm split`: in training, BatchNorm's
+        statistics are then each set's own, as in easyfsl). `encoder` replaces self.encoder for this
+        call (the trainer passes a compiled one); `augment` transforms the prepared batch (training
+        only). In eval mode with `test_views`, each feature is the mean over the image and its
+        test-time views (`mean_over_views`).
         """
         e, s, q = support_images.shape[0], support_images.shape[1], query_images.shape[1]
         prepared = torch.cat([self.prepare(support_images.flatten(0, 1)), self.prepare(query_images.flatten(0, 1))])
         if augment is None and not self.training and self.config["test_views"]:
             features = self.mean_over_views(prepared)
         else:
-            features = self._encode(augment(prepared) if augment else prepared, encoder)
+            prepared = augment(prepared) if augment else prepared
+            features = torch.cat([self._encode(prepared[: e * s], encoder), self._encode(prepared[e * s:], encoder)]) \
+                if split else self._encode(prepared, encoder)
         return features[: e * s].view(e, s, -1), features[e * s:].view(e, q, -1)
 
     def mean_over_views(self, prepared: torch.Tensor) -> torch.Tensor:
@@ -299,7 +310,10 @@ class FewShotClassifier(nn.Module):
                                                fake.shape[-2] // ways)
         if self.needs_base_mean and not self.training:
             protos, queries = self.centre_and_normalise(protos), self.centre_and_normalise(queries)
-        return distance_logits(queries, protos, self.config["distance"])
+        logits = distance_logits(queries, protos, self.config["distance"])
+        if self.config["learn_logit_scale"]:
+            return logits * self.log_logit_scale.exp().to(logits.dtype)
+        return logits if self.config["logit_scale"] == 1 else logits * self.config["logit_scale"]
 
     def centre_and_normalise(self, features: torch.Tensor) -> torch.Tensor:
         """SimpleShot's CL2N (Wang et al. 2019): [..., D] -> (f - base mean) / |f - base mean|.

@@ -33,6 +33,13 @@ def l2(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     return sq.clamp_min(0)
 
 
+def euclidean(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance, not squared (easyfsl's `-cdist` logits: a smaller logit scale than
+    Snell's squared one). [..., Q, D], [..., N, D] -> [..., Q, N]; the square root is taken of the
+    squared distance floored at 1e-12, so its gradient stays finite where a query is a prototype."""
+    return l2(queries, protos).clamp_min(1e-12).sqrt()
+
+
 def cosine(queries: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     """1 - cos(q, p), each vector divided by (its norm + 1e-8). [..., Q, D], [..., N, D] -> [..., Q, N]."""
     q = queries / (queries.norm(dim=-1, keepdim=True) + EPS)
