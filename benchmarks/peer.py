@@ -98,7 +98,7 @@ class EasyFSL:
         loss = torch.nn.functional.cross_entropy(self.model(images[query].float() / 255), self.query_labels)
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return loss.item()
 
     @torch.no_grad()
     def accuracies(self, store, episodes) -> list[float]:

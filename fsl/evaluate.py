@@ -9,11 +9,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from fsl.data.episode_table import EpisodeTable
 from fsl.data.episodes import EpisodeIndices, EpisodeSampler, EpisodeShape
 from fsl.data.store import ImageStore
 from fsl.models.classifier import FewShotClassifier
 from fsl.models.noise import episode_keys, label_ids
-from fsl.processes import world
+from fsl.processes import stop_if_interrupted, world
 from fsl.runtime import make_generator
 
 
@@ -139,21 +140,46 @@ def evaluate(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndic
 
 
 @torch.no_grad()
-def evaluate_file_episodes(model: FewShotClassifier, episodes: list, noise_seed: int = 0,
-                           progress: Callable[[int], None] | None = None) -> EvalResult:
-    """Evaluate episodes read from a CSV (`read_episode_file`); each may have its own shape."""
+def evaluate_table(model: FewShotClassifier, table: EpisodeTable, images: Callable[[np.ndarray], torch.Tensor],
+                   M: int | None = None, noise_seed: int = 0, encode_batch: int = 1024,
+                   progress: Callable[[str, int, int], None] | None = None) -> EvalResult:
+    """The episodes of a compiled episode file (`fsl.data.episode_table`): each distinct image is
+    decoded (`images`: reference ids [B] -> uint8 [B, C, H, W]) and encoded once, `encode_batch` at
+    a time, then each group of one shape is scored in chunks on features gathered per episode.
+    Episode i's noise is keyed by (noise_seed, i, its class names), as it always was.
+    `progress(stage, done, total)` follows both stages."""
+    M = model.M if M is None else M
+    features = torch.empty(len(table.refs), model.feature_dim, device=model.device, dtype=model.dtype)
+    for start in range(0, len(table.refs), encode_batch):
+        ids = np.arange(start, min(len(table.refs), start + encode_batch))
+        batch = images(ids)
+        features[start:start + len(ids)] = encode_rows(model, batch, torch.arange(len(batch)))
+        stop_if_interrupted()
+        if progress:
+            progress("images encoded", start + len(ids), len(table.refs))
+    class_keys = label_ids(table.labels)
+    accs = np.zeros(table.count)
+    scored, device = 0, model.device
     was_training = model.training
     model.eval()
-    accs = []
     try:
-        for i, episode in enumerate(episodes):
-            keys = episode_keys(noise_seed, [i], label_ids(episode.class_names)[None])
-            logits = model.episode_logits(episode.support_images, episode.support_labels,
-                                          episode.query_images, episode.ways, keys=keys)
-            correct = float((logits.argmax(-1).cpu() == episode.query_labels).sum())
-            accs.append(correct * 100 / len(episode.query_labels))
-            if progress:
-                progress(1)
+        for group in table.groups:
+            e_all, s_rows, q_rows = group.support.shape[0], group.support.shape[1], group.query.shape[1]
+            per = CHUNK_ELEMENTS // max(1, (s_rows + q_rows + 4 * group.ways * M) * model.feature_dim)
+            for a in range(0, e_all, max(1, per)):
+                b = min(e_all, a + max(1, per))
+                keys = episode_keys(noise_seed, torch.from_numpy(group.index[a:b]),
+                                    class_keys[torch.from_numpy(group.classes[a:b])])
+                logits = model.logits_from_features(
+                    features[torch.from_numpy(group.support[a:b]).to(device)],
+                    torch.from_numpy(group.support_labels[a:b]).to(device),
+                    features[torch.from_numpy(group.query[a:b]).to(device)], group.ways, M, keys)
+                right = (logits.argmax(-1).cpu() == torch.from_numpy(group.query_labels[a:b])).double()
+                accs[group.index[a:b]] = right.sum(-1).numpy() * 100 / q_rows
+                scored += b - a
+                stop_if_interrupted()  # a Ctrl-C or SIGTERM that a finalizer swallowed
+                if progress:
+                    progress("episodes scored", scored, table.count)
     finally:
         model.train(was_training)
-    return EvalResult.from_accs(np.asarray(accs))
+    return EvalResult.from_accs(accs)

@@ -107,3 +107,14 @@ def digest(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def file_digest(path: Path, chunk: int = 2**20) -> str:
+    """`digest` of a file's bytes, read a MiB at a time (an episode file may be hundreds of MB)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]

@@ -32,3 +32,23 @@ def progress(total: int, label: str, enabled: bool = True) -> Iterator[Callable[
                 next_mark += total / 10
 
     yield advance
+
+
+def stage_lines(echo: Callable[[str], None], every: float = 2.0) -> Callable[[str, int, int], None]:
+    """`report(stage, done, total)` for work in stages of unknown length up front: a line at most
+    every `every` seconds and at each stage's end, with the time the stage still needs at its
+    rate so far (`images encoded: 1,024/12,000 (8%), 41 s left`)."""
+    started: dict[str, float] = {}
+    last = [0.0]
+
+    def report(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        begun = started.setdefault(stage, now)
+        if done < total and now - last[0] < every:
+            return
+        last[0] = now
+        left = (now - begun) / done * (total - done) if done else float("nan")
+        tail = "done" if done >= total else f"{left:.0f} s left" if left == left else "starting"
+        echo(f"{stage}: {done:,}/{total:,} ({100 * done // max(total, 1)}%), {tail}")
+
+    return report

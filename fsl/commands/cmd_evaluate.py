@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +10,13 @@ from fsl.commands.inputs import device_option, load_data, load_model
 from fsl.commands.options import Reporter, quietable
 from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, run_tags
 from fsl.config import EvaluationConfig, fresh_test_seed
-from fsl.data.episodes import EpisodeIndices, FileEpisode, read_episode_file
+from fsl.data.episode_table import EpisodeTable, TableImages, compile_episode_file
+from fsl.data.episodes import EpisodeIndices, episode_file_images
 from fsl.data.store import DataSet, ImageStore
-from fsl.evaluate import EvalResult, evaluate, evaluate_file_episodes, sample_episodes
-from fsl.files import digest
-from fsl.processes import process_alive
+from fsl.evaluate import EvalResult, evaluate, evaluate_table, sample_episodes
+from fsl.files import file_digest
+from fsl.processes import interruptible, process_alive
+from fsl.progress import stage_lines
 from fsl.tracking.protocol import Runs
 
 
@@ -31,20 +33,27 @@ class EpisodesToTest:
     data: DataSet | None = None
     store: ImageStore | None = None
     episodes: EpisodeIndices | None = None
-    from_file: list[FileEpisode] = field(default_factory=list)
+    table: EpisodeTable | None = None           # an episode file, compiled (no image decoded yet)
+    images: TableImages | None = None           # its images, decoded in batches when scored
 
 
-def episodes_to_test(cfg: EvaluationConfig, model, episodes_file: str | None, device, test_seed: int
-                     ) -> EpisodesToTest:
-    """The episodes of `fsl evaluate`, at the model's image size and channels."""
+def episodes_to_test(cfg: EvaluationConfig, model, episodes_file: str | None, device, test_seed: int,
+                     reporter: Reporter = Reporter()) -> EpisodesToTest:
+    """The episodes of `fsl evaluate`, at the model's image size and channels. An episode file is
+    read row by row into arrays (`fsl.data.episode_table`), with a line every two seconds; image
+    files outside --data's folder are warned about once."""
     size = model.config["image_size"]
     split = "all" if cfg.test_split == "all" else "splits"
     if episodes_file:
-        from_file = read_episode_file(Path(episodes_file), lambda: load_data(cfg, size, split), size,
-                                      model.config["channels"])
-        return EpisodesToTest(f"{len(from_file)} episodes of {episodes_file}", len(from_file),
-                            digest(Path(episodes_file).read_bytes()),
-                            {"episodes": episodes_file, "test_episodes": len(from_file)}, from_file=from_file)
+        table = compile_episode_file(Path(episodes_file), reporter.echo)
+        images = episode_file_images(table, lambda: load_data(cfg, size, split), size, model.config["channels"])
+        if cfg.data != "synthetic" and Path(cfg.data).exists():
+            outside = images.outside(Path(cfg.data) if Path(cfg.data).is_dir() else Path(cfg.data).parent)
+            if outside:
+                reporter.echo(f"warning: {len(outside):,} image file(s) of {episodes_file} are outside --data "
+                              f"{cfg.data} (e.g. {outside[0]}): the episodes do not test that data set alone")
+        return EpisodesToTest(f"{table.count:,} episodes of {episodes_file}", table.count, file_digest(table.path),
+                              {"episodes": episodes_file, "test_episodes": table.count}, table=table, images=images)
     data = load_data(cfg, size, split)
     store = data.split("test").to(device)
     params = {"test_ways": cfg.test_ways, "test_shots": cfg.test_shape.shots, "test_queries": cfg.test_queries,
@@ -70,7 +79,14 @@ def run_evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | 
                    reporter: Reporter = Reporter(), runs: Runs | None = None) -> EvaluationSummary:
     """Test `model_spec` as one run of `runs` (default: MLflow; `NullRuns()` records nothing).
     Images are prepared as in the model's training, at the model's size; an episode file's
-    `<split>:<row>` rows are checked against cfg.data."""
+    `<split>:<row>` rows are checked against cfg.data. Ctrl-C and SIGTERM end the run KILLED, as
+    they end training."""
+    with interruptible():
+        return _evaluation(model_spec, cfg, episodes_file, reporter, runs)
+
+
+def _evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | None, reporter: Reporter,
+                runs: Runs | None) -> EvaluationSummary:
     cfg.validate()
     runs = runs or mlflow_runs()
     runs.check_store()
@@ -85,7 +101,7 @@ def run_evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | 
     model.place(device)
     # new episodes by default: never the ones the training run tested on
     test_seed = fresh_test_seed(model.training_test_seed) if cfg.test_seed is None else cfg.test_seed
-    tested = episodes_to_test(cfg, model, episodes_file, device, test_seed)
+    tested = episodes_to_test(cfg, model, episodes_file, device, test_seed, reporter)
     params = {"model": model_spec, "data": cfg.data, "test_seed": test_seed, "device_resolved": str(device),
               "precision_resolved": model.config["precision"]} | source | tested.params
     tags = run_tags("evaluate", tested.fingerprint, model.config["precision"]) | {
@@ -101,10 +117,12 @@ def run_evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | 
         else:
             tracker.log_dataset(episode_file_input(Path(str(episodes_file)), tested.fingerprint, tested.count),
                                 "evaluation")
-        with reporter.progress(tested.count, "test episodes") as advance:
-            if tested.store is None or tested.episodes is None:
-                test = evaluate_file_episodes(model, tested.from_file, noise_seed=test_seed, progress=advance)
-            else:
+        if tested.table is not None and tested.images is not None:
+            test = evaluate_table(model, tested.table, tested.images, noise_seed=test_seed,
+                                  progress=stage_lines(reporter.echo))
+        else:
+            assert tested.store is not None and tested.episodes is not None
+            with reporter.progress(tested.count, "test episodes") as advance:
                 test = evaluate(model, tested.store, tested.episodes, noise_seed=test_seed, progress=advance)
         log_eval(tracker, test)
         reporter.echo(f"test ({tested.label}): {test}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from fsl.data.episode_table import EPISODE_HEADER
 from fsl.data.store import ImageStore
 from fsl.errors import UsageError
 
@@ -100,7 +101,6 @@ class EpisodeSampler:
 
 
 # ------------------------------------------------------------------------------ episode files
-EPISODE_HEADER = ["episode", "role", "label", "path"]
 
 
 @dataclass
@@ -165,80 +165,38 @@ def write_episode_file(path: Path, dataset, split: str, episodes: EpisodeIndices
         record.unlink()  # a previous file's record would misdescribe this one
 
 
-class _EpisodeImages:
-    """An episode file's image references -> uint8 [C, S, S]: `<split>:<row>` rows of `dataset`,
-    or image files (relative to the episode file) decoded once per read, as data sets are."""
+def episode_file_images(table, dataset=None, image_size: int | None = None, channels: int | None = None):
+    """The `TableImages` of a compiled episode file: its `<split>:<row>` rows checked against the
+    data set recorded beside the file (`dataset`: the --data given alongside, a DataSet or a
+    function returning one, called only if such a row exists)."""
+    from fsl.data.episode_table import TableImages, is_row_reference
+    from fsl.errors import DataError
 
-    def __init__(self, path: Path, dataset, image_size: int | None, channels: int | None) -> None:
-        self.path, self.dataset, self.image_size, self.channels = path, dataset, image_size, channels
-        self.decoded: dict[str, torch.Tensor] = {}  # episodes share images
-
-    def __call__(self, ref: str) -> torch.Tensor:
-        from fsl.data.images import decode_image
-        from fsl.errors import DataError
-
-        if _is_row_reference(ref):
-            split, _, index = ref.partition(":")
-            images = self.dataset.split(split).images
-            if not 0 <= int(index) < len(images):
-                raise DataError(f"{self.path}: {ref!r}: the {split} split has rows 0 to {len(images) - 1}")
-            return images[int(index)]
-        if ref not in self.decoded:
-            file = Path(ref) if Path(ref).is_absolute() else self.path.parent / ref
-            if not file.is_file():
-                raise DataError(f"{self.path}: row names a missing file {ref!r}")
-            if self.image_size is None or self.channels is None:
-                raise ValueError("read_episode_file: rows naming image files need image_size and channels")
-            self.decoded[ref] = torch.from_numpy(decode_image(str(file), self.image_size, self.channels))
-        return self.decoded[ref]
+    if any(is_row_reference(ref) for ref in table.refs):
+        if dataset is None:
+            raise DataError(f"{table.path}: its rows name rows of a data set (<split>:<row>); pass --data")
+        dataset = dataset() if callable(dataset) else dataset
+        _check_source(table.path, dataset)
+    return TableImages(table, dataset, image_size, channels)
 
 
 def read_episode_file(path: Path, dataset=None, image_size: int | None = None,
                       channels: int | None = None) -> list[FileEpisode]:
-    """Read an episode CSV. `<split>:<row>` paths need `dataset` (the --data given alongside; a
-    DataSet, or a function returning one, called only if such a row exists); file paths are
-    decoded at `image_size`/`channels` exactly as data sets are."""
-    from fsl.data.csvfile import read_rows
-    from fsl.errors import DataError
+    """An episode CSV as a list of episodes with their images (for a small file: `fsl evaluate`
+    streams large ones through `fsl.data.episode_table`). `<split>:<row>` paths need `dataset`
+    (the --data given alongside; a DataSet, or a function returning one, called only if such a
+    row exists); file paths are decoded at `image_size`/`channels` exactly as data sets are."""
+    from fsl.data.episode_table import compile_episode_file
 
-    path = Path(path)
-    rows = read_rows(path, EPISODE_HEADER)
-    if not rows:
-        raise DataError(f"{path}: has a header but no episodes")
-    grouped: dict[str, list[dict]] = {}
-    for line, row in enumerate(rows, start=2):
-        if row["role"] not in ("support", "query"):
-            raise DataError(f"{path}:{line}: role must be support or query, got {row['role']!r}")
-        grouped.setdefault(row["episode"], []).append(row)
-
-    if any(_is_row_reference(r["path"]) for r in rows):
-        if dataset is None:
-            raise DataError(f"{path}: its rows name rows of a data set (<split>:<row>); pass --data")
-        dataset = dataset() if callable(dataset) else dataset
-        _check_source(path, dataset)
-    image = _EpisodeImages(path, dataset, image_size, channels)
-    episodes = []
-    for name, items in grouped.items():
-        support = [r for r in items if r["role"] == "support"]
-        query = [r for r in items if r["role"] == "query"]
-        classes = list(dict.fromkeys(r["label"] for r in support))
-        unknown = sorted({r["label"] for r in query} - set(classes))
-        if unknown or not query:
-            raise DataError(f"{path}: episode {name}: " + (f"queries use classes missing from its support: {unknown}"
-                                                           if unknown else "has no query rows"))
-        index = {c: i for i, c in enumerate(classes)}
-        episodes.append(FileEpisode(
-            torch.stack([image(r["path"]) for r in support]),
-            torch.tensor([index[r["label"]] for r in support]),
-            torch.stack([image(r["path"]) for r in query]),
-            torch.tensor([index[r["label"]] for r in query]), classes))
-    return episodes
-
-
-def _is_row_reference(ref: str) -> bool:
-    """`test:12` (and `test:-1`, which is then reported out of range, not as a missing file)."""
-    split, sep, index = ref.partition(":")
-    return bool(sep) and index.lstrip("-").isdigit() and split in ("train", "val", "test")
+    table = compile_episode_file(Path(path))
+    images = episode_file_images(table, dataset, image_size, channels)
+    episodes: list[FileEpisode | None] = [None] * table.count
+    for group in table.groups:
+        for j, e in enumerate(group.index.tolist()):
+            episodes[e] = FileEpisode(images(group.support[j]), torch.from_numpy(group.support_labels[j]),
+                                      images(group.query[j]), torch.from_numpy(group.query_labels[j]),
+                                      [table.labels[c] for c in group.classes[j].tolist()])
+    return [e for e in episodes if e is not None]
 
 
 def _check_source(path: Path, dataset) -> None:
