@@ -10,11 +10,18 @@ if TYPE_CHECKING:
     from fsl.config import TrainConfig
 
 
-def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str) -> dict[str, Any]:
-    """What must match for two val accuracies to be comparable (the champion rule)."""
+def registry_protocol(cfg: TrainConfig, fingerprint: str, precision: str, content: str | None = None
+                      ) -> dict[str, Any]:
+    """What must match for two val accuracies to be comparable (the champion rule): the data (its
+    fingerprint and, since fsl 0.2, the digest of its decoded contents, `DataSet.content_digest`),
+    the val episodes' shape, number and seed, and the precision."""
     shape = cfg.test_shape
     return {"data_fingerprint": fingerprint, "ways": shape.ways, "shots": shape.shots, "queries": shape.queries,
-            "val_episodes": cfg.val_episodes, "val_seed": cfg.val_seed, "precision": precision}
+            "val_episodes": cfg.val_episodes, "val_seed": cfg.val_seed, "precision": precision} | (
+        {"data_content": content} if content else {})
+
+
+PROTOCOL_KEYS_ADDED = ("data_content",)  # keys added after fsl 0.1: absent from older champions' protocols
 
 
 def champion_decision(new_val: float, new_protocol: dict, champion: dict | None) -> tuple[bool, str]:
@@ -24,9 +31,12 @@ def champion_decision(new_val: float, new_protocol: dict, champion: dict | None)
     """
     if champion is None:
         return True, "first version under this protocol: it becomes champion"
-    if champion["protocol"] != new_protocol:
-        differ = sorted(k for k in set(new_protocol) | set(champion["protocol"])
-                        if new_protocol.get(k) != champion["protocol"].get(k))
+    # a key the champion's protocol predates (`data_content`, fsl 0.2) is not compared: champions
+    # registered before it stay comparable
+    old = champion["protocol"]
+    compared = {k: v for k, v in new_protocol.items() if k in old or k not in PROTOCOL_KEYS_ADDED}
+    if old != compared:
+        differ = sorted(k for k in set(compared) | set(old) if compared.get(k) != old.get(k))
         return False, f"protocol differs from the champion's ({', '.join(differ)}): champion left alone"
     if new_val > champion["val_acc"]:
         return True, f"val accuracy {new_val:.2f}% beats the champion's {champion['val_acc']:.2f}%"

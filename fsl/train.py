@@ -218,6 +218,12 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
                checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, progress=progress, resume=resume)
 
 
+def training_data_meta(data: DataSet) -> dict[str, Any]:
+    """What a checkpoint records of the data it was trained on: its fingerprint and the names of
+    its training classes, so that an evaluation on classes the model has seen says so."""
+    return {"data_fingerprint": data.fingerprint, "train_classes": list(data.split("train").class_names)}
+
+
 def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, device: torch.device, *, epochs: int,
         steps_per_epoch: int, checkpoint_dir: Path | None = None,
         on_epoch: Callable[[EpochStats], None] | None = None, progress: Callable[[int], None] | None = None,
@@ -250,7 +256,6 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
         first_epoch = resume["epoch"] + 1
     save = checkpoint_dir is not None and rank == 0
     best_path = checkpoint_dir / f"{prefix}best.pt" if checkpoint_dir else None
-
     if cfg.patience and first_epoch - 1 - best_epoch >= cfg.patience:
         first_epoch = epochs + 1  # the interrupted run had already stopped early
     for epoch in range(first_epoch, epochs + 1):
@@ -274,7 +279,8 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
             best_val, best_epoch = val_acc, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if save and best_path is not None:
-                atomic_save(model.checkpoint(val_acc=val_acc, epoch=epoch, test_seed=cfg.test_seed), best_path)
+                meta = {"val_acc": val_acc, "epoch": epoch, "test_seed": cfg.test_seed} | training_data_meta(data)
+                atomic_save(model.checkpoint(**meta), best_path)
         if on_epoch:
             on_epoch(stats)
         if checkpoint_dir is not None:

@@ -88,8 +88,8 @@ def tiny_dataset():
 @pytest.fixture(scope="session")
 def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_dataset) -> Path:
     """One tiny ProtoNet, trained once per session, saved as a checkpoint."""
-    from fsl.config import TrainConfig
     from fsl.commands.training_setup import prepare_training
+    from fsl.config import TrainConfig
     from fsl.train import train
 
     cfg = TrainConfig(image_size=16, epochs=1, episodes_per_epoch=10, val_episodes=3, queries=3,

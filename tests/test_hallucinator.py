@@ -167,7 +167,7 @@ def test_init_from_a_trained_protonet_starts_hallucination_from_its_encoder(trac
     assert all_runs(MlflowClient())[0].data.params["init"] == str(trained_checkpoint)
 
 
-@pytest.mark.parametrize("kind, needle", [("text", "not a model"), ("size", "incompatible model")])
+@pytest.mark.parametrize("kind, needle", [("text", "not an fsl checkpoint"), ("size", "incompatible model")])
 def test_init_with_something_that_is_not_a_compatible_model_fails_before_training(tracking, tmp_path,
                                                                                   trained_checkpoint, kind, needle):
     target = tmp_path / "notes.pt"

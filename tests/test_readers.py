@@ -609,3 +609,42 @@ def test_the_config_hash_of_a_run_without_reflections_is_the_hash_it_had_before_
     assert params["reflections"] is False
     assert config_hash(params) == config_hash({k: v for k, v in params.items() if k != "reflections"})
     assert config_hash(params | {"reflections": True}) != config_hash(params)
+
+
+def test_an_int32_tiff_of_8_bit_values_decodes_as_8_bits_not_near_black(tmp_path):
+    """W2: mode I says nothing of the depth; values within 0..255 are 8-bit pixels (they were
+    divided by 257 and came out near black)."""
+    gradient = (np.arange(64 * 64).reshape(64, 64) % 256).astype(np.int32)
+    path = tmp_path / "int32.tif"
+    Image.fromarray(gradient).save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == "I"
+    assert np.array_equal(images.decode_image(str(path), 64, 1)[0], gradient.astype(np.uint8))
+
+
+def test_the_content_digest_tells_apart_what_the_fingerprint_cannot_and_the_champion_rule_reads_it(tmp_path):
+    """W3: the fingerprint hashes names, sizes and mtimes (pinned by the golden tests); a file
+    rewritten with its size and mtime kept leaves it alone, the content digest does not, and the
+    champion rule compares it (a champion registered before it existed stays comparable)."""
+    import os
+
+    from fsl.champion import champion_decision
+    from fsl.data import load_dataset
+
+    def tree(root: Path, colour: int) -> Path:
+        for c in range(10):
+            for i in range(3):
+                path = root / f"c{c}" / f"{i}.bmp"  # BMP: the same size whatever the colour
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (8, 8), (colour, c * 20, i * 60)).save(path)
+                os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
+        return root
+
+    one, two = load_dataset(str(tree(tmp_path / "a" / "d", 10))), load_dataset(str(tree(tmp_path / "b" / "d", 200)))
+    assert one.fingerprint == two.fingerprint and one.content_digest() != two.content_digest()
+    base = {"data_fingerprint": one.fingerprint, "ways": 5}
+    promote, why = champion_decision(90.0, base | {"data_content": two.content_digest()},
+                                     {"val_acc": 10.0, "protocol": base | {"data_content": one.content_digest()}})
+    assert not promote and "data_content" in why
+    old_champion = {"val_acc": 10.0, "protocol": base}  # registered before the content digest existed
+    assert champion_decision(90.0, base | {"data_content": two.content_digest()}, old_champion)[0]

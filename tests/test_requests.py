@@ -44,6 +44,9 @@ def test_a_good_request_keeps_order_and_accepts_any_case_and_spacing_of_role():
     ([*GOOD, ("query", "", None)], "row 3, field 'image': no image"),
     ([("support", "cat", png()), ("support", "dog", png())], "at least one row with role 'support'"),
     ([("query", "", png())], "at least one row with role 'support'"),
+    # W5: a query's label was answered with the label ignored
+    ([*GOOD, ("query", "cat", png())], "row 3, field 'label': a query row takes no label (the answer is the "
+                                       "predicted one; leave it empty), got 'cat'"),
 ])
 def test_each_bad_row_is_named_with_its_field(rows, needle):
     with pytest.raises(RequestError, match=needle.replace("(", r"\(").replace(")", r"\)")):

@@ -63,6 +63,26 @@ def episodes_to_test(cfg: EvaluationConfig, model, episodes_file: str | None, de
                         sample_episodes(store, cfg.test_shape, cfg.test_episodes, test_seed, "test"))
 
 
+def warn_of_seen_classes(model, tested: EpisodesToTest, reporter: Reporter) -> None:
+    """Say so where the tested classes include classes the model was trained on (W1: `--split all`
+    of the model's own data set), as training does for --test-data: by name, from the training
+    classes a checkpoint records (fsl 0.2 on), else by the data fingerprint it records."""
+    trained = model.trained_with.get("train_classes")
+    tested_names = tested.table.labels if tested.table is not None else \
+        tested.store.class_names if tested.store is not None else []
+    if trained:
+        seen = sorted(set(trained) & set(tested_names))
+        if seen:
+            examples = ", ".join(seen[:5]) + (", ..." if len(seen) > 5 else "")
+            reporter.echo(f"warning: {len(seen)} of the {len(set(tested_names))} tested classes have the names of "
+                          f"classes the model was trained on ({examples}): if they are the same classes, the "
+                          f"accuracy includes seen classes")
+    elif tested.data is not None and tested.params.get("split") == "all" and \
+            model.trained_with.get("data_fingerprint") == tested.data.fingerprint.removesuffix("-all"):
+        reporter.echo(f"warning: --split all tests every class of the data set the model was trained on (fingerprint "
+                      f"{tested.data.fingerprint}): the accuracy includes seen classes")
+
+
 @dataclass
 class EvaluationSummary:
     """What `fsl evaluate` measured: its run (None where not tracked), the test, the same encoder's
@@ -102,6 +122,7 @@ def _evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | Non
     # new episodes by default: never the ones the training run tested on
     test_seed = fresh_test_seed(model.training_test_seed) if cfg.test_seed is None else cfg.test_seed
     tested = episodes_to_test(cfg, model, episodes_file, device, test_seed, reporter)
+    warn_of_seen_classes(model, tested, reporter)
     params = {"model": model_spec, "data": cfg.data, "test_seed": test_seed, "device_resolved": str(device),
               "precision_resolved": model.config["precision"]} | source | tested.params
     tags = run_tags("evaluate", tested.fingerprint, model.config["precision"]) | {

@@ -45,7 +45,7 @@ from fsl.pretrain import pretrain, steps_per_epoch
 from fsl.processes import broadcast, distributed, interruptible, process_alive
 from fsl.tracking.null import NullRuns, NullTracker
 from fsl.tracking.protocol import MODEL_TAG, RecordingTracker, Runs
-from fsl.train import train, validation_episodes
+from fsl.train import train, training_data_meta, validation_episodes
 
 SILENT_TRACKER = NullTracker()  # computes and reports, records nothing
 
@@ -183,7 +183,8 @@ def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = 
                 new: twin.metrics[old] for old, new in (("best_val_acc", "twin_best_val_acc"),
                                                         ("best_epoch", "best_epoch")) if old in twin.metrics})
             checkpoint = Path(workdir) / "best.pt"
-            meta = {"val_acc": best_val, "trained_in": trained_in, "test_seed": setup.cfg.test_seed}
+            meta = {"val_acc": best_val, "trained_in": trained_in, "test_seed": setup.cfg.test_seed,
+                    **training_data_meta(setup.data)}
             atomic_save(model.checkpoint(**meta), checkpoint)
             tracker.log_artifact(checkpoint, "checkpoints")
             test, plain = _test(setup, tracker, reporter, Path(workdir), options.tsne)
@@ -285,7 +286,7 @@ def _tag_and_register(setup: TrainingSetup, tracker, checkpoint: Path, best_val:
     ends in a model `mlflow.pytorch.load_model` loads), with --register register it, and describe
     the run in one line: `result` (`result_line`), the version and whether it is champion."""
     cfg = setup.cfg
-    protocol = registry_protocol(cfg, setup.data.fingerprint, setup.precision)
+    protocol = registry_protocol(cfg, setup.data.fingerprint, setup.precision, setup.data.content_digest())
     tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True)})
     if not tracker.run_id:
         return

@@ -53,7 +53,7 @@ def dataset_input(data: DataSet, cfg: DataConfig) -> dict[str, Any]:
         from fsl.data import synthetic
 
         source |= {"seed": synthetic.SEED, "version": synthetic.VERSION}
-    profile = {"image_size": data.image_size, "channels": data.channels} | {
+    profile = {"image_size": data.image_size, "channels": data.channels, "content_digest": data.content_digest()} | {
         f"{split}_classes": store.n_classes for split, store in data.splits.items()} | {
         f"{split}_images": int(store.images.shape[0]) for split, store in data.splits.items()}
     return {"name": name, "digest": data.fingerprint, "source": source, "profile": profile}

@@ -82,7 +82,8 @@ def _initialise_from(model: FewShotClassifier, spec: str) -> None:
     try:
         source = load_model(spec)
     except UsageError as exc:
-        raise UsageError(f"--init {spec}: not a model ({exc})") from exc
+        reason = str(exc).removeprefix("--model ").removeprefix(f"{spec}: ").removeprefix(f"{spec} is ")
+        raise UsageError(f"--init {spec}: {reason}") from None
     mine, theirs = _encoder_identity(model), _encoder_identity(source)
     if mine != theirs:
         raise UsageError(f"--init {spec}: incompatible model: it is {theirs}, this run needs {mine}")

@@ -110,6 +110,8 @@ def split_classes(by_class: dict[str, list[str]], seed: int, ratio: tuple[float,
     names = sorted(by_class)
     if split_file:
         assignment = read_split_file(split_file)
+        if not assignment:
+            raise UsageError(f"--split-file {split_file}: lists no classes (expected 'split,class' lines)")
         missing = sorted(set(assignment) - set(names))
         if missing:
             raise UsageError(f"--split-file {split_file}: {len(missing)} class(es) not in the data, e.g. "

@@ -95,7 +95,10 @@ class UnsupportedPixels(ValueError):
 def _eight_bit(img):
     """A wide greyscale image as 8 bits; other modes unchanged.
 
-    - 16-bit integers (and 32-bit ones whose values fit in 0..65535): 0..65535 -> 0..255;
+    - 16-bit integers: 0..65535 -> 0..255;
+    - 32-bit integers (mode I, a container that says nothing of the depth), judged by their values:
+      all within 0..255 are read as 8-bit (an int32 TIFF of 0..255 is not near black), else
+      within 0..65535 as 16-bit;
     - 32-bit floats (mode F): values in [0, 1] -> 0..255, values in [0, 255] kept;
     - anything else (negative or larger integers, other float ranges, NaN or inf) is refused:
       PIL's convert("L") would saturate or black it out, and a wrong image with exit code 0 is
@@ -117,6 +120,8 @@ def _eight_bit(img):
         else:
             raise UnsupportedPixels(f"float image with values {low:g}..{high:g}: fsl reads float pixels in "
                                     f"[0, 1] or [0, 255]; convert it to 8 or 16 bits")
+    elif img.mode == "I" and low >= 0 and high <= 255:
+        scaled = wide
     elif low >= 0 and high <= 65535:
         scaled = wide / 257.0
     else:

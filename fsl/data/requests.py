@@ -48,7 +48,8 @@ def check_request(frame, max_image_pixels: int = MAX_IMAGE_PIXELS,
     """A pandas DataFrame of request rows -> Request; raises RequestError naming the row and field.
 
     `role` is `support` or `query` after stripping and lower-casing; a support row needs a
-    non-empty string `label`; `image` is base64 of an image whose header PIL reads; every class
+    non-empty string `label`, a query row has none (empty or missing); `image` is base64 of an
+    image whose header PIL reads; every class
     needs a support row (by construction) and the request needs at least one support row and one
     query. Image sizes come from the headers, before any decoding.
     """
@@ -70,6 +71,10 @@ def check_request(frame, max_image_pixels: int = MAX_IMAGE_PIXELS,
         role = role.strip().lower()
         if role == "support" and (_missing(label) or not isinstance(label, str) or not label.strip()):
             raise RequestError(f"row {row}, field 'label': a support row needs a non-empty string label, got {label!r}")
+        if role == "query" and not _missing(label) and not (isinstance(label, str) and not label.strip()):
+            # W5: answered with it ignored, it would read as checked; the answer is the prediction
+            raise RequestError(f"row {row}, field 'label': a query row takes no label (the answer is the predicted "
+                               f"one; leave it empty), got {label!r}")
         if _missing(text) or not isinstance(text, str) or not text:
             raise RequestError(f"row {row}, field 'image': no image (a base64 PNG or JPEG)")
         try:  # line breaks and spaces (base64.encodebytes wraps lines) are not data

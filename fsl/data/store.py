@@ -87,6 +87,23 @@ class DataSet:
     def image_size(self) -> int:
         return next(iter(self.splits.values())).image_size
 
+    def content_digest(self) -> str:
+        """A digest of what the data set holds: every split's decoded pixels, labels and class names
+        (`fingerprint` hashes the source files' names, sizes and mtimes and the read options, so a
+        file rewritten with its size and mtime kept leaves it alone; this does not). Read in full
+        once per process and kept (about 1 s per GB of decoded pixels)."""
+        if not hasattr(self, "_content"):
+            import hashlib
+
+            h = hashlib.sha256()
+            for name in sorted(self.splits):
+                store = self.splits[name]
+                h.update(f"{name}|{store.class_names}|".encode())
+                h.update(store.labels.numpy().tobytes())
+                h.update(store.images.contiguous().numpy().tobytes())
+            object.__setattr__(self, "_content", h.hexdigest()[:20])
+        return self._content  # type: ignore[attr-defined]
+
     def channel_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the train split in [0, 1]: the normalisation a model keeps."""
         images = self.split("train").images

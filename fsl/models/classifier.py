@@ -454,6 +454,10 @@ def _table_name(table, component: Any) -> str | None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> FewShotClassifier:
     """Rebuild a model from a `.pt` checkpoint; `weights_only=True`, so loading runs no code."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"PK" and not magic.startswith(b"\x80"):  # torch.save writes a zip (or, before 1.6, a pickle)
+        raise ValueError(f"{path} is not an fsl checkpoint (not a file torch.save wrote)")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for "not a checkpoint"
