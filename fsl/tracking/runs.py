@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from fsl.errors import FslError, UsageError
 from fsl.processes import signals_held
+from fsl.tracking import stores
 
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 
@@ -39,6 +40,9 @@ def _quiet_mlflow() -> None:
     warnings.filterwarnings("ignore", message=r".*(type hint|input example|input_example)", category=UserWarning)
     for name in ("mlflow.pytorch", "mlflow.pyfunc", "mlflow.models.model", "mlflow.tracking._model_registry"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # A database store that stops answering: MLflow logs the driver's traceback at ERROR before it
+    # raises; fsl reports the failure once, in one line, naming the store (`MlflowRuns.open`).
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 _quiet_mlflow()
@@ -163,15 +167,11 @@ class MlflowRuns:
     """The tracking store as fsl's commands use it."""
 
     def check_store(self) -> None:
-        """Fail in seconds, before any work, when runs could not be recorded: a tracking server
-        that does not answer (MLflow's own client retries for minutes), or a local store that
-        is not a database or cannot be written."""
-        uri = mlflow.get_tracking_uri()
-        if uri.startswith(("http://", "https://")):
-            _check_server(uri)
-            return
-        if uri.startswith("sqlite:///"):
-            _check_sqlite(uri)
+        """Fail in seconds, before any work, in one line naming the store (its password masked),
+        when runs could not be recorded (`fsl.tracking.stores.check`): a tracking server or
+        database that does not answer (MLflow's own client retries for minutes), a database driver
+        that is not installed, or a local store that is not a database or cannot be written."""
+        stores.check(mlflow.get_tracking_uri())
 
     def fail_stale_runs(self, experiment: str, keep: str | None = None, alive=None) -> list[str]:
         """Mark FAILED the RUNNING runs of this host whose process is gone (a kill -9 or a crash
@@ -257,18 +257,64 @@ class MlflowRuns:
             # with further signals held off, and, since `mlflow run` then marks it FAILED whatever
             # it ended with, a watcher puts KILLED back once `mlflow run` has exited.
             with signals_held():
-                mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+                _end_run(RunStatus.to_string(RunStatus.KILLED))
                 if inherited and not run_id:
                     from fsl.tracking import after_project_run
 
                     after_project_run.start(tracker.run_id, "KILLED")
             raise
-        except BaseException:
-            with signals_held():
-                mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
-            raise
+        except BaseException as exc:
+            uri = mlflow.get_tracking_uri()
+            if not stores.is_down(exc):
+                with signals_held():
+                    mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+                raise
+            # The store stopped answering: end the run FAILED once it answers again, for at most
+            # STORE_RECOVERY seconds; after that the next fsl command on this host marks it FAILED
+            # (its process is gone). One line, never the password, instead of the driver's traceback.
+            ended = stores.wait_until_up(uri, STORE_RECOVERY) and _end_run(RunStatus.to_string(RunStatus.FAILED))
+            then = "the run is marked FAILED" if ended else (
+                "the run stays RUNNING until the next fsl command on this host marks it FAILED "
+                "(or `--resume` continues it)")
+            raise FslError(f"tracking store {stores.mask(uri)} stopped answering during run {tracker.run_id} "
+                           f"({_first_line(exc, uri)}); {then}") from None
         else:
             mlflow.end_run()
+
+
+# Seconds a command whose store stopped answering waits for it to come back, to end its run
+# (FSL_STORE_RECOVERY overrides it).
+STORE_RECOVERY = float(os.environ.get("FSL_STORE_RECOVERY", 20))
+
+
+def _end_run(status: str) -> bool:
+    """End the active run with `status`; False (the run left as it is) where the store is down."""
+    try:
+        mlflow.end_run(status)
+        return True
+    except Exception as exc:
+        if not stores.is_down(exc):
+            raise
+        with contextlib.suppress(Exception):  # forget the run locally: the next command reaps it
+            while mlflow.active_run():
+                mlflow.tracking.fluent._active_run_stack.get().pop()
+        return False
+
+
+def _first_line(exc: BaseException, uri: str) -> str:
+    """What the store's failure says, in one line without the URI's password: the first message
+    along the chain of causes that speaks of the connection, else the first that says anything."""
+    lines, seen, current = [], set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if text and text != "()":
+            lines.append(text.splitlines()[0])
+        current = current.__cause__ or current.__context__
+    about = [line for line in lines if any(w in line.lower() for w in ("connect", "refused", "closed", "terminat"))]
+    text = (about or lines or [type(exc).__name__])[0]
+    secret = stores.password(uri)
+    return (text.replace(secret, "***") if secret else text)[:160]
 
 
 def ui_base() -> str:
@@ -302,7 +348,7 @@ def run_link(run_id: str) -> str:
     line = f"run {run.info.run_name or run_id} ({run_id}): {page} ; all runs: {results_table(run.info.experiment_id)}"
     if uri.startswith(("http://", "https://")):
         return line
-    return f"{line}  (served by: mlflow ui --backend-store-uri {uri})"
+    return f"{line}  (served by: mlflow ui --backend-store-uri {stores.mask(uri)})"
 
 
 def _record(run) -> RunRecord:
@@ -319,46 +365,11 @@ def _search(client: MlflowClient, experiment: str, filter_string: str, **search)
     return client.search_runs([exp.experiment_id], filter_string, **search)
 
 
-def _check_server(uri: str, timeout: float = 3.0) -> None:
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
-    except OSError as exc:
-        raise UsageError(f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
-                         f"check MLFLOW_TRACKING_URI") from None
-
-
-def _check_sqlite(uri: str) -> None:
-    """The database opens (its schema is created under the lock) and the folders that will
-    hold it and the artifacts (./mlruns) can be written."""
-    db = Path(uri[len("sqlite:///"):])
-    for folder in (db.parent, Path("mlruns") if Path("mlruns").exists() else Path.cwd()):
-        if not os.access(folder, os.W_OK):
-            raise FslError(f"tracking store {uri}: cannot write to {folder.resolve()}; run from a writable "
-                           f"folder or set MLFLOW_TRACKING_URI")
-    try:
-        locked_client().search_experiments(max_results=1)
-    except Exception as exc:  # SQLAlchemy, sqlite3 and MLflow errors all mean "not a usable store"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FslError(f"tracking store {db}: cannot be used as an MLflow database ({first[:200]}); "
-                       f"move it aside or set MLFLOW_TRACKING_URI") from None
-
-
 @contextlib.contextmanager
 def store_lock() -> Iterator[None]:
-    """An exclusive lock beside a local SQLite store (`mlflow.db.lock`, git-ignored): two
-    processes starting at once on a fresh `mlflow.db` would otherwise race in MLflow's schema
-    creation and experiment creation. `filelock` (installed with torch) works on every OS."""
-    from filelock import FileLock
-
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    lock_path = Path(uri[len("sqlite:///"):]).with_suffix(".db.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(lock_path):
+    """The lock under which a fresh store's schema and experiments are created (`stores.lock`:
+    a file beside SQLite, an advisory lock in PostgreSQL)."""
+    with stores.lock(mlflow.get_tracking_uri()):
         yield
 
 
