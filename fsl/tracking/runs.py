@@ -304,7 +304,9 @@ def _end_run(status: str) -> bool:
 def _first_line(exc: BaseException, uri: str) -> str:
     """What the store's failure says, in one line without the URI's password: the first message
     along the chain of causes that speaks of the connection, else the first that says anything."""
-    lines, seen, current = [], set(), exc
+    lines: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         text = str(current).strip()
