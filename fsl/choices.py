@@ -6,7 +6,8 @@ policies) are not closed: their names, and their settings, are the tables of `fs
 """
 
 # Test-time feature transforms: cl2n centres on the base-class mean and l2-normalises (SimpleShot).
-FEATURE_TRANSFORMS = ("none", "cl2n")
+# power: Tukey's ladder, x -> (x + 1e-6)^0.5 (Free Lunch, PT-MAP), for features >= 0 (Conv-4's).
+FEATURE_TRANSFORMS = ("none", "cl2n", "power")
 PRECISIONS = ("auto", "fp32", "bf16", "fp64")  # fp64: double throughout (slow; exact across CPUs)
 COMPILE_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # cuda may carry an index: cuda:1

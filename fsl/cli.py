@@ -23,7 +23,7 @@ from fsl.choices import (
     RESUME_LATEST,
     SPLITS,
 )
-from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, READERS, Registry
+from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, HEADS, READERS, Registry
 from fsl.config import (
     BATCH_NORMS,
     DEFAULT_HALLUCINATOR,
@@ -71,7 +71,8 @@ OPTION_GROUPS = {
     "Episodes": ("ways", "shots", "queries", "test_ways", "test_shots", "test_queries"),
     "Model": ("model_spec", "encoder", "encoder_arg", "encoder_width", "distance", "logit_scale", "learn_logit_scale",
               "input_norm", "hallucinator", "hallucinator_arg",
-              "M", "diversity_weight", "augment", "no_augment", "feature_transform", "test_views", "init"),
+              "M", "diversity_weight", "augment", "no_augment", "head", "head_arg", "heads", "feature_transform",
+              "test_views", "init"),
     "Schedule": ("recipe", "batch_norm", "epochs", "episodes_per_epoch", "episodes_per_step", "val_episodes", "lr",
                  "lr_step",
                  "patience", "batch_size", "weight_decay", "pretrain_epochs", "pretrain_lr", "pretrain_batch_size",
@@ -171,7 +172,8 @@ def setting_option(axis: str, what: str) -> Callable:
                         f"`fsl components {axis}` lists each one's settings).")
 
 
-SETTING_EXAMPLES = {"encoder": "width=0.25", "hallucinator": "diversity_weight=0.3", "format": "NAME=VALUE"}
+SETTING_EXAMPLES = {"encoder": "width=0.25", "hallucinator": "diversity_weight=0.3", "format": "NAME=VALUE",
+                    "head": "steps=200"}
 format_arg_option = setting_option("format", "--format reader")
 image_size_option = click.option(
     "--image-size", type=AUTO_INT, default=None,
@@ -263,7 +265,13 @@ model_options = _options(
     click.option("--no-augment", "no_augment", is_flag=True, hidden=True, help="The same as --augment none."),
     click.option("--feature-transform", type=click.Choice(FEATURE_TRANSFORMS), default=DEFAULTS.feature_transform,
                  help="Test-time features: cl2n centres them on the base-class mean and l2-normalises them "
-                 "(SimpleShot, Wang et al. 2019); training is unchanged."),
+                 "(SimpleShot, Wang et al. 2019); power is Tukey's x^0.5 (Free Lunch; for features >= 0, not "
+                 "ResNet-12's); training is unchanged."),
+    click.option("--head", type=RegistryChoice(HEADS), default=DEFAULTS.head,
+                 help="Test-time classifier: prototype (nearest prototype, Snell et al.), logistic (logistic "
+                 "regression; inductive), or transductive (they also read the episode's queries): bd-cspn, "
+                 "laplacian, tim, pt-map. Training and validation are the prototype's."),
+    setting_option("head", "head"),
     click.option("--test-views", default=DEFAULTS.test_views,
                  help="Test-time augmentation: each validation and test feature is the mean over the image and "
                  "this many views drawn from the --augment policy. 0 = off."),
@@ -639,12 +647,20 @@ def episodes(split: str, count: int, ways: int, shots: int, queries: int, seed: 
 @click.option("--test-seed", type=AUTO_INT, default=None,
               help="Seed of the test episodes and test-time noise. [default: the training's test seed + 1, so new "
               "episodes; give the training's --test-seed to reproduce its test]")
+@click.option("--head", "heads", default=None, metavar="HEAD[,HEAD...]",
+              help="Test with these heads, each on the same episodes and features (the encoder runs once); "
+              "transductive results are labelled so. [default: the model's own]")
+@setting_option("head", "heads")
 @test_run_options
-def evaluate(model_spec: str, episodes_file: str | None, **options: Any) -> None:
+def evaluate(model_spec: str, episodes_file: str | None, heads: str | None, head_arg: tuple[str, ...],
+             **options: Any) -> None:
     """Evaluate a saved model on new test episodes, or on an episode file (one MLflow run)."""
     from fsl.commands.cmd_evaluate import run_evaluation
+    from fsl.settings import parse_pairs
 
-    run_evaluation(model_spec, EvaluationConfig(**data_config_options(options)), episodes_file, _reporter())
+    cfg = EvaluationConfig(**data_config_options(options), heads=tuple(_values(heads)) if heads else (),
+                           head_args=parse_pairs(head_arg, "--head-arg"))
+    run_evaluation(model_spec, cfg, episodes_file, _reporter())
 
 
 @cli.command(context_settings=SHOW)

@@ -106,7 +106,8 @@ def canonical_params(params: dict[str, Any]) -> dict[str, Any]:
 
 # Keys added after fsl 0.1, with the value that reproduces a model saved before them.
 MODEL_CONFIG_DEFAULTS: dict[str, Any] = {"feature_transform": "none", "augment": "none", "test_views": 0,
-                                         "logit_scale": 1.0, "learn_logit_scale": False}
+                                         "logit_scale": 1.0, "learn_logit_scale": False, "head": "prototype",
+                                         "head_args": {}}
 
 # Settings saved as flat keys before they belonged to components: key -> (axis, setting).
 MODEL_CONFIG_RENAMES = {"encoder_width": ("encoder", "width")}

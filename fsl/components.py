@@ -86,6 +86,16 @@ HALLUCINATORS = Registry("hallucinator", {
 })
 
 
+# Test-time classifiers of a batch of episodes (`--head`): fsl.models.heads.
+HEADS = Registry("head", {
+    "prototype": "fsl.models.heads:Prototype",
+    "logistic": "fsl.models.heads:Logistic",
+    "bd-cspn": "fsl.models.heads:BDCSPN",
+    "laplacian": "fsl.models.heads:Laplacian",
+    "tim": "fsl.models.heads:TIM",
+    "pt-map": "fsl.models.heads:PTMap",
+})
+
 # Query-to-prototype distances: (queries [..., Q, D], prototypes [..., N, D]) -> [..., Q, N].
 DISTANCES = Registry("distance", {
     "l2": "fsl.models.distances:l2",

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from fsl import compat
 from fsl.choices import COMPILE_MODES, DEVICES, FEATURE_TRANSFORMS, PRECISIONS
-from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, READERS, Registry
+from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, HEADS, READERS, Registry
 from fsl.errors import UsageError
 
 if TYPE_CHECKING:
@@ -50,7 +50,8 @@ BATCH_NORMS = ("episode", "split")  # --batch-norm: one encoder call per episode
 # The axes whose components have settings: axis (the option that names the component) -> its
 # table. The settings of the component named by option `<axis>` are the field `<axis>_args`, the
 # option `--<axis>-arg`, the params `<axis>.<setting>` and the MLproject parameter `<axis>_args`.
-COMPONENT_AXES: dict[str, Registry] = {"encoder": ENCODERS, "hallucinator": HALLUCINATORS, "format": READERS}
+COMPONENT_AXES: dict[str, Registry] = {"encoder": ENCODERS, "hallucinator": HALLUCINATORS, "head": HEADS,
+                                        "format": READERS}
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,29 @@ class EvaluationConfig(DataConfig):
     test_split: str = "test"
     device: str = "auto"
     experiment: str = "fsl"
+    heads: tuple[str, ...] = ()            # --head a,b,c: each scored on the same episodes; () = the model's own
+    head_args: dict[str, Any] = field(default_factory=dict)  # applied to each listed head that has the setting
 
     @property
     def test_shape(self) -> "EpisodeShape":
         from fsl.data.episodes import EpisodeShape
 
         return EpisodeShape(self.test_ways, self.test_shots, self.test_queries)
+
+    def head_settings(self) -> dict[str, dict[str, Any]]:
+        """Each --head with its settings, checked: a --head-arg goes to every listed head that
+        declares it, and one that no listed head declares is refused."""
+        from fsl.settings import specs
+
+        out = {}
+        for head in self.heads:
+            _one_of("head", head, HEADS.names())
+            out[head] = HEADS.resolve(head, {k: v for k, v in self.head_args.items() if k in specs(HEADS[head])})
+        stray = [k for k in self.head_args if not any(k in specs(HEADS[h]) for h in self.heads)]
+        if stray:
+            listed = ", ".join(self.heads) or "listed"
+            raise UsageError(f"--head-arg {stray[0]}: none of the heads ({listed}) has this setting (give --head)")
+        return out
 
     def validate(self) -> None:
         """In TrainConfig's order of checks: counts and sizes, numbers, names, split options."""
@@ -157,6 +175,7 @@ class EvaluationConfig(DataConfig):
         self._validate_split_options()
         self._validate_format_args()
         _one_of("test_split", self.test_split, TEST_SPLITS)
+        self.head_settings()
 
 
 def fresh_test_seed(training_test_seed: int) -> int:
@@ -218,6 +237,8 @@ class ModelSpec:
     hallucinator_args: dict[str, Any] = field(default_factory=dict)
     M: int = 0
     augment: str = "none"
+    head: str = "prototype"                # the test-time classifier; training and validation are the prototype's
+    head_args: dict[str, Any] = field(default_factory=dict)
     feature_transform: str = "none"        # cl2n wins on the built-in data, loses on Omniglot (BENCHMARKS.md §6)
     test_views: int = 0                    # off: each view is one more encoder pass at validation and test
 
@@ -346,11 +367,25 @@ class TrainConfig(RuntimeConfig, TestConfig, ScheduleConfig, ModelSpec, EpisodeC
         self._validate_counts()
         self._validate_numbers()
         self._validate_names()
-        for axis in ("encoder", "hallucinator"):  # the reader's: with the data options
+        self._validate_feature_transform()
+        for axis in ("encoder", "hallucinator", "head"):  # the reader's: with the data options
             if getattr(self, f"{axis}_args") and getattr(self, axis) is None:
                 raise UsageError(f"--{axis}-arg: there is no {axis} to set (give --{axis})")
             self.settings(axis)
         self._validate_splits()
+
+    def _validate_feature_transform(self) -> None:
+        """Tukey's power transform and PT-MAP's (its own first step) need features >= 0: Conv-4's
+        are (a ReLU before the last max-pool), ResNet-12's are not (leaky ReLU), nor CL2N's."""
+        _one_of("head", self.head, HEADS.names())
+        negative = "--encoder resnet12 (leaky ReLU)" if self.encoder == "resnet12" else \
+            "--feature-transform cl2n" if self.feature_transform == "cl2n" else None
+        if self.feature_transform == "power" and negative:
+            raise UsageError(f"--feature-transform power needs features >= 0, and {negative} makes them "
+                             f"negative too: use --feature-transform none or cl2n")
+        if self.head == "pt-map" and negative:
+            raise UsageError(f"--head pt-map power-transforms the features, which needs them >= 0, and {negative} "
+                             f"makes them negative too")
 
     def _validate_counts(self) -> None:
         for name in ("shots", "queries", "test_queries", "episodes_per_epoch",

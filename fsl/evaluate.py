@@ -83,43 +83,68 @@ def chunk_size(shape: EpisodeShape, feature_dim: int, M: int) -> int:
     return max(1, CHUNK_ELEMENTS // per_episode)
 
 
-@torch.no_grad()
-def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
-                    M: int | None = None, noise_seed: int = 0, batch: int = 0,
-                    progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Correctly classified queries of each episode, float32 [E] on the model's device (no host
-    sync); counts are exact in float32, and `evaluate` turns them into percent in float64.
+@dataclass
+class EncodedEpisodes:
+    """The features of the distinct images of episodes (this process's chunks under torchrun):
+    rows int64 [U] (sorted store rows), features [U, D]; chunk `starts` of `batch` episodes."""
 
-    Each distinct image of the episodes is encoded once (`encode_rows`; in eval mode a feature does
-    not depend on its batch, and test views are fixed per image), then episodes are scored
-    `batch` at a time (default: `chunk_size`) on features gathered per episode. Each class's
-    hallucination noise is keyed by (noise_seed, episode index, class id): evaluating twice, in
-    other chunks or sharded over torchrun processes (chunk c on rank c % world, summed with one
-    all-reduce) gives the same numbers.
-    """
+    rows: torch.Tensor
+    features: torch.Tensor
+    starts: list[int]
+    batch: int
+
+
+@torch.no_grad()
+def encode_episodes(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices, M: int | None = None,
+                    batch: int = 0) -> EncodedEpisodes:
+    """Encode each distinct image of the episodes once (`encode_rows`; in eval mode a feature does
+    not depend on its batch, and test views are fixed per image): what `episode_correct` scores,
+    once for any number of heads or values of M."""
     rank, world_size = world()
-    device = model.device
-    shape = episodes.shape
     M = model.M if M is None else M
-    batch = batch or chunk_size(shape, model.feature_dim, M)
+    batch = batch or chunk_size(episodes.shape, model.feature_dim, M)
     starts = [start for c, start in enumerate(range(0, len(episodes), batch)) if c % world_size == rank]
     mine = [episodes.slice(start, start + batch) for start in starts]
     rows = torch.unique(torch.cat([torch.cat([c.support.flatten(), c.query.flatten()]) for c in mine])) \
         if mine else torch.zeros(0, dtype=torch.long)
-    features = encode_rows(model, store.images, rows)
+    return EncodedEpisodes(rows, encode_rows(model, store.images, rows), starts, batch)
+
+
+@torch.no_grad()
+def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
+                    M: int | None = None, noise_seed: int = 0, batch: int = 0,
+                    progress: Callable[[int], None] | None = None,
+                    encoded: EncodedEpisodes | None = None) -> torch.Tensor:
+    """Correctly classified queries of each episode, float32 [E] on the model's device (no host
+    sync); counts are exact in float32, and `evaluate` turns them into percent in float64.
+
+    The episodes' distinct images are encoded once (`encode_episodes`, or `encoded` from an
+    earlier call), then episodes are scored `batch` at a time (default: `chunk_size`) on features
+    gathered per episode, by the model's head. Each class's hallucination noise is keyed by
+    (noise_seed, episode index, class id): evaluating twice, in other chunks or sharded over
+    torchrun processes (chunk c on rank c % world, summed with one all-reduce) gives the same numbers.
+    """
+    _, world_size = world()
+    device = model.device
+    shape = episodes.shape
+    M = model.M if M is None else M
+    encoded = encoded or encode_episodes(model, store, episodes, M, batch)
+    rows, features = encoded.rows, encoded.features
     support_labels = episodes.support_labels().to(device)
     query_labels = episodes.query_labels().to(device)
     correct = torch.zeros(len(episodes), device=device)
     was_training = model.training
     model.eval()
     try:
-        for start, chunk in zip(starts, mine):
+        for start in encoded.starts:
+            chunk = episodes.slice(start, start + encoded.batch)
             e = len(chunk)
             support = features[torch.searchsorted(rows, chunk.support.contiguous()).to(device)]
             query = features[torch.searchsorted(rows, chunk.query.contiguous()).to(device)]
             keys = episode_keys(noise_seed, torch.arange(start, start + e), chunk.classes)
             logits = model.logits_from_features(support, support_labels.expand(e, -1), query, shape.ways, M, keys)
             correct[start:start + e] = (logits.argmax(-1) == query_labels).float().sum(-1)
+            stop_if_interrupted()
             if progress:
                 progress(e)
     finally:
@@ -133,22 +158,20 @@ def episode_correct(model: FewShotClassifier, store: ImageStore, episodes: Episo
 
 def evaluate(model: FewShotClassifier, store: ImageStore, episodes: EpisodeIndices,
              M: int | None = None, noise_seed: int = 0,
-             progress: Callable[[int], None] | None = None, batch: int = 0) -> EvalResult:
-    """Per-episode accuracies with mean ± 95% CI, all in percent (`batch`: see `episode_correct`)."""
-    correct = episode_correct(model, store, episodes, M, noise_seed, batch=batch, progress=progress)
+             progress: Callable[[int], None] | None = None, batch: int = 0,
+             encoded: EncodedEpisodes | None = None) -> EvalResult:
+    """Per-episode accuracies with mean ± 95% CI, all in percent (`batch`, `encoded`: see
+    `episode_correct`)."""
+    correct = episode_correct(model, store, episodes, M, noise_seed, batch=batch, progress=progress, encoded=encoded)
     return EvalResult.from_accs(correct.double().cpu().numpy() * 100 / episodes.query.shape[1])
 
 
 @torch.no_grad()
-def evaluate_table(model: FewShotClassifier, table: EpisodeTable, images: Callable[[np.ndarray], torch.Tensor],
-                   M: int | None = None, noise_seed: int = 0, encode_batch: int = 1024,
-                   progress: Callable[[str, int, int], None] | None = None) -> EvalResult:
-    """The episodes of a compiled episode file (`fsl.data.episode_table`): each distinct image is
-    decoded (`images`: reference ids [B] -> uint8 [B, C, H, W]) and encoded once, `encode_batch` at
-    a time, then each group of one shape is scored in chunks on features gathered per episode.
-    Episode i's noise is keyed by (noise_seed, i, its class names), as it always was.
-    `progress(stage, done, total)` follows both stages."""
-    M = model.M if M is None else M
+def encode_table(model: FewShotClassifier, table: EpisodeTable, images: Callable[[np.ndarray], torch.Tensor],
+                 encode_batch: int = 1024, progress: Callable[[str, int, int], None] | None = None) -> torch.Tensor:
+    """The features [U, D] of a compiled episode file's distinct images (`fsl.data.episode_table`),
+    each decoded (`images`: reference ids [B] -> uint8 [B, C, H, W]) and encoded once,
+    `encode_batch` at a time."""
     features = torch.empty(len(table.refs), model.feature_dim, device=model.device, dtype=model.dtype)
     for start in range(0, len(table.refs), encode_batch):
         ids = np.arange(start, min(len(table.refs), start + encode_batch))
@@ -157,6 +180,21 @@ def evaluate_table(model: FewShotClassifier, table: EpisodeTable, images: Callab
         stop_if_interrupted()
         if progress:
             progress("images encoded", start + len(ids), len(table.refs))
+    return features
+
+
+@torch.no_grad()
+def evaluate_table(model: FewShotClassifier, table: EpisodeTable, images: Callable[[np.ndarray], torch.Tensor],
+                   M: int | None = None, noise_seed: int = 0, encode_batch: int = 1024,
+                   progress: Callable[[str, int, int], None] | None = None,
+                   features: torch.Tensor | None = None) -> EvalResult:
+    """The episodes of a compiled episode file: its distinct images encoded once (`encode_table`,
+    or `features` from an earlier call), then each group of one shape scored in chunks on features
+    gathered per episode, by the model's head. Episode i's noise is keyed by (noise_seed, i, its
+    class names), as it always was. `progress(stage, done, total)` follows both stages."""
+    M = model.M if M is None else M
+    if features is None:
+        features = encode_table(model, table, images, encode_batch, progress)
     class_keys = label_ids(table.labels)
     accs = np.zeros(table.count)
     scored, device = 0, model.device
@@ -165,9 +203,9 @@ def evaluate_table(model: FewShotClassifier, table: EpisodeTable, images: Callab
     try:
         for group in table.groups:
             e_all, s_rows, q_rows = group.support.shape[0], group.support.shape[1], group.query.shape[1]
-            per = CHUNK_ELEMENTS // max(1, (s_rows + q_rows + 4 * group.ways * M) * model.feature_dim)
-            for a in range(0, e_all, max(1, per)):
-                b = min(e_all, a + max(1, per))
+            per = max(1, CHUNK_ELEMENTS // max(1, (s_rows + q_rows + 4 * group.ways * M) * model.feature_dim))
+            for a in range(0, e_all, per):
+                b = min(e_all, a + per)
                 keys = episode_keys(noise_seed, torch.from_numpy(group.index[a:b]),
                                     class_keys[torch.from_numpy(group.classes[a:b])])
                 logits = model.logits_from_features(

@@ -18,10 +18,12 @@ import click
 DATA = ["data", "image-size", "split-ratio", "split-file", "val-share"]
 # `recipe` first: a named file of settings that the other parameters override where given.
 TRAINING = ["recipe", *DATA, "test-data", "test-split", "ways", "shots", "queries", "test-ways", "test-shots",
-            "test-queries", "distance", "encoder", "encoder-arg", "encoder-width", "augment", "feature-transform",
+            "test-queries", "distance", "encoder", "encoder-arg", "encoder-width", "augment", "head", "head-arg",
+            "feature-transform",
             "test-views", "pretrain-epochs", "epochs", "episodes-per-epoch", "val-episodes", "test-episodes", "lr",
             "lr-step", "seed", "device", "precision"]
-PRETRAINING = ["recipe", *DATA, "encoder", "encoder-arg", "encoder-width", "augment", "feature-transform",
+PRETRAINING = ["recipe", *DATA, "encoder", "encoder-arg", "encoder-width", "augment", "head", "head-arg",
+               "feature-transform",
                "test-views", "epochs", "batch-size", "lr", "weight-decay", "test-ways", "test-shots", "val-episodes",
                "test-episodes", "seed", "device", "precision"]
 HALLUCINATION = ["M", "hallucinator", "hallucinator-arg", "diversity-weight"]

@@ -362,19 +362,38 @@ def plan_sweep(base: TrainConfig, grid: Mapping[str, Sequence[Any]], *, seeds: S
     return Plan(base, grid, points, mine, children, seed_list, replicated, baseline, shard, shards)
 
 
+def test_time_fields(cfg: TrainConfig) -> tuple[str, ...]:
+    """The fields of `cfg` that do not change its trained weights: the head (`--head`, which acts
+    at test time only) and, for a test-time hallucinator (`fsl.components.is_test_time`), M."""
+    return ("head", "head_args") + (("M",) if is_test_time(cfg.hallucinator) and cfg.M else ())
+
+
+def _trained_weights(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with its test-time fields neutral: two children with the same one train the same model."""
+    neutral = replace(cfg, head="prototype", head_args={})
+    return replace(neutral, M=1) if "M" in test_time_fields(cfg) else neutral
+
+
 def trained_twin(plan: Plan, child: Child) -> Child | None:
     """The child whose trained model `child` is tested from, or None if `child` trains itself.
 
-    For a test-time hallucinator (`fsl.components.is_test_time`), the children of one seed that
-    differ only in M (M > 0) train the same weights; the one with the largest M trains and the
-    others borrow its model (its checkpoint was chosen, and early stopping decided, on val
-    accuracy at that M). Only children of this plan (this shard) are considered.
+    Children of one seed whose configs differ only in test-time fields (`test_time_fields`: the
+    head; M for a test-time hallucinator, M > 0) train the same weights. Of them, the one with
+    the largest M (its checkpoint was chosen, and early stopping decided, on val accuracy at that
+    M), then the prototype head, then the first in plan order trains, and the others borrow its
+    model. Only children of this plan (this shard) are considered.
     """
-    if not is_test_time(child.cfg.hallucinator) or not child.cfg.M:
+    if len(test_time_fields(child.cfg)) == 2 and child.cfg.head == "prototype" and not any(
+            c.cfg.head != "prototype" for c in plan.children):
+        return None  # nothing but the prototype head in the plan: the hallucinator rule alone decides
+    same = [c for c in plan.children if c.seed == child.seed and bool(c.cfg.M) == bool(child.cfg.M)
+            and _trained_weights(c.cfg) == _trained_weights(child.cfg)]
+    if len(same) < 2:
         return None
-    twins = [c for c in plan.children if c.seed == child.seed and c.cfg.M > child.cfg.M
-             and replace(c.cfg, M=child.cfg.M) == child.cfg]
-    return max(twins, key=lambda c: c.cfg.M, default=None)
+    order = {c.name: i for i, c in enumerate(plan.children)}
+    trainer = max(same, key=lambda c: (c.cfg.M if "M" in test_time_fields(c.cfg) else 0,
+                                       c.cfg.head == "prototype", -order[c.name]))
+    return None if trainer.name == child.name else trainer
 
 
 def run_order(plan: Plan) -> list[Child]:

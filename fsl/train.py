@@ -26,7 +26,7 @@ from torch import nn
 
 from fsl.components import AUGMENTATIONS
 from fsl.config import TrainConfig
-from fsl.data.episodes import EpisodeSampler
+from fsl.data.episodes import EpisodeIndices, EpisodeSampler
 from fsl.data.store import DataSet
 from fsl.errors import FslError
 from fsl.evaluate import encode_rows, evaluate, sample_episodes
@@ -218,6 +218,13 @@ def train(model: FewShotClassifier, data: DataSet, cfg: TrainConfig, device: tor
                checkpoint_dir=checkpoint_dir, on_epoch=on_epoch, progress=progress, resume=resume)
 
 
+def _validate(model: FewShotClassifier, store, episodes: EpisodeIndices) -> float:
+    """Mean accuracy on the fixed val episodes, by the prototype rule whatever --head says (val
+    accuracies decide the best epoch and the champion, and must not depend on a test-time head)."""
+    with model.using_head("prototype"):
+        return evaluate(model, store, episodes).mean
+
+
 def training_data_meta(data: DataSet) -> dict[str, Any]:
     """What a checkpoint records of the data it was trained on: its fingerprint and the names of
     its training classes, so that an evaluation on classes the model has seen says so."""
@@ -271,7 +278,7 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
                                      f"{steps_per_epoch}; {kept} (try a lower --lr or --precision fp32)")
         _sync_buffers(model)
         _refresh_base_statistics(model, trainer.store, pretraining=bool(prefix))
-        val_acc = evaluate(model, val_store, val_episodes).mean
+        val_acc = _validate(model, val_store, val_episodes)
         stats = EpochStats(epoch, float(loss_sum) / steps_per_epoch, float(correct) * 100 / samples_per_epoch,
                            val_acc, trainer.scheduler.get_last_lr()[0], time.perf_counter() - started)
         history.append(stats)

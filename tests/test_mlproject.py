@@ -81,6 +81,8 @@ def test_every_registered_name_imports_and_is_the_choice_list_of_its_option(kind
 MEANINGS_PER_COMMAND = {
     "--baseline": "sweep pairs any field, sweep-m pairs M",
     "--episodes": "a count for `fsl episodes`, a file for `fsl evaluate`",
+    "--head": "one head of a training run, or a list that `fsl evaluate` scores side by side",
+    "--head-arg": "a setting of the one head, or of each listed head that has it",
     "--epochs": "episodic epochs, or pre-training epochs",
     "--lr": "Adam for episodes, SGD for pre-training",
     "--model": "evaluate and predict take different URIs",

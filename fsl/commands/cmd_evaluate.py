@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +13,18 @@ from fsl.config import EvaluationConfig, fresh_test_seed
 from fsl.data.episode_table import EpisodeTable, TableImages, compile_episode_file
 from fsl.data.episodes import EpisodeIndices, episode_file_images
 from fsl.data.store import DataSet, ImageStore
-from fsl.evaluate import EvalResult, evaluate, evaluate_table, sample_episodes
+from fsl.evaluate import (
+    EvalResult,
+    encode_episodes,
+    encode_table,
+    evaluate,
+    evaluate_table,
+    sample_episodes,
+)
 from fsl.files import file_digest
 from fsl.processes import interruptible, process_alive
 from fsl.progress import stage_lines
-from fsl.tracking.protocol import Runs
+from fsl.tracking.protocol import RESULT_TAG, Runs
 
 
 @dataclass
@@ -85,13 +92,47 @@ def warn_of_seen_classes(model, tested: EpisodesToTest, reporter: Reporter) -> N
 
 @dataclass
 class EvaluationSummary:
-    """What `fsl evaluate` measured: its run (None where not tracked), the test, the same encoder's
-    test with the hallucinator off where the model has one, and the run's params."""
+    """What `fsl evaluate` measured: its run (None where not tracked), the test (of the first
+    head), the same encoder's test with the hallucinator off where the model has one, the run's
+    params, and the test of each head."""
 
     run_id: str | None
     test: EvalResult
     test_no_hallucination: EvalResult | None
     params: dict[str, Any]
+    by_head: dict[str, EvalResult] = field(default_factory=dict)
+
+
+def head_label(head: str) -> str:
+    """A head's name as every table and line shows it: transductive heads say so."""
+    from fsl.components import HEADS
+
+    return f"{head} (transductive)" if HEADS[head].transductive else head
+
+
+class Scorer:
+    """Scores the tested episodes with one head after another on the same features: the encoder
+    runs once, on the first call (`encode_episodes` / `encode_table`), whatever the heads and M."""
+
+    def __init__(self, model, tested: EpisodesToTest, test_seed: int, reporter: Reporter) -> None:
+        self.model, self.tested, self.test_seed, self.reporter = model, tested, test_seed, reporter
+        self.encoded: Any = None
+
+    def __call__(self, head: str, settings: dict[str, Any], M: int | None = None) -> EvalResult:
+        model, tested = self.model, self.tested
+        with model.using_head(head, **settings):
+            if tested.table is not None and tested.images is not None:
+                progress = stage_lines(self.reporter.echo)
+                if self.encoded is None:
+                    self.encoded = encode_table(model, tested.table, tested.images, progress=progress)
+                return evaluate_table(model, tested.table, tested.images, M, self.test_seed, progress=progress,
+                                      features=self.encoded)
+            assert tested.store is not None and tested.episodes is not None
+            if self.encoded is None:
+                self.encoded = encode_episodes(model, tested.store, tested.episodes, M)
+            with self.reporter.progress(tested.count, f"test episodes ({head_label(head)})") as advance:
+                return evaluate(model, tested.store, tested.episodes, M, self.test_seed, progress=advance,
+                                encoded=self.encoded)
 
 
 @quietable
@@ -122,9 +163,10 @@ def _evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | Non
     # new episodes by default: never the ones the training run tested on
     test_seed = fresh_test_seed(model.training_test_seed) if cfg.test_seed is None else cfg.test_seed
     tested = episodes_to_test(cfg, model, episodes_file, device, test_seed, reporter)
+    heads = cfg.head_settings() or {model.config["head"]: model.config["head_args"]}
     warn_of_seen_classes(model, tested, reporter)
     params = {"model": model_spec, "data": cfg.data, "test_seed": test_seed, "device_resolved": str(device),
-              "precision_resolved": model.config["precision"]} | source | tested.params
+              "precision_resolved": model.config["precision"], "head": ",".join(heads)} | source | tested.params
     tags = run_tags("evaluate", tested.fingerprint, model.config["precision"]) | {
         f"fsl.{key}": value for key, value in source.items()}
     runs.fail_stale_runs(cfg.experiment, alive=process_alive)  # as every command that opens a run
@@ -138,24 +180,33 @@ def _evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | Non
         else:
             tracker.log_dataset(episode_file_input(Path(str(episodes_file)), tested.fingerprint, tested.count),
                                 "evaluation")
-        if tested.table is not None and tested.images is not None:
-            test = evaluate_table(model, tested.table, tested.images, noise_seed=test_seed,
-                                  progress=stage_lines(reporter.echo))
-        else:
-            assert tested.store is not None and tested.episodes is not None
-            with reporter.progress(tested.count, "test episodes") as advance:
-                test = evaluate(model, tested.store, tested.episodes, noise_seed=test_seed, progress=advance)
-        log_eval(tracker, test)
-        reporter.echo(f"test ({tested.label}): {test}")
-        plain = None
-        if model.M and tested.store is not None and tested.episodes is not None:
-            # as training reports it: the same encoder and episodes, the hallucinator off
-            plain = evaluate(model, tested.store, tested.episodes, M=0, noise_seed=test_seed)
-            log_eval(tracker, plain, "_no_hallucination")
-            reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
-        summary = EvaluationSummary(tracker.run_id, test, plain, params)
+        test, plain, results = _score_and_log(tracker, model, tested, heads, test_seed, reporter)
+        summary = EvaluationSummary(tracker.run_id, test, plain, params, results)
     reporter.echo(runs.link(summary.run_id))
     return summary
+
+
+def _score_and_log(tracker, model, tested: EpisodesToTest, heads: dict[str, dict[str, Any]], test_seed: int,
+                   reporter: Reporter) -> tuple[EvalResult, EvalResult | None, dict[str, EvalResult]]:
+    """Score every head on the same features, then (with a hallucinator) the first head without
+    hallucination; log and report each: (test of the first head, without hallucination, by head)."""
+    score = Scorer(model, tested, test_seed, reporter)
+    results = {head: score(head, settings) for head, settings in heads.items()}
+    test = next(iter(results.values()))
+    log_eval(tracker, test)
+    if len(results) > 1:  # each head beside the others: metrics, and the people's line in fsl.result
+        for head, result in results.items():
+            tracker.log_metrics({f"test_acc_{head}": result.mean, f"test_ci95_{head}": result.ci95})
+        tracker.set_tags({RESULT_TAG: " · ".join(f"{head_label(h)} {r.mean:.2f} ± {r.ci95:.2f}"
+                                                  for h, r in results.items())})
+    for head, result in results.items():
+        reporter.echo(f"test ({tested.label}){'' if len(results) == 1 else ', ' + head_label(head)}: {result}")
+    plain = None
+    if model.M:  # as training reports it: the same encoder and episodes, the hallucinator off
+        plain = score(*next(iter(heads.items())), M=0)
+        log_eval(tracker, plain, "_no_hallucination")
+        reporter.echo(f"test without hallucination (same encoder, same episodes): {plain}")
+    return test, plain, results
 
 
 def model_source(model_spec: str, resolved=None) -> dict[str, str]:

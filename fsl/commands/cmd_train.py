@@ -165,12 +165,17 @@ def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = 
         if model.kind() != setup.model.kind():
             reporter.echo(f"run {trained_in} holds another kind of model (an older fsl?): training instead")
             return None
-        setup = replace(setup, model=model.set_hallucinations(setup.cfg.M).place(setup.device))
+        if model.hallucinator is not None:
+            model.set_hallucinations(setup.cfg.M)
+        model.set_head(setup.cfg.head, **setup.model.config["head_args"])
+        setup = replace(setup, model=model.place(setup.device))
         params = run_params(setup, 1)
         tags = run_tags(cfg.method, setup.data.fingerprint, setup.precision) | {
             "fsl.config_hash": config_hash(params), "fsl.trained_in": trained_in}
-        reporter.echo(f"{cfg.method}: testing the model of run {trained_in} at M = {setup.cfg.M} (no "
-                      f"training: the {setup.cfg.hallucinator} hallucinator does not act in training)")
+        why = f"the {setup.cfg.hallucinator} hallucinator does not act in training" if setup.cfg.hallucinator \
+            and model.M else f"the {setup.cfg.head} head acts at test time only"
+        reporter.echo(f"{cfg.method}: testing the model of run {trained_in} with the {setup.cfg.head} head at "
+                      f"M = {setup.cfg.M} (no training: {why})")
         with runs.open(cfg.experiment, run_name=options.run_name or run_name(setup.cfg), nested=options.nested,
                        tags=tags, system_metrics=options.system_metrics) as opened, \
                 tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
@@ -178,7 +183,8 @@ def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = 
             tracker.log_params(params)
             log_source_diff(tracker)
             _log_datasets(setup, tracker, reporter)
-            best_val = evaluate(model, *validation_episodes(setup.data, setup.cfg, setup.device)).mean
+            with model.using_head("prototype"):  # as training validates
+                best_val = evaluate(model, *validation_episodes(setup.data, setup.cfg, setup.device)).mean
             tracker.log_metrics({"best_val_acc": best_val} | {
                 new: twin.metrics[old] for old, new in (("best_val_acc", "twin_best_val_acc"),
                                                         ("best_epoch", "best_epoch")) if old in twin.metrics})

@@ -28,8 +28,10 @@ def run_name(cfg: TrainConfig) -> str:
     width = cfg.settings("encoder").get("width", 1)
     encoder = "" if cfg.encoder == "conv4" and width == 1 else "-" + cfg.encoder + (f"x{width:g}" if width != 1 else "")
     if cfg.method == "pretrain":
-        return f"pretrain{encoder or '-conv4'}-e{cfg.pretrain_epochs}"
+        return f"pretrain{encoder or '-conv4'}-e{cfg.pretrain_epochs}" + ("" if cfg.head == "prototype"
+                                                                          else f"-{cfg.head}")
     stages = f"{encoder}-pre{cfg.pretrain_epochs}" if cfg.pretrain_epochs else encoder
+    stages += "" if cfg.head == "prototype" else f"-{cfg.head}"
     if cfg.hallucinator:
         return f"hallucinate-{cfg.hallucinator}-M{cfg.M}-{shape}{stages}"
     return f"protonet-{shape}-{cfg.distance}{stages}"

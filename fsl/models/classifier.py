@@ -7,10 +7,11 @@ registered model rebuilds itself and classifies new images without the command l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Hashable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +19,12 @@ from torch import nn
 
 from fsl import compat
 from fsl.choices import FEATURE_TRANSFORMS
-from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS
+from fsl.components import AUGMENTATIONS, DISTANCES, ENCODERS, HALLUCINATORS, HEADS
 from fsl.models.distances import logits as distance_logits
 from fsl.models.distances import prototypes
 from fsl.models.encoders import Encoder
 from fsl.models.hallucinator import Hallucinator, hallucinate
+from fsl.models.head_maths import power_transform
 from fsl.models.noise import episode_keys, label_ids
 from fsl.runtime import autocast, compute_dtype, default_dtype, make_generator, resolve_precision, seed_everything
 from fsl.settings import settings_of, specs
@@ -75,7 +77,8 @@ def model_config(spec: "ModelSpec", *, image_size: int, channels: int, mean: Seq
             "hallucinator_args": _checked(HALLUCINATORS, hallucinator, spec.hallucinator_args) if hallucinator else {},
             "hallucinations": int(spec.M) if hallucinator else 0,  # saved key: M
             "feature_transform": spec.feature_transform, "augment": spec.augment, "test_views": int(spec.test_views),
-            "logit_scale": float(spec.logit_scale), "learn_logit_scale": bool(spec.learn_logit_scale)}
+            "logit_scale": float(spec.logit_scale), "learn_logit_scale": bool(spec.learn_logit_scale),
+            "head": spec.head, "head_args": _checked(HEADS, spec.head, spec.head_args)}
 
 
 def _checked(table, name: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -116,9 +119,11 @@ class FewShotClassifier(nn.Module):
             if hallucinator is None and kind:
                 hallucinator = HALLUCINATORS.create(kind, encoder.out_dim, **config.get("hallucinator_args", {}))
         self.encoder, self.hallucinator = encoder, hallucinator
+        self.head = HEADS.create(config["head"], **config.get("head_args", {}))  # no weights: not a submodule
         # what rebuilds it: each component's settings as it holds them (every one, defaults too)
         self.config: dict[str, Any] = config | {"encoder_args": settings_of(encoder),
-                                                "hallucinator_args": settings_of(hallucinator) if hallucinator else {}}
+                                                "hallucinator_args": settings_of(hallucinator) if hallucinator else {},
+                                                "head_args": settings_of(self.head)}
         self.register_buffer("mean", torch.tensor(config["mean"]).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config["std"]).view(1, -1, 1, 1), persistent=False)
         if config["learn_logit_scale"]:  # TADAM's alpha, learned as its log (it stays positive)
@@ -287,8 +292,27 @@ class FewShotClassifier(nn.Module):
         """The config without what a test-time setting may change on the same trained weights (M),
         nor, without test views, the training policy (which models saved before it was kept lack):
         two models of the same kind load each other's weights and test alike."""
-        ignored = {"hallucinations": 0} | ({} if self.config["test_views"] else {"augment": None})
+        ignored = {"hallucinations": 0, "head": None, "head_args": None} | (
+            {} if self.config["test_views"] else {"augment": None})
         return self.config | ignored
+
+    @contextlib.contextmanager
+    def using_head(self, name: str, **settings: Any) -> Iterator["FewShotClassifier"]:
+        """This model with head `name` for the block (validation: always the prototype rule, so
+        that val accuracies, the best epoch and the champion rule do not depend on `--head`)."""
+        head, config = self.head, (self.config["head"], self.config["head_args"])
+        self.set_head(name, **settings)
+        try:
+            yield self
+        finally:
+            self.head, (self.config["head"], self.config["head_args"]) = head, config
+
+    def set_head(self, name: str, **settings: Any) -> "FewShotClassifier":
+        """Classify test episodes with head `name` (`fsl.components.HEADS`) from now on (saved in the
+        config); training and validation keep the prototype rule."""
+        self.head = HEADS.create(name, **settings)
+        self.config["head"], self.config["head_args"] = name, settings_of(self.head)
+        return self
 
     def logits_from_features(self, support: torch.Tensor, support_labels: torch.Tensor,
                              queries: torch.Tensor, ways: int, M: int | None = None,
@@ -300,8 +324,18 @@ class FewShotClassifier(nn.Module):
         classes' noise keys (`fsl.models.noise`). `M` overrides the model's M.
         """
         labels = support_labels.to(support.device)
-        protos = prototypes(support, labels, ways)
+        if not self.training and self.config["head"] != "prototype":
+            return self._head_logits(support, labels, queries, ways, self.hallucinate_support(
+                support, labels, ways, M, keys))
+        power = self.config["feature_transform"] == "power" and not self.training
+        # the prototypes before the hallucinations: the order autograd accumulates gradients in,
+        # which the golden numbers pin to the last bit
+        protos = prototypes(power_transform(support.clamp_min(0)) if power else support, labels, ways)
         hallucinated = self.hallucinate_support(support, labels, ways, M, keys)
+        if power:
+            queries = power_transform(queries.clamp_min(0))
+            if hallucinated is not None:
+                hallucinated = (power_transform(hallucinated[0].clamp_min(0)), hallucinated[1])
         if hallucinated is not None:
             fake, fake_labels = hallucinated
             real_counts = torch.nn.functional.one_hot(labels, ways).sum(-2)
@@ -314,6 +348,24 @@ class FewShotClassifier(nn.Module):
         if self.config["learn_logit_scale"]:
             return logits * self.log_logit_scale.exp().to(logits.dtype)
         return logits if self.config["logit_scale"] == 1 else logits * self.config["logit_scale"]
+
+    def _head_logits(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, ways: int,
+                     hallucinated: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """A test-time head other than the prototype (`fsl.models.heads`): the hallucinated features
+        are more labelled support, weighted by the head's `hallucinated_weight` where it has one;
+        the feature transform (CL2N, power) applies to every feature first. [E, S, D] -> [E, Q, N]."""
+        weights = None
+        if hallucinated is not None:
+            fake, fake_labels = hallucinated
+            share = getattr(self.head, "hallucinated_weight", 1.0)
+            weights = torch.cat([torch.ones(labels.shape, device=support.device),
+                                 torch.full(fake_labels.shape, float(share), device=support.device)], -1)
+            support, labels = torch.cat([support, fake.to(support.dtype)], -2), torch.cat([labels, fake_labels], -1)
+        if self.needs_base_mean:
+            support, queries = self.centre_and_normalise(support), self.centre_and_normalise(queries)
+        elif self.config["feature_transform"] == "power":
+            support, queries = power_transform(support.clamp_min(0)), power_transform(queries.clamp_min(0))
+        return in_canonical_order(self.head, support, labels, queries, ways, weights).to(self.dtype)
 
     def centre_and_normalise(self, features: torch.Tensor) -> torch.Tensor:
         """SimpleShot's CL2N (Wang et al. 2019): [..., D] -> (f - base mean) / |f - base mean|.
@@ -424,6 +476,8 @@ class FewShotClassifier(nn.Module):
                         component.__dict__[name] = saved.get(name, spec.default)
         state["config"] = config | {"encoder_args": settings_of(modules["encoder"]), "hallucinator_args": (
             settings_of(modules["hallucinator"]) if modules.get("hallucinator") is not None else {})}
+        if "head" not in state:  # pickled before heads: the prototype rule
+            state["head"] = HEADS.create(config["head"], **config["head_args"])
         super().__setstate__(state)
 
 
@@ -443,6 +497,32 @@ def build_model(cfg: "TrainConfig", data: "DataSet", device: torch.device | str 
 
 
 current_state_dict = compat.current_state_dict  # a checkpoint's weights under today's names
+
+
+def in_canonical_order(head: Callable[..., torch.Tensor], support: torch.Tensor, labels: torch.Tensor,
+                       queries: torch.Tensor, ways: int, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """`head`'s answer computed on its inputs put in an order that depends on their values only,
+    then put back in the caller's order: [E, S, D], [E, S], [E, Q, D] -> [E, Q, N].
+
+    An iterative head sums over classes, support rows and queries in the order it gets them, and
+    its optimiser (Adam normalises each gradient element) can turn the last bits of a sum into a
+    visible change of a near-tie. Sorting classes by a projection of their mean feature, support
+    rows by class then projection, and queries by projection makes the answer the same for any
+    order of the support images, the classes and the queries, to the last bit."""
+    e = torch.arange(support.shape[0], device=support.device)[:, None]
+    direction = torch.linspace(1.0, 2.0, support.shape[-1], device=support.device, dtype=support.dtype)
+    onehot = torch.nn.functional.one_hot(labels, ways).to(support.dtype)            # [E, S, N]
+    class_key = ((onehot.transpose(1, 2) @ support) / onehot.sum(1).unsqueeze(-1)) @ direction  # [E, N]
+    class_order = class_key.argsort(dim=-1, stable=True)                                   # canonical -> given
+    rank = class_order.argsort(-1)                                                     # given -> canonical
+    new_labels = rank.gather(1, labels)
+    row_key = (support @ direction).argsort(dim=-1, stable=True)
+    rows = row_key.gather(1, new_labels.gather(1, row_key).argsort(dim=-1, stable=True))   # by class, then value
+    query_order = (queries @ direction).argsort(dim=-1, stable=True)
+    out = head(support[e, rows], new_labels.gather(1, rows), queries[e, query_order], ways,
+               None if weights is None else weights.gather(1, rows))
+    out = out.gather(1, query_order.argsort(dim=-1)[..., None].expand(-1, -1, out.shape[-1]))  # queries back
+    return out.gather(2, rank[:, None, :].expand(-1, out.shape[1], -1))  # column c: given class c
 
 
 def _table_name(table, component: Any) -> str | None:
