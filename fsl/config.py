@@ -375,15 +375,16 @@ class TrainConfig(RuntimeConfig, TestConfig, ScheduleConfig, ModelSpec, EpisodeC
         self._validate_splits()
 
     def _validate_feature_transform(self) -> None:
-        """Tukey's power transform and PT-MAP's (its own first step) need features >= 0: Conv-4's
-        are (a ReLU before the last max-pool), ResNet-12's are not (leaky ReLU), nor CL2N's."""
+        """Tukey's power transform and PT-MAP's (its own first step, on the raw features: the
+        model's feature transform does not apply to PT-MAP) need features >= 0: Conv-4's are (a
+        ReLU before the last max-pool), ResNet-12's are not (leaky ReLU), nor CL2N's."""
         _one_of("head", self.head, HEADS.names())
         negative = "--encoder resnet12 (leaky ReLU)" if self.encoder == "resnet12" else \
             "--feature-transform cl2n" if self.feature_transform == "cl2n" else None
         if self.feature_transform == "power" and negative:
             raise UsageError(f"--feature-transform power needs features >= 0, and {negative} makes them "
                              f"negative too: use --feature-transform none or cl2n")
-        if self.head == "pt-map" and negative:
+        if self.head == "pt-map" and self.encoder == "resnet12":  # CL2N does not apply to PT-MAP's features
             raise UsageError(f"--head pt-map power-transforms the features, which needs them >= 0, and {negative} "
                              f"makes them negative too")
 

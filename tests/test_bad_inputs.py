@@ -308,8 +308,8 @@ ROWS = [
     ("power-on-resnet12-features", cli_args("protonet", *TINY, "--encoder", "resnet12", "--encoder-arg", "width=0.25",
                                             "--feature-transform", "power"), 2,
      "--feature-transform power needs features >= 0, and --encoder resnet12 (leaky ReLU) makes them negative"),
-    ("pt-map-on-cl2n-features", cli_args("protonet", *TINY, "--feature-transform", "cl2n", "--head", "pt-map"), 2,
-     "--head pt-map power-transforms the features, which needs them >= 0, and --feature-transform cl2n"),
+    ("pt-map-on-resnet12-features", cli_args("protonet", *TINY, "--encoder", "resnet12", "--head", "pt-map"), 2,
+     "--head pt-map power-transforms the features, which needs them >= 0, and --encoder resnet12 (leaky ReLU)"),
     # --- silent results made loud (issue 36): a warning line, exit code 0
     ("evaluate-split-all-of-the-training-data", cli_args("evaluate", "--model", "{ckpt}", "--image-size", "16",
                                                          "--split", "all", "--test-episodes", "3", "--test-queries",

@@ -361,7 +361,9 @@ class FewShotClassifier(nn.Module):
             weights = torch.cat([torch.ones(labels.shape, device=support.device),
                                  torch.full(fake_labels.shape, float(share), device=support.device)], -1)
             support, labels = torch.cat([support, fake.to(support.dtype)], -2), torch.cat([labels, fake_labels], -1)
-        if self.needs_base_mean:
+        if getattr(self.head, "own_features", False):
+            pass  # the head's own pipeline (PT-MAP) takes the raw features
+        elif self.needs_base_mean:
             support, queries = self.centre_and_normalise(support), self.centre_and_normalise(queries)
         elif self.config["feature_transform"] == "power":
             support, queries = power_transform(support.clamp_min(0)), power_transform(queries.clamp_min(0))

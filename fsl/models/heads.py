@@ -33,9 +33,11 @@ HallucinatedWeight = Annotated[float, Setting("How much a hallucinated support f
 
 
 class Head:
-    """The contract of a head (see the module docstring)."""
+    """The contract of a head (see the module docstring). `own_features`: the head transforms the
+    raw features itself (PT-MAP), so the model's --feature-transform does not apply to them."""
 
     transductive: bool = False
+    own_features: bool = False
 
     def __call__(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, ways: int,
                  weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,6 +123,7 @@ class PTMap(Head):
     the class centres. Transductive; assumes balanced queries; needs non-negative features."""
 
     transductive = True
+    own_features = True  # its power transform, l2 and centring replace the model's feature transform
 
     def __init__(self, *, beta: Annotated[float, Setting("Power of Tukey's transform (features >= 0).", low=0.0,
                                                          low_open=True, high=1.0)] = 0.5,

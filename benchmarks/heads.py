@@ -1,0 +1,259 @@
+"""The heads study (issue 33): every test-time head on the same encoders and episodes, with the
+hallucinator off and with `calibrated`, replicated over training seeds and paired; and each head's
+speed, batched against a per-episode loop of the same maths.
+
+    python -m benchmarks.heads builtin --seeds 0,1,2 --out benchmarks/results/heads_cpu4
+    python -m benchmarks.heads omniglot --seeds 0,1,2 --out benchmarks/results/heads_cpu4
+    python -m benchmarks.heads speed --out benchmarks/results/heads_cpu4
+    python -m benchmarks.heads table benchmarks/results/heads_cpu4
+
+builtin: the best built-in encoder (pre-training 10 epochs + CL2N: `--recipe simpleshot`, with the
+calibrated hallucinator's base statistics, which do not change the weights), per seed, tested on
+the same 600 5-way 1-shot and 5-shot 15-query episodes (test seed 2) and on 600 episodes of 1 shot
+and 1 to 10 queries per class (the heads that assume balanced queries meet imbalance), every head
+at M = 0 and M = 100. The models are saved as `models/simpleshot_s<seed>.pt` under `--out` (git
+ignores *.pt) and reused, so a new head is scored without training again.
+omniglot: the Omniglot recipe (`benchmarks.omniglot`: 6,000 60-way episodes, rotations and
+reflections as classes, augmentation, tested with 16 views), every head on its 1,000 5- and
+20-way 1-shot test episodes; models saved as `models/omniglot_s<seed>.pt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HEAD_SETTINGS: dict[str, dict] = {}  # each head at its paper's defaults (fsl.models.heads)
+M_VALUES = (0, 100)
+
+
+def heads() -> list[str]:
+    from fsl.components import HEADS
+
+    return list(HEADS.names())
+
+
+def simpleshot_model(seed: int, folder: Path):
+    """The pre-trained + CL2N model of `seed` (trained once, then loaded), on the built-in data."""
+    from fsl.commands.training_setup import prepare_training
+    from fsl.config import TrainConfig
+    from fsl.models.classifier import load_checkpoint
+    from fsl.pretrain import pretrain
+
+    path = folder / f"simpleshot_s{seed}.pt"
+    cfg = TrainConfig(seed=seed, precision="fp32", device="cpu", hallucinator="calibrated", M=100).with_values(
+        {"epochs": 0, "pretrain_epochs": 10, "feature_transform": "cl2n"})
+    if not path.exists():
+        setup = prepare_training(cfg)
+        started = time.perf_counter()
+        result = pretrain(setup.model, setup.data, setup.cfg, setup.device)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(result.model.checkpoint(train_seconds=time.perf_counter() - started), path)
+    return load_checkpoint(path).eval(), cfg
+
+
+def unbalanced_table(data, count: int, seed: int, folder: Path):
+    """`count` 5-way 1-shot episodes of the test split of `data` with 1 to 10 queries per class
+    (drawn), as a compiled episode file of `test:<row>` rows (with its source record)."""
+    from fsl.data.episode_table import compile_episode_file
+    from fsl.data.episodes import source_record_path
+
+    store = data.split("test")
+    g = np.random.default_rng(seed)
+    labels = store.labels.numpy()
+    rows = ["episode,role,label,path"]
+    for e in range(count):
+        for c in g.choice(store.n_classes, 5, replace=False):
+            members = np.flatnonzero(labels == c)
+            picked = g.choice(members, 1 + int(g.integers(1, 11)), replace=False)
+            rows.append(f"{e},support,{store.class_names[c]},test:{picked[0]}")
+            rows += [f"{e},query,{store.class_names[c]},test:{r}" for r in picked[1:]]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"unbalanced_{seed}.csv"
+    path.write_text("\n".join(rows) + "\n")
+    source_record_path(path).write_text(json.dumps({"data_set": data.name, "source_id": data.source_id}) + "\n")
+    return compile_episode_file(path)
+
+
+def score_heads(model, store, episodes, noise_seed: int) -> dict[str, dict[str, list[float]]]:
+    """{head: {"M0": per-episode accuracies, "M100": ...}} on one encoder pass."""
+    from fsl.evaluate import encode_episodes, evaluate
+
+    encoded = encode_episodes(model, store, episodes, max(M_VALUES))
+    out: dict[str, dict[str, list[float]]] = {}
+    for head in heads():
+        with model.using_head(head, **HEAD_SETTINGS.get(head, {})):
+            out[head] = {f"M{m}": [round(float(a), 4) for a in evaluate(model, store, episodes, m, noise_seed,
+                                                                       encoded=encoded).accs] for m in M_VALUES}
+    return out
+
+
+def score_table_heads(model, table, images, noise_seed: int) -> dict[str, dict[str, list[float]]]:
+    from fsl.evaluate import encode_table, evaluate_table
+
+    features = encode_table(model, table, images)
+    out: dict[str, dict[str, list[float]]] = {}
+    for head in heads():
+        with model.using_head(head, **HEAD_SETTINGS.get(head, {})):
+            out[head] = {f"M{m}": [round(float(a), 4) for a in evaluate_table(model, table, images, m, noise_seed,
+                                                                             features=features).accs]
+                         for m in M_VALUES}
+    return out
+
+
+def builtin(seed: int, out: Path) -> Path:
+    """Every head on the built-in data for one training seed; a JSON per seed in `out`."""
+    from fsl.data import load_dataset
+    from fsl.data.episodes import EpisodeShape, episode_file_images
+    from fsl.evaluate import sample_episodes
+
+    torch.set_num_threads(2)
+    model, cfg = simpleshot_model(seed, out / "models")
+    data = load_dataset("synthetic")
+    store = data.split("test")
+    result: dict = {"seed": seed, "recipe": "simpleshot + calibrated statistics", "train_seconds":
+                    model.trained_with.get("train_seconds")}
+    for shots in (1, 5):
+        episodes = sample_episodes(store, EpisodeShape(5, shots, 15), 600, cfg.test_seed, "test")
+        started = time.perf_counter()
+        result[f"{shots}shot"] = score_heads(model, store, episodes, cfg.test_seed)
+        result[f"{shots}shot_seconds"] = round(time.perf_counter() - started, 1)
+    table = unbalanced_table(data, 600, cfg.test_seed, out / "models")
+    result["unbalanced"] = score_table_heads(model, table, episode_file_images(table, data, None, None),
+                                             cfg.test_seed)
+    path = out / f"builtin_s{seed}.json"
+    path.write_text(json.dumps(result) + "\n")
+    return path
+
+
+def omniglot(seed: int, out: Path) -> Path:
+    """Every head on the Omniglot recipe model of `seed` (trained once, then loaded)."""
+    from benchmarks.omniglot import load_omniglot, run, with_config
+    from fsl.data.episodes import EpisodeShape
+    from fsl.evaluate import sample_episodes
+    from fsl.models.classifier import load_checkpoint
+
+    torch.set_num_threads(2)
+    path = out / "models" / f"omniglot_s{seed}.pt"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run(steps=6000, episodes=10, seed=seed, augment="omniglot", reflections=True, precision="fp32", save=path)
+    model = with_config(load_checkpoint(path), test_views=16)  # the recipe tests with 16 views
+    _, unseen = load_omniglot(None, reflections=False)
+    test = unseen.split("test")
+    result: dict = {"seed": seed, "recipe": "omniglot (6,000 episodes, reflections, 16 views)"}
+    for way in (5, 20):
+        episodes = sample_episodes(test, EpisodeShape(way, 1, 5), 1000, seed=100 + way, split="test")
+        result[f"{way}way"] = score_heads(model, test, episodes, 0)
+    path = out / f"omniglot_s{seed}.json"
+    path.write_text(json.dumps(result) + "\n")
+    return path
+
+
+def speed(dims=(64, 1600), episodes: int = 1000, loop_episodes: int = 100) -> dict:
+    """Seconds per 1,000 5-way 1-shot 15-query episodes of each head at each feature size: the
+    batched call (median of 3 after a warm-up) against the per-episode loop of the same maths
+    (`head_maths.per_episode`, timed on `loop_episodes` episodes and scaled), and the largest
+    accuracy difference between the two on those episodes (points)."""
+    import statistics
+
+    from benchmarks.timing import interleaved
+    from fsl.components import HEADS
+    from fsl.models.head_maths import per_episode
+
+    torch.set_num_threads(2)
+    out: dict = {"episodes": episodes, "loop_episodes": loop_episodes, "threads": torch.get_num_threads()}
+    for dim in dims:
+        g = torch.Generator().manual_seed(dim)
+        centres = torch.randn(episodes, 5, dim, generator=g) + 1.0
+        support = (centres + 0.7 * torch.randn(episodes, 5, dim, generator=g)).relu()
+        labels = torch.arange(5).expand(episodes, -1).contiguous()
+        truth = torch.arange(5).repeat_interleave(15).expand(episodes, -1)
+        queries = (centres.repeat_interleave(15, 1) + 0.7 * torch.randn(episodes, 75, dim, generator=g)).relu()
+        for name in HEADS.names():
+            head = HEADS.create(name)
+            batched = lambda: head(support, labels, queries, 5)  # noqa: E731
+            n = loop_episodes
+
+            def loop(h=head, n=n):
+                return per_episode(lambda s, lab, q, w, weights=None: h(s, lab, q, w))(
+                    support[:n], labels[:n], queries[:n], 5)
+
+            times = interleaved({"batched": batched, "loop": loop}, repeats=3, warmup=1)
+            acc_b = (batched()[:n].argmax(-1) == truth[:n]).double().mean(-1) * 100
+            acc_l = (loop().argmax(-1) == truth[:n]).double().mean(-1) * 100
+            per_1000_batched = statistics.median(times["batched"]) * 1000 / episodes
+            per_1000_loop = statistics.median(times["loop"]) * 1000 / n
+            out[f"{name}_d{dim}"] = {"batched_s_per_1000": round(per_1000_batched, 3),
+                                     "loop_s_per_1000": round(per_1000_loop, 3),
+                                     "speedup": round(per_1000_loop / per_1000_batched, 1),
+                                     "max_acc_difference": float((acc_b - acc_l).abs().max())}
+            print(name, dim, out[f"{name}_d{dim}"], flush=True)
+    return out
+
+
+def table(folder: Path) -> str:
+    """Markdown: per data set and test, each head's mean accuracy over seeds (t-CI), the paired
+    difference to the prototype head with the hallucinator off, and the paired gain of
+    `calibrated` (M = 100) over the same head at M = 0; transductive heads marked."""
+    from fsl.components import HEADS
+    from fsl.stats import paired_difference, seed_ci
+
+    lines = []
+    for kind, tests in (("builtin", ("1shot", "5shot", "unbalanced")), ("omniglot", ("5way", "20way"))):
+        runs = {int(p.stem.rsplit("_s", 1)[1]): json.loads(p.read_text()) for p in folder.glob(f"{kind}_s*.json")}
+        if not runs:
+            continue
+        lines += [f"\n**{kind}** (seeds {','.join(map(str, sorted(runs)))})\n",
+                  "| test | head | M = 0 | vs prototype | M = 100 (calibrated) | calibrated's gain | vs prototype |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for test in tests:
+            def mean(seed: int, head: str, m: str) -> float:
+                return float(np.mean(runs[seed][test][head][m]))
+
+            seeds = sorted(s for s in runs if test in runs[s])
+            base = {s: mean(s, "prototype", "M0") for s in seeds}
+            for head in HEADS.names():
+                if head not in runs[seeds[0]][test]:
+                    continue
+                label = head + (" (transductive)" if HEADS[head].transductive else "")
+                cells = []
+                for m in ("M0", "M100"):
+                    value = {s: mean(s, head, m) for s in seeds}
+                    interval = seed_ci(list(value.values()))
+                    cells.append(f"{interval.mean:.2f} ± {interval.half:.2f}")
+                    d = paired_difference(value, base)
+                    cells.append("—" if head == "prototype" and m == "M0" else
+                                 f"{d.mean:+.2f} ± {d.half:.2f}" + (" ✓" if d.excludes_zero else ""))
+                gain = paired_difference({s: mean(s, head, "M100") for s in seeds},
+                                         {s: mean(s, head, "M0") for s in seeds})
+                gain_cell = f"{gain.mean:+.2f} ± {gain.half:.2f}" + (" ✓" if gain.excludes_zero else "")
+                lines.append(f"| {test} | {label} | {cells[0]} | {cells[1]} | {cells[2]} | {gain_cell} | {cells[3]} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["builtin", "omniglot", "speed", "table"])
+    parser.add_argument("folder", nargs="?", type=Path)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/heads"))
+    args = parser.parse_args()
+    if args.what == "table":
+        print(table(args.folder or args.out))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.what == "speed":
+        (args.out / "speed.json").write_text(json.dumps(speed(), indent=1) + "\n")
+        return
+    for seed in (int(s) for s in args.seeds.split(",")):
+        print(builtin(seed, args.out) if args.what == "builtin" else omniglot(seed, args.out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
