@@ -314,8 +314,9 @@ training_options = _options(
                  help="Epochs; each ends with validation and keeps the best model."),
     click.option("--episodes-per-epoch", default=DEFAULTS.episodes_per_epoch, help="Optimiser steps per epoch."),
     click.option("--episodes-per-step", default=DEFAULTS.episodes_per_step,
-                 help="Episodes averaged per optimiser step, per process "
-                 "(torchrun: each of N processes draws its own, so a step sees N x this many)."),
+                 help="Episodes averaged per optimiser step, per process, run through the encoder as one batch "
+                 "(each with its own BatchNorm statistics: the same step as one after the other); torchrun: each "
+                 "of N processes draws its own, so a step sees N x this many."),
     val_episodes_option,
     click.option("--test-episodes", default=DEFAULTS.test_episodes, help="Test episodes (600 as in the literature)."),
     click.option("--lr", default=DEFAULTS.lr, help="Adam learning rate."),

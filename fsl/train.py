@@ -32,6 +32,7 @@ from fsl.errors import FslError
 from fsl.evaluate import encode_rows, evaluate, sample_episodes
 from fsl.files import atomic_save
 from fsl.models.classifier import FewShotClassifier, current_state_dict
+from fsl.models.encoders import episode_groups
 from fsl.models.noise import episode_keys
 from fsl.processes import stop_if_interrupted, world
 from fsl.runtime import compile_module, make_generator, resolve_compile
@@ -90,6 +91,48 @@ class EpisodeLoss(nn.Module):
         extra = hallucinator.extra_loss(s, support_labels, self.ways, keys) if hallucinator is not None else None
         return (loss if extra is None else loss + extra), logits
 
+    def batched(self, support: torch.Tensor, query: torch.Tensor, support_labels: torch.Tensor,
+                query_labels: torch.Tensor, rngs: list[torch.Generator], keys: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """E episodes, their images through the encoder as one batch: support [E, S, C, H, W], query
+        [E, Q, C, H, W], labels [1, S] and [Q], `rngs` one augmentation generator per episode, `keys`
+        int64 [E, ways] -> (mean of the E episodes' losses, logits [E, Q, ways]), as E calls of
+        `forward` give them: each episode is augmented with its own generator and normalised by
+        BatchNorm with its own statistics (`EpisodeBatchNorm2d`), and everything after the encoder
+        (hallucination, whose dropout draws from the global generator, statistics, extra terms)
+        runs episode by episode in the loop's order. None where the encoder's BatchNorm layers
+        cannot take episodes apart, or with `--batch-norm split` (support and query apart would
+        move the running statistics in another order than the loop): the trainer then loops."""
+        if self.split:
+            return None
+        e, shots, queries = support.shape[0], support.shape[1], query.shape[1]
+        images = []
+        for i in range(e):
+            x = torch.cat([self.model.prepare(support[i]), self.model.prepare(query[i])])
+            augment = augmenter(self.model, self.policy, rngs[i])
+            images.append(augment(x) if augment else x)
+        x = torch.stack(images)  # [E, S+Q, C, H, W]
+        encoder = self.model.encoder
+        with episode_groups(encoder, e) as able:
+            if not able:
+                return None
+            f = self.model._encode(x.flatten(0, 1), self.compiled).view(e, shots + queries, -1)
+        s, q = f[:, :shots], f[:, shots:]
+        losses, logits = [], []
+        hallucinator = self.model.hallucinator if self.model.M else None
+        for i in range(e):
+            episode = self.model.logits_from_features(s[i:i + 1], support_labels, q[i:i + 1], self.ways,
+                                                      keys=keys[i:i + 1])[0]
+            if hallucinator is not None:
+                hallucinator.observe(torch.cat([s[i:i + 1], q[i:i + 1]], 1),
+                                     torch.cat([support_labels, query_labels[None]], 1), self.ways)
+            loss = F.cross_entropy(episode, query_labels)
+            extra = hallucinator.extra_loss(s[i:i + 1], support_labels, self.ways, keys[i:i + 1]) \
+                if hallucinator is not None else None
+            losses.append(loss if extra is None else loss + extra)
+            logits.append(episode)
+        return torch.stack(losses).mean(), torch.stack(logits)
+
 
 def augmenter(model: FewShotClassifier, policy: Callable[..., torch.Tensor] | None, rng: torch.Generator
               ) -> Callable[[torch.Tensor], torch.Tensor] | None:
@@ -133,6 +176,9 @@ class EpisodeTrainer:
                 self.step_loss, device_ids=[device] if device.type == "cuda" else None,
                 find_unused_parameters=model.hallucinator is not None)
         self.episodes_done = 0  # optimiser steps so far, over all epochs (resume)
+        # --episodes-per-step E > 1: the E episodes through the encoder as one batch, each with its
+        # own BatchNorm statistics (False: one at a time, the reference the batched step equals)
+        self.batch_episodes = True
 
     def run(self, n: int, progress: Callable[[int], None] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -149,7 +195,12 @@ class EpisodeTrainer:
             stop_if_interrupted()
             self.optimizer.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), device=device)
-            for j in range(self.per_step):
+            batched = self._batched_step(step, draws, support_idx, query_idx) \
+                if self.per_step > 1 and self.batch_episodes else None
+            if batched is not None:  # the E episodes through the encoder as one batch
+                step_loss, step_correct = batched
+                correct += step_correct
+            for j in range(self.per_step) if batched is None else ():
                 sync = j == self.per_step - 1 or not isinstance(self.step_loss, nn.parallel.DistributedDataParallel)
                 with contextlib.nullcontext() if sync else cast(nn.parallel.DistributedDataParallel,
                                                                  self.step_loss).no_sync():
@@ -168,6 +219,24 @@ class EpisodeTrainer:
             if progress:
                 progress(1)
         return loss_sum, correct / self.per_step, first_bad
+
+    def _batched_step(self, step: int, draws, support_idx, query_idx) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The step's E episodes as one encoder batch (`EpisodeLoss.batched`), backward done:
+        (the sum of their losses, their correct queries), device tensors; None where it cannot
+        (torchrun's DDP wraps the loss; an encoder whose BatchNorm cannot take episodes apart)."""
+        if not isinstance(self.step_loss, EpisodeLoss):
+            return None
+        images = self.store.images
+        keys = torch.cat([episode_keys(self.noise_seeds[j], [self.episodes_done], draws[j].classes[step][None])
+                          for j in range(self.per_step)])
+        done = self.step_loss.batched(images[torch.stack([idx[step] for idx in support_idx])],
+                                      images[torch.stack([idx[step] for idx in query_idx])],
+                                      self.support_labels, self.query_labels, self.noise_rngs, keys)
+        if done is None:
+            return None
+        loss, logits = done
+        loss.backward()  # the mean of the E losses: the loop's sum of loss / E
+        return loss.detach() * self.per_step, (logits.detach().argmax(-1) == self.query_labels).sum()
 
     def state(self) -> dict[str, Any]:
         """Optimiser, schedule and every random generator: with the weights, all that resuming needs."""

@@ -1,11 +1,14 @@
 """Smoke tests of the benchmark scripts at a tiny size: they run and report both paths."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -118,3 +121,16 @@ def test_the_omniglot_study_table_pairs_each_recipe_with_today_seed_by_seed(tmp_
     assert "+0.75 ± 3.18 |" in rows["strokes", "0,1", "5-way"]
     assert "-1.25 ± 3.18 |" in rows["today", "0,1", "20-way, CL2N"]  # CL2N of today's own models, paired
     assert "| — |" in rows["today", "0,1", "20-way"] and "| 10.0 |" in rows["today", "0,1", "20-way"]
+
+
+@pytest.mark.slow
+def test_the_gpu_floor_script_dry_runs_every_part_on_the_cpu(tmp_path):
+    """`benchmarks/gpu_floor.sh --cpu-smoke`: what a lent GPU's first minutes run, at toy sizes."""
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_floor.sh"), "--cpu-smoke"], cwd=ROOT,
+                          env=os.environ | {"OUT": str(tmp_path), "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=900)
+    parts = (tmp_path / "parts.txt").read_text().splitlines()
+    assert parts == [f"{p}: exit 0" for p in ("smoke", "trainer", "batched", "resnet12", "profile", "bench")], \
+        done.stdout[-3000:]
+    assert json.loads((tmp_path / "batched.json").read_text())["episodes_per_s"]["E2_batched"] > 0
+    assert "Self CPU time total" in (tmp_path / "profile.json").read_text()

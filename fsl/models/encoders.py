@@ -13,7 +13,8 @@ channel count (1.0 is the published network; CI trains the same classes at 0.25)
 
 from __future__ import annotations
 
-from typing import Annotated
+import contextlib
+from typing import Annotated, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -39,10 +40,57 @@ def _check_size(name: str, image_size: int) -> None:
         raise ValueError(f"{name} needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}, got {image_size}")
 
 
+class EpisodeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics can be each episode's own: with `episodes` E > 1 (set
+    by the trainer for one call, `episode_groups`), a batch of E episodes' images (episode-major,
+    as many per episode) is normalised with each episode's mean and variance, and the running
+    statistics are updated as E calls one after the other would have. E = 1, or eval mode, is
+    plain BatchNorm2d (the same state dict, the same numbers)."""
+
+    episodes: int = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e = self.episodes
+        if e == 1 or not self.training:
+            return super().forward(x)
+        b, c, h, w = x.shape[0] // e, x.shape[1], x.shape[2], x.shape[3]
+        # [E*B, C, H, W] -> [B, E*C, H, W]: BatchNorm's statistics per (episode, channel)
+        grouped = x.reshape(e, b, c, h, w).transpose(0, 1).reshape(b, e * c, h, w)
+        out = F.batch_norm(grouped, None, None, self.weight.repeat(e), self.bias.repeat(e), True, 0.0, self.eps)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                n = b * h * w
+                mean = grouped.mean((0, 2, 3)).view(e, c)
+                var = grouped.var((0, 2, 3), unbiased=True).view(e, c) if n > 1 else torch.zeros(e, c)
+                for i in range(e):  # as E calls in a row: each moves the running statistics
+                    self.running_mean.lerp_(mean[i].to(self.running_mean.dtype), self.momentum or 0.1)
+                    self.running_var.lerp_(var[i].to(self.running_var.dtype), self.momentum or 0.1)
+                if self.num_batches_tracked is not None:
+                    self.num_batches_tracked += e
+        return out.reshape(b, e, c, h, w).transpose(0, 1).reshape(e * b, c, h, w)
+
+
+@contextlib.contextmanager
+def episode_groups(module: nn.Module, episodes: int) -> Iterator[bool]:
+    """Set every EpisodeBatchNorm2d of `module` to take `episodes` groups for the block; yields
+    whether every BatchNorm of it can (an encoder with other BatchNorm layers cannot: the trainer
+    then encodes one episode at a time)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    groupable = [m for m in norms if isinstance(m, EpisodeBatchNorm2d)]
+    able = len(groupable) == len(norms)
+    for m in groupable if able else []:
+        m.episodes = episodes
+    try:
+        yield able
+    finally:
+        for m in groupable if able else []:
+            m.episodes = 1
+
+
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.BatchNorm2d(out_channels),
+        EpisodeBatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
@@ -109,11 +157,12 @@ class ResidualStage(nn.Module):
         layers: list[nn.Module] = []
         for i in range(3):
             layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(out_channels)]
+                       EpisodeBatchNorm2d(out_channels)]
             if i < 2:
                 layers.append(nn.LeakyReLU(0.1))
         self.body = nn.Sequential(*layers)
-        self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False),
+                                      EpisodeBatchNorm2d(out_channels))
         self.pool = nn.MaxPool2d(2)
         self.drop = DropBlock(drop_rate)
 
