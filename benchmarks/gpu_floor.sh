@@ -22,7 +22,7 @@ if [ "${1:-}" = "--cpu-smoke" ]; then
   for p in smoke trainer batched resnet12 profile; do
     part "$p" 120 $PY -m benchmarks.gpu_floor "$p" --tiny --device cpu --out "$OUT/$p.json"
   done
-  part bench 120 $PY -m benchmarks.bench --tiny --device cpu --out "$OUT/bench_floor.json"
+  part bench 120 $PY -m benchmarks.bench --tiny --workers 1 --device cpu --out "$OUT/bench_floor.json"
   exit 0
 fi
 nvidia-smi -L || true

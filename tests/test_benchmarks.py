@@ -10,24 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_the_speed_benchmark_runs_both_paths_at_a_tiny_size(tmp_path):
-    out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--tiny", "--workers", "1", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
-    for key in ("5way", "30way"):
-        row = result["train"][key]
-        assert row["product"]["median"] > 0 and row["reference"]["median"] > 0 and row["ratio"] > 0
-    assert result["eval"]["5way"]["ratio"] > 0 and result["floor"]["matmul_tflops"] > 0
-    assert set(result["first_episode_s"]) == {"product_cold", "product_warm", "reference"}
-    assert "train 30-way 1-shot (episodes/s)" in done.stdout
-
-
 def test_the_replicated_study_without_mlflow_pairs_seeds_and_tests_calibrated_m_from_one_model(monkeypatch, tmp_path):
     import fsl.commands.cmd_train
     from benchmarks.hallucination import markdown, replicated_study, rows_from_logs, study_plan
@@ -125,7 +109,8 @@ def test_the_omniglot_study_table_pairs_each_recipe_with_today_seed_by_seed(tmp_
 
 @pytest.mark.slow
 def test_the_gpu_floor_script_dry_runs_every_part_on_the_cpu(tmp_path):
-    """`benchmarks/gpu_floor.sh --cpu-smoke`: what a lent GPU's first minutes run, at toy sizes."""
+    """`benchmarks/gpu_floor.sh --cpu-smoke`: what a lent GPU's first minutes run, at toy sizes,
+    the speed benchmark (`benchmarks.bench --tiny`) among them, both of its paths."""
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_floor.sh"), "--cpu-smoke"], cwd=ROOT,
                           env=os.environ | {"OUT": str(tmp_path), "PYTHON": sys.executable}, capture_output=True,
                           text=True, timeout=900)
@@ -134,3 +119,10 @@ def test_the_gpu_floor_script_dry_runs_every_part_on_the_cpu(tmp_path):
         done.stdout[-3000:]
     assert json.loads((tmp_path / "batched.json").read_text())["episodes_per_s"]["E2_batched"] > 0
     assert "Self CPU time total" in (tmp_path / "profile.json").read_text()
+    bench = json.loads((tmp_path / "bench_floor.json").read_text())
+    for key in ("5way", "30way"):
+        row = bench["train"][key]
+        assert row["product"]["median"] > 0 and row["reference"]["median"] > 0 and row["ratio"] > 0
+    assert bench["eval"]["5way"]["ratio"] > 0 and bench["floor"]["matmul_tflops"] > 0
+    assert set(bench["first_episode_s"]) == {"product_cold", "product_warm", "reference"}
+    assert "train 30-way 1-shot (episodes/s)" in (tmp_path / "bench.log").read_text()

@@ -39,9 +39,11 @@ def checkpoint(uri: str, run_id: str) -> dict:
 
 def test_two_gloo_processes_make_one_run_that_matches_one_process_with_two_episodes_per_step(tracking):
     # 300 val and test episodes: two chunks of evaluation (204 episodes each at this shape), so
-    # rank 1 scores one of them and the all-reduce decides the accuracy.
+    # rank 1 scores one of them and the all-reduce decides the accuracy. fp64: the single process
+    # encodes its two episodes as one batch, and in fp32 Adam turns the rounding noise in a
+    # near-zero gradient (a convolution's bias before BatchNorm) into a full step.
     budget = [*TINY, "--epochs", "1", "--episodes-per-epoch", "3", "--device", "cpu", "--val-episodes", "300",
-              "--test-episodes", "300"]
+              "--test-episodes", "300", "--precision", "fp64"]
     env = os.environ | {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
@@ -56,7 +58,7 @@ def test_two_gloo_processes_make_one_run_that_matches_one_process_with_two_episo
     a = checkpoint(tracking, ddp_run.info.run_id)["state_dict"]
     b = checkpoint(tracking, single_run.info.run_id)["state_dict"]
     weights = [k for k in a if "running_" not in k and "num_batches" not in k]
-    assert weights and all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in weights)
+    assert weights and all(torch.allclose(a[k], b[k], atol=1e-8, rtol=1e-7) for k in weights)
     # Validation and test are sharded over the ranks and summed by an all-reduce: they give what
     # one process gives for the DDP run's own model on the same episodes, to the last digit. (The
     # single-process run is another model: its BatchNorm running statistics saw both episodes of

@@ -2,10 +2,10 @@
 hallucinator off and with `calibrated`, replicated over training seeds and paired; and each head's
 speed, batched against a per-episode loop of the same maths.
 
-    python -m benchmarks.heads builtin --seeds 0,1,2 --out benchmarks/results/heads_cpu4
-    python -m benchmarks.heads omniglot --seeds 0,1,2 --out benchmarks/results/heads_cpu4
-    python -m benchmarks.heads speed --out benchmarks/results/heads_cpu4
-    python -m benchmarks.heads table benchmarks/results/heads_cpu4
+    python -m benchmarks.head_study builtin --seeds 0,1,2 --out benchmarks/results/heads_cpu4
+    python -m benchmarks.head_study omniglot --seeds 0,1,2 --out benchmarks/results/heads_cpu4
+    python -m benchmarks.head_study speed --out benchmarks/results/heads_cpu4
+    python -m benchmarks.head_study table benchmarks/results/heads_cpu4
 
 builtin: the best built-in encoder (pre-training 10 epochs + CL2N: `--recipe simpleshot`, with the
 calibrated hallucinator's base statistics, which do not change the weights), per seed, tested on
