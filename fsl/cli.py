@@ -399,6 +399,7 @@ def train_config(options: dict[str, Any], renames: dict[str, str] | None = None,
     --recipe's settings, under the options given on the command line (component settings and the
     old option names included). `renames`: option -> field where they differ (`fsl pretrain`'s
     --epochs is `pretrain_epochs`); `fixed`: fields the command sets whatever is given."""
+    from fsl import compat
     from fsl.config import COMPONENT_AXES
     from fsl.recipes import load_recipe
     from fsl.settings import parse_pairs
@@ -416,6 +417,12 @@ def train_config(options: dict[str, Any], renames: dict[str, str] | None = None,
     if recipe is not None:
         cfg = cfg.with_values(recipe.values)
     cfg = cfg.with_values({renames.get(k, k): options[k] for k in explicit if k in options} | settings | fixed)
+    for option, value in aliases.items():  # named as typed, not as the --*-arg it stands for
+        axis, _, setting = compat.OPTION_ALIASES[option].partition(".")
+        name, table = getattr(cfg, axis), COMPONENT_AXES[axis]
+        if value is not None and name in table and setting not in table.settings(name):
+            raise click.UsageError(f"--{option.replace('_', '-')}: {axis} {name!r} has no setting {setting!r} "
+                                   f"(its settings: {', '.join(table.settings(name)) or 'none'})")
     return replace(cfg, recipe=recipe.name if recipe else None)
 
 
@@ -443,6 +450,10 @@ def cli() -> None:
     """
 
 
+# What `fsl protonet` and `fsl sweep --method protonet` are, whatever a recipe says.
+PROTONET = {"hallucinator": None, "M": 0}
+
+
 def training_command(name: str | None = None) -> Callable:
     """A command that trains: grouped --help, and --recipe."""
     def wrap(f: Callable) -> Callable:
@@ -460,8 +471,8 @@ def protonet(register: bool, registered_model_name: str | None, system_metrics: 
     """Train a Prototypical Network (Snell et al. 2017), then test it on --test-episodes episodes."""
     from fsl.commands.cmd_train import run_training
 
-    run_training(train_config(options), _run_options(register, registered_model_name, system_metrics, resume),
-                 _reporter())
+    run_training(train_config(options, fixed=PROTONET),
+                 _run_options(register, registered_model_name, system_metrics, resume), _reporter())
 
 
 @training_command()
@@ -575,9 +586,7 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: 
     from fsl.commands.cmd_sweep import run_sweep
     from fsl.sweeps import parse_grid, parse_seeds
 
-    if method == "protonet":
-        options["hallucinator"] = None
-    base = train_config(options)
+    base = train_config(options, fixed=PROTONET if method == "protonet" else None)
     run_sweep(base, parse_grid(base, params), _run_options(False, registered_model_name, system_metrics, tsne=tsne),
               _reporter(), seeds=parse_seeds(seeds), baseline=baseline, shard=shard, shards=shards,
               register="none" if no_register else register_mode)

@@ -54,6 +54,15 @@ COMPONENT_AXES: dict[str, Registry] = {"encoder": ENCODERS, "hallucinator": HALL
                                         "format": READERS}
 
 
+def check_head_takes(head: str, encoder: str) -> None:
+    """UsageError where test-time head `head` cannot take the features of encoder `encoder`:
+    PT-MAP power-transforms the raw features, which needs them >= 0, and ResNet-12's leaky ReLU
+    makes them negative (training options and `fsl evaluate --head` on a saved model alike)."""
+    if head == "pt-map" and encoder == "resnet12":
+        raise UsageError("--head pt-map power-transforms the features, which needs them >= 0, and the resnet12 "
+                         "encoder (leaky ReLU) makes them negative too")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set a command reads, and how: the options of every command that takes --data.
@@ -384,9 +393,7 @@ class TrainConfig(RuntimeConfig, TestConfig, ScheduleConfig, ModelSpec, EpisodeC
         if self.feature_transform == "power" and negative:
             raise UsageError(f"--feature-transform power needs features >= 0, and {negative} makes them "
                              f"negative too: use --feature-transform none or cl2n")
-        if self.head == "pt-map" and self.encoder == "resnet12":  # CL2N does not apply to PT-MAP's features
-            raise UsageError(f"--head pt-map power-transforms the features, which needs them >= 0, and {negative} "
-                             f"makes them negative too")
+        check_head_takes(self.head, self.encoder)  # CL2N does not apply to PT-MAP's features
 
     def _validate_counts(self) -> None:
         for name in ("shots", "queries", "test_queries", "episodes_per_epoch",

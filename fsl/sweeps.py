@@ -82,8 +82,9 @@ def is_protonet(cfg: TrainConfig) -> bool:
 
 
 def _applied(base: TrainConfig, point: Point) -> TrainConfig:
-    """`base` with the point's values (None: a setting the point's component does not have)."""
-    return base.with_values({k: v for k, v in point.items if v is not None})
+    """`base` with the point's values. None on a component setting (`hallucinator.x`) means the
+    point's component does not have it; on a field it is the value (`hallucinator=none`)."""
+    return base.with_values({k: v for k, v in point.items if v is not None or "." not in k})
 
 
 def point_config(base: TrainConfig, point: Point) -> TrainConfig:

@@ -309,7 +309,13 @@ ROWS = [
                                             "--feature-transform", "power"), 2,
      "--feature-transform power needs features >= 0, and --encoder resnet12 (leaky ReLU) makes them negative"),
     ("pt-map-on-resnet12-features", cli_args("protonet", *TINY, "--encoder", "resnet12", "--head", "pt-map"), 2,
-     "--head pt-map power-transforms the features, which needs them >= 0, and --encoder resnet12 (leaky ReLU)"),
+     "--head pt-map power-transforms the features, which needs them >= 0, and the resnet12 encoder (leaky ReLU)"),
+    ("evaluate-pt-map-on-a-resnet12-model", lambda tmp, ckpt: (["evaluate", "--model", str(_resnet12(tmp)),
+                                                                "--head", "prototype,pt-map"], None), 2,
+     "--head pt-map power-transforms the features, which needs them >= 0, and the resnet12 encoder (leaky ReLU)"),
+    ("diversity-weight-on-calibrated", cli_args("hallucinate", *TINY, "--hallucinator", "calibrated",
+                                                "--diversity-weight", "0.3"), 2,
+     "--diversity-weight: hallucinator 'calibrated' has no setting 'diversity_weight' (its settings: momentum)"),
     # --- silent results made loud (issue 36): a warning line, exit code 0
     ("evaluate-split-all-of-the-training-data", cli_args("evaluate", "--model", "{ckpt}", "--image-size", "16",
                                                          "--split", "all", "--test-episodes", "3", "--test-queries",
@@ -447,6 +453,20 @@ def _pickled_object(tmp: Path) -> Path:
 
     torch.save({"config": ArbitraryObject()}, tmp / "object.pt")
     return tmp / "object.pt"
+
+
+def _resnet12(tmp: Path) -> Path:
+    """An untrained ResNet-12 (x1/16) checkpoint at 16 px: what a saved ResNet-12 model looks like."""
+    import torch
+
+    from fsl.config import TrainConfig
+    from fsl.data import load_dataset
+    from fsl.models.classifier import build_model
+
+    cfg = TrainConfig(image_size=16, encoder="resnet12", encoder_args={"width": 0.0625}, precision="fp32")
+    model = build_model(cfg, load_dataset("synthetic", image_size=16), torch.device("cpu"), "fp32")
+    torch.save(model.checkpoint(), tmp / "resnet12.pt")
+    return tmp / "resnet12.pt"
 
 
 def _torch_dict(tmp: Path) -> Path:

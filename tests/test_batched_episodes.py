@@ -69,3 +69,21 @@ def test_three_batched_steps_give_the_weights_of_the_loop_in_fp64(case, tiny_dat
             assert torch.allclose(batched_state[key], value, rtol=1e-9, atol=1e-8), key
         else:
             assert torch.equal(batched_state[key], value), key
+
+
+@pytest.mark.parametrize("momentum", [0.1, None, 0.0])
+def test_episode_batch_norm_moves_running_statistics_as_e_calls_would_for_any_momentum(momentum):
+    """momentum None is BatchNorm's cumulative average and 0 keeps the statistics: the grouped
+    layer follows nn.BatchNorm2d called once per episode, in both, and its output is each
+    episode's own normalisation."""
+    from fsl.models.encoders import EpisodeBatchNorm2d
+
+    grouped, reference = EpisodeBatchNorm2d(3, momentum=momentum), torch.nn.BatchNorm2d(3, momentum=momentum)
+    x = torch.randn(3 * 4, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 2 + 1
+    grouped.episodes = 3
+    out = grouped(x)
+    expected = torch.cat([reference(x[i * 4:(i + 1) * 4]) for i in range(3)])
+    assert torch.allclose(out, expected, atol=1e-5)
+    for name in ("running_mean", "running_var"):
+        assert torch.allclose(getattr(grouped, name), getattr(reference, name), atol=1e-6), name
+    assert int(grouped.num_batches_tracked) == int(reference.num_batches_tracked) == 3

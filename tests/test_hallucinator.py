@@ -182,6 +182,30 @@ def test_init_with_something_that_is_not_a_compatible_model_fails_before_trainin
     assert all_runs(client) == []
 
 
+def test_init_copies_between_encoders_that_differ_only_in_a_setting_that_shapes_no_weight(tmp_path):
+    """A drop rate shapes no weight: --init from a ResNet-12 trained without DropBlock into one with
+    it goes ahead; another width does not."""
+    from fsl.commands.training_setup import _initialise_from
+    from fsl.config import TrainConfig
+    from fsl.data import load_dataset
+    from fsl.errors import UsageError
+    from fsl.models.classifier import build_model, load_checkpoint
+
+    data = load_dataset("synthetic", image_size=16)
+
+    def model(**args):
+        cfg = TrainConfig(image_size=16, encoder="resnet12", encoder_args={"width": 0.0625} | args, precision="fp32")
+        return build_model(cfg, data, torch.device("cpu"), "fp32")
+
+    torch.save(model().checkpoint(), tmp_path / "plain.pt")
+    dropped = model(drop_rate=0.1)
+    _initialise_from(dropped, str(tmp_path / "plain.pt"))
+    source = load_checkpoint(tmp_path / "plain.pt").encoder.state_dict()
+    assert all(torch.equal(dropped.encoder.state_dict()[k], v) for k, v in source.items())
+    with pytest.raises(UsageError, match="incompatible model"):
+        _initialise_from(model(width=0.125), str(tmp_path / "plain.pt"))
+
+
 def gaussian_classes(g, between_std, within_std, classes=400, per_class=16, seed=0):
     """Features [1, classes * per_class, D] of classes whose centres are N(g, between^2) and
     whose members are N(centre, within^2); labels [1, classes * per_class]."""

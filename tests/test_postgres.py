@@ -149,3 +149,64 @@ def test_a_database_that_is_down_or_has_no_driver_fails_in_seconds_in_one_line(m
         assert result.exit_code == code and message in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and PASSWORD not in result.output
         assert time.monotonic() - started < 10
+
+
+# ------------------------------------------------------------------------------ no server needed
+@pytest.mark.parametrize("uri, masked, address", [
+    ("postgresql://fsl:pw@db:5432/x", "postgresql://fsl:***@db:5432/x", ("db", 5432)),
+    ("postgresql://fsl@db/x?password=pw&sslmode=require", "postgresql://fsl@db/x?password=***&sslmode=require",
+     ("db", 5432)),
+    ("postgresql://fsl:pw@h1:5432,h2:5433/x", "postgresql://fsl:***@h1:5432,h2:5433/x", None),  # several hosts
+    ("postgresql://fsl:pw@db:99999/x", "postgresql://fsl:***@db:99999/x", None),  # a port urllib refuses
+    ("postgresql:///x?host=/run/postgresql&password=pw", "postgresql:///x?host=/run/postgresql&password=***", None),
+])
+def test_a_uri_is_masked_wherever_its_password_is_and_probed_only_where_it_names_one_host(uri, masked, address):
+    from fsl.tracking import stores
+
+    assert stores.mask(uri) == masked and stores._address(uri) == address
+    assert stores.password(uri) == "pw" and stores._scrub(f"failed for {uri}", uri).count("pw") == 0
+
+
+def test_only_the_store_layers_connection_errors_mean_the_store_is_down():
+    import filelock
+    import sqlalchemy.exc
+
+    from fsl.tracking import stores
+
+    refused = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception('connection to server at "db" failed: '
+                                                                       "Connection refused"))
+    assert stores.is_down(refused)
+    try:  # a cause further down the chain counts too
+        try:
+            raise refused
+        except Exception as exc:
+            raise RuntimeError("logging a metric failed") from exc
+    except RuntimeError as wrapped:
+        assert stores.is_down(wrapped)
+    # not the store: a data-loading worker's broken pipe, a file lock's timeout, a SQL error
+    assert not stores.is_down(BrokenPipeError(32, "Broken pipe"))
+    assert not stores.is_down(ConnectionResetError(104, "Connection reset by peer"))
+    assert not stores.is_down(filelock.Timeout("mlflow.db.lock"))
+    assert not stores.is_down(sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("no such table: runs")))
+
+
+def test_a_run_the_store_cannot_end_is_forgotten_alone_and_its_sweep_parent_stays(tracking, monkeypatch):
+    import mlflow
+    import sqlalchemy.exc
+
+    from fsl.tracking import runs as fsl_runs
+
+    parent = mlflow.start_run()
+    child = mlflow.start_run(nested=True)
+    calls, real_end_run = [], mlflow.end_run
+
+    def down(status=None):
+        calls.append(status)
+        raise sqlalchemy.exc.OperationalError("UPDATE runs", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(mlflow, "end_run", down)
+    assert fsl_runs._end_run("FAILED", retry_for=1.5) is False and len(calls) >= 2  # tried again meanwhile
+    assert mlflow.active_run().info.run_id == parent.info.run_id != child.info.run_id
+    monkeypatch.setattr(mlflow, "end_run", real_end_run)
+    mlflow.end_run()
+    assert mlflow.active_run() is None and fsl_runs._end_run("FAILED") is False  # nothing to end

@@ -80,6 +80,17 @@ def test_a_bad_episode_file_is_named_with_its_line_or_episode(tmp_path):
             compile_episode_file(path)
 
 
+def test_blank_lines_of_an_episode_file_are_skipped_as_before(tmp_path):
+    """A file with blank lines (an editor's trailing newline, a hand-made separator) reads as the
+    same file without them, as csv.DictReader read these files before the streaming evaluation."""
+    rows = "0,support,a,x.png\n0,query,a,y.png\n0,support,b,z.png\n0,query,b,w.png\n"
+    plain, blank = tmp_path / "plain.csv", tmp_path / "blank.csv"
+    plain.write_text("episode,role,label,path\n" + rows)
+    blank.write_text("episode,role,label,path\n\n" + rows.replace("y.png\n", "y.png\n\n") + "\n\n")
+    a, b = compile_episode_file(plain), compile_episode_file(blank)
+    assert b.count == a.count == 1 and b.refs == a.refs and b.labels == a.labels and b.rows == a.rows == 4
+
+
 def rss_and_seconds(args: list[str], cwd: Path) -> dict:
     """Peak RSS (MiB) and wall seconds of `fsl <args>` in a fresh process, and its output."""
     code = "\n".join([

@@ -410,3 +410,24 @@ def test_the_mlflow_and_the_null_store_implement_the_whole_runs_protocol():
             for name in methods:
                 wanted = list(inspect.signature(getattr(spec, name)).parameters)
                 assert list(inspect.signature(getattr(cls, name)).parameters)[:len(wanted)] == wanted, (cls, name)
+
+
+def test_a_swept_hallucinator_of_none_trains_a_protonet_not_the_base_hallucinator():
+    """`--param hallucinator=none,calibrated` on a base with a hallucinator: the none point is a
+    ProtoNet (None is a value there; only on a component setting it means "not this component's")."""
+    grid = sweeps.parse_grid(WANG, ("hallucinator=none,calibrated",))
+    none, calibrated = (sweeps.point_config(WANG, p) for p in sweeps.expand_grid(WANG, grid))
+    assert (none.hallucinator, none.M) == (None, 0) and (calibrated.hallucinator, calibrated.M) == ("calibrated", 100)
+
+
+@pytest.mark.parametrize("command", [["sweep", "--method", "protonet", "--param", "shots=1,5"], ["protonet"]])
+def test_protonet_commands_train_a_protonet_whatever_the_recipe_says(command, monkeypatch):
+    """simpleshot-calibrated names a hallucinator: `fsl protonet` and `fsl sweep --method protonet`
+    take its other settings and stay plain ProtoNets."""
+    seen = []
+    monkeypatch.setattr("fsl.commands.cmd_sweep.run_sweep", lambda base, *a, **k: seen.append(base))
+    monkeypatch.setattr("fsl.commands.cmd_train.run_training", lambda cfg, *a, **k: seen.append(cfg))
+    result = CliRunner().invoke(cli, [*command, "--recipe", "simpleshot-calibrated"])
+    assert result.exit_code == 0, result.output
+    [cfg] = seen
+    assert (cfg.hallucinator, cfg.M, cfg.feature_transform, cfg.recipe) == (None, 0, "cl2n", "simpleshot-calibrated")

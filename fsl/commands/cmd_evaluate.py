@@ -9,7 +9,7 @@ from typing import Any
 from fsl.commands.inputs import device_option, load_data, load_model
 from fsl.commands.options import Reporter, quietable
 from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, run_tags
-from fsl.config import EvaluationConfig, fresh_test_seed
+from fsl.config import EvaluationConfig, check_head_takes, fresh_test_seed
 from fsl.data.episode_table import EpisodeTable, TableImages, compile_episode_file
 from fsl.data.episodes import EpisodeIndices, episode_file_images
 from fsl.data.store import DataSet, ImageStore
@@ -159,11 +159,13 @@ def _evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | Non
         resolved = resolve_model_uri(model_spec)
     source = model_source(model_spec, resolved)
     model = load_model(model_spec, resolved=resolved)
+    heads = cfg.head_settings() or {model.config["head"]: model.config["head_args"]}
+    for head in heads:
+        check_head_takes(head, model.config["encoder"])
     model.place(device)
     # new episodes by default: never the ones the training run tested on
     test_seed = fresh_test_seed(model.training_test_seed) if cfg.test_seed is None else cfg.test_seed
     tested = episodes_to_test(cfg, model, episodes_file, device, test_seed, reporter)
-    heads = cfg.head_settings() or {model.config["head"]: model.config["head_args"]}
     warn_of_seen_classes(model, tested, reporter)
     params = {"model": model_spec, "data": cfg.data, "test_seed": test_seed, "device_resolved": str(device),
               "precision_resolved": model.config["precision"], "head": ",".join(heads)} | source | tested.params

@@ -84,17 +84,25 @@ def _initialise_from(model: FewShotClassifier, spec: str) -> None:
     except UsageError as exc:
         reason = str(exc).removeprefix("--model ").removeprefix(f"{spec}: ").removeprefix(f"{spec} is ")
         raise UsageError(f"--init {spec}: {reason}") from None
-    mine, theirs = _encoder_identity(model), _encoder_identity(source)
-    if mine != theirs:
-        raise UsageError(f"--init {spec}: incompatible model: it is {theirs}, this run needs {mine}")
+    if _encoder_shape(model) != _encoder_shape(source):
+        raise UsageError(f"--init {spec}: incompatible model: it is {_encoder_identity(source)}, "
+                         f"this run needs {_encoder_identity(model)}")
     model.encoder.load_state_dict(source.encoder.state_dict())
     if model.hallucinator is not None and source.hallucinator is not None and \
             type(source.hallucinator) is type(model.hallucinator):
         model.hallucinator.load_state_dict(source.hallucinator.state_dict())
 
 
+def _encoder_shape(model: FewShotClassifier) -> tuple:
+    """What must match to copy one model's encoder weights into another: the encoder, the images
+    and every weight's name and shape (so a setting that shapes no weight, such as a drop rate,
+    does not stand in the way)."""
+    weights = tuple((k, tuple(v.shape)) for k, v in model.encoder.state_dict().items())
+    return model.config["encoder"], model.config["channels"], model.config["image_size"], weights
+
+
 def _encoder_identity(model: FewShotClassifier) -> str:
-    """What must match to copy one model's encoder weights into another, as a user reads it."""
+    """A model's encoder as a user reads it (the settings not at their defaults)."""
     from fsl.components import ENCODERS
 
     name = model.config["encoder"]

@@ -78,6 +78,8 @@ def compile_episode_file(path: Path, progress: Callable[[str], None] | None = No
             if [h.strip() for h in (header or [])] != EPISODE_HEADER:
                 raise DataError(f"{path}: expected the header {','.join(EPISODE_HEADER)}, got {','.join(header or [])}")
             for line, row in enumerate(reader, start=2):
+                if not row:  # a blank line (csv.DictReader, which read these files before, skips them)
+                    continue
                 if len(row) != 4:
                     raise DataError(f"{path}:{line}: expected 4 fields ({','.join(EPISODE_HEADER)})")
                 episode, role, label, ref = row

@@ -60,13 +60,18 @@ class EpisodeBatchNorm2d(nn.BatchNorm2d):
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             with torch.no_grad():
                 n = b * h * w
-                mean = grouped.mean((0, 2, 3)).view(e, c)
-                var = grouped.var((0, 2, 3), unbiased=True).view(e, c) if n > 1 else torch.zeros(e, c)
+                # as BatchNorm's kernels: statistics in fp32 at least (bf16 and fp16 under autocast)
+                stats = grouped.float() if grouped.element_size() < 4 else grouped
+                mean = stats.mean((0, 2, 3)).view(e, c)
+                var = stats.var((0, 2, 3), unbiased=True).view(e, c) if n > 1 else torch.zeros_like(mean)
                 for i in range(e):  # as E calls in a row: each moves the running statistics
-                    self.running_mean.lerp_(mean[i].to(self.running_mean.dtype), self.momentum or 0.1)
-                    self.running_var.lerp_(var[i].to(self.running_var.dtype), self.momentum or 0.1)
-                if self.num_batches_tracked is not None:
-                    self.num_batches_tracked += e
+                    if self.num_batches_tracked is not None:
+                        self.num_batches_tracked += 1
+                    # momentum None: BatchNorm's cumulative average (1 / batches seen), 0: frozen
+                    factor = self.momentum if self.momentum is not None else \
+                        1.0 / float(self.num_batches_tracked if self.num_batches_tracked is not None else 1)
+                    self.running_mean.lerp_(mean[i].to(self.running_mean.dtype), factor)
+                    self.running_var.lerp_(var[i].to(self.running_var.dtype), factor)
         return out.reshape(b, e, c, h, w).transpose(0, 1).reshape(e * b, c, h, w)
 
 

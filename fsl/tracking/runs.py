@@ -272,7 +272,9 @@ class MlflowRuns:
             # The store stopped answering: end the run FAILED once it answers again, for at most
             # STORE_RECOVERY seconds; after that the next fsl command on this host marks it FAILED
             # (its process is gone). One line, never the password, instead of the driver's traceback.
-            ended = stores.wait_until_up(uri, STORE_RECOVERY) and _end_run(RunStatus.to_string(RunStatus.FAILED))
+            started = time.monotonic()
+            ended = stores.wait_until_up(uri, STORE_RECOVERY) and _end_run(
+                RunStatus.to_string(RunStatus.FAILED), retry_for=STORE_RECOVERY - (time.monotonic() - started))
             then = "the run is marked FAILED" if ended else (
                 "the run stays RUNNING until the next fsl command on this host marks it FAILED "
                 "(or `--resume` continues it)")
@@ -287,18 +289,36 @@ class MlflowRuns:
 STORE_RECOVERY = float(os.environ.get("FSL_STORE_RECOVERY", 20))
 
 
-def _end_run(status: str) -> bool:
-    """End the active run with `status`; False (the run left as it is) where the store is down."""
-    try:
-        mlflow.end_run(status)
-        return True
-    except Exception as exc:
-        if not stores.is_down(exc):
-            raise
-        with contextlib.suppress(Exception):  # forget the run locally: the next command reaps it
-            while mlflow.active_run():
-                mlflow.tracking.fluent._active_run_stack.get().pop()
+def _end_run(status: str, retry_for: float = 0.0) -> bool:
+    """End the active run with `status`, trying again for `retry_for` seconds while the store is
+    down (a database that accepts connections again may still be starting up); False where there
+    is no active run or the store never answered: then this run (only this one, not a sweep's
+    parent) is forgotten locally, left RUNNING for the next command to reap."""
+    run = mlflow.active_run()
+    if run is None:
         return False
+    deadline, popped = time.monotonic() + retry_for, False
+    while True:
+        try:
+            if not popped:
+                mlflow.end_run(status)  # ends this run and takes it off the stack
+                popped = True
+            else:
+                MlflowClient().set_terminated(run.info.run_id, status)
+            # read back: a store coming back up can lose a write it seemed to take
+            if MlflowClient().get_run(run.info.run_id).info.status == status:
+                return True
+        except Exception as exc:
+            if not stores.is_down(exc):
+                raise
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    with contextlib.suppress(Exception):
+        stack = mlflow.tracking.fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id == run.info.run_id:
+            stack.pop()
+    return False
 
 
 def _first_line(exc: BaseException, uri: str) -> str:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import socket
 import time
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from fsl.errors import FslError, UsageError
 
@@ -39,18 +40,47 @@ DRIVERS = {
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 CONNECT_TIMEOUT = 3.0      # seconds: a store that does not answer fails the command in seconds
 ADVISORY_LOCK_KEY = 0x66736C  # "fsl": the PostgreSQL advisory lock around schema and experiment creation
+# How each driver spells its connection timeout (seconds).
+TIMEOUT_ARGUMENT = {"pg8000": "timeout"}
+# Where a store's errors come from: only these are read as "the store stopped answering" (a
+# BrokenPipeError of a data-loading worker, or a file lock's Timeout, is not the store).
+STORE_LAYERS = {"sqlalchemy", "psycopg", "psycopg2", "pg8000", "pymysql", "MySQLdb", "pyodbc", "mlflow",
+                "requests", "urllib3"}
+DOWN_WORDS = ("connection refused", "could not connect", "connection is closed", "server closed the connection",
+              "terminating connection", "connection timed out", "timeout expired", "max retries exceeded",
+              "connection reset", "connection aborted", "network is unreachable", "can't connect",
+              "lost connection", "connection to server", "the database system is")
+_PASSWORD_IN_QUERY = re.compile(r"(?i)(password=)[^&]*")
 
 
 def mask(uri: str) -> str:
-    """`uri` with its password (if any) as `***`: `postgresql://fsl:***@db:5432/mlflow`."""
+    """`uri` with its password (if any, in the address or as `?password=`) as `***`:
+    `postgresql://fsl:***@db:5432/mlflow`."""
+    uri = _PASSWORD_IN_QUERY.sub(r"\1***", uri)
     try:
         parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.password is None:
-        return uri
+        if parts.password is None:
+            return uri
+    except ValueError:  # not a URL urllib can split: hide whatever sits between ':' and '@'
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", uri)
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _address(uri: str) -> tuple[str, int] | None:
+    """The (host, port) a TCP probe of `uri` can try, or None where the URI names its servers
+    some other way (a host in the query string, several hosts, a socket folder, a bad port):
+    then the driver's own connection, under its timeout, is the check."""
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError:
+        return None
+    query = parse_qs(parts.query)
+    if not parts.hostname or "," in parts.netloc or "host" in query or "unix_socket" in query:
+        return None
+    scheme = parts.scheme.split("+")[0]
+    return parts.hostname, port or DEFAULT_PORTS.get(scheme, 443 if parts.scheme == "https" else 80)
 
 
 def is_database(uri: str) -> bool:
@@ -108,10 +138,10 @@ def _check_database(uri: str) -> None:
     if module is not None and importlib.util.find_spec(module) is None:
         raise UsageError(f"tracking store {mask(uri)}: its database driver {module!r} is not installed; "
                          f"install {package}")
-    parts = urlsplit(uri)
-    host, port = parts.hostname or "localhost", parts.port or DEFAULT_PORTS[scheme.split("+")[0]]
+    address = _address(uri)
     try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+        if address is not None:
+            socket.create_connection(address, timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:
         raise FslError(f"tracking store {mask(uri)} is unreachable ({exc.strerror or exc}); start the database "
                        f"or check MLFLOW_TRACKING_URI") from None
@@ -142,8 +172,10 @@ def lock(uri: str) -> Iterator[None]:
         return
     import sqlalchemy
 
+    driver = urlsplit(uri).scheme.partition("+")[2]
+    timeout = TIMEOUT_ARGUMENT.get(driver, "connect_timeout")
     engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool,
-                                      connect_args={"connect_timeout": int(CONNECT_TIMEOUT)})
+                                      connect_args={timeout: int(CONNECT_TIMEOUT)})
     try:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text(f"SELECT pg_advisory_lock({ADVISORY_LOCK_KEY})"))
@@ -156,18 +188,15 @@ def lock(uri: str) -> Iterator[None]:
 
 
 def is_down(exc: BaseException) -> bool:
-    """Whether `exc` (or what caused it) says the store stopped answering: a connection refused,
-    closed or timed out, as a database driver, SQLAlchemy or an HTTP client reports it."""
+    """Whether `exc` (or what caused it) says the store stopped answering: an error of the store's
+    layers (`STORE_LAYERS`: a database driver, SQLAlchemy, MLflow's REST client) whose message
+    says a connection was refused, closed or timed out. Errors of anything else are not the
+    store's, whatever their type."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        name, text = type(exc).__name__, str(exc).lower()
-        if name in ("OperationalError", "InterfaceError") and any(
-                word in text for word in ("connect", "closed", "terminat", "timeout", "server")):
-            return True
-        if isinstance(exc, (ConnectionError, TimeoutError)) or name in ("ConnectionError", "ConnectTimeout"):
-            return True
-        if "connection refused" in text or "could not connect" in text or "server closed the connection" in text:
+        layer = type(exc).__module__.split(".")[0]
+        if layer in STORE_LAYERS and any(word in str(exc).lower() for word in DOWN_WORDS):
             return True
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return False
@@ -175,14 +204,13 @@ def is_down(exc: BaseException) -> bool:
 
 def wait_until_up(uri: str, seconds: float) -> bool:
     """Whether the store answers (a TCP connection to a database or server) within `seconds`."""
-    parts = urlsplit(uri)
-    if parts.scheme.startswith("sqlite") or not parts.hostname:
+    address = None if uri.startswith("sqlite") else _address(uri)
+    if address is None:
         return True
-    port = parts.port or DEFAULT_PORTS.get(parts.scheme.split("+")[0], 443 if parts.scheme == "https" else 80)
     deadline = time.monotonic() + seconds
     while True:
         try:
-            socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT).close()
+            socket.create_connection(address, timeout=CONNECT_TIMEOUT).close()
             return True
         except OSError:
             if time.monotonic() >= deadline:
@@ -193,12 +221,16 @@ def wait_until_up(uri: str, seconds: float) -> bool:
 def password(uri: str) -> str | None:
     """The password in a store URI, if any (what fsl never prints)."""
     try:
-        return urlsplit(uri).password
+        secret = urlsplit(uri).password
     except ValueError:
-        return None
+        secret = None
+    if secret is None:
+        found = parse_qs(uri.partition("?")[2]).get("password")
+        secret = found[0] if found else None
+    return secret
 
 
 def _scrub(text: str, uri: str) -> str:
     """`text` without the URI's password, wherever a driver repeated it."""
-    password = urlsplit(uri).password
-    return text.replace(password, "***") if password else text
+    secret = password(uri)
+    return _PASSWORD_IN_QUERY.sub(r"\1***", text.replace(secret, "***") if secret else text)
