@@ -81,7 +81,7 @@ def pages(store: str, port: int) -> dict[str, str]:
             "evaluation": f"{base}/{evaluation.info.run_id}?{view}"}
 
 
-def screenshot(url: str, out: Path, width: int = 1500, height: int = 820) -> Path:
+def screenshot(url: str, out: Path, width: int = 1500, height: int = 820, wait_ms: int = 5000) -> Path:
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
@@ -91,7 +91,7 @@ def screenshot(url: str, out: Path, width: int = 1500, height: int = 820) -> Pat
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": width, "height": height})
         page.goto(url)
-        page.wait_for_timeout(5000)
+        page.wait_for_timeout(wait_ms)
         close = page.locator('button[aria-label="Close"]')  # the Assistant panel takes a third of the page
         if close.count():
             close.last.click(timeout=2000)

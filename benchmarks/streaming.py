@@ -136,7 +136,9 @@ def run_page_screenshot(measurement: dict, out: Path) -> Path:
     port = free_port()
     server = serve(store, out, port)
     try:
-        return screenshot(page.replace("127.0.0.1:5000", f"127.0.0.1:{port}"), out / "large_run_page.png")
+        # 10^5 points of test_episode_acc: the page is given 60 s to draw them
+        return screenshot(page.replace("127.0.0.1:5000", f"127.0.0.1:{port}"), out / "large_run_page.png",
+                          wait_ms=60_000)
     finally:
         server.terminate()
         server.wait()
@@ -149,11 +151,12 @@ def main() -> None:
     parser.add_argument("--old", type=Path)
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--screenshot", action="store_true")
+    parser.add_argument("--repeats", type=int, default=2, help="compare: timed runs of each, after a warm-up")
     args = parser.parse_args()
     if args.what == "prepare":
         prepare(args.out)
     elif args.what == "compare":
-        print(json.dumps(compare(args.out, args.old), indent=1))
+        print(json.dumps(compare(args.out, args.old, args.repeats), indent=1))
     else:
         print(json.dumps(large(args.out, args.episodes, args.screenshot), indent=1))
 
