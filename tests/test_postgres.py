@@ -196,6 +196,7 @@ def test_a_run_the_store_cannot_end_is_forgotten_alone_and_its_sweep_parent_stay
 
     from fsl.tracking import runs as fsl_runs
 
+    mlflow.set_experiment("forgotten")  # not an experiment id an earlier test left set in this process
     parent = mlflow.start_run()
     child = mlflow.start_run(nested=True)
     calls, real_end_run = [], mlflow.end_run
