@@ -38,8 +38,8 @@ def data_and_device(args):
     return data, device
 
 
-def smoke(args) -> dict:
-    """What the machine is: the device, torch, and one tiny step of each path."""
+def eager_trainer(args):
+    """A 5-way 1-shot eager trainer on the synthetic data at --precision auto: (trainer, precision, device)."""
     from fsl.config import TrainConfig
     from fsl.models.classifier import build_model
     from fsl.runtime import resolve_precision
@@ -49,7 +49,13 @@ def smoke(args) -> dict:
     precision = resolve_precision("auto", device)
     cfg = TrainConfig(image_size=data.image_size, precision=precision, device=str(device), compile="off",
                       queries=setting(args)["queries"])
-    step = EpisodeTrainer(build_model(cfg, data, device, precision), data.split("train").to(device), cfg, device)
+    trainer = EpisodeTrainer(build_model(cfg, data, device, precision), data.split("train").to(device), cfg, device)
+    return trainer, precision, device
+
+
+def smoke(args) -> dict:
+    """What the machine is: the device, torch, and one tiny step of each path."""
+    step, precision, device = eager_trainer(args)
     loss = float(step.run(1)[0])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": name, "torch": torch.__version__, "precision": precision, "one_step_loss": loss}
@@ -130,16 +136,7 @@ def profile(args) -> str:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from fsl.config import TrainConfig
-    from fsl.models.classifier import build_model
-    from fsl.runtime import resolve_precision
-    from fsl.train import EpisodeTrainer
-
-    data, device = data_and_device(args)
-    precision = resolve_precision("auto", device)
-    cfg = TrainConfig(image_size=data.image_size, precision=precision, device=str(device), compile="off",
-                      queries=setting(args)["queries"])
-    trainer_ = EpisodeTrainer(build_model(cfg, data, device, precision), data.split("train").to(device), cfg, device)
+    trainer_, precision, device = eager_trainer(args)
     trainer_.run(2)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch_profile(activities=activities) as prof:
