@@ -13,6 +13,7 @@ from fsl.data.episode_table import EpisodeTable
 from fsl.data.episodes import EpisodeIndices, EpisodeSampler, EpisodeShape
 from fsl.data.store import ImageStore
 from fsl.models.classifier import FewShotClassifier
+from fsl.models.encoders import fused_for_inference
 from fsl.models.noise import episode_keys, label_ids
 from fsl.processes import stop_if_interrupted, world
 from fsl.runtime import make_generator
@@ -65,8 +66,9 @@ def encode_rows(model: FewShotClassifier, images: torch.Tensor, rows: torch.Tens
     model.eval()
     try:
         out = []
+        encoder = fused_for_inference(model.encoder)  # always: a feature must not depend on the call
         for start in range(0, len(rows), batch):
-            out.append(model.test_features(images[rows[start:start + batch].to(images.device)]))
+            out.append(model.test_features(images[rows[start:start + batch].to(images.device)], encoder))
             if progress:
                 progress(min(batch, len(rows) - start))
     finally:

@@ -24,3 +24,32 @@ def test_conv4_has_four_conv_bn_relu_pool_blocks_of_64_channels():
 def test_conv4_rejects_images_too_small_to_pool_four_times():
     with pytest.raises(ValueError, match="16x16"):
         Conv4(image_size=8)
+
+
+def _with_trained_statistics(encoder: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm affine weights and running statistics, as training leaves them."""
+    generator = torch.Generator().manual_seed(3)
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            size = module.num_features
+            module.weight.data = torch.rand(size, generator=generator) + 0.5
+            module.bias.data = torch.randn(size, generator=generator)
+            module.running_mean = torch.randn(size, generator=generator)
+            module.running_var = torch.rand(size, generator=generator) + 0.1
+    return encoder.eval()
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet12"])
+def test_the_inference_copy_folds_batchnorm_and_gives_the_same_features(name):
+    from fsl.models.encoders import build_encoder, fused_for_inference
+
+    torch.manual_seed(0)
+    encoder = _with_trained_statistics(build_encoder(name, 3, 32, **({"width": 0.25} if name == "resnet12" else {})))
+    encoder = encoder.double()  # folding is exact in real numbers: in fp64 only rounding is left
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    images = torch.randn(6, 3, 32, 32, dtype=torch.float64)
+    fused = fused_for_inference(encoder)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(images), encoder(images), rtol=1e-9, atol=1e-12)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())  # every conv-BN pair folded
+    assert all(torch.equal(before[k], v) for k, v in encoder.state_dict().items())  # the model is untouched

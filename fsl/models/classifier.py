@@ -266,7 +266,7 @@ class FewShotClassifier(nn.Module):
                 if split else self._encode(prepared, encoder)
         return features[: e * s].view(e, s, -1), features[e * s:].view(e, q, -1)
 
-    def mean_over_views(self, prepared: torch.Tensor) -> torch.Tensor:
+    def mean_over_views(self, prepared: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
         """Test-time augmentation: prepared [B, C, H, W] -> float32 [B, D], the mean feature of each
         image and `test_views` views of it. View k is one fixed transform of the training policy
         (`augment`), drawn from seed TEST_VIEW_SEED + k for the whole batch: an image's features do
@@ -274,19 +274,21 @@ class FewShotClassifier(nn.Module):
         views add about +0.9 / +2.5 points at 5- / 20-way 1-shot (BENCHMARKS.md §6); each costs one
         more encoder pass. Views are encoded one at a time (eval-mode BatchNorm does not mix them)."""
         policy = AUGMENTATIONS[self.config["augment"]]
-        total = self._encode(prepared)
+        total = self._encode(prepared, encoder)
         for k in range(self.config["test_views"]):
             view = policy(prepared, make_generator(TEST_VIEW_SEED + k, prepared.device), self.mean, self.std,
                           per_image=False)
-            total = total + self._encode(view)
+            total = total + self._encode(view, encoder)
         return total / (self.config["test_views"] + 1)
 
     @torch.no_grad()
-    def test_features(self, images: torch.Tensor) -> torch.Tensor:
+    def test_features(self, images: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
         """Images [B, C, H, W] -> features float32 [B, D] as a test episode sees them (eval mode):
-        with the test-time views where the model has them. What CL2N's base mean is taken from."""
+        with the test-time views where the model has them. What CL2N's base mean is taken from.
+        `encoder` replaces self.encoder for this call (evaluation passes `fused_for_inference`'s)."""
         prepared = self.prepare(images)
-        return self.mean_over_views(prepared) if self.config["test_views"] else self._encode(prepared)
+        return self.mean_over_views(prepared, encoder) if self.config["test_views"] else \
+            self._encode(prepared, encoder)
 
     def kind(self) -> dict[str, Any]:
         """The config without what a test-time setting may change on the same trained weights (M),
