@@ -592,6 +592,61 @@ def sweep(params: tuple[str, ...], method: str, shard: int, shards: int, seeds: 
               register="none" if no_register else register_mode)
 
 
+DEFAULT_SPACE = ("lr=1e-4..1e-2:log",)
+
+
+@training_command()
+@training_options
+@hallucination_options
+@click.option("--param", "params", multiple=True,
+              help="A searched option: a range lr=1e-4..1e-2:log (log-uniform) or ways=5..30 (an int option: "
+              "integers), "
+              "choices hallucinator=calibrated,wang, or a fixed value shots=5; a component setting by its dotted "
+              "name. Several may share one --param, separated by spaces. [default: lr=1e-4..1e-2:log]")
+@click.option("--method", type=click.Choice(METHODS), default="protonet",
+              help="Train plain ProtoNets, or hallucination models.")
+@click.option("--study", type=AUTO_TEXT, default=None,
+              help="The study's name: workers given the same name (and store) work on "
+              "one study. [default: named from the options and the space, so the same command joins it]")
+@click.option("--storage", type=AUTO_TEXT, default=None, help="The study's Optuna database (SQLAlchemy URL), e.g. "
+              "postgresql://host/fsl_optuna for workers on several machines. [default: <store>.optuna.db beside a "
+              "local SQLite tracking store]")
+@click.option("--trials", type=AUTO_INT, default=20, metavar="N", help="Finished (complete or pruned) trials "
+              "the study runs, all workers together; auto = until --timeout.")
+@click.option("--timeout", type=AUTO_FLOAT, default=None, help="Seconds after which this worker starts no trial.")
+@click.option("--objective", default="best_val_acc", help="The validation figure maximised: best_val_acc or "
+              "pretrain_best_val_acc. Never a test figure: settings selected on the test set are not tested by it.")
+@click.option("--sampler-seed", default=0, help="TPE's seed in the worker that creates the study (a joining "
+              "worker draws its own, logged on its trials).")
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), default="median",
+              help="Stop poor trials early from their per-epoch val_acc (and pretrain_val_acc).")
+@click.option("--heartbeat", default=10.0, help="Seconds between a trial's heartbeats: a trial silent for 3 "
+              "(its worker killed) is marked failed by another worker and run again.")
+@click.option("--retest", default=0, help="Then train the K best settings again over --seeds and test them, "
+              "paired seed by seed with the base configuration (one sweep).")
+@click.option("--seeds", default="0,1,2", help="The seeds of --retest.")
+@click.option("--register", "register_mode", type=click.Choice(["none", "best"]), default="none",
+              help="best: register the best trial's model (as training registers one), once the study is done.")
+@registered_name_option
+def tune(params: tuple[str, ...], method: str, study: str | None, storage: str | None, trials: int | None,
+         timeout: float | None, objective: str, sampler_seed: int, pruner: str, heartbeat: float, retest: int,
+         seeds: str, register_mode: str, registered_model_name: str | None, **options: Any) -> None:
+    """Search training settings with Optuna (TPE, pruning): each trial a run nested under the
+    study's parent run, selected on validation accuracy only. Run it on several machines (or
+    several times on one) with the same --study and store, and the workers share the study."""
+    from fsl.commands.cmd_tune import TuneSettings, run_tune
+    from fsl.search_space import parse_space
+    from fsl.sweeps import parse_seeds
+
+    base = train_config(options, fixed=PROTONET if method == "protonet" else None)
+    items = [word for text in params for word in text.split() if word.lower() != "none"] or list(DEFAULT_SPACE)
+    settings = TuneSettings(study=study, storage=storage, trials=trials, timeout=timeout, objective=objective,
+                            sampler_seed=sampler_seed, pruner=pruner, heartbeat=heartbeat, retest=retest,
+                            seeds=tuple(parse_seeds(seeds) or ()), register=register_mode)
+    run_tune(base, parse_space(base, items), settings,
+             _run_options(False, registered_model_name, False), _reporter())
+
+
 @cli.group()
 def data() -> None:
     """Inspect data sets and the decoded-data cache (no MLflow run)."""

@@ -37,6 +37,10 @@ ENTRY_POINTS: dict[str, tuple[str, list[str], str]] = {
     "hallucinate": ("hallucinate", TRAINING + HALLUCINATION, ""),
     "sweep_m": ("sweep-m", TRAINING + HALLUCINATION + ["values", "seeds"],
                 "The M study: hallucination at each M and ProtoNet, once per seed, paired"),
+    "tune": ("tune", TRAINING + HALLUCINATION + ["method", "param", "trials", "timeout", "study", "storage",
+                                                 "objective", "pruner", "retest", "seeds", "register"],
+             "A search on Optuna, e.g. -P params=\"lr=1e-4..1e-2:log ways=5..30\" (space-separated; none: the "
+             "learning rate)"),
 }
 
 HEADER = """\

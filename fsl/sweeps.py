@@ -72,6 +72,9 @@ class Point:
         point's component does not have is left out)."""
         return ",".join(f"{k}={format_value(v)}" for k, v in self.items if not ("." in k and v is None))
 
+    def __str__(self) -> str:
+        return self.name
+
     def with_value(self, field: str, value: Any) -> "Point":
         return Point(tuple((k, value if k == field else v) for k, v in self.items))
 
@@ -260,18 +263,21 @@ class Plan:
     children: list[Child]
     seeds: tuple[int, ...]
     replicated: bool
-    baseline: Baseline | None
+    baseline: Baseline | Point | None  # a Point: every point pairs with it (`plan_points`)
     shard: int
     shards: int
 
 
-def baseline_partner(base: TrainConfig, point: Point, baseline: Baseline) -> Point:
+def baseline_partner(base: TrainConfig, point: Point, baseline: Baseline | Point) -> Point:
     """The point `point` is compared with: the same values except baseline.field =
-    baseline.value, normalised (so any hallucinator's M = 0 partner is the ProtoNet point)."""
+    baseline.value, normalised (so any hallucinator's M = 0 partner is the ProtoNet point); a
+    baseline Point is every point's partner."""
+    if isinstance(baseline, Point):
+        return baseline
     return normalise(base, point.with_value(baseline.field, baseline.value))
 
 
-def is_baseline(base: TrainConfig, point: Point, baseline: Baseline | None) -> bool:
+def is_baseline(base: TrainConfig, point: Point, baseline: Baseline | Point | None) -> bool:
     """Whether `point` is its own baseline partner (a baseline point)."""
     return baseline is not None and baseline_partner(base, point, baseline) == point
 
@@ -361,6 +367,34 @@ def plan_sweep(base: TrainConfig, grid: Mapping[str, Sequence[Any]], *, seeds: S
             child_cfg = replace(cfg, seed=s) if replicated else cfg  # else: --seed, or a `seed` grid axis
             children.append(Child(point, child_cfg.seed, child_cfg, child_name(point, s, replicated)))
     return Plan(base, grid, points, mine, children, seed_list, replicated, baseline, shard, shards)
+
+
+def plan_points(base: TrainConfig, points: Sequence[Mapping[str, Any]], seeds: Sequence[int]) -> Plan:
+    """A replicated sweep over a list of points instead of a grid (`fsl tune --retest`: the best
+    settings a search found), each paired seed by seed with `base` itself, the baseline point.
+    A point gives values for some fields; `base` gives the rest."""
+    if not seeds:
+        raise UsageError("--seeds needs at least one seed")
+    fields = list(dict.fromkeys(k for p in points for k in p))
+
+    def point(values: Mapping[str, Any]) -> Point:
+        return normalise(base, Point(tuple((f, values[f] if f in values else _base_value(base, f)) for f in fields)))
+
+    baseline = point({})
+    mine = list(dict.fromkeys([baseline, *map(point, points)]))
+    grid = {f: list(dict.fromkeys(p.values[f] for p in mine)) for f in fields}
+    children = [Child(p, s, replace(point_config(base, p), seed=s), child_name(p, s, True))
+                for p in mine for s in seeds]
+    return Plan(base, grid, mine, mine, children, tuple(seeds), True, baseline, 0, 1)
+
+
+def _base_value(base: TrainConfig, field: str) -> Any:
+    """`base`'s value of a field, or of a component setting its component's args set (None: the
+    component's own default, or a component without that setting)."""
+    axis, dot, setting = field.partition(".")
+    if dot:
+        return getattr(base, f"{axis}_args", {}).get(setting)
+    return getattr(base, field)
 
 
 def test_time_fields(cfg: TrainConfig) -> tuple[str, ...]:
@@ -518,7 +552,7 @@ def plot_axes(plan: Plan) -> tuple[str, list[str]]:
     numeric = [f for f in fields if _numeric(plan.grid[f])]
     if "M" in fields:
         x = "M"
-    elif plan.baseline is not None and plan.baseline.field in numeric:
+    elif isinstance(plan.baseline, Baseline) and plan.baseline.field in numeric:
         x = plan.baseline.field
     else:
         x = numeric[0] if numeric else fields[0]

@@ -27,7 +27,8 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
               reporter: Reporter = Reporter(), *, seeds: list[int] | None = None, baseline: str | None = None,
               shard: int = 0, shards: int = 1, register: str = "none", runs: Runs | None = None,
               data: DataSet | None = None, test_data: DataSet | None = None,
-              on_child: Callable[[sweeps.Child, sweeps.ChildResult], None] | None = None) -> list[dict]:
+              on_child: Callable[[sweeps.Child, sweeps.ChildResult], None] | None = None,
+              plan: sweeps.Plan | None = None, tags: dict[str, str] | None = None) -> list[dict]:
     """Train and test every point of `grid` (field -> values), once per seed of `seeds`, as
     nested runs under one parent run.
 
@@ -45,9 +46,12 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
 
     `runs`: the tracking surface (default MLflow; `NullRuns()`: nothing recorded, nothing reused,
     the same table). `data`, `test_data`: data sets already loaded, as for `run_training`.
-    `on_child(child, result)` is called as each child ends (a study's log).
+    `on_child(child, result)` is called as each child ends (a study's log). `plan`: a plan made
+    already (`sweeps.plan_points`: `fsl tune --retest`), instead of `grid` and the options that
+    plan one; `tags`: more tags of the parent run.
     """
-    plan = sweeps.plan_sweep(base, grid, seeds=seeds, baseline=baseline, shard=shard, shards=shards)
+    plan = plan or sweeps.plan_sweep(base, grid, seeds=seeds, baseline=baseline, shard=shard, shards=shards)
+    grid, shard, shards = {k: list(v) for k, v in plan.grid.items()}, plan.shard, plan.shards
     options = replace(options, register=register == "all")
     if register != "none" and options.registered_model_name:
         from fsl.tracking.model_registry import validate_model_name
@@ -58,7 +62,7 @@ def run_sweep(base: TrainConfig, grid: dict[str, list], options: RunOptions = Ru
     runs = runs or mlflow_runs()
     runs.check_store()
     hashes = _child_hashes(plan, given)
-    tags = run_tags("sweep") | {"fsl.sweep_grid": repr(grid), "fsl.sweep_shard": f"{shard}/{shards}"}
+    tags = run_tags("sweep") | {"fsl.sweep_grid": repr(grid), "fsl.sweep_shard": f"{shard}/{shards}"} | (tags or {})
     with runs.open(base.experiment, run_name=options.run_name or sweeps.sweep_run_name(plan), tags=tags,
                    system_metrics=options.system_metrics) as parent, \
             tempfile.TemporaryDirectory(prefix="fsl-sweep-") as workdir:

@@ -54,7 +54,7 @@ SILENT_TRACKER = NullTracker()  # computes and reports, records nothing
 class RunSummary:
     run_id: str | None  # None where the run was not tracked
     best_val_acc: float
-    test: EvalResult
+    test: EvalResult | None  # None for a run that does not test (`RunOptions.test`: a search's trial)
     test_no_hallucination: EvalResult | None
     params: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric it logged
@@ -103,10 +103,12 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
                       + (f", {world_size} processes" if world_size > 1 else "")
                       + (f"; resuming run {resume_id}" if resume_id else ""))
         runs.fail_stale_runs(cfg.experiment, keep=resume_id, alive=process_alive)
-        tags = run_tags(cfg.method, data.fingerprint, setup.precision) | {"fsl.config_hash": run_hash}
+        tags = run_tags(cfg.method, data.fingerprint, setup.precision) | {"fsl.config_hash": run_hash} | options.tags
         with runs.open(cfg.experiment, run_name=options.run_name or run_name(cfg), nested=options.nested,
                        run_id=resume_id, tags=tags, system_metrics=options.system_metrics) as opened:
             tracker = RecordingTracker(opened)
+            if options.on_open:
+                options.on_open(tracker.run_id)
             tracker.log_params(params)
             log_source_diff(tracker)
             _log_datasets(setup, tracker, reporter)
@@ -235,11 +237,13 @@ def _train_test_register(setup: TrainingSetup, tracker: RecordingTracker, checkp
                             step=stats.epoch)
         reporter.echo(f"epoch {stats.epoch}/{cfg.epochs}: loss {stats.train_loss:.4f}, train {stats.train_acc:.2f}%, "
                       f"val {stats.val_acc:.2f}% ({stats.seconds:.1f} s)")
+        if options.on_validation:
+            options.on_validation("val_acc", stats.epoch, stats.val_acc)
 
     resume_state = _load_last(checkpoints / "last.pt") if resume_id and (checkpoints / "last.pt").exists() else None
     result = None
     if cfg.pretrain_epochs and resume_state is None:  # a resumed episodic phase had finished pre-training
-        result = _pretrain_phase(setup, tracker, checkpoints, resume_id, reporter)
+        result = _pretrain_phase(setup, tracker, checkpoints, resume_id, reporter, options)
     if cfg.epochs:
         with reporter.progress(cfg.epochs * cfg.episodes_per_epoch, "training episodes") as advance:
             if resume_state:
@@ -257,13 +261,19 @@ def _train_test_register(setup: TrainingSetup, tracker: RecordingTracker, checkp
     tested = resume_id is not None and "test_acc" in tracker.logged_metric_keys()
     with tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:
         tracker.log_artifact(viz.learning_curve(result.history, Path(workdir) / "learning_curve.png"))
+        if not options.test:  # a search's trial: selected on validation, tested only if retested
+            protocol = registry_protocol(cfg, data.fingerprint, setup.precision, data.content_digest())
+            tracker.set_tags({"fsl.protocol": json.dumps(protocol, sort_keys=True), MODEL_TAG: "not registered"})
+            tracker.set_description(f"best val {result.best_val_acc:.2f}% (not tested: a search's trial)")
+            return RunSummary(tracker.run_id, result.best_val_acc, None, None, params, dict(tracker.latest))
         test, plain = _test(setup, SILENT_TRACKER if tested else tracker, reporter, Path(workdir), options.tsne)
     _tag_and_register(setup, tracker, result.best_checkpoint, result.best_val_acc, options, reporter,
                       result_line(test, cfg.test_shape, plain))
     return RunSummary(tracker.run_id, result.best_val_acc, test, plain, params, dict(tracker.latest))
 
 
-def _pretrain_phase(setup: TrainingSetup, tracker, checkpoints: Path, resume_id: str | None, reporter: Reporter):
+def _pretrain_phase(setup: TrainingSetup, tracker, checkpoints: Path, resume_id: str | None, reporter: Reporter,
+                    options: RunOptions):
     """Pre-train the encoder (fsl.pretrain); its epochs are logged as `pretrain_*` metrics."""
     cfg = setup.cfg
 
@@ -273,6 +283,8 @@ def _pretrain_phase(setup: TrainingSetup, tracker, checkpoints: Path, resume_id:
                              f"{PRETRAIN}epoch_seconds": stats.seconds}, step=stats.epoch)
         reporter.echo(f"pre-training epoch {stats.epoch}/{cfg.pretrain_epochs}: loss {stats.train_loss:.4f}, "
                       f"train {stats.train_acc:.2f}%, val {stats.val_acc:.2f}% ({stats.seconds:.1f} s)")
+        if options.on_validation:
+            options.on_validation(f"{PRETRAIN}val_acc", stats.epoch, stats.val_acc)
 
     last = checkpoints / f"{PRETRAIN}last.pt"
     resume_state = _load_last(last) if resume_id and last.exists() else None

@@ -21,7 +21,7 @@ from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag, LoggedModelInput, Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 
-from fsl.errors import FslError, UsageError
+from fsl.errors import FslError, RunStopped, UsageError
 from fsl.processes import signals_held
 from fsl.tracking import stores
 
@@ -241,17 +241,21 @@ class MlflowRuns:
                 mlflow.set_experiment(experiment)
         run = mlflow.start_run(run_id=run_id or inherited, run_name=None if run_id or inherited else run_name,
                                nested=nested, log_system_metrics=system_metrics)
+        if not nested:  # spent (or passed over for `run_id`): MLflow would resume it as the next nested run
+            os.environ.pop("MLFLOW_RUN_ID", None)
         tracker = Tracker(run.info.run_id, MlflowClient())
         if inherited and not run_id and run_name:
             tags = (tags or {}) | {"mlflow.runName": run_name}  # `mlflow run` named it at random
         try:  # from here on, an error ends the run FAILED (KILLED) instead of leaving it RUNNING
-            experiment_tags = {VIEW_TAG: json.dumps(RESULTS_VIEW), PRIMARY_METRIC_TAG: "val_acc",
-                               DESCRIPTION_TAG: experiment_description(run.info.experiment_id)}
-            for key, value in experiment_tags.items():
-                _retry_locked(lambda: tracker.client.set_experiment_tag(run.info.experiment_id, key, value))
+            _tag_experiment(tracker.client, run.info.experiment_id)
             if tags:
                 tracker.set_tags(tags)
             yield tracker
+        except RunStopped as stopped:  # on purpose (a pruned trial): its status and tags, no traceback
+            with signals_held():
+                tracker.set_tags(stopped.tags)
+                _end_run(stopped.status)
+            raise
         except KeyboardInterrupt:
             # `mlflow run` answers Ctrl-C with a SIGTERM to this process: the run is ended KILLED
             # with further signals held off, and, since `mlflow run` then marks it FAILED whatever
@@ -264,24 +268,36 @@ class MlflowRuns:
                     after_project_run.start(tracker.run_id, "KILLED")
             raise
         except BaseException as exc:
-            uri = mlflow.get_tracking_uri()
             if not stores.is_down(exc):
                 with signals_held():
                     mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
                 raise
-            # The store stopped answering: end the run FAILED once it answers again, for at most
-            # STORE_RECOVERY seconds; after that the next fsl command on this host marks it FAILED
-            # (its process is gone). One line, never the password, instead of the driver's traceback.
-            started = time.monotonic()
-            ended = stores.wait_until_up(uri, STORE_RECOVERY) and _end_run(
-                RunStatus.to_string(RunStatus.FAILED), retry_for=STORE_RECOVERY - (time.monotonic() - started))
-            then = "the run is marked FAILED" if ended else (
-                "the run stays RUNNING until the next fsl command on this host marks it FAILED "
-                "(or `--resume` continues it)")
-            raise FslError(f"tracking store {stores.mask(uri)} stopped answering during run {tracker.run_id} "
-                           f"({_first_line(exc, uri)}); {then}") from None
+            raise _failed_with_the_store(exc, tracker.run_id) from None
         else:
             mlflow.end_run()
+
+
+def _failed_with_the_store(exc: BaseException, run_id: str) -> FslError:
+    """The store stopped answering inside a run: end the run FAILED once it answers again, for at
+    most STORE_RECOVERY seconds; after that the next fsl command on this host marks it FAILED (its
+    process is gone). The error to raise: one line, never the password, not the driver's traceback."""
+    uri = mlflow.get_tracking_uri()
+    started = time.monotonic()
+    ended = stores.wait_until_up(uri, STORE_RECOVERY) and _end_run(
+        RunStatus.to_string(RunStatus.FAILED), retry_for=STORE_RECOVERY - (time.monotonic() - started))
+    then = "the run is marked FAILED" if ended else (
+        "the run stays RUNNING until the next fsl command on this host marks it FAILED "
+        "(or `--resume` continues it)")
+    return FslError(f"tracking store {stores.mask(uri)} stopped answering during run {run_id} "
+                    f"({_first_line(exc, uri)}); {then}")
+
+
+def _tag_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """The experiment's results view, primary metric and description (`mlflow ui` reads them)."""
+    experiment_tags = {VIEW_TAG: json.dumps(RESULTS_VIEW), PRIMARY_METRIC_TAG: "val_acc",
+                       DESCRIPTION_TAG: experiment_description(experiment_id)}
+    for key, value in experiment_tags.items():
+        _retry_locked(lambda: client.set_experiment_tag(experiment_id, key, value))
 
 
 # Seconds a command whose store stopped answering waits for it to come back, to end its run
@@ -399,6 +415,21 @@ def locked_client() -> MlflowClient:
     """A client made under the store lock: making the first one creates a fresh store's schema."""
     with store_lock():
         return MlflowClient()
+
+
+def tracking_uri() -> str:
+    """The tracking store's URI, as MLflow resolves it (MLFLOW_TRACKING_URI, else its default)."""
+    return mlflow.get_tracking_uri()
+
+
+def tag_run(run_id: str, tags: dict[str, str], status: str | None = None) -> None:
+    """Set tags on a run, and with `status` end it so (a run whose process is gone: a search's
+    trial that stopped answering; a trial whose state its run should show)."""
+    client = locked_client()
+    for key, value in tags.items():
+        _retry_locked(lambda: client.set_tag(run_id, key, value))
+    if status:
+        _retry_locked(lambda: client.set_terminated(run_id, status))
 
 
 def get_run(run_id: str):
