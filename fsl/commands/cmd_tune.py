@@ -172,9 +172,9 @@ def run_tune(base: TrainConfig, space: SearchSpace, settings: TuneSettings = Tun
                                 resume=None, keep_checkpoint=None)
         objective = _objective(optuna, base, space, settings, study, trial_options, reporter, worker, sampler_seed,
                                ran)
-        _work(optuna, study, objective, settings, storage_url)
+        finished_before = _work(optuna, study, objective, settings, storage_url)
         summary = _summarise(study, space, settings, parent, reporter)
-    finisher = _is_finisher(study, settings, worker, ran)
+    finisher = finished_before or _is_finisher(study, settings, worker, ran)
     if finisher and summary.get("best_run_id"):
         if settings.register == "best":
             _register_best(summary["best_run_id"], options, reporter)
@@ -185,9 +185,10 @@ def run_tune(base: TrainConfig, space: SearchSpace, settings: TuneSettings = Tun
     return summary
 
 
-def _work(optuna, study, objective, settings: TuneSettings, storage_url: str) -> None:
-    """Run trials while the study lacks finished ones and --timeout allows (the module's docstring, 3)."""
-    started = time.monotonic()
+def _work(optuna, study, objective, settings: TuneSettings, storage_url: str) -> bool:
+    """Run trials while the study lacks finished ones and --timeout allows (the module's docstring,
+    3). Whether the study had every trial it wants before this worker looked (asked again)."""
+    started, first = time.monotonic(), True
     try:
         while True:
             optuna.storages.fail_stale_trials(study)
@@ -195,7 +196,8 @@ def _work(optuna, study, objective, settings: TuneSettings, storage_url: str) ->
             done, busy = counts["COMPLETE"] + counts["PRUNED"], counts["RUNNING"] + counts["WAITING"]
             if (settings.trials and done >= settings.trials) or \
                     (settings.timeout and time.monotonic() - started >= settings.timeout):
-                return
+                return first and settings.trials is not None and done >= settings.trials
+            first = False
             if settings.trials and done + busy >= settings.trials:
                 time.sleep(POLL)  # every slot taken: one may come free if its worker died
                 continue
@@ -342,6 +344,9 @@ def _objective(optuna, base: TrainConfig, space: SearchSpace, settings: TuneSett
         reporter.echo(f"--- trial {trial.number}: {tried}")
         try:
             summary = run_training(cfg, trial_options, reporter)
+        except UsageError as exc:  # settings the training refuses (checked at the bounds, not inside)
+            reporter.echo(f"trial {trial.number} failed: {exc}")
+            raise
         except RunStopped as stopped:
             reporter.echo(f"trial {trial.number}: {stopped}")
             raise optuna.TrialPruned(str(stopped)) from None
@@ -433,16 +438,14 @@ def _plots(study, out: Path) -> list[Path]:
 
 def _is_finisher(study, settings: TuneSettings, worker: str, ran: list) -> bool:
     """Whether this worker registers and retests: the one whose trial finished the study last
-    (with --trials), a worker that found the study finished and ran nothing (asked again), or,
-    with --timeout alone, every worker for itself."""
+    (with --trials), or, with --timeout alone, every worker for itself. (A worker that found the
+    study finished when it started, asked again, does too: `_work` says so.)"""
     if not settings.trials:
         return True
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")
                 and not t.user_attrs.get("fsl.surplus")]
-    if len(finished) < settings.trials:
-        return False  # this worker stopped early (--timeout): another finishes
-    if not ran:
-        return True
+    if len(finished) < settings.trials or not ran:
+        return False  # stopped early (--timeout), or waited while others ran the last trials
     last = max(finished, key=lambda t: (t.datetime_complete, t.number))
     return last.user_attrs.get("fsl.worker") == worker
 
