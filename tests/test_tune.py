@@ -262,3 +262,66 @@ def test_the_study_storage_defaults_beside_a_local_sqlite_store_and_is_asked_for
     with pytest.raises(UsageError, match=r"fsl:\*\*\*@db"):
         default_storage("postgresql://fsl:secret@db/mlflow")
 
+
+
+# ------------------------------------------------------------------------------ the worker loop
+def _study(tmp_path, heartbeat: float = 1.0):
+    import optuna
+
+    from fsl.commands.cmd_tune import _storage
+
+    storage = _storage(optuna, f"sqlite:///{tmp_path / 'loop.db'}", heartbeat)
+    return optuna, optuna.create_study(study_name="loop", storage=storage, direction="maximize")
+
+
+def test_the_slot_of_a_dead_workers_trial_comes_free_and_its_retry_runs(tmp_path):
+    """A trial whose worker died holds the last slot: it is failed after 3 heartbeats, and its
+    retry (WAITING) runs in this worker instead of the worker waiting for ever."""
+    from fsl.commands.cmd_tune import TuneSettings, _work
+
+    optuna, study = _study(tmp_path)
+    dead = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study._storage.record_heartbeat(dead._trial_id)  # then silence: its worker is gone
+    time.sleep(3.5)
+    calls = []
+
+    def objective(trial):
+        calls.append(trial.number)
+        return trial.suggest_float("x", 0, 1)
+
+    _work(optuna, study, objective, TuneSettings(trials=1, timeout=30))  # a worker that waits gives up at 30 s
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states[dead.number] == "FAIL" and list(states.values()).count("COMPLETE") == 1
+    [retry] = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
+    assert retry.system_attrs.get("failed_trial") == dead.number and calls == [retry.number]
+
+
+def test_a_failed_trial_is_failed_and_the_study_goes_on(tmp_path):
+    from fsl.commands.cmd_tune import TuneSettings, _work
+    from fsl.errors import FslError
+
+    optuna, study = _study(tmp_path)
+
+    def objective(trial):
+        if trial.number == 0:
+            raise FslError("the loss is not finite")
+        return 1.0
+
+    _work(optuna, study, objective, TuneSettings(trials=2))
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_a_storage_error_is_recognised_through_optunas_wrapping():
+    import optuna
+    import sqlalchemy.exc
+
+    from fsl.commands.cmd_tune import _is_storage_error
+
+    try:
+        try:
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("could not connect"))
+        except sqlalchemy.exc.OperationalError as driver:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from driver
+    except optuna.exceptions.StorageInternalError as wrapped:
+        assert _is_storage_error(wrapped)
+    assert not _is_storage_error(ValueError("a bug"))

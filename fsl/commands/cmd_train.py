@@ -37,7 +37,7 @@ from fsl.config import TrainConfig
 from fsl.data import DataSet
 from fsl.data.cache import claim_checkpoint_folder
 from fsl.diagnostics import hallucination_diagnostics
-from fsl.errors import UsageError
+from fsl.errors import RunStopped, UsageError
 from fsl.evaluate import EvalResult, evaluate, sample_episodes
 from fsl.files import atomic_save, cache_dir
 from fsl.pretrain import PREFIX as PRETRAIN
@@ -103,7 +103,8 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
                       + (f", {world_size} processes" if world_size > 1 else "")
                       + (f"; resuming run {resume_id}" if resume_id else ""))
         runs.fail_stale_runs(cfg.experiment, keep=resume_id, alive=process_alive)
-        tags = run_tags(cfg.method, data.fingerprint, setup.precision) | {"fsl.config_hash": run_hash} | options.tags
+        tags = run_tags(cfg.method, data.fingerprint, setup.precision) | {"fsl.config_hash": run_hash}
+        tags |= dict(options.tags)
         with runs.open(cfg.experiment, run_name=options.run_name or run_name(cfg), nested=options.nested,
                        run_id=resume_id, tags=tags, system_metrics=options.system_metrics) as opened:
             tracker = RecordingTracker(opened)
@@ -117,7 +118,11 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
             checkpoints = cache_dir() / "runs" / run_key
             if rank == 0:
                 claim_checkpoint_folder(checkpoints)
-            summary = _train_test_register(setup, tracker, checkpoints, resume_id, options, reporter, params)
+            try:
+                summary = _train_test_register(setup, tracker, checkpoints, resume_id, options, reporter, params)
+            except RunStopped:  # stopped on purpose (a pruned trial): never resumed, so nothing to keep
+                shutil.rmtree(checkpoints, ignore_errors=True)
+                raise
         if rank == 0:  # the run FINISHED: best.pt is one of its artifacts now, and last.pt is spent
             if options.keep_checkpoint is not None:
                 shutil.copy(checkpoints / "best.pt", options.keep_checkpoint)

@@ -43,6 +43,7 @@ from fsl.commands.run_identity import config_hash
 from fsl.commands.training_setup import prepare_training
 from fsl.config import TrainConfig
 from fsl.errors import FslError, RunStopped, UsageError
+from fsl.processes import interruptible
 from fsl.search_space import SearchSpace
 from fsl.tracking.protocol import Runs
 from fsl.tracking.stores import mask
@@ -50,9 +51,6 @@ from fsl.tracking.stores import mask
 # What a search may select on: validation figures only. A test figure chosen on is no longer a
 # test of the chosen settings, so selection on one is refused (`check_objective`).
 OBJECTIVES = ("best_val_acc", "pretrain_best_val_acc")
-# Intermediate values for the pruner: pre-training epoch e at step e, episodic epoch e at
-# EPISODIC_STEP + e, so trials compare like with like (the pruner compares values of one step).
-EPISODIC_STEP = 10_000
 PRUNERS = ("median", "hyperband", "none")
 JOIN_WAIT = 120.0   # seconds a joining worker waits for the creator to describe a new study
 POLL = 1.0          # seconds between checks while every slot is taken by running trials
@@ -104,6 +102,11 @@ def check_settings(base: TrainConfig, space: SearchSpace, settings: TuneSettings
         raise UsageError(f"--heartbeat must be above 0 seconds, got {settings.heartbeat}")
     if settings.retest < 0:
         raise UsageError(f"--retest must be 0 or more, got {settings.retest}")
+    if settings.retest and not settings.seeds:
+        raise UsageError("--retest needs --seeds, e.g. 0,1,2")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("fsl tune runs one trial per process: start it without torchrun (start several "
+                         "workers instead)")
     searched = {a.name for a in space.searched}
     if "shots" in searched and base.test_shots is None:
         raise UsageError("a search over shots needs a fixed --test-shots: validation uses the training shots "
@@ -138,15 +141,33 @@ def run_tune(base: TrainConfig, space: SearchSpace, settings: TuneSettings = Tun
              runs: Runs | None = None) -> dict[str, Any]:
     """Search `space` over training runs of `base` with Optuna (see the module's docstring).
     Returns what this worker saw at its end: the study's name, its best trial's number, value,
-    params and run id, and the count of trials by state."""
-    import optuna
-
+    params and run id, and the count of trials by state. Ctrl-C and SIGTERM end the worker's
+    trial and the parent run KILLED; a study storage that stops answering is one line (FslError)."""
     check_settings(base, space, settings)
+    if settings.register == "best" and options.registered_model_name:
+        from fsl.tracking.model_registry import validate_model_name
+
+        validate_model_name(options.registered_model_name)
     for corner in space.corners():  # every bound and choice, against the data, before any run opens
         prepare_training(base.with_values(corner), None)
     runs = runs or mlflow_runs()
     runs.check_store()
     storage_url = settings.storage or default_storage(_tracking_uri())
+    with interruptible():
+        try:
+            return _search(base, space, settings, options, reporter, runs, storage_url)
+        except Exception as exc:
+            if _is_storage_error(exc):
+                raise FslError(f"study storage {mask(storage_url)} stopped answering "
+                               f"({_first_line(exc)})") from None
+            raise
+
+
+def _search(base: TrainConfig, space: SearchSpace, settings: TuneSettings, options: RunOptions,
+            reporter: Reporter, runs: Runs, storage_url: str) -> dict[str, Any]:
+    """`run_tune` once everything is checked: join or create the study, run trials, summarise."""
+    import optuna
+
     name = settings.study or study_name(base, space, settings.objective)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # fsl reports trials itself, one line each
     # heartbeats, fail_stale_trials and the matplotlib plots are "experimental" since Optuna 2.x
@@ -158,12 +179,13 @@ def run_tune(base: TrainConfig, space: SearchSpace, settings: TuneSettings = Tun
                   f"{space.describe()}; maximising {settings.objective}; "
                   f"{settings.trials if settings.trials else 'unlimited'} trials"
                   f"{f', {settings.timeout:g} s' if settings.timeout else ''}; sampler seed {sampler_seed}")
-    tags = run_tags("tune") | {"fsl.study": name, "fsl.study_storage": mask(storage_url)}
-    parent_id = None if created else _wait_for_attr(study, "fsl.parent_run_id")
+    parent_id = None if created else _wait_for_attr(study, "fsl.parent_run_id", missing=None)
+    # a worker that joins keeps the creator's host and pid on the parent (fsl's reaping reads them)
+    tags = ({} if parent_id else run_tags("tune")) | {"fsl.study": name, "fsl.study_storage": mask(storage_url)}
     ran: list[int] = []  # the trials this worker ran
     with runs.open(base.experiment, run_name=options.run_name or name, run_id=parent_id, tags=tags,
                    system_metrics=False) as parent:
-        if created:
+        if not parent_id:  # new, or its creator stopped before naming its parent run: this one is it
             study.set_user_attr("fsl.parent_run_id", parent.run_id)
             parent.log_params({"tune_space": space.describe()[:6000], "tune_objective": settings.objective,
                                "tune_trials": settings.trials or "", "tune_pruner": settings.pruner,
@@ -172,7 +194,7 @@ def run_tune(base: TrainConfig, space: SearchSpace, settings: TuneSettings = Tun
                                 resume=None, keep_checkpoint=None)
         objective = _objective(optuna, base, space, settings, study, trial_options, reporter, worker, sampler_seed,
                                ran)
-        finished_before = _work(optuna, study, objective, settings, storage_url)
+        finished_before = _work(optuna, study, objective, settings)
         summary = _summarise(study, space, settings, parent, reporter)
     finisher = finished_before or _is_finisher(study, settings, worker, ran)
     if finisher and summary.get("best_run_id"):
@@ -185,28 +207,23 @@ def run_tune(base: TrainConfig, space: SearchSpace, settings: TuneSettings = Tun
     return summary
 
 
-def _work(optuna, study, objective, settings: TuneSettings, storage_url: str) -> bool:
+def _work(optuna, study, objective, settings: TuneSettings) -> bool:
     """Run trials while the study lacks finished ones and --timeout allows (the module's docstring,
     3). Whether the study had every trial it wants before this worker looked (asked again)."""
     started, first = time.monotonic(), True
-    try:
-        while True:
-            optuna.storages.fail_stale_trials(study)
-            counts = _counts(study)
-            done, busy = counts["COMPLETE"] + counts["PRUNED"], counts["RUNNING"] + counts["WAITING"]
-            if (settings.trials and done >= settings.trials) or \
-                    (settings.timeout and time.monotonic() - started >= settings.timeout):
-                return first and settings.trials is not None and done >= settings.trials
-            first = False
-            if settings.trials and done + busy >= settings.trials:
-                time.sleep(POLL)  # every slot taken: one may come free if its worker died
-                continue
-            study.optimize(objective, n_trials=1, catch=(_Surplus, UsageError))
-    except Exception as exc:
-        if _is_storage_error(exc):
-            raise FslError(f"study storage {mask(storage_url)} stopped answering "
-                           f"({str(exc).splitlines()[0][:200]})") from None
-        raise
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        counts = _counts(study)
+        # a WAITING trial (a dead worker's, to run again) is a free slot: `optimize` takes it first
+        done, busy = counts["COMPLETE"] + counts["PRUNED"], counts["RUNNING"]
+        if (settings.trials and done >= settings.trials) or \
+                (settings.timeout and time.monotonic() - started >= settings.timeout):
+            return first and settings.trials is not None and done >= settings.trials
+        first = False
+        if settings.trials and done + busy >= settings.trials:
+            time.sleep(POLL)  # every slot taken by running trials: one comes free if its worker died
+            continue
+        study.optimize(objective, n_trials=1, catch=(_Surplus, FslError))  # a failed trial: the study goes on
 
 
 def _tracking_uri() -> str:
@@ -260,7 +277,10 @@ def _create_or_join(optuna, storage, name: str, space: SearchSpace, settings: Tu
         seed = int.from_bytes(os.urandom(4), "little")
         study = optuna.load_study(study_name=name, storage=storage, pruner=pruner,
                                   sampler=optuna.samplers.TPESampler(seed=seed))
-        theirs = _wait_for_attr(study, "fsl.space")
+        theirs = _wait_for_attr(study, "fsl.space", missing=space.signature())
+        if "fsl.space" not in study.user_attrs:  # its creator stopped before describing it
+            study.set_user_attr("fsl.objective", settings.objective)
+            study.set_user_attr("fsl.space", theirs)
         if theirs != space.signature() or study.user_attrs.get("fsl.objective") != settings.objective:
             import json
 
@@ -273,16 +293,16 @@ def _create_or_join(optuna, storage, name: str, space: SearchSpace, settings: Tu
     return study, True, settings.sampler_seed
 
 
-def _wait_for_attr(study, key: str) -> Any:
-    """A study attribute its creator sets just after creating it (a worker joining at the same moment waits)."""
+def _wait_for_attr(study, key: str, missing: Any = None) -> Any:
+    """A study attribute its creator sets just after creating it (a worker joining at the same
+    moment waits); `missing` after JOIN_WAIT seconds (the creator stopped before setting it)."""
     deadline = time.monotonic() + JOIN_WAIT
     while True:
         attrs = study.user_attrs
         if key in attrs:
             return attrs[key]
         if time.monotonic() > deadline:
-            raise FslError(f"study {study.study_name} has no {key}: its creator stopped before describing it; "
-                           f"start a new study (--study)")
+            return missing
         time.sleep(0.5)
 
 
@@ -317,6 +337,12 @@ def _objective(optuna, base: TrainConfig, space: SearchSpace, settings: TuneSett
     report its validation figures to the pruner, return the objective."""
     from fsl.tracking.runs import tag_run
 
+    # The pruner compares trials at one step: pre-training epoch e is step e, episodic epoch e is
+    # step P + e, P the most pre-training epochs any trial has, so the phases never share a step
+    # and Hyperband's budget counts epochs from 1.
+    bounds = [a.values for a in space.axes if a.name == "pretrain_epochs"]
+    first_episodic_step = max([base.pretrain_epochs, *(max(v) for v in bounds)])
+
     def objective(trial) -> float:
         if not _takes_a_slot(study, trial, settings.trials):
             trial.set_user_attr("fsl.surplus", True)
@@ -329,7 +355,7 @@ def _objective(optuna, base: TrainConfig, space: SearchSpace, settings: TuneSett
         run_name = f"trial-{trial.number}-{tried}"[:100]
 
         def on_validation(metric: str, epoch: int, value: float) -> None:
-            trial.report(value, epoch + (0 if metric.startswith("pretrain") else EPISODIC_STEP))
+            trial.report(value, epoch + (0 if metric.startswith("pretrain") else first_episodic_step))
             if trial.should_prune():
                 raise RunStopped(f"pruned after {metric} {value:.2f} at epoch {epoch}", "KILLED",
                                  {"fsl.trial_state": "PRUNED"})
@@ -340,27 +366,39 @@ def _objective(optuna, base: TrainConfig, space: SearchSpace, settings: TuneSett
             if run_id:
                 trial.set_user_attr("fsl.run_id", run_id)  # the run a dead worker's trial leaves RUNNING
 
-        trial_options = replace(options, run_name=run_name, tags=tags, on_validation=on_validation, on_open=on_open)
+        trial_options = replace(options, run_name=run_name, tags=tuple(tags.items()), on_validation=on_validation,
+                                on_open=on_open)
         reporter.echo(f"--- trial {trial.number}: {tried}")
         try:
             summary = run_training(cfg, trial_options, reporter)
-        except UsageError as exc:  # settings the training refuses (checked at the bounds, not inside)
-            reporter.echo(f"trial {trial.number} failed: {exc}")
-            raise
+            if settings.objective not in summary.metrics:
+                raise FslError(f"the trial logged no {settings.objective} (no pre-training?)")
         except RunStopped as stopped:
             reporter.echo(f"trial {trial.number}: {stopped}")
             raise optuna.TrialPruned(str(stopped)) from None
-        except KeyboardInterrupt:
-            if trial.user_attrs.get("fsl.run_id"):
-                tag_run(trial.user_attrs["fsl.run_id"], {"fsl.trial_state": "FAIL"})
+        except BaseException as exc:  # a failed trial (FslError: the study goes on), Ctrl-C, a bug
+            if isinstance(exc, FslError):
+                reporter.echo(f"trial {trial.number} failed: {exc}")
+            _tag_failed(trial.user_attrs.get("fsl.run_id"))
             raise
-        value = summary.metrics.get(settings.objective, summary.best_val_acc)
+        value = summary.metrics[settings.objective]
         if summary.run_id:
             tag_run(summary.run_id, {"fsl.trial_state": "COMPLETE"})
         reporter.echo(f"trial {trial.number}: {settings.objective} {value:.2f}")
         return value
 
     return objective
+
+
+def _tag_failed(run_id: str | None) -> None:
+    """`fsl.trial_state` FAIL on a trial's run, where it has one and the store answers."""
+    from fsl.tracking.runs import tag_run
+
+    if run_id:
+        try:
+            tag_run(run_id, {"fsl.trial_state": "FAIL"})
+        except Exception:  # the store is down: the run's status says FAILED or KILLED anyway
+            pass
 
 
 def _short(value: Any) -> str:
@@ -483,9 +521,20 @@ def _retest(base: TrainConfig, space: SearchSpace, study, settings: TuneSettings
 
 
 def _is_storage_error(exc: BaseException) -> bool:
-    try:
-        import sqlalchemy.exc
-    except ImportError:
-        return False
-    return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+    """Whether `exc` (or what caused it: Optuna wraps the driver's errors) says the database is unreachable."""
+    import optuna
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError,
+                             sqlalchemy.exc.InterfaceError)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    return str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
 

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -30,7 +30,7 @@ class RunOptions:
     keep_checkpoint: Path | None = None     # copy the run's best checkpoint here (a sweep's twins)
     tsne: bool = True                       # draw the t-SNE of a hallucination run (sweeps: only if asked)
     test: bool = True                       # False: train and validate only, log no model (a search's trials)
-    tags: dict[str, str] = field(default_factory=dict)   # more run tags (a search's study and trial)
+    tags: tuple[tuple[str, str], ...] = ()  # more run tags, (name, value) pairs (a search's study and trial)
     on_open: Callable[[str | None], None] | None = None  # called with the run id once the run is open
     # called after each validation with (metric, epoch, value): `val_acc` per epoch, and
     # `pretrain_val_acc` per pre-training epoch; may raise RunStopped (a search's pruner)

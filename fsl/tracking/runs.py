@@ -191,7 +191,9 @@ class MlflowRuns:
         """fsl training runs of the experiment that did not finish (RUNNING, KILLED, FAILED), newest first."""
         runs = _search(locked_client(), experiment, "tags.`fsl.config_hash` LIKE '%'",
                        order_by=["attributes.start_time DESC"])  # MLflow's filters have no OR
-        return [_record(r) for r in runs if r.info.status in UNFINISHED]
+        # a pruned trial of a search stopped on purpose: not a run to resume
+        return [_record(r) for r in runs if r.info.status in UNFINISHED
+                and r.data.tags.get("fsl.trial_state") != "PRUNED"]
 
     def find_finished(self, experiment: str, config_hash: str) -> tuple[str, dict[str, float]] | None:
         """The newest FINISHED run of this configuration (`fsl.config_hash` tag) that has a
