@@ -325,3 +325,27 @@ def test_a_storage_error_is_recognised_through_optunas_wrapping():
     except optuna.exceptions.StorageInternalError as wrapped:
         assert _is_storage_error(wrapped)
     assert not _is_storage_error(ValueError("a bug"))
+
+
+def test_a_pruned_trial_ends_killed_tagged_pruned_keeps_no_checkpoint_and_is_not_resumable(tracking, tmp_path,
+                                                                                           monkeypatch):
+    from fsl.commands.cmd_train import run_training
+    from fsl.commands.options import SILENT, RunOptions
+    from fsl.errors import RunStopped
+    from fsl.tracking.runs import MlflowRuns
+
+    monkeypatch.setenv("FSL_CACHE_DIR", str(tmp_path / "cache"))
+    opened = []
+
+    def prune(metric: str, epoch: int, value: float) -> None:
+        raise RunStopped("pruned", "KILLED", {"fsl.trial_state": "PRUNED"})
+
+    cfg = TrainConfig(image_size=16, epochs=2, episodes_per_epoch=3, val_episodes=2, queries=3, test_queries=3,
+                      precision="fp32")
+    with pytest.raises(RunStopped):
+        run_training(cfg, RunOptions(register=False, test=False, on_validation=prune, on_open=opened.append,
+                                     system_metrics=False), SILENT)
+    run = MlflowClient().get_run(opened[0])
+    assert run.info.status == "KILLED" and run.data.tags["fsl.trial_state"] == "PRUNED"
+    assert not (tmp_path / "cache" / "runs" / opened[0]).exists()  # its checkpoints are gone
+    assert opened[0] not in [r.run_id for r in MlflowRuns().unfinished_runs(cfg.experiment)]

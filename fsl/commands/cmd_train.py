@@ -118,11 +118,7 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
             checkpoints = cache_dir() / "runs" / run_key
             if rank == 0:
                 claim_checkpoint_folder(checkpoints)
-            try:
-                summary = _train_test_register(setup, tracker, checkpoints, resume_id, options, reporter, params)
-            except RunStopped:  # stopped on purpose (a pruned trial): never resumed, so nothing to keep
-                shutil.rmtree(checkpoints, ignore_errors=True)
-                raise
+            summary = _train_test_register(setup, tracker, checkpoints, resume_id, options, reporter, params)
         if rank == 0:  # the run FINISHED: best.pt is one of its artifacts now, and last.pt is spent
             if options.keep_checkpoint is not None:
                 shutil.copy(checkpoints / "best.pt", options.keep_checkpoint)
@@ -247,14 +243,18 @@ def _train_test_register(setup: TrainingSetup, tracker: RecordingTracker, checkp
 
     resume_state = _load_last(checkpoints / "last.pt") if resume_id and (checkpoints / "last.pt").exists() else None
     result = None
-    if cfg.pretrain_epochs and resume_state is None:  # a resumed episodic phase had finished pre-training
-        result = _pretrain_phase(setup, tracker, checkpoints, resume_id, reporter, options)
-    if cfg.epochs:
-        with reporter.progress(cfg.epochs * cfg.episodes_per_epoch, "training episodes") as advance:
-            if resume_state:
-                advance(resume_state["epoch"] * cfg.episodes_per_epoch)
-            result = train(model, data, cfg, setup.device, checkpoint_dir=checkpoints, on_epoch=on_epoch,
-                           progress=advance, resume=resume_state)
+    try:
+        if cfg.pretrain_epochs and resume_state is None:  # a resumed episodic phase had finished pre-training
+            result = _pretrain_phase(setup, tracker, checkpoints, resume_id, reporter, options)
+        if cfg.epochs:
+            with reporter.progress(cfg.epochs * cfg.episodes_per_epoch, "training episodes") as advance:
+                if resume_state:
+                    advance(resume_state["epoch"] * cfg.episodes_per_epoch)
+                result = train(model, data, cfg, setup.device, checkpoint_dir=checkpoints, on_epoch=on_epoch,
+                               progress=advance, resume=resume_state)
+    except RunStopped:  # stopped on purpose (a pruned trial): never resumed, so nothing to keep
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        raise
     assert result is not None and result.best_checkpoint is not None  # validate(): epochs >= 1 unless pre-training
     if result.best_checkpoint.name != "best.pt" and result.best_checkpoint.exists():  # rank 0 wrote it
         # `fsl pretrain`: its model is the run's model, under the usual name

@@ -337,11 +337,7 @@ def _objective(optuna, base: TrainConfig, space: SearchSpace, settings: TuneSett
     report its validation figures to the pruner, return the objective."""
     from fsl.tracking.runs import tag_run
 
-    # The pruner compares trials at one step: pre-training epoch e is step e, episodic epoch e is
-    # step P + e, P the most pre-training epochs any trial has, so the phases never share a step
-    # and Hyperband's budget counts epochs from 1.
-    bounds = [a.values for a in space.axes if a.name == "pretrain_epochs"]
-    first_episodic_step = max([base.pretrain_epochs, *(max(v) for v in bounds)])
+    first_episodic_step = _first_episodic_step(base, space)
 
     def objective(trial) -> float:
         if not _takes_a_slot(study, trial, settings.trials):
@@ -388,6 +384,14 @@ def _objective(optuna, base: TrainConfig, space: SearchSpace, settings: TuneSett
         return value
 
     return objective
+
+
+def _first_episodic_step(base: TrainConfig, space: SearchSpace) -> int:
+    """The pruner compares trials at one step: pre-training epoch e is step e, episodic epoch e is
+    step P + e, P the most pre-training epochs any trial has, so the phases never share a step and
+    Hyperband's budget counts epochs from 1."""
+    bounds = [a.values for a in space.axes if a.name == "pretrain_epochs"]
+    return max([base.pretrain_epochs, *(max(v) for v in bounds)])
 
 
 def _tag_failed(run_id: str | None) -> None:
