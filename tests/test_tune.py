@@ -114,6 +114,7 @@ def test_a_bad_space_is_refused_naming_the_item(items, message):
     (["--objective", "val_loss"], "not a validation figure"),
     (["--trials", "0"], "--trials must be at least 1"),
     (["--param", "shots=1..5"], "needs a fixed --test-shots"),
+    (["--param", "M=10..100"], "--method hallucinate"),
 ])
 def test_bad_input_is_one_line_and_exit_2_before_any_work(tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -108,6 +108,10 @@ def check_settings(base: TrainConfig, space: SearchSpace, settings: TuneSettings
         raise UsageError("fsl tune runs one trial per process: start it without torchrun (start several "
                          "workers instead)")
     searched = {a.name for a in space.searched}
+    hallucination = sorted(n for n in searched if n in ("M", "hallucinator") or n.startswith("hallucinator."))
+    if hallucination and base.hallucinator is None:
+        raise UsageError(f"--param {hallucination[0]}: a ProtoNet search has no hallucinator; search it with "
+                         f"--method hallucinate")
     if "shots" in searched and base.test_shots is None:
         raise UsageError("a search over shots needs a fixed --test-shots: validation uses the training shots "
                          "otherwise, so best_val_acc would not compare across trials")
