@@ -15,10 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from fsl import compat
 from fsl.config import COMPONENT_AXES, TrainConfig
 from fsl.errors import UsageError
-from fsl.sweeps import parse_grid
+from fsl.sweeps import option_name, parse_grid
 
 RANGE, CHOICE, FIXED = "range", "choice", "fixed"
 
@@ -86,7 +85,7 @@ def parse_space(base: TrainConfig, items: Sequence[str]) -> SearchSpace:
     context = [i.strip() for i in items if i.partition("=")[0].strip() in COMPONENT_AXES and ".." not in i]
     for item in items:
         key, sep, text = item.partition("=")
-        name = compat.OPTION_ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
+        name = option_name(key)
         if not sep or not text.strip():
             raise UsageError(f"--param must be NAME=LOW..HIGH[:log], NAME=A,B,... or NAME=VALUE, got {item!r}")
         if any(a.name == name for a in axes):

@@ -127,6 +127,13 @@ def expand_grid(base: TrainConfig, grid: Mapping[str, Sequence[Any]]) -> list[Po
 
 
 # ---------------------------------------------------------------------------------- input
+def option_name(text: str) -> str:
+    """A training option as `--param` names it: dashes as underscores, old names as today's
+    (`hallucinations` is `M`)."""
+    name = text.strip().replace("-", "_")
+    return compat.OPTION_ALIASES.get(name, name)
+
+
 def parse_grid(base: TrainConfig, items: Sequence[str]) -> dict[str, list]:
     """`--param NAME=V1,V2` items -> {name: typed values}. NAME is a training option (`shots`,
     `distance`; old names such as `hallucinations` and `encoder_width` too), or a component setting
@@ -136,7 +143,7 @@ def parse_grid(base: TrainConfig, items: Sequence[str]) -> dict[str, list]:
     texts = {}
     for item in items:
         key, sep, text = item.partition("=")
-        key = compat.OPTION_ALIASES.get(key.strip().replace("-", "_"), key.strip().replace("-", "_"))
+        key = option_name(key)
         if not sep or not text.strip():
             raise UsageError(f"--param must be NAME=V1,V2,... with a training option or a component setting, "
                              f"got {item!r}")

@@ -162,8 +162,10 @@ def run_tune(base: TrainConfig, space: SearchSpace, settings: TuneSettings = Tun
             return _search(base, space, settings, options, reporter, runs, storage_url)
         except Exception as exc:
             if _is_storage_error(exc):
+                from fsl.tracking.runs import failure_line
+
                 raise FslError(f"study storage {mask(storage_url)} stopped answering "
-                               f"({_first_line(exc)})") from None
+                               f"({failure_line(exc, storage_url)})") from None
             raise
 
 
@@ -239,6 +241,8 @@ def _tracking_uri() -> str:
 def _storage(optuna, url: str, heartbeat: float):
     """Optuna's RDB storage with heartbeats: a trial silent for 3 heartbeats is failed by the next
     worker's check (`fail_stale_trials`), its run marked FAILED and the trial retried."""
+    from fsl.tracking.runs import failure_line
+
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(STORAGE_ATTEMPTS):
         try:
@@ -248,7 +252,7 @@ def _storage(optuna, url: str, heartbeat: float):
         except Exception as exc:  # two workers creating a new storage's tables at once: the later one retries
             if attempt == STORAGE_ATTEMPTS - 1:
                 raise FslError(f"study storage {mask(url)} cannot be opened "
-                               f"({str(exc).splitlines()[0][:200]})") from None
+                               f"({failure_line(exc, url)})") from None
             time.sleep(1 + attempt)
 
 
@@ -541,8 +545,4 @@ def _is_storage_error(exc: BaseException) -> bool:
         seen = seen.__cause__ or seen.__context__
     return False
 
-
-def _first_line(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc
-    return str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
 

@@ -291,7 +291,7 @@ def _failed_with_the_store(exc: BaseException, run_id: str) -> FslError:
         "the run stays RUNNING until the next fsl command on this host marks it FAILED "
         "(or `--resume` continues it)")
     return FslError(f"tracking store {stores.mask(uri)} stopped answering during run {run_id} "
-                    f"({_first_line(exc, uri)}); {then}")
+                    f"({failure_line(exc, uri)}); {then}")
 
 
 def _tag_experiment(client: MlflowClient, experiment_id: str) -> None:
@@ -339,7 +339,7 @@ def _end_run(status: str, retry_for: float = 0.0) -> bool:
     return False
 
 
-def _first_line(exc: BaseException, uri: str) -> str:
+def failure_line(exc: BaseException, uri: str) -> str:
     """What the store's failure says, in one line without the URI's password: the first message
     along the chain of causes that speaks of the connection, else the first that says anything."""
     lines: list[str] = []
