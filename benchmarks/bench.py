@@ -118,20 +118,27 @@ def matmul_tflops(device: torch.device, n: int | None = None) -> tuple[float, st
 
 # --------------------------------------------------------------------------------- paths
 def product_model(data, precision: str, device: torch.device, compile_mode: str | None = None) -> FewShotClassifier:
+    """`compile_mode` "step" leaves the model as it is (the trainer compiles its whole step); a
+    torch.compile mode ("default", "reduce-overhead") compiles the encoder alone."""
     model = build_model(TrainConfig(seed=0), data, device, precision)
-    if compile_mode:
+    if compile_mode and compile_mode != "step":
         model.encoder = torch.compile(model.encoder, mode=None if compile_mode == "default" else compile_mode)
     return model
 
 
 def product_train_rate(data, shape: EpisodeShape, precision: str, device, warmup: int, steps: int,
                        repeats: int, compile_mode: str | None = None) -> dict:
+    """Training steps per second of fsl's trainer: eager (compile_mode None), the whole step
+    compiled as `--compile on` does ("step"), or the encoder alone compiled in a torch.compile mode."""
     model = product_model(data, precision, device, compile_mode)
-    cfg = TrainConfig(ways=shape.ways, shots=shape.shots, queries=shape.queries)
+    cfg = TrainConfig(ways=shape.ways, shots=shape.shots, queries=shape.queries,
+                      compile="on" if compile_mode == "step" else "off")
     trainer = EpisodeTrainer(model, data.split("train"), cfg, device)
     reset_device_peak(device)
     out = rate(lambda: (trainer.run(steps), steps)[1], device, 1 if warmup else 0, repeats)
     out["device_peak_mib"] = device_peak_mib(device)
+    if compile_mode == "step":  # why it ran eagerly, if it could not be compiled
+        out["fallback"] = getattr(trainer.take_step, "fallback", "not compiled")
     return out
 
 
@@ -314,15 +321,25 @@ def precision_parity(bench: Bench, data) -> None:
 
 
 def compile_trials(bench: Bench, data) -> None:
-    """torch.compile modes (and CUDA graphs on CUDA) at 5- and 30-way; a failure is reported."""
+    """The whole step compiled (CUDA graphs on CUDA) and the encoder alone in torch.compile's modes,
+    at 5- and 30-way; a failure is reported."""
+    from torch._dynamo.utils import counters
+
     bench.results["compile"] = {}
-    trials = [("reduce-overhead", 5), ("default", 30), ("reduce-overhead", 30), ("default", 5)]
-    for mode, ways in trials if bench.device.type == "cuda" else [("default", 5)]:
+    # the whole step (forward, loss, backward, Adam): what --compile runs; then the encoder alone in
+    # CUDA graphs, fsl's compiled path before 2026-12-07 (the other modes: BENCHMARKS §2's older rows)
+    trials = [("step", 5), ("step", 30), ("reduce-overhead", 5)]
+    for mode, ways in trials if bench.device.type == "cuda" else [("step", 5)]:
         try:
+            torch._dynamo.reset()
+            counters.clear()
             t0 = time.perf_counter()
             out = product_train_rate(data, EpisodeShape(ways, 1, 15), bench.precision, bench.device, 1,
                                      bench.args.steps, bench.args.repeats, compile_mode=mode)
             out["with_warmup_s"] = time.perf_counter() - t0
+            # how whole the capture is: Dynamo's graphs and the reasons it broke between them
+            out["graphs"] = counters["stats"]["unique_graphs"]
+            out["graph_breaks"] = {reason.splitlines()[0][:120]: n for reason, n in counters["graph_break"].items()}
         except Exception as exc:  # report what failed, keep the rest of the benchmark
             out = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
         bench.results["compile"][f"{mode}_{ways}way"] = out

@@ -9,12 +9,15 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from typing import cast
+import warnings
+from typing import Any, Callable, Generic, TypeVar, cast
 
 import numpy as np
 import torch
 
 from fsl.choices import COMPILE_MODES, PRECISIONS
+
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
@@ -129,5 +132,51 @@ def compile_module(module: torch.nn.Module, device: torch.device) -> torch.nn.Mo
     """torch.compile for training steps of fixed shape; CUDA graphs on CUDA."""
     compiled = torch.compile(module, mode="reduce-overhead" if device.type == "cuda" else None)
     return cast(torch.nn.Module, compiled)  # an OptimizedModule; typed as a plain callable
+
+
+def compile_step(step: Callable[..., T], device: torch.device) -> Callable[..., T]:
+    """torch.compile of a whole training step (forward, loss, backward, optimiser step); CUDA graphs
+    on CUDA (mode reduce-overhead: each captured graph, the backward's included, is replayed)."""
+    return torch.compile(step, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
+class CapturedStep(Generic[T]):
+    """A training step compiled whole (`compile_step`), falling back to the eager step where it
+    cannot be compiled.
+
+    Dynamo breaks the graph where it cannot trace (the backward call, which runs the backward graph
+    AOTAutograd compiled with the forward; the host-side keyed noise of hallucination); the pieces
+    between are compiled and replayed, the breaks run in Python. A first call that raises (a
+    backend or an operator the compiler cannot take) is undone with `restore(snapshot())`, taken
+    before it, and the step runs eagerly from then on, with a warning: the step is then exactly
+    the uncompiled one. Later calls are not guarded (a snapshot per step would cost a copy of the
+    model); they only recompile for new shapes or learning rates.
+    """
+
+    def __init__(self, step: Callable[..., T], snapshot: Callable[[], Any], restore: Callable[[Any], None],
+                 device: torch.device) -> None:
+        self.eager, self.compiled = step, compile_step(step, device)
+        self.snapshot, self.restore = snapshot, restore
+        self.fallback: str | None = None  # why the step runs eagerly, once it does
+        self.proven = False  # a compiled call has succeeded
+
+    def __call__(self, *args: Any) -> T:
+        if self.fallback is not None:
+            return self.eager(*args)
+        if self.proven:
+            return self.compiled(*args)
+        saved = self.snapshot()
+        try:
+            out = self.compiled(*args)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager step is the same maths
+            self.restore(saved)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+            self.fallback = f"{type(exc).__name__}: {first_line}"
+            warnings.warn(f"--compile: the training step could not be compiled ({self.fallback}); it runs eagerly",
+                          RuntimeWarning, stacklevel=2)
+            return self.eager(*args)
+        self.proven = True
+        return out
+
 
 

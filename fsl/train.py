@@ -35,7 +35,7 @@ from fsl.models.classifier import FewShotClassifier, current_state_dict
 from fsl.models.encoders import episode_groups
 from fsl.models.noise import episode_keys
 from fsl.processes import stop_if_interrupted, world
-from fsl.runtime import compile_module, make_generator, resolve_compile
+from fsl.runtime import CapturedStep, compile_module, make_generator, resolve_compile
 
 GENERATOR_STRIDE = 7919  # seed offset between the episode streams of replicas (a prime)
 
@@ -165,11 +165,19 @@ class EpisodeTrainer:
         self.support_labels = torch.arange(ways, device=device).repeat_interleave(shots)[None]
         self.query_labels = torch.arange(ways, device=device).repeat_interleave(queries)
         self.samples_per_step = len(self.query_labels)  # what train accuracy is counted over
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        # --compile: the whole step (forward, loss, backward, Adam) through torch.compile, CUDA graphs
+        # on CUDA; under torchrun (DistributedDataParallel's hooks) only the encoder (README)
+        compiling = resolve_compile(cfg.compile, device)
+        self.whole_step = compiling and world_size == 1
+        # CUDA graphs replay fixed addresses: the learning rate is a device tensor the schedule
+        # writes in place (a Python float would be baked into the graph); Adam must be capturable
+        capturable = self.whole_step and device.type == "cuda"
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=torch.tensor(cfg.lr, device=device)
+                                          if capturable else cfg.lr, capturable=capturable)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=cfg.lr_step, gamma=0.5)
         # The compiled encoder lives here, not in the model: checkpoints, evaluation (other
         # shapes) and registered models use the plain one, which shares its weights.
-        compiled = compile_module(model.encoder, device) if resolve_compile(cfg.compile, device) else None
+        compiled = compile_module(model.encoder, device) if compiling and not self.whole_step else None
         self.step_loss: nn.Module = EpisodeLoss(model, ways, compiled, cfg.augment, cfg.batch_norm)
         if world_size > 1:
             self.step_loss = nn.parallel.DistributedDataParallel(
@@ -179,6 +187,8 @@ class EpisodeTrainer:
         # --episodes-per-step E > 1: the E episodes through the encoder as one batch, each with its
         # own BatchNorm statistics (False: one at a time, the reference the batched step equals)
         self.batch_episodes = True
+        self.take_step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = \
+            CapturedStep(self._step, self._snapshot, self._restore, device) if self.whole_step else self._step
 
     def run(self, n: int, progress: Callable[[int], None] | None = None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -193,24 +203,12 @@ class EpisodeTrainer:
         first_bad = torch.full((), n, device=device)
         for step in range(n):
             stop_if_interrupted()
-            self.optimizer.zero_grad(set_to_none=True)
-            step_loss = torch.zeros((), device=device)
-            batched = self._batched_step(step, draws, support_idx, query_idx) \
-                if self.per_step > 1 and self.batch_episodes else None
-            if batched is not None:  # the E episodes through the encoder as one batch
-                step_loss, step_correct = batched
-                correct += step_correct
-            for j in range(self.per_step) if batched is None else ():
-                sync = j == self.per_step - 1 or not isinstance(self.step_loss, nn.parallel.DistributedDataParallel)
-                with contextlib.nullcontext() if sync else cast(nn.parallel.DistributedDataParallel,
-                                                                 self.step_loss).no_sync():
-                    keys = episode_keys(self.noise_seeds[j], [self.episodes_done], draws[j].classes[step][None])
-                    loss, logits = self.step_loss(images[support_idx[j][step]], images[query_idx[j][step]],
-                                                  self.support_labels, self.query_labels, self.noise_rngs[j], keys)
-                    (loss / self.per_step).backward()
-                step_loss += loss.detach()
-                correct += (logits.detach().argmax(-1) == self.query_labels).sum()
-            self.optimizer.step()
+            support = images[torch.stack([idx[step] for idx in support_idx])]  # [E, S, C, H, W]
+            query = images[torch.stack([idx[step] for idx in query_idx])]
+            keys = torch.cat([episode_keys(self.noise_seeds[j], [self.episodes_done], draws[j].classes[step][None])
+                              for j in range(self.per_step)])  # [E, ways], host-side
+            step_loss, step_correct = self.take_step(support, query, keys)
+            correct += step_correct
             self.scheduler.step()
             # Device-side record of the first bad step: no host sync inside the loop.
             first_bad = torch.where(torch.isfinite(step_loss) | (first_bad < step), first_bad, steps[step])
@@ -220,18 +218,50 @@ class EpisodeTrainer:
                 progress(1)
         return loss_sum, correct / self.per_step, first_bad
 
-    def _batched_step(self, step: int, draws, support_idx, query_idx) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _step(self, support: torch.Tensor, query: torch.Tensor, keys: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step over E episodes: support [E, S, C, H, W], query [E, Q, C, H, W] (store
+        images), keys int64 [E, ways] -> (the sum of their losses, their correct queries), device
+        scalars. What --compile captures whole: gradients zeroed, forward, loss, backward, Adam."""
+        self.optimizer.zero_grad(set_to_none=True)
+        batched = self._batched_step(support, query, keys) if self.per_step > 1 and self.batch_episodes else None
+        if batched is None:  # one episode at a time
+            step_loss = torch.zeros((), device=self.device)  # float32, summed in place: the loss's rounding
+            correct = torch.zeros((), device=self.device, dtype=torch.int64)
+            for j in range(self.per_step):
+                sync = j == self.per_step - 1 or not isinstance(self.step_loss, nn.parallel.DistributedDataParallel)
+                with contextlib.nullcontext() if sync else cast(nn.parallel.DistributedDataParallel,
+                                                                 self.step_loss).no_sync():
+                    loss, logits = self.step_loss(support[j], query[j], self.support_labels, self.query_labels,
+                                                  self.noise_rngs[j], keys[j:j + 1])
+                    (loss / self.per_step).backward()
+                step_loss += loss.detach()
+                correct += (logits.detach().argmax(-1) == self.query_labels).sum()
+            batched = step_loss, correct
+        self.optimizer.step()
+        return batched
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What a step changes (`CapturedStep` puts it back where capture fails midway)."""
+        return copy.deepcopy({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                              "noise_gens": [g.get_state() for g in self.noise_rngs],
+                              "torch_rng": torch.get_rng_state()})
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        for g, s in zip(self.noise_rngs, snapshot["noise_gens"]):
+            g.set_state(s)
+        torch.set_rng_state(snapshot["torch_rng"])
+
+    def _batched_step(self, support: torch.Tensor, query: torch.Tensor, keys: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The step's E episodes as one encoder batch (`EpisodeLoss.batched`), backward done:
         (the sum of their losses, their correct queries), device tensors; None where it cannot
         (torchrun's DDP wraps the loss; an encoder whose BatchNorm cannot take episodes apart)."""
         if not isinstance(self.step_loss, EpisodeLoss):
             return None
-        images = self.store.images
-        keys = torch.cat([episode_keys(self.noise_seeds[j], [self.episodes_done], draws[j].classes[step][None])
-                          for j in range(self.per_step)])
-        done = self.step_loss.batched(images[torch.stack([idx[step] for idx in support_idx])],
-                                      images[torch.stack([idx[step] for idx in query_idx])],
-                                      self.support_labels, self.query_labels, self.noise_rngs, keys)
+        done = self.step_loss.batched(support, query, self.support_labels, self.query_labels, self.noise_rngs, keys)
         if done is None:
             return None
         loss, logits = done
@@ -240,13 +270,21 @@ class EpisodeTrainer:
 
     def state(self) -> dict[str, Any]:
         """Optimiser, schedule and every random generator: with the weights, all that resuming needs."""
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        optimizer = self.optimizer.state_dict()
+        for group in optimizer["param_groups"]:  # a capturable Adam's device tensors: floats, for any device
+            group.update({k: float(v) for k, v in group.items() if k in ("lr", "initial_lr")})
+        scheduler = self.scheduler.state_dict()
+        scheduler.update({k: [float(v) for v in scheduler[k]] for k in ("base_lrs", "_last_lr") if k in scheduler})
+        return {"optimizer": optimizer, "scheduler": scheduler,
                 "episode_gens": [g.get_state() for g in self.episode_rngs],
                 "noise_gens": [g.get_state().cpu() for g in self.noise_rngs],
                 "torch_rng": torch.get_rng_state(), "episodes_done": self.episodes_done}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer.defaults["capturable"]:  # the learning rate a captured step reads: a device tensor again
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
         self.scheduler.load_state_dict(state["scheduler"])
         for g, s in zip(self.episode_rngs, state["episode_gens"]):
             g.set_state(s)
@@ -349,7 +387,7 @@ def fit(model: FewShotClassifier, trainer, data: DataSet, cfg: TrainConfig, devi
         _refresh_base_statistics(model, trainer.store, pretraining=bool(prefix))
         val_acc = _validate(model, val_store, val_episodes)
         stats = EpochStats(epoch, float(loss_sum) / steps_per_epoch, float(correct) * 100 / samples_per_epoch,
-                           val_acc, trainer.scheduler.get_last_lr()[0], time.perf_counter() - started)
+                           val_acc, float(trainer.scheduler.get_last_lr()[0]), time.perf_counter() - started)
         history.append(stats)
         if val_acc > best_val:
             best_val, best_epoch = val_acc, epoch

@@ -69,25 +69,6 @@ def test_learning_rate_halves_every_lr_step_episodes(tmp_path):
     assert seen == pytest.approx([5e-4, 2.5e-4, 1.25e-4])
 
 
-def test_compiling_the_training_step_gives_the_same_training(tmp_path, monkeypatch):
-    """--compile on: the trainer's compiled encoder shares the model's weights (eager backend here:
-    Inductor's C++ build takes minutes on a CI CPU; BENCHMARKS.md times the real one on CUDA)."""
-    import fsl.train
-
-    compiled = []
-    monkeypatch.setattr(fsl.train, "compile_module",
-                        lambda module, device: compiled.append(module) or torch.compile(module, backend="eager"))
-    data = separable_dataset()
-    cfg = TrainConfig(ways=5, shots=1, queries=4, test_queries=4, epochs=1, episodes_per_epoch=3, val_episodes=2,
-                      compile="on")
-    eager = train(new_model(data), data, TrainConfig(**{**cfg.__dict__, "compile": "off"}), torch.device("cpu"))
-    result = train(new_model(data), data, cfg, torch.device("cpu"))
-    assert len(compiled) == 1
-    assert result.history[0].train_loss == pytest.approx(eager.history[0].train_loss, rel=1e-4)
-    for a, b in zip(result.model.state_dict().values(), eager.model.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-5)
-
-
 def test_training_with_augmentation_runs_and_differs_from_without(tmp_path):
     data = separable_dataset()
     base = dict(ways=5, shots=1, queries=4, test_queries=4, epochs=1, episodes_per_epoch=3, val_episodes=2)
