@@ -62,8 +62,13 @@ def smoke(args) -> dict:
 
 
 def trainer(args) -> dict:
-    """fsl.train.train as `fsl protonet` runs it (compile=auto: torch.compile on CUDA), a short
-    schedule: the trainer's compiled path has never run on a GPU before this."""
+    """fsl.train.train as `fsl protonet` runs it (compile=auto: the whole step compiled on CUDA), a
+    short schedule: the trainer's compiled path has never run on a GPU before this. With
+    --compile-backend (the CPU dry run: `eager`), the step is compiled on any device with that
+    Dynamo backend, so that the path runs where Inductor's build would take minutes."""
+    import fsl.runtime
+    from torch._dynamo.utils import counters
+
     from fsl.config import TrainConfig
     from fsl.models.classifier import build_model
     from fsl.runtime import resolve_compile, resolve_precision
@@ -72,12 +77,18 @@ def trainer(args) -> dict:
     data, device = data_and_device(args)
     n = setting(args)["train_steps"]
     precision = resolve_precision("auto", device)
+    if args.compile_backend:
+        fsl.runtime.compile_step = lambda step, device: torch.compile(step, backend=args.compile_backend)
     cfg = TrainConfig(image_size=data.image_size, epochs=2, episodes_per_epoch=n // 2, val_episodes=20,
-                      precision=precision, device=str(device), queries=setting(args)["queries"])
+                      precision=precision, device=str(device), queries=setting(args)["queries"],
+                      compile="on" if args.compile_backend else "auto")
+    counters.clear()
     started = time.perf_counter()
     result = train(build_model(cfg, data, device, precision), data, cfg, device)
     seconds = time.perf_counter() - started
-    return {"episodes": n, "compiled": resolve_compile("auto", device), "precision": precision,
+    return {"episodes": n, "compiled": resolve_compile(cfg.compile, device), "precision": precision,
+            "backend": args.compile_backend or "fsl's", "graphs": counters["stats"]["unique_graphs"],
+            "graph_breaks": sum(counters["graph_break"].values()),
             "seconds": round(seconds, 2), "best_val_acc": result.best_val_acc,
             "epoch_seconds": [round(h.seconds, 2) for h in result.history]}
 
@@ -154,6 +165,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--compile-backend", help="trainer: compile the step with this Dynamo backend (e.g. eager)")
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = PARTS[args.part](args)

@@ -118,6 +118,8 @@ def test_the_gpu_floor_script_dry_runs_every_part_on_the_cpu(tmp_path):
     assert parts == [f"{p}: exit 0" for p in ("smoke", "trainer", "batched", "resnet12", "profile", "bench")], \
         done.stdout[-3000:]
     assert json.loads((tmp_path / "batched.json").read_text())["episodes_per_s"]["E2_batched"] > 0
+    trained = json.loads((tmp_path / "trainer.json").read_text())
+    assert trained["compiled"] and trained["graphs"] > 0  # the compiled step ran (Dynamo's eager backend)
     assert "Self CPU time total" in (tmp_path / "profile.json").read_text()
     bench = json.loads((tmp_path / "bench_floor.json").read_text())
     for key in ("5way", "30way"):
