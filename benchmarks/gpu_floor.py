@@ -66,9 +66,9 @@ def trainer(args) -> dict:
     short schedule: the trainer's compiled path has never run on a GPU before this. With
     --compile-backend (the CPU dry run: `eager`), the step is compiled on any device with that
     Dynamo backend, so that the path runs where Inductor's build would take minutes."""
-    import fsl.runtime
     from torch._dynamo.utils import counters
 
+    import fsl.runtime
     from fsl.config import TrainConfig
     from fsl.models.classifier import build_model
     from fsl.runtime import resolve_compile, resolve_precision
