@@ -144,9 +144,12 @@ class CapturedStep(Generic[T]):
     """A training step compiled whole (`compile_step`), falling back to the eager step where it
     cannot be compiled.
 
-    Dynamo breaks the graph where it cannot trace (the backward call, which runs the backward graph
-    AOTAutograd compiled with the forward; the host-side keyed noise of hallucination); the pieces
-    between are compiled and replayed, the breaks run in Python. A first call that raises (a
+    Dynamo breaks the graph where it will not trace: at `Optimizer.zero_grad`, at PyTorch's own
+    break before the optimiser's step, and, with hallucination, at the host-side keyed noise
+    (`fsl.models.noise`) and its data-dependent choices. With torch 2.14 on the CPU a plain step
+    is 3 graphs, a step with `wang` 15 (`benchmarks.bench --compile` and `benchmarks.gpu_floor
+    trainer` report the count); the graphs are compiled and replayed, the breaks run in Python,
+    and the backward runs the graph AOTAutograd compiled with its forward. A first call that raises (a
     backend or an operator the compiler cannot take) is undone with `restore(snapshot())`, taken
     before it, and the step runs eagerly from then on, with a warning: the step is then exactly
     the uncompiled one. Later calls are not guarded (a snapshot per step would cost a copy of the

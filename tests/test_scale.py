@@ -169,8 +169,8 @@ def test_sigterm_exits_143_ends_the_run_killed_and_resume_finishes_it(tracking, 
 
 
 # Pre-training at 16 px: 60 batches of 64 per epoch, so a kill after the first epoch lands in one of the
-# five others.
-PRETRAIN_BUDGET = ["--image-size", "16", "--epochs", "6", "--val-episodes", "3", "--test-episodes", "5",
+# three others.
+PRETRAIN_BUDGET = ["--image-size", "16", "--epochs", "4", "--val-episodes", "3", "--test-episodes", "5",
                    "--test-queries", "3", "--precision", "fp32", "--augment", "standard"]
 
 
@@ -191,7 +191,7 @@ def test_pretraining_killed_with_sigkill_resumes_to_the_history_of_an_uninterrup
     for key in ("pretrain_val_acc", "pretrain_train_loss", "test_episode_acc"):
         history = metric_history(tracking, run_id, key)
         assert history == metric_history(tracking, whole_id, key), key
-    assert len(metric_history(tracking, run_id, "pretrain_val_acc")) == 6
+    assert len(metric_history(tracking, run_id, "pretrain_val_acc")) == 4
 
 
 def test_ctrl_c_ends_the_run_killed_and_keeps_a_loadable_checkpoint(tracking, fsl_cache):
