@@ -365,3 +365,28 @@ def test_bd_cspn_with_top_z_zero_uses_the_support_only():
     protos = hm.class_means(s, ls, 5)
     expected = 10.0 * hm.cosine_similarity(shifted, protos)
     assert torch.allclose(hm.bd_cspn_logits(s, ls, q, 5, top_z=0), expected, atol=1e-5)
+
+
+def test_tim_written_out_gradient_equals_autograd_of_its_loss():
+    """`_tim_logit_gradient` against autograd of TIM's loss (log(p + eps) as the reference), fp64."""
+    g = torch.Generator().manual_seed(3)
+    E, N, S, Q = 3, 4, 6, 9
+    logits = (3 * torch.randn(E, N, S + Q, generator=g, dtype=torch.float64)).requires_grad_()
+    labels = torch.randint(0, N, (E, S), generator=g)
+    target = F.one_hot(labels, N).double().transpose(1, 2)
+    p = logits.softmax(1)
+    ce = -(target * p[..., :S].log()).sum(1).mean(1)
+    pq = p[..., S:]
+    cond = -(pq * torch.log(pq + 1e-12)).sum(1).mean(1)
+    pbar = pq.mean(2)
+    marginal = -(pbar * torch.log(pbar + 1e-12)).sum(1)
+    (0.1 * ce - (1.0 * marginal - 0.3 * cond)).sum().backward()
+    written = hm._tim_logit_gradient(logits.detach(), target, 0.1, 1.0, 0.3)
+    assert torch.allclose(written, logits.grad, atol=1e-12, rtol=1e-10)
+
+
+def test_neighbour_sum_equals_the_dense_affinity_product():
+    x = torch.rand(3, 9, 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = torch.rand(3, 5, 9, generator=torch.Generator().manual_seed(5), dtype=torch.float64)  # [E, N, Q]
+    dense = (hm.knn_affinity(x, 4) @ y.transpose(1, 2)).transpose(1, 2)
+    assert torch.allclose(hm.neighbour_sum(y, hm.knn_indices(x, 4)), dense, atol=1e-14)

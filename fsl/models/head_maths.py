@@ -80,9 +80,12 @@ def sq_norms(x: torch.Tensor) -> torch.Tensor:
 
 def sq_distances(a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor | None = None) -> torch.Tensor:
     """||a_i - b_j||^2: [E, A, D], [E, B, D] -> [E, A, B], as |a|^2 - 2 a.b + |b|^2 (one bmm, no
-    [E, A, B, D] difference tensor; clamped at 0 against rounding). a_sq: |a|^2 [E, A, 1] if known."""
+    [E, A, B, D] difference tensor; clamped at 0 against rounding). a_sq: |a|^2 [E, A, 1] if known.
+    The 2 scales the [E, A, B] product, not a: `2 * a @ b` doubles all of a first (Python reads it
+    (2 * a) @ b), which was half of PT-MAP's time at D = 1600. Doubling is exact, so the numbers
+    are the same bits."""
     a_sq = sq_norms(a) if a_sq is None else a_sq
-    return (a_sq - 2 * a @ b.transpose(1, 2) + sq_norms(b).transpose(1, 2)).clamp_min(0)
+    return (a_sq - (a @ b.transpose(1, 2)).mul_(2) + sq_norms(b).transpose(1, 2)).clamp_min(0)
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -315,9 +318,8 @@ def laplacian_logits(support: torch.Tensor, labels: torch.Tensor, queries: torch
         protos = _laplacian_prototypes(s, labels, q, ways, epsilon)
     else:
         protos = class_means(s, labels, ways)
-    unary = sq_distances(q, protos)  # [E, Q, N]
-    kernel = knn_affinity(q, knn)  # [E, Q, Q]
-    return _bound_updates(unary, kernel, lam, iterations, tol)
+    unary = sq_distances(q, protos).transpose(1, 2)  # [E, N, Q]: class-major, see _bound_updates
+    return _bound_updates(unary, knn_indices(q, knn), lam, iterations, tol).transpose(1, 2)
 
 
 def _laplacian_prototypes(s: torch.Tensor, labels: torch.Tensor, q: torch.Tensor, ways: int,
@@ -334,41 +336,59 @@ def _laplacian_prototypes(s: torch.Tensor, labels: torch.Tensor, q: torch.Tensor
     return torch.where(count > 0, rectified, base)
 
 
+def knn_indices(x: torch.Tensor, knn: int) -> torch.Tensor:
+    """The knn - 1 nearest rows of each row other than itself: [E, Q, D] -> int64 [E, Q, k],
+    k = min(knn - 1, Q - 1) (ties: topk's order). Row q of the affinity K is 1 at these columns."""
+    k = min(knn - 1, x.shape[1] - 1)
+    if k <= 0:
+        return torch.empty(*x.shape[:2], 0, dtype=torch.long, device=x.device)
+    dist = sq_distances(x, x)
+    dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # never one's own neighbour
+    return dist.topk(k, dim=-1, largest=False).indices
+
+
 def knn_affinity(x: torch.Tensor, knn: int) -> torch.Tensor:
     """K_{qr} = 1 if r is among the knn - 1 nearest rows of q other than q itself: [E, Q, D] -> [E, Q, Q]."""
     E, Q, _ = x.shape
-    k = min(knn - 1, Q - 1)
     kernel = torch.zeros(E, Q, Q, dtype=x.dtype, device=x.device)
-    if k <= 0:
-        return kernel
-    dist = sq_distances(x, x)
-    dist.diagonal(dim1=1, dim2=2).fill_(float("inf"))  # never one's own neighbour
-    nearest = dist.topk(k, dim=-1, largest=False).indices  # [E, Q, k]
-    return kernel.scatter_(-1, nearest, 1.0)
+    return kernel.scatter_(-1, knn_indices(x, knn), 1.0)
 
 
-def _bound_updates(unary: torch.Tensor, kernel: torch.Tensor, lam: float, iterations: int,
+def neighbour_sum(y: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
+    """(K Y) for the k-nearest-neighbour affinity, class-major: y [E, N, Q], nearest [E, Q, k] ->
+    [E, N, Q], sum_j y[:, :, nearest[:, q, j]]. A gather of k columns per query instead of the dense
+    [E, Q, Q] product, which cost more than the rest of LaplacianShot's iterations together."""
+    E, N, Q = y.shape
+    k = nearest.shape[2]
+    index = nearest.reshape(E, 1, Q * k).expand(E, N, Q * k)
+    return y.gather(2, index).view(E, N, Q, k).sum(-1)
+
+
+def _bound_updates(unary: torch.Tensor, nearest: torch.Tensor, lam: float, iterations: int,
                    tol: float | None) -> torch.Tensor:
-    """LaplacianShot's bound iterations for all episodes, each stopping on its own: log Y [E, Q, N]."""
+    """LaplacianShot's bound iterations for all episodes, each stopping on its own, class-major
+    (a softmax over 5 classes in the last dimension was 13x slower in ATen than over the middle):
+    unary [E, N, Q], nearest [E, Q, k] -> log Y [E, N, Q]."""
     z = -unary
-    y = z.softmax(-1)
+    y = z.softmax(1)
     energy_old = torch.full(unary.shape[:1], float("inf"), dtype=unary.dtype, device=unary.device)
     active = torch.ones(unary.shape[:1], dtype=torch.bool, device=unary.device)
     for i in range(iterations):
-        z_new = -unary + lam * (kernel @ y)
-        y_new = z_new.softmax(-1)
+        z_new = -unary + lam * neighbour_sum(y, nearest)
+        y_new = z_new.softmax(1)
+        if tol is None:  # every episode runs every step: nothing to mask
+            z, y = z_new, y_new
+            continue
         keep = active.view(-1, 1, 1)
         z, y = torch.where(keep, z_new, z), torch.where(keep, y_new, y)
-        if tol is None:
-            continue
         energy = (y_new * y_new.clamp_min(1e-20).log() + unary * y_new
-                  - lam * (kernel @ y_new) * y_new).sum((1, 2))  # [E]
+                  - lam * neighbour_sum(y_new, nearest) * y_new).sum((1, 2))  # [E]
         converged = (energy - energy_old).abs() <= tol * energy_old.abs() if i > 1 else torch.zeros_like(active)
         energy_old = torch.where(active, energy, energy_old)
         active = active & ~converged
         if not bool(active.any()):
             break
-    return z.log_softmax(-1)
+    return z.log_softmax(1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -391,31 +411,52 @@ def tim_logits(support: torch.Tensor, labels: torch.Tensor, queries: torch.Tenso
     (scripts/evaluate/tim_gd/*.sh set tim.iter=1000; the config default 150 is TIM's other uses).
     The -H(pbar) term pushes predictions towards uniform class marginals: it assumes roughly
     balanced queries. Features as given: the reference l2-normalises them (src/eval.py).
-    Runs under torch.no_grad() too.
+
+    The gradient is written out (`_tim_logit_gradient`), not taken by autograd: the same numbers
+    (1e-14 apart in fp64) at half the cost, and the tensors are kept class-major ([E, N, rows]),
+    because a softmax over a last dimension of 5 classes was 13x slower in ATen than over the
+    middle one. Per step the cost is two [E, N, S+Q] x D matrix products and Adam on E N D numbers.
     """
     _check(support, labels, queries, ways)
     dtype = _dtype(support, queries)
     s, q = support.detach().to(dtype), queries.detach().to(dtype)
-    onehot = one_hot(labels, ways, dtype)
-    s_sq, q_sq = sq_norms(s), sq_norms(q)  # once, not per step
-    with torch.enable_grad():
-        w = class_means(s, labels, ways).clone().requires_grad_(True)
+    x = torch.cat([s, q], 1)  # [E, S+Q, D]: support rows, then queries
+    x_sq = sq_norms(x).transpose(1, 2)  # [E, 1, S+Q], once: the features do not move
+    target = one_hot(labels, ways, dtype).transpose(1, 2)  # [E, N, S]
+    with torch.no_grad():
+        w = class_means(s, labels, ways)
         opt = Adam([w], lr=lr)
         for _ in range(iterations):
-            ce = -(onehot * _tim_logits(s, w, temperature, s_sq).log_softmax(-1)).sum(-1).mean(1)  # [E]
-            p = _tim_logits(q, w, temperature, q_sq).softmax(-1)  # [E, Q, N]
-            cond = -(p * torch.log(p + LOG_EPS)).sum(-1).mean(1)  # H(Y|X) [E]
-            pbar = p.mean(1)
-            marginal = -(pbar * torch.log(pbar + LOG_EPS)).sum(-1)  # H(Y) [E]
-            loss = (ce_weight * ce - (marginal_weight * marginal - cond_weight * cond)).sum()
-            opt.step(torch.autograd.grad(loss, [w]))
-    return _tim_logits(q, w.detach(), temperature, q_sq)
+            grad_logits = _tim_logit_gradient(_tim_class_logits(x, w, temperature, x_sq), target,
+                                              ce_weight, marginal_weight, cond_weight)  # [E, N, S+Q]
+            # d logit_an / d w_n = T (x_a - w_n)
+            grad_w = grad_logits @ x - grad_logits.sum(-1, keepdim=True) * w
+            opt.step((grad_w.mul_(temperature),))
+        return _tim_class_logits(q, w, temperature, x_sq[..., s.shape[1]:]).transpose(1, 2)
 
 
-def _tim_logits(x: torch.Tensor, w: torch.Tensor, temperature: float, x_sq: torch.Tensor) -> torch.Tensor:
-    """T (x.w - |w|^2/2 - |x|^2/2) = -T/2 ||x - w||^2: [E, A, D], [E, N, D], x_sq = |x|^2 [E, A, 1]
-    -> [E, A, N]."""
-    return temperature * (x @ w.transpose(1, 2) - 0.5 * (w * w).sum(-1).unsqueeze(1) - 0.5 * x_sq)
+def _tim_class_logits(x: torch.Tensor, w: torch.Tensor, temperature: float, x_sq: torch.Tensor) -> torch.Tensor:
+    """T (x.w - |w|^2/2 - |x|^2/2) = -T/2 ||x - w||^2, class-major: x [E, A, D], w [E, N, D],
+    x_sq = |x|^2 [E, 1, A] -> [E, N, A]."""
+    return temperature * (w @ x.transpose(1, 2) - 0.5 * (sq_norms(w) + x_sq))
+
+
+def _tim_logit_gradient(logits: torch.Tensor, target: torch.Tensor, lam: float, beta: float,
+                        alpha: float) -> torch.Tensor:
+    """d L_e / d logits for TIM's loss (see `tim_logits`), class-major: logits [E, N, S+Q] (the S
+    support rows first), target one-hot [E, N, S] -> [E, N, S+Q]. With p = softmax over classes,
+    and the reference's log(p + eps), whose derivative is log(p + eps) + p / (p + eps) =: f(p):
+        support i:  lam / S (p_ni - y_ni)                          (cross-entropy)
+        query q:    p_nq (c_nq - sum_m p_mq c_mq) / Q,   c_nq = beta f(pbar_n) - alpha f(p_nq)
+    (the marginal term -beta H(pbar) and the conditional alpha H(Y|X), through the softmax)."""
+    S = target.shape[2]
+    p = logits.softmax(1)
+    p_support, p_query = p[..., :S], p[..., S:]
+    pbar = p_query.mean(2, keepdim=True)  # [E, N, 1]
+    c = beta * (torch.log(pbar + LOG_EPS) + pbar / (pbar + LOG_EPS)) \
+        - alpha * (torch.log(p_query + LOG_EPS) + p_query / (p_query + LOG_EPS))  # [E, N, Q]
+    grad_query = p_query * (c - (p_query * c).sum(1, keepdim=True)) / p_query.shape[2]
+    return torch.cat([(p_support - target) * (lam / S), grad_query], 2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,14 +488,16 @@ def sinkhorn(cost: torch.Tensor, lam: float, col_mass: float, tol: float = 1e-6,
     judged over all episodes at once. That test is weaker (slow convergence moves little while
     still far off) and in fp32 its stopping step is decided by rounding, so reordering queries or
     classes changed log-probabilities by up to 1e-2 (1e-4 with this test).
-    Same fixed point."""
+    Same fixed point. Computed class-major ([E, N, Q] in memory; returned as an [E, Q, N] view): in
+    ATen a sum over 5 classes in the last dimension took 15x as long as one over the middle."""
+    cost = cost.transpose(1, 2).contiguous()  # [E, N, Q]
     # exp(-lam (cost - row min)): a row scaling, which the Sinkhorn plan ignores, against underflow
-    plan = torch.exp(-lam * (cost - cost.amin(-1, keepdim=True)))
-    work = plan / plan.sum(-1, keepdim=True)  # row step of the first iteration
+    plan = torch.exp(-lam * (cost - cost.amin(1, keepdim=True)))
+    work = plan / plan.sum(1, keepdim=True)  # row step of the first iteration
     idx = torch.arange(cost.shape[0], device=cost.device)  # episodes still iterating: `work` rows
     for _ in range(max_iters):
-        new = work * (col_mass / work.sum(1, keepdim=True))  # columns: exactly col_mass
-        rows = new.sum(2, keepdim=True)  # [e, Q, 1]
+        new = work * (col_mass / work.sum(2, keepdim=True))  # columns: exactly col_mass
+        rows = new.sum(1, keepdim=True)  # [e, 1, Q]
         done = (rows - 1).abs().amax((1, 2)) <= tol
         if bool(done.any()):
             # finished episodes leave the working set: the batch costs the sum of the episodes'
@@ -462,10 +505,10 @@ def sinkhorn(cost: torch.Tensor, lam: float, col_mass: float, tol: float = 1e-6,
             plan[idx[done]] = new[done]
             idx, new, rows = idx[~done], new[~done], rows[~done]
             if idx.numel() == 0:
-                return plan
+                return plan.transpose(1, 2)
         work = new / rows
     plan[idx] = work
-    return plan
+    return plan.transpose(1, 2)
 
 
 def pt_map_logits(support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, ways: int, *,
