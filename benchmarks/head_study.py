@@ -34,6 +34,7 @@ import torch
 HEAD_SETTINGS: dict[str, dict] = {}  # each head at its paper's defaults (fsl.models.heads)
 M_VALUES = (0, 100)
 TRANSDUCTIVE_M = [False]  # --transductive-m: score the transductive heads at M = 100 too
+THREADS = [2]  # --threads
 
 
 def m_values(head: str) -> tuple[int, ...]:
@@ -130,7 +131,7 @@ def builtin(seed: int, out: Path) -> Path:
     from fsl.data.episodes import EpisodeShape, episode_file_images
     from fsl.evaluate import sample_episodes
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS[0])
     model, cfg = simpleshot_model(seed, out / "models")
     data = load_dataset("synthetic")
     store = data.split("test")
@@ -156,7 +157,7 @@ def omniglot(seed: int, out: Path) -> Path:
     from fsl.evaluate import sample_episodes
     from fsl.models.classifier import load_checkpoint
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS[0])
     path = out / "models" / f"omniglot_s{seed}.pt"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +191,7 @@ def speed(dims=(64, 1600), episodes: int = 1000, loop_episodes: int = 20) -> dic
     from fsl.components import HEADS
     from fsl.models.head_maths import per_episode
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS[0])
     out: dict = {"episodes": episodes, "loop_episodes": loop_episodes, "threads": torch.get_num_threads()}
     for dim in dims:
         g = torch.Generator().manual_seed(dim)
@@ -275,8 +276,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/heads"))
     parser.add_argument("--transductive-m", action="store_true", help="score transductive heads at M = 100 too")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the speed rows: 2, the CPU's cores)")
     args = parser.parse_args()
     TRANSDUCTIVE_M[0] = args.transductive_m
+    THREADS[0] = args.threads
     if args.what == "table":
         print(table(args.folder or args.out))
         return
