@@ -35,6 +35,7 @@ HEAD_SETTINGS: dict[str, dict] = {}  # each head at its paper's defaults (fsl.mo
 M_VALUES = (0, 100)
 TRANSDUCTIVE_M = [False]  # --transductive-m: score the transductive heads at M = 100 too
 THREADS = [2]  # --threads
+TESTS = ["1shot", "5shot", "unbalanced"]  # --tests: the built-in part's tests to score
 
 
 def m_values(head: str) -> tuple[int, ...]:
@@ -138,13 +139,16 @@ def builtin(seed: int, out: Path) -> Path:
     result: dict = {"seed": seed, "recipe": "simpleshot + calibrated statistics", "train_seconds":
                     model.trained_with.get("train_seconds")}
     for shots in (1, 5):
+        if f"{shots}shot" not in TESTS:
+            continue
         episodes = sample_episodes(store, EpisodeShape(5, shots, 15), 600, cfg.test_seed, "test")
         started = time.perf_counter()
         result[f"{shots}shot"] = score_heads(model, store, episodes, cfg.test_seed)
         result[f"{shots}shot_seconds"] = round(time.perf_counter() - started, 1)
-    table = unbalanced_table(data, 600, cfg.test_seed, out / "models")
-    result["unbalanced"] = score_table_heads(model, table, episode_file_images(table, data, None, None),
-                                             cfg.test_seed)
+    if "unbalanced" in TESTS:
+        table = unbalanced_table(data, 600, cfg.test_seed, out / "models")
+        result["unbalanced"] = score_table_heads(model, table, episode_file_images(table, data, None, None),
+                                                 cfg.test_seed)
     path = out / f"builtin_s{seed}.json"
     path.write_text(json.dumps(result) + "\n")
     return path
@@ -276,10 +280,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/heads"))
     parser.add_argument("--transductive-m", action="store_true", help="score transductive heads at M = 100 too")
+    parser.add_argument("--tests", default=",".join(TESTS), help="builtin: the tests to score (comma-separated)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the speed rows: 2, the CPU's cores)")
     args = parser.parse_args()
     TRANSDUCTIVE_M[0] = args.transductive_m
     THREADS[0] = args.threads
+    TESTS[:] = args.tests.split(",")
     if args.what == "table":
         print(table(args.folder or args.out))
         return
