@@ -4,6 +4,7 @@ speed, batched against a per-episode loop of the same maths.
 
     python -m benchmarks.head_study builtin --seeds 0,1,2 --out benchmarks/results/heads_cpu4
     python -m benchmarks.head_study omniglot --seeds 0,1,2 --out benchmarks/results/heads_cpu4
+    python -m benchmarks.head_study wang --seeds 0,1,2 --out benchmarks/results/heads_cpu4
     python -m benchmarks.head_study speed --out benchmarks/results/heads_cpu4
     python -m benchmarks.head_study table benchmarks/results/heads_cpu4
 
@@ -16,6 +17,9 @@ alone then takes about 6 minutes per 600 episodes at D = 1600 on 2 cores: 1,000 
 505 support and 75 query features per episode). The models are saved as
 `models/simpleshot_s<seed>.pt` under `--out` (git ignores *.pt) and reused, so a new head is
 scored without training again.
+wang: `recipes.sh wang`'s model (pre-training 10 epochs, then 2,000 episodes of fine-tuning with
+Wang et al.'s generator, M = 10, CL2N) and its M = 0 twin, every head at M = 0 and 10 on the same
+1-shot and 5-shot episodes; models saved as `models/wang_M<M>_s<seed>.pt`.
 omniglot: the Omniglot recipe (`benchmarks.omniglot`: 6,000 60-way episodes, rotations and
 reflections as classes, augmentation, tested with 16 views), every head on its 1,000 5- and
 20-way 1-shot test episodes; models saved as `models/omniglot_s<seed>.pt`.
@@ -98,18 +102,68 @@ def unbalanced_table(data, count: int, seed: int, folder: Path):
     return compile_episode_file(path)
 
 
-def score_heads(model, store, episodes, noise_seed: int) -> dict[str, dict[str, list[float]]]:
-    """{head: {"M0": per-episode accuracies, "M100": ...}} on one encoder pass."""
+def score_heads(model, store, episodes, noise_seed: int, ms: tuple[int, ...] | None = None
+                ) -> dict[str, dict[str, list[float]]]:
+    """{head: {"M0": per-episode accuracies, "M100": ...}} on one encoder pass; `ms`: every head at
+    these M (default: `m_values`)."""
     from fsl.evaluate import encode_episodes, evaluate
 
-    encoded = encode_episodes(model, store, episodes, max(M_VALUES))
+    encoded = encode_episodes(model, store, episodes, max(ms or M_VALUES))
     out: dict[str, dict[str, list[float]]] = {}
     for head in heads():
         note(f"{head} on {len(episodes)} episodes")
         with model.using_head(head, **HEAD_SETTINGS.get(head, {})):
             out[head] = {f"M{m}": [round(float(a), 4) for a in evaluate(model, store, episodes, m, noise_seed,
-                                                                       encoded=encoded).accs] for m in m_values(head)}
+                                                                       encoded=encoded).accs]
+                         for m in ms or m_values(head)}
     return out
+
+
+def finetuned_model(seed: int, M: int, folder: Path):
+    """`recipes.sh wang`'s model of `seed`: pre-training 10 epochs, then 2,000 episodes of fine-tuning
+    with Wang et al.'s generator making M features per class (M = 0: the same without it), CL2N at
+    test time; trained once, then loaded from `folder/wang_M<M>_s<seed>.pt`."""
+    from fsl.commands.training_setup import prepare_training
+    from fsl.config import TrainConfig
+    from fsl.models.classifier import load_checkpoint
+    from fsl.pretrain import pretrain
+    from fsl.train import train
+
+    path = folder / f"wang_M{M}_s{seed}.pt"
+    cfg = TrainConfig(seed=seed, precision="fp32", device="cpu", hallucinator="wang" if M else "none", M=M).with_values(
+        {"pretrain_epochs": 10, "feature_transform": "cl2n"})
+    if not path.exists():
+        setup = prepare_training(cfg)
+        started = time.perf_counter()
+        pretrain(setup.model, setup.data, setup.cfg, setup.device)
+        result = train(setup.model, setup.data, setup.cfg, setup.device)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(result.model.checkpoint(train_seconds=time.perf_counter() - started), path)
+    return load_checkpoint(path).eval(), cfg
+
+
+def wang(seed: int, out: Path) -> Path:
+    """Every head on `recipes.sh wang`'s model (M = 10) at M = 0 and 10, and on its M = 0 twin, on
+    the built-in part's 600 1-shot and 5-shot episodes; a JSON per seed."""
+    from fsl.data import load_dataset
+    from fsl.data.episodes import EpisodeShape
+    from fsl.evaluate import sample_episodes
+
+    torch.set_num_threads(THREADS[0])
+    models = {M: finetuned_model(seed, M, out / "models") for M in (10, 0)}
+    store = load_dataset("synthetic").split("test")
+    result: dict = {"seed": seed, "recipe": "pre-training 10 epochs + 2,000 episodes with wang (M = 10), CL2N"}
+    for shots in (1, 5):
+        if f"{shots}shot" not in TESTS:
+            continue
+        model, cfg = models[10]
+        episodes = sample_episodes(store, EpisodeShape(5, shots, 15), 600, cfg.test_seed, "test")
+        scores = score_heads(model, store, episodes, cfg.test_seed, ms=(0, 10))
+        twin = score_heads(models[0][0], store, episodes, cfg.test_seed, ms=(0,))
+        result[f"{shots}shot"] = {head: scores[head] | {"twin_M0": twin[head]["M0"]} for head in scores}
+    path = out / f"wang_s{seed}.json"
+    path.write_text(json.dumps(result) + "\n")
+    return path
 
 
 def score_table_heads(model, table, images, noise_seed: int) -> dict[str, dict[str, list[float]]]:
@@ -247,6 +301,8 @@ def table(folder: Path) -> str:
                 return float(np.mean(runs[seed][test][head][m]))
 
             seeds = sorted(s for s in runs if test in runs[s])
+            if not seeds:  # a part scored with --tests leaving this one out
+                continue
             base = {s: mean(s, "prototype", "M0") for s in seeds}
             for head in HEADS.names():
                 if head not in runs[seeds[0]][test]:
@@ -273,9 +329,36 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def wang_table(folder: Path) -> str:
+    """Markdown: each head on `recipes.sh wang`'s model at M = 10 and M = 0 and on its M = 0 twin
+    (fine-tuned the same way without the generator), differences paired seed by seed."""
+    from fsl.components import HEADS
+    from fsl.stats import paired_difference, seed_ci
+
+    runs = {int(p.stem.rsplit("_s", 1)[1]): json.loads(p.read_text()) for p in folder.glob("wang_s*.json")}
+    if not runs:
+        return ""
+    lines = [f"\n**wang** (seeds {','.join(map(str, sorted(runs)))})\n",
+             "| test | head | M = 0 twin | wang model, M = 0 | wang model, M = 10 | M = 10 vs twin | M = 10 vs M = 0 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for test in ("1shot", "5shot"):
+        seeds = sorted(s for s in runs if test in runs[s])
+        for head in HEADS.names() if seeds else ():
+            value = {key: {s: float(np.mean(runs[s][test][head][key])) for s in seeds}
+                     for key in ("twin_M0", "M0", "M10")}
+            cells = [f"{seed_ci(list(value[k].values())).mean:.2f} ± {seed_ci(list(value[k].values())).half:.2f}"
+                     for k in ("twin_M0", "M0", "M10")]
+            for other in ("twin_M0", "M0"):
+                d = paired_difference(value["M10"], value[other])
+                cells.append(f"{d.mean:+.2f} ± {d.half:.2f}" + (" ✓" if d.excludes_zero else ""))
+            label = head + (" (transductive)" if HEADS[head].transductive else "")
+            lines.append(f"| {test} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["builtin", "omniglot", "speed", "table"])
+    parser.add_argument("what", choices=["builtin", "omniglot", "wang", "speed", "table"])
     parser.add_argument("folder", nargs="?", type=Path)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/heads"))
@@ -287,14 +370,14 @@ def main() -> None:
     THREADS[0] = args.threads
     TESTS[:] = args.tests.split(",")
     if args.what == "table":
-        print(table(args.folder or args.out))
+        print(table(args.folder or args.out) + wang_table(args.folder or args.out))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     if args.what == "speed":
         (args.out / "speed.json").write_text(json.dumps(speed(), indent=1) + "\n")
         return
     for seed in (int(s) for s in args.seeds.split(",")):
-        print(builtin(seed, args.out) if args.what == "builtin" else omniglot(seed, args.out), flush=True)
+        print({"builtin": builtin, "omniglot": omniglot, "wang": wang}[args.what](seed, args.out), flush=True)
 
 
 if __name__ == "__main__":
