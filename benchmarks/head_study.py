@@ -278,7 +278,27 @@ def speed(dims=(64, 1600), episodes: int = 1000, loop_episodes: int = 20) -> dic
                                      "speedup": round(per_1000_loop / per_1000_batched, 1),
                                      "max_acc_difference": float((acc_b - acc_l).abs().max())}
             print(name, dim, out[f"{name}_d{dim}"], flush=True)
+        out[f"tim_products_d{dim}"] = tim_product_floor(support, queries)
+        print("tim's products alone", dim, out[f"tim_products_d{dim}"], flush=True)
     return out
+
+
+def tim_product_floor(support: torch.Tensor, queries: torch.Tensor, iterations: int = 1000) -> dict:
+    """Seconds per 1,000 episodes that TIM-GD's two matrix products take alone at its iteration
+    count: per step the logits w x^T [E, N, S+Q] and the gradient G x [E, N, D] (what no
+    implementation of the method avoids), median of 5 after a warm-up, on 100 episodes; and the
+    arithmetic they are, in TFLOP per 1,000 episodes."""
+    import statistics
+
+    from benchmarks.timing import interleaved
+
+    x = torch.cat([support, queries], 1)[:100]
+    w = x[:, :5].clone()
+    g = torch.rand(x.shape[0], 5, x.shape[1])
+    times = interleaved({"products": lambda: (w @ x.transpose(1, 2), g @ x)}, repeats=5, warmup=1)["products"]
+    flop = 2 * 2 * 5 * x.shape[1] * x.shape[2] * iterations * 1000
+    return {"s_per_1000": round(statistics.median(times) * iterations * 1000 / x.shape[0], 2),
+            "tflop_per_1000": round(flop / 1e12, 3)}
 
 
 def table(folder: Path) -> str:
