@@ -13,8 +13,8 @@ calibrated hallucinator's base statistics, which do not change the weights), per
 the same 600 5-way 1-shot and 5-shot 15-query episodes (test seed 2) and on 600 episodes of 1 shot
 and 1 to 10 queries per class (the heads that assume balanced queries meet imbalance), every head
 at M = 0 and the inductive ones also at M = 100 (`--transductive-m`: the transductive ones too; TIM
-alone then takes about 6 minutes per 600 episodes at D = 1600 on 2 cores: 1,000 gradient steps over
-505 support and 75 query features per episode). The models are saved as
+alone then took 5-7 minutes per 600 episodes on one thread: 1,000 gradient steps over 505 support
+and 75 query features of D = 256, the built-in encoder's at 32 px, per episode). The models are saved as
 `models/simpleshot_s<seed>.pt` under `--out` (git ignores *.pt) and reused, so a new head is
 scored without training again.
 wang: `recipes.sh wang`'s model (pre-training 10 epochs, then 2,000 episodes of fine-tuning with
