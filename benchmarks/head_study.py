@@ -130,7 +130,7 @@ def finetuned_model(seed: int, M: int, folder: Path):
     from fsl.train import train
 
     path = folder / f"wang_M{M}_s{seed}.pt"
-    cfg = TrainConfig(seed=seed, precision="fp32", device="cpu", hallucinator="wang" if M else "none", M=M).with_values(
+    cfg = TrainConfig(seed=seed, precision="fp32", device="cpu", hallucinator="wang" if M else None, M=M).with_values(
         {"pretrain_epochs": 10, "feature_transform": "cl2n"})
     if not path.exists():
         setup = prepare_training(cfg)
