@@ -95,3 +95,20 @@ def test_a_training_run_with_a_head_logs_it_and_a_sweep_over_heads_trains_once(t
     assert "head=logistic" in by_head["logistic"].info.run_name
     # the same trained weights, validated by the prototype rule: the same val accuracy
     assert by_head["logistic"].data.metrics["best_val_acc"] == by_head["prototype"].data.metrics["best_val_acc"]
+
+
+@pytest.mark.parametrize("head", HEADS.names())
+def test_episodes_in_cpu_chunks_get_the_answers_of_one_batch(head):
+    """Chunking (`Head.cpu_chunk_bytes`) only splits the batch: a chunk of 2 episodes, and of 1,
+    answers each episode as the whole batch does, hallucinated-row weights sliced alike."""
+    g = torch.Generator().manual_seed(0)
+    support, queries = torch.rand(5, 10, 8, generator=g), torch.rand(5, 6, 8, generator=g)
+    labels = torch.arange(5).repeat(2).expand(5, -1).contiguous()
+    weights = torch.rand(5, 10, generator=g)
+    whole = HEADS.create(head, **FAST.get(head, {}))
+    whole.cpu_chunk_bytes = None
+    expected = whole(support, labels, queries, 5, weights)
+    for episodes in (2, 1):
+        chunked = HEADS.create(head, **FAST.get(head, {}))
+        chunked.cpu_chunk_bytes = episodes * 16 * 8 * 4  # (S + Q) D fp32 bytes per episode
+        assert torch.allclose(chunked(support, labels, queries, 5, weights), expected, atol=1e-5, rtol=1e-5)
