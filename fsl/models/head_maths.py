@@ -360,8 +360,9 @@ def neighbour_sum(y: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
     [E, Q, Q] product, which cost more than the rest of LaplacianShot's iterations together."""
     E, N, Q = y.shape
     k = nearest.shape[2]
-    index = nearest.reshape(E, 1, Q * k).expand(E, N, Q * k)
-    return y.gather(2, index).view(E, N, Q, k).sum(-1)
+    # neighbour-major ([E, N, k, Q]): a sum over a last dimension of k = 2 was 10x slower in ATen
+    index = nearest.transpose(1, 2).reshape(E, 1, k * Q).expand(E, N, k * Q)
+    return y.gather(2, index).view(E, N, k, Q).sum(2)
 
 
 def _bound_updates(unary: torch.Tensor, nearest: torch.Tensor, lam: float, iterations: int,
@@ -374,7 +375,7 @@ def _bound_updates(unary: torch.Tensor, nearest: torch.Tensor, lam: float, itera
     energy_old = torch.full(unary.shape[:1], float("inf"), dtype=unary.dtype, device=unary.device)
     active = torch.ones(unary.shape[:1], dtype=torch.bool, device=unary.device)
     for i in range(iterations):
-        z_new = -unary + lam * neighbour_sum(y, nearest)
+        z_new = neighbour_sum(y, nearest).mul_(lam).sub_(unary)  # -a + lam K Y, rounded as written
         y_new = z_new.softmax(1)
         if tol is None:  # every episode runs every step: nothing to mask
             z, y = z_new, y_new
