@@ -48,7 +48,7 @@ class Head:
     def __call__(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, ways: int,
                  weights: torch.Tensor | None = None) -> torch.Tensor:
         E, S, D = support.shape
-        per_episode = (S + queries.shape[1]) * D * support.element_size()
+        per_episode = max(1, (S + queries.shape[1]) * D * support.element_size())
         step = E if self.cpu_chunk_bytes is None or support.device.type != "cpu" \
             else max(1, self.cpu_chunk_bytes // per_episode)
         if step >= E:
