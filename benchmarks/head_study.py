@@ -62,21 +62,30 @@ def heads() -> list[str]:
 
 def simpleshot_model(seed: int, folder: Path):
     """The pre-trained + CL2N model of `seed` (trained once, then loaded), on the built-in data."""
-    from fsl.commands.training_setup import prepare_training
     from fsl.config import TrainConfig
-    from fsl.models.classifier import load_checkpoint
-    from fsl.pretrain import pretrain
 
-    path = folder / f"simpleshot_s{seed}.pt"
     cfg = TrainConfig(seed=seed, precision="fp32", device="cpu", hallucinator="calibrated", M=100).with_values(
         {"epochs": 0, "pretrain_epochs": 10, "feature_transform": "cl2n"})
+    return trained_once(folder / f"simpleshot_s{seed}.pt", cfg), cfg
+
+
+def trained_once(path: Path, cfg):
+    """The model of `cfg` (pre-training, then its episodic epochs if any), trained and saved to
+    `path` the first time, loaded from it after; in eval mode."""
+    from fsl.commands.training_setup import prepare_training
+    from fsl.models.classifier import load_checkpoint
+    from fsl.pretrain import pretrain
+    from fsl.train import train
+
     if not path.exists():
         setup = prepare_training(cfg)
         started = time.perf_counter()
         result = pretrain(setup.model, setup.data, setup.cfg, setup.device)
-        folder.mkdir(parents=True, exist_ok=True)
+        if setup.cfg.epochs:
+            result = train(setup.model, setup.data, setup.cfg, setup.device)
+        path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(result.model.checkpoint(train_seconds=time.perf_counter() - started), path)
-    return load_checkpoint(path).eval(), cfg
+    return load_checkpoint(path).eval()
 
 
 def unbalanced_table(data, count: int, seed: int, folder: Path):
@@ -123,23 +132,11 @@ def finetuned_model(seed: int, M: int, folder: Path):
     """`recipes.sh wang`'s model of `seed`: pre-training 10 epochs, then 2,000 episodes of fine-tuning
     with Wang et al.'s generator making M features per class (M = 0: the same without it), CL2N at
     test time; trained once, then loaded from `folder/wang_M<M>_s<seed>.pt`."""
-    from fsl.commands.training_setup import prepare_training
     from fsl.config import TrainConfig
-    from fsl.models.classifier import load_checkpoint
-    from fsl.pretrain import pretrain
-    from fsl.train import train
 
-    path = folder / f"wang_M{M}_s{seed}.pt"
     cfg = TrainConfig(seed=seed, precision="fp32", device="cpu", hallucinator="wang" if M else None, M=M).with_values(
         {"pretrain_epochs": 10, "feature_transform": "cl2n"})
-    if not path.exists():
-        setup = prepare_training(cfg)
-        started = time.perf_counter()
-        pretrain(setup.model, setup.data, setup.cfg, setup.device)
-        result = train(setup.model, setup.data, setup.cfg, setup.device)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(result.model.checkpoint(train_seconds=time.perf_counter() - started), path)
-    return load_checkpoint(path).eval(), cfg
+    return trained_once(folder / f"wang_M{M}_s{seed}.pt", cfg), cfg
 
 
 def wang(seed: int, out: Path) -> Path:
@@ -301,6 +298,11 @@ def tim_product_floor(support: torch.Tensor, queries: torch.Tensor, iterations: 
             "tflop_per_1000": round(flop / 1e12, 3)}
 
 
+def seed_runs(folder: Path, kind: str) -> dict[int, dict]:
+    """{seed: the JSON of `<kind>_s<seed>.json`} in `folder`."""
+    return {int(p.stem.rsplit("_s", 1)[1]): json.loads(p.read_text()) for p in folder.glob(f"{kind}_s*.json")}
+
+
 def table(folder: Path) -> str:
     """Markdown: per data set and test, each head's mean accuracy over seeds (t-CI), the paired
     difference to the prototype head with the hallucinator off, and the paired gain of
@@ -310,7 +312,7 @@ def table(folder: Path) -> str:
 
     lines = []
     for kind, tests in (("builtin", ("1shot", "5shot", "unbalanced")), ("omniglot", ("5way", "20way"))):
-        runs = {int(p.stem.rsplit("_s", 1)[1]): json.loads(p.read_text()) for p in folder.glob(f"{kind}_s*.json")}
+        runs = seed_runs(folder, kind)
         if not runs:
             continue
         lines += [f"\n**{kind}** (seeds {','.join(map(str, sorted(runs)))})\n",
@@ -355,7 +357,7 @@ def wang_table(folder: Path) -> str:
     from fsl.components import HEADS
     from fsl.stats import paired_difference, seed_ci
 
-    runs = {int(p.stem.rsplit("_s", 1)[1]): json.loads(p.read_text()) for p in folder.glob("wang_s*.json")}
+    runs = seed_runs(folder, "wang")
     if not runs:
         return ""
     lines = [f"\n**wang** (seeds {','.join(map(str, sorted(runs)))})\n",
@@ -366,8 +368,8 @@ def wang_table(folder: Path) -> str:
         for head in HEADS.names() if seeds else ():
             value = {key: {s: float(np.mean(runs[s][test][head][key])) for s in seeds}
                      for key in ("twin_M0", "M0", "M10")}
-            cells = [f"{seed_ci(list(value[k].values())).mean:.2f} ± {seed_ci(list(value[k].values())).half:.2f}"
-                     for k in ("twin_M0", "M0", "M10")]
+            cells = [f"{ci.mean:.2f} ± {ci.half:.2f}"
+                     for ci in (seed_ci(list(value[k].values())) for k in ("twin_M0", "M0", "M10"))]
             for other in ("twin_M0", "M0"):
                 d = paired_difference(value["M10"], value[other])
                 cells.append(f"{d.mean:+.2f} ± {d.half:.2f}" + (" ✓" if d.excludes_zero else ""))
