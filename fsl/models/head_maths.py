@@ -347,13 +347,6 @@ def knn_indices(x: torch.Tensor, knn: int) -> torch.Tensor:
     return dist.topk(k, dim=-1, largest=False).indices
 
 
-def knn_affinity(x: torch.Tensor, knn: int) -> torch.Tensor:
-    """K_{qr} = 1 if r is among the knn - 1 nearest rows of q other than q itself: [E, Q, D] -> [E, Q, Q]."""
-    E, Q, _ = x.shape
-    kernel = torch.zeros(E, Q, Q, dtype=x.dtype, device=x.device)
-    return kernel.scatter_(-1, knn_indices(x, knn), 1.0)
-
-
 def neighbour_sum(y: torch.Tensor, nearest: torch.Tensor) -> torch.Tensor:
     """(K Y) for the k-nearest-neighbour affinity, class-major: y [E, N, Q], nearest [E, Q, k] ->
     [E, N, Q], sum_j y[:, :, nearest[:, q, j]]. A gather of k columns per query instead of the dense
