@@ -22,7 +22,7 @@ Wang et al.'s generator, M = 10, CL2N) and its M = 0 twin, every head at M = 0 a
 1-shot and 5-shot episodes; models saved as `models/wang_M<M>_s<seed>.pt`.
 omniglot: the Omniglot recipe (`benchmarks.omniglot`: 6,000 60-way episodes, rotations and
 reflections as classes, augmentation, tested with 16 views), every head on its 1,000 5- and
-20-way 1-shot test episodes; models saved as `models/omniglot_s<seed>.pt`.
+20-way 1-shot test episodes and on 1,000 5- and 20-way 5-shot ones; models saved as `models/omniglot_s<seed>.pt`.
 """
 
 from __future__ import annotations
@@ -205,6 +205,14 @@ def builtin(seed: int, out: Path) -> Path:
     return path
 
 
+OMNIGLOT_TESTS = ((5, 1), (20, 1), (5, 5), (20, 5))  # (way, shots), 5 queries per class
+
+
+def omniglot_test(way: int, shots: int) -> str:
+    """The JSON key of a test: "5way" (1-shot, as first recorded), "5way_5shot"."""
+    return f"{way}way" + ("" if shots == 1 else f"_{shots}shot")
+
+
 def omniglot(seed: int, out: Path) -> Path:
     """Every head on the Omniglot recipe model of `seed` (trained once, then loaded)."""
     from benchmarks.omniglot import load_omniglot, run, with_config
@@ -221,9 +229,9 @@ def omniglot(seed: int, out: Path) -> Path:
     _, unseen = load_omniglot(None, reflections=False)
     test = unseen.split("test")
     result: dict = {"seed": seed, "recipe": "omniglot (6,000 episodes, reflections, 16 views)"}
-    for way in (5, 20):
-        episodes = sample_episodes(test, EpisodeShape(way, 1, 5), 1000, seed=100 + way, split="test")
-        result[f"{way}way"] = score_heads(model, test, episodes, 0)
+    for way, shots in OMNIGLOT_TESTS:  # 1-shot: the recipe check's episodes (seed 100 + way)
+        episodes = sample_episodes(test, EpisodeShape(way, shots, 5), 1000, seed=100 * shots + way, split="test")
+        result[omniglot_test(way, shots)] = score_heads(model, test, episodes, 0, ms=(0,))  # no hallucinator
     path = out / f"omniglot_s{seed}.json"
     path.write_text(json.dumps(result) + "\n")
     return path
@@ -311,7 +319,8 @@ def table(folder: Path) -> str:
     from fsl.stats import paired_difference, seed_ci
 
     lines = []
-    for kind, tests in (("builtin", ("1shot", "5shot", "unbalanced")), ("omniglot", ("5way", "20way"))):
+    omniglot_tests = tuple(omniglot_test(way, shots) for way, shots in OMNIGLOT_TESTS)
+    for kind, tests in (("builtin", ("1shot", "5shot", "unbalanced")), ("omniglot", omniglot_tests)):
         runs = seed_runs(folder, kind)
         if not runs:
             continue
