@@ -197,6 +197,9 @@ ROWS = [
     ("predict-out-missing-folder", lambda tmp, ckpt: (_predict(tmp, ckpt, str(tmp / "no" / "out.csv")), None), 2,
      "does not exist"),
     ("predict-out-a-folder", lambda tmp, ckpt: (_predict(tmp, ckpt, str(tmp)), None), 2, "is a folder"),
+    ("predict-transductive-head-no-query", lambda tmp, ckpt: (_predict(tmp, _with_head(tmp, ckpt, "tim"), query="none"),
+                                                              None), 2,
+     "classifies the query images together"),
     # --- tracking and cache stores
     ("tracking-folder-unwritable", lambda tmp, ckpt: (["protonet", *TINY], {
         "MLFLOW_TRACKING_URI": "sqlite:////proc/fsl/mlflow.db"}), 1, "cannot write to"),
@@ -476,11 +479,23 @@ def _torch_dict(tmp: Path) -> Path:
     return tmp / "dict.pt"
 
 
-def _predict(tmp: Path, model: Path | str, out: str | None = None) -> list[str]:
+def _predict(tmp: Path, model: Path | str, out: str | None = None, query: str = "class0") -> list[str]:
+    """`fsl predict` of the images of `tmp/query/<query>` (a folder of one image; "none": of none)."""
     image_tree(tmp / "support", classes=2, per_class=1)
     image_tree(tmp / "query", classes=1, per_class=1)
+    (tmp / "query" / "none").mkdir()
     return ["predict", "--model", str(model), "--support", str(tmp / "support"), "--query",
-            str(tmp / "query" / "class0"), *(["--out", out] if out else [])]
+            str(tmp / "query" / query), *(["--out", out] if out else [])]
+
+
+def _with_head(tmp: Path, checkpoint: Path, head: str) -> Path:
+    """The checkpoint's model saved with `head` as its own (what `--head` on a training run saves)."""
+    import torch
+
+    from fsl.models.classifier import load_checkpoint
+
+    torch.save(load_checkpoint(checkpoint).set_head(head).checkpoint(), tmp / f"{head}.pt")
+    return tmp / f"{head}.pt"
 
 
 def _registered(name: str) -> str:

@@ -31,8 +31,12 @@ def predict_folder(model_spec: str, support_dir: str, query_dir: str, out: str |
         raise UsageError(f"--support {support_dir}: needs one sub-folder of images per class, found none")
     support = [(folder.name, file) for folder in classes for file in _images(folder)]
     queries = _images(Path(query_dir)) if Path(query_dir).is_dir() else []
-    if not support or not queries:
-        raise UsageError(f"no images in {'--support ' + support_dir if not support else '--query ' + query_dir}")
+    if not support:
+        raise UsageError(f"no images in --support {support_dir}")
+    if not queries:  # a transductive head reads the queries together: say so, it is why one query gains little
+        why = f": the model's head {model.config['head']} is transductive and classifies the query images " \
+              "together" if model.head.transductive else ""
+        raise UsageError(f"no images in --query {query_dir}{why}")
 
     def batch(files) -> torch.Tensor:
         return torch.stack([torch.from_numpy(decode_image(str(f), size, channels)) for f in files])
