@@ -22,7 +22,9 @@ Wang et al.'s generator, M = 10, CL2N) and its M = 0 twin, every head at M = 0 a
 1-shot and 5-shot episodes; models saved as `models/wang_M<M>_s<seed>.pt`.
 omniglot: the Omniglot recipe (`benchmarks.omniglot`: 6,000 60-way episodes, rotations and
 reflections as classes, augmentation, tested with 16 views), every head on its 1,000 5- and
-20-way 1-shot test episodes and on 1,000 5- and 20-way 5-shot ones; models saved as `models/omniglot_s<seed>.pt`.
+20-way 1-shot test episodes and on 1,000 5- and 20-way 5-shot ones, on the model's features and
+on CL2N ones (test-time centring on the training classes' mean: tests `<test>_cl2n`, paired with the
+prototype head on the model's own features); models saved as `models/omniglot_s<seed>.pt`.
 """
 
 from __future__ import annotations
@@ -111,15 +113,15 @@ def unbalanced_table(data, count: int, seed: int, folder: Path):
     return compile_episode_file(path)
 
 
-def score_heads(model, store, episodes, noise_seed: int, ms: tuple[int, ...] | None = None
-                ) -> dict[str, dict[str, list[float]]]:
+def score_heads(model, store, episodes, noise_seed: int, ms: tuple[int, ...] | None = None,
+                names: list[str] | None = None) -> dict[str, dict[str, list[float]]]:
     """{head: {"M0": per-episode accuracies, "M100": ...}} on one encoder pass; `ms`: every head at
-    these M (default: `m_values`)."""
+    these M (default: `m_values`); `names`: these heads (default: every one)."""
     from fsl.evaluate import encode_episodes, evaluate
 
     encoded = encode_episodes(model, store, episodes, max(ms or M_VALUES))
     out: dict[str, dict[str, list[float]]] = {}
-    for head in heads():
+    for head in names or heads():
         note(f"{head} on {len(episodes)} episodes")
         with model.using_head(head, **HEAD_SETTINGS.get(head, {})):
             out[head] = {f"M{m}": [round(float(a), 4) for a in evaluate(model, store, episodes, m, noise_seed,
@@ -206,16 +208,22 @@ def builtin(seed: int, out: Path) -> Path:
 
 
 OMNIGLOT_TESTS = ((5, 1), (20, 1), (5, 5), (20, 5))  # (way, shots), 5 queries per class
+# The recipe's own features (no transform), and the same model's features centred on its training
+# classes' mean and l2-normalised at test time (CL2N: what LaplacianShot's reference feeds it).
+OMNIGLOT_FEATURES = ("", "_cl2n")
 
 
-def omniglot_test(way: int, shots: int) -> str:
-    """The JSON key of a test: "5way" (1-shot, as first recorded), "5way_5shot"."""
-    return f"{way}way" + ("" if shots == 1 else f"_{shots}shot")
+def omniglot_test(way: int, shots: int, features: str = "") -> str:
+    """The JSON key of a test: "5way" (1-shot, as first recorded), "5way_5shot", "20way_cl2n"."""
+    return f"{way}way" + ("" if shots == 1 else f"_{shots}shot") + features
 
 
 def omniglot(seed: int, out: Path) -> Path:
-    """Every head on the Omniglot recipe model of `seed` (trained once, then loaded)."""
-    from benchmarks.omniglot import load_omniglot, run, with_config
+    """Every head on the Omniglot recipe model of `seed` (trained once, then loaded), on its own
+    features and on CL2N ones (not the heads that bring their own: PT-MAP); the JSON is written
+    after each test, and a test already in it is not scored again."""
+    from benchmarks.omniglot import load_omniglot, run, with_centred_features, with_config
+    from fsl.components import HEADS
     from fsl.data.episodes import EpisodeShape
     from fsl.evaluate import sample_episodes
     from fsl.models.classifier import load_checkpoint
@@ -226,15 +234,22 @@ def omniglot(seed: int, out: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         run(steps=6000, episodes=10, seed=seed, augment="omniglot", reflections=True, precision="fp32", save=path)
     model = with_config(load_checkpoint(path), test_views=16)  # the recipe tests with 16 views
-    _, unseen = load_omniglot(None, reflections=False)
+    background, unseen = load_omniglot(None, reflections=False)
+    models = {"": model, "_cl2n": with_centred_features(model, background.split("train"))}
     test = unseen.split("test")
-    result: dict = {"seed": seed, "recipe": "omniglot (6,000 episodes, reflections, 16 views)"}
-    for way, shots in OMNIGLOT_TESTS:  # 1-shot: the recipe check's episodes (seed 100 + way)
-        episodes = sample_episodes(test, EpisodeShape(way, shots, 5), 1000, seed=100 * shots + way, split="test")
-        result[omniglot_test(way, shots)] = score_heads(model, test, episodes, 0, ms=(0,))  # no hallucinator
-    path = out / f"omniglot_s{seed}.json"
-    path.write_text(json.dumps(result) + "\n")
-    return path
+    json_path = out / f"omniglot_s{seed}.json"
+    result: dict = json.loads(json_path.read_text()) if json_path.exists() else \
+        {"seed": seed, "recipe": "omniglot (6,000 episodes, reflections, 16 views)"}
+    for features in OMNIGLOT_FEATURES:
+        names = [h for h in heads() if not (features and HEADS[h].own_features)]
+        for way, shots in OMNIGLOT_TESTS:  # 1-shot: the recipe check's episodes (seed 100 + way)
+            if omniglot_test(way, shots, features) in result:
+                continue
+            episodes = sample_episodes(test, EpisodeShape(way, shots, 5), 1000, seed=100 * shots + way, split="test")
+            result[omniglot_test(way, shots, features)] = score_heads(models[features], test, episodes, 0, ms=(0,),
+                                                                      names=names)  # no hallucinator
+            json_path.write_text(json.dumps(result) + "\n")
+    return json_path
 
 
 # batched calls that would take minutes on 1,000 episodes are timed on fewer (the cost is linear in
@@ -319,7 +334,7 @@ def table(folder: Path) -> str:
     from fsl.stats import paired_difference, seed_ci
 
     lines = []
-    omniglot_tests = tuple(omniglot_test(way, shots) for way, shots in OMNIGLOT_TESTS)
+    omniglot_tests = tuple(omniglot_test(way, shots, f) for f in OMNIGLOT_FEATURES for way, shots in OMNIGLOT_TESTS)
     for kind, tests in (("builtin", ("1shot", "5shot", "unbalanced")), ("omniglot", omniglot_tests)):
         runs = seed_runs(folder, kind)
         if not runs:
@@ -334,7 +349,8 @@ def table(folder: Path) -> str:
             seeds = sorted(s for s in runs if test in runs[s])
             if not seeds:  # a part scored with --tests leaving this one out
                 continue
-            base = {s: mean(s, "prototype", "M0") for s in seeds}
+            # the baseline is the prototype head on the model's own features (CL2N is a test-time option)
+            base = {s: float(np.mean(runs[s][test.removesuffix("_cl2n")]["prototype"]["M0"])) for s in seeds}
             for head in HEADS.names():
                 if head not in runs[seeds[0]][test]:
                     continue
