@@ -63,6 +63,16 @@ def check_head_takes(head: str, encoder: str) -> None:
                          "encoder (leaky ReLU) makes them negative too")
 
 
+def head_feature_warning(head: str, feature_transform: str) -> str | None:
+    """The warning line where test-time head `head` gets features other than those its reference
+    feeds it (`Head.wants_features`), else None: a warning, not a refusal, since a user may measure it."""
+    wanted = HEADS[head].wants_features
+    if wanted is None or feature_transform == wanted:
+        return None
+    return (f"warning: --head {head} expects --feature-transform {wanted} (its reference's features) and gets "
+            f"'{feature_transform}': it can fail badly without it (BENCHMARKS.md section 9)")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which data set a command reads, and how: the options of every command that takes --data.

@@ -112,3 +112,13 @@ def test_episodes_in_cpu_chunks_get_the_answers_of_one_batch(head):
         chunked = HEADS.create(head, **FAST.get(head, {}))
         chunked.cpu_chunk_bytes = episodes * 16 * 8 * 4  # (S + Q) D fp32 bytes per episode
         assert torch.allclose(chunked(support, labels, queries, 5, weights), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_only_a_head_whose_reference_wants_other_features_warns():
+    from fsl.components import HEADS
+    from fsl.config import head_feature_warning
+
+    assert [h for h in HEADS.names() if HEADS[h].wants_features] == ["laplacian"]
+    assert head_feature_warning("laplacian", "cl2n") is None
+    assert "--head laplacian expects --feature-transform cl2n" in head_feature_warning("laplacian", "none")
+    assert all(head_feature_warning(h, "none") is None for h in HEADS.names() if h != "laplacian")

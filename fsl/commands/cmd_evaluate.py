@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fsl.commands.inputs import device_option, load_data, load_model
+from fsl.commands.inputs import device_option, load_data, load_model, warn_of_head_features
 from fsl.commands.options import Reporter, quietable
 from fsl.commands.records import dataset_input, log_eval, log_source_diff, mlflow_runs, run_tags
 from fsl.config import EvaluationConfig, check_head_takes, fresh_test_seed
@@ -162,6 +162,7 @@ def _evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | Non
     heads = cfg.head_settings() or {model.config["head"]: model.config["head_args"]}
     for head in heads:
         check_head_takes(head, model.config["encoder"])
+        warn_of_head_features(head, model.config["feature_transform"], reporter)
     model.place(device)
     # new episodes by default: never the ones the training run tested on
     test_seed = fresh_test_seed(model.training_test_seed) if cfg.test_seed is None else cfg.test_seed

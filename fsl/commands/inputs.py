@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from fsl.config import DataConfig, TrainConfig
+from fsl.commands.options import Reporter
+from fsl.config import DataConfig, TrainConfig, head_feature_warning
 from fsl.data import DataSet, load_dataset
 from fsl.errors import FslError, UsageError
 from fsl.runtime import resolve_device
@@ -58,3 +59,10 @@ def load_model(spec: str, map_location: str = "cpu", resolved=None):
     from fsl.tracking.model_registry import load_model_uri
 
     return load_model_uri(spec, map_location, resolved)
+
+
+def warn_of_head_features(head: str, feature_transform: str, reporter: Reporter) -> None:
+    """A warning line where the test-time head expects other features than the model gives it."""
+    warning = head_feature_warning(head, feature_transform)
+    if warning:
+        reporter.echo(warning)

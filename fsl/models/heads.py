@@ -35,6 +35,8 @@ HallucinatedWeight = Annotated[float, Setting("How much a hallucinated support f
 class Head:
     """The contract of a head (see the module docstring). `own_features`: the head transforms the
     raw features itself (PT-MAP), so the model's --feature-transform does not apply to them.
+    `wants_features`: the feature transform the head's reference code feeds it (LaplacianShot:
+    CL2N); a model with another gets a warning line (`fsl.config.head_feature_warning`).
     `cpu_chunk_bytes`: on a CPU, the episodes go through `classify` in chunks whose features take
     about this many bytes (None: all at once). Each episode's answer is its own, so chunks change
     no result; they keep a chunk's intermediates in the CPU's caches. At D = 1600 the 1,000-episode
@@ -44,6 +46,7 @@ class Head:
     transductive: bool = False
     own_features: bool = False
     cpu_chunk_bytes: int | None = None
+    wants_features: str | None = None  # the --feature-transform its reference feeds it: other features warn
 
     def __call__(self, support: torch.Tensor, labels: torch.Tensor, queries: torch.Tensor, ways: int,
                  weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -107,9 +110,11 @@ class BDCSPN(Head):
 
 class Laplacian(Head):
     """LaplacianShot (Ziko et al. 2020): bound updates over a k-nearest-neighbour graph of the
-    queries. Transductive."""
+    queries. Transductive. Its reference feeds it CL2N features: on the Omniglot recipe's own
+    (non-negative, uncentred) features its rectified prototypes collapse (BENCHMARKS.md §9)."""
 
     transductive = True
+    wants_features = "cl2n"
     cpu_chunk_bytes = 16 << 20  # 1.6x faster than 1,000 episodes at once at D = 1600 on CPU-4
 
     def __init__(self, *, knn: Annotated[int, Setting("Neighbours in the query graph (itself included, as "
