@@ -121,7 +121,7 @@ def score_heads(model, store, episodes, noise_seed: int, ms: tuple[int, ...] | N
 
     encoded = encode_episodes(model, store, episodes, max(ms or M_VALUES))
     out: dict[str, dict[str, list[float]]] = {}
-    for head in names or heads():
+    for head in heads() if names is None else names:
         note(f"{head} on {len(episodes)} episodes")
         with model.using_head(head, **HEAD_SETTINGS.get(head, {})):
             out[head] = {f"M{m}": [round(float(a), 4) for a in evaluate(model, store, episodes, m, noise_seed,
@@ -220,8 +220,10 @@ def omniglot_test(way: int, shots: int, features: str = "") -> str:
 
 def omniglot(seed: int, out: Path) -> Path:
     """Every head on the Omniglot recipe model of `seed` (trained once, then loaded), on its own
-    features and on CL2N ones (not the heads that bring their own: PT-MAP); the JSON is written
-    after each test, and a test already in it is not scored again."""
+    features and on CL2N ones (not the heads that bring their own: PT-MAP). The JSON is written
+    after each test; a head already scored on a test is not scored again, so a new head is
+    scored on its own. CL2N's centre is the mean feature of the background alphabets' training
+    classes without their mirror images (the model also trained on those)."""
     from benchmarks.omniglot import load_omniglot, run, with_centred_features, with_config
     from fsl.components import HEADS
     from fsl.data.episodes import EpisodeShape
@@ -235,20 +237,25 @@ def omniglot(seed: int, out: Path) -> Path:
         run(steps=6000, episodes=10, seed=seed, augment="omniglot", reflections=True, precision="fp32", save=path)
     model = with_config(load_checkpoint(path), test_views=16)  # the recipe tests with 16 views
     background, unseen = load_omniglot(None, reflections=False)
-    models = {"": model, "_cl2n": with_centred_features(model, background.split("train"))}
+    models = {"": model}  # "_cl2n": made when first needed (a pass over every background image)
     test = unseen.split("test")
     json_path = out / f"omniglot_s{seed}.json"
     result: dict = json.loads(json_path.read_text()) if json_path.exists() else \
         {"seed": seed, "recipe": "omniglot (6,000 episodes, reflections, 16 views)"}
     for features in OMNIGLOT_FEATURES:
-        names = [h for h in heads() if not (features and HEADS[h].own_features)]
         for way, shots in OMNIGLOT_TESTS:  # 1-shot: the recipe check's episodes (seed 100 + way)
-            if omniglot_test(way, shots, features) in result:
+            key = omniglot_test(way, shots, features)
+            names = [h for h in heads() if not (features and HEADS[h].own_features) and h not in result.get(key, {})]
+            if not names:
                 continue
+            if features not in models:
+                models[features] = with_centred_features(model, background.split("train"))
             episodes = sample_episodes(test, EpisodeShape(way, shots, 5), 1000, seed=100 * shots + way, split="test")
-            result[omniglot_test(way, shots, features)] = score_heads(models[features], test, episodes, 0, ms=(0,),
-                                                                      names=names)  # no hallucinator
-            json_path.write_text(json.dumps(result) + "\n")
+            result[key] = result.get(key, {}) | score_heads(models[features], test, episodes, 0, ms=(0,),
+                                                              names=names)  # no hallucinator
+            partial = json_path.with_suffix(".partial")  # a kill mid-write never leaves half a JSON
+            partial.write_text(json.dumps(result) + "\n")
+            partial.replace(json_path)
     return json_path
 
 

@@ -63,14 +63,17 @@ def check_head_takes(head: str, encoder: str) -> None:
                          "encoder (leaky ReLU) makes them negative too")
 
 
-def head_feature_warning(head: str, feature_transform: str) -> str | None:
+def head_feature_warning(head: str, feature_transform: str, trained: bool = False) -> str | None:
     """The warning line where test-time head `head` gets features other than those its reference
-    feeds it (`Head.wants_features`), else None: a warning, not a refusal, since a user may measure it."""
-    wanted = HEADS[head].wants_features
+    feeds it (`Head.wants_features`), else None: a warning, not a refusal, since a user may want to
+    measure it. `trained`: the model exists (fsl evaluate, predict), so the advice is to train one
+    with the right transform (CL2N's centre is the training classes' mean, kept at training)."""
+    wanted = getattr(HEADS[head], "wants_features", None)
     if wanted is None or feature_transform == wanted:
         return None
-    return (f"warning: --head {head} expects --feature-transform {wanted} (its reference's features) and gets "
-            f"'{feature_transform}': it can fail badly without it (BENCHMARKS.md section 9)")
+    fix = f"a model trained with --feature-transform {wanted}" if trained else f"--feature-transform {wanted}"
+    return (f"warning: head {head} expects {wanted} features, as its reference, and this model's are "
+            f"'{feature_transform}': it can score near chance without them (use {fix})")
 
 
 @dataclass(frozen=True)

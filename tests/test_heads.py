@@ -120,5 +120,7 @@ def test_only_a_head_whose_reference_wants_other_features_warns():
 
     assert [h for h in HEADS.names() if HEADS[h].wants_features] == ["laplacian"]
     assert head_feature_warning("laplacian", "cl2n") is None
-    assert "--head laplacian expects --feature-transform cl2n" in head_feature_warning("laplacian", "none")
+    assert head_feature_warning("laplacian", "none").endswith("(use --feature-transform cl2n)")
+    assert head_feature_warning("laplacian", "none", trained=True).endswith(
+        "(use a model trained with --feature-transform cl2n)")
     assert all(head_feature_warning(h, "none") is None for h in HEADS.names() if h != "laplacian")

@@ -162,7 +162,7 @@ def _evaluation(model_spec: str, cfg: EvaluationConfig, episodes_file: str | Non
     heads = cfg.head_settings() or {model.config["head"]: model.config["head_args"]}
     for head in heads:
         check_head_takes(head, model.config["encoder"])
-        warn_of_head_features(head, model.config["feature_transform"], reporter)
+        warn_of_head_features(head, model.config["feature_transform"], reporter, trained=True)
     model.place(device)
     # new episodes by default: never the ones the training run tested on
     test_seed = fresh_test_seed(model.training_test_seed) if cfg.test_seed is None else cfg.test_seed

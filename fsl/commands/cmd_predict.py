@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from fsl.commands.inputs import load_model
+from fsl.commands.inputs import load_model, warn_of_head_features
 from fsl.commands.options import Reporter
 from fsl.data.images import IMAGE_SUFFIXES, decode_image
 from fsl.errors import FslError, UsageError
@@ -33,10 +33,11 @@ def predict_folder(model_spec: str, support_dir: str, query_dir: str, out: str |
     queries = _images(Path(query_dir)) if Path(query_dir).is_dir() else []
     if not support:
         raise UsageError(f"no images in --support {support_dir}")
-    if not queries:  # a transductive head reads the queries together: say so, it is why one query gains little
-        why = f": the model's head {model.config['head']} is transductive and classifies the query images " \
-              "together" if model.head.transductive else ""
-        raise UsageError(f"no images in --query {query_dir}{why}")
+    if not queries:  # every head needs a query; a transductive one also reads them together, so say so
+        also = f" (the model's head {model.config['head']} is transductive: it classifies the query images " \
+               "together, and one query alone gains nothing from it)" if model.head.transductive else ""
+        raise UsageError(f"no images in --query {query_dir}{also}")
+    warn_of_head_features(model.config["head"], model.config["feature_transform"], reporter, trained=True)
 
     def batch(files) -> torch.Tensor:
         return torch.stack([torch.from_numpy(decode_image(str(f), size, channels)) for f in files])

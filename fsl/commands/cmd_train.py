@@ -102,7 +102,8 @@ def run_training(cfg: TrainConfig, options: RunOptions = RunOptions(), reporter:
                       f"({data.image_size}px, {data.channels} ch) on {setup.device} in {setup.precision}"
                       + (f", {world_size} processes" if world_size > 1 else "")
                       + (f"; resuming run {resume_id}" if resume_id else ""))
-        warn_of_head_features(setup.cfg.head, setup.cfg.feature_transform, reporter)
+        if options.test:  # a search's trial never runs the head
+            warn_of_head_features(setup.cfg.head, setup.cfg.feature_transform, reporter)
         runs.fail_stale_runs(cfg.experiment, keep=resume_id, alive=process_alive)
         tags = run_tags(cfg.method, data.fingerprint, setup.precision) | {"fsl.config_hash": run_hash}
         tags |= dict(options.tags)
@@ -180,7 +181,7 @@ def run_test_of_twin(cfg: TrainConfig, twin: TrainedTwin, options: RunOptions = 
             and model.M else f"the {setup.cfg.head} head acts at test time only"
         reporter.echo(f"{cfg.method}: testing the model of run {trained_in} with the {setup.cfg.head} head at "
                       f"M = {setup.cfg.M} (no training: {why})")
-        warn_of_head_features(setup.cfg.head, model.config["feature_transform"], reporter)
+        warn_of_head_features(setup.cfg.head, model.config["feature_transform"], reporter, trained=True)
         with runs.open(cfg.experiment, run_name=options.run_name or run_name(setup.cfg), nested=options.nested,
                        tags=tags, system_metrics=options.system_metrics) as opened, \
                 tempfile.TemporaryDirectory(prefix="fsl-run-") as workdir:

@@ -61,8 +61,9 @@ def load_model(spec: str, map_location: str = "cpu", resolved=None):
     return load_model_uri(spec, map_location, resolved)
 
 
-def warn_of_head_features(head: str, feature_transform: str, reporter: Reporter) -> None:
-    """A warning line where the test-time head expects other features than the model gives it."""
-    warning = head_feature_warning(head, feature_transform)
+def warn_of_head_features(head: str, feature_transform: str, reporter: Reporter, trained: bool = False) -> None:
+    """A warning line where the test-time head expects other features than the model gives it
+    (`trained`: of a model that exists, as `fsl.config.head_feature_warning`)."""
+    warning = head_feature_warning(head, feature_transform, trained)
     if warning:
         reporter.echo(warning)

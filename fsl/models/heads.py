@@ -111,7 +111,7 @@ class BDCSPN(Head):
 class Laplacian(Head):
     """LaplacianShot (Ziko et al. 2020): bound updates over a k-nearest-neighbour graph of the
     queries. Transductive. Its reference feeds it CL2N features: on the Omniglot recipe's own
-    (non-negative, uncentred) features its rectified prototypes collapse (BENCHMARKS.md §9)."""
+    (non-negative, uncentred) features it scores near chance (BENCHMARKS.md §9)."""
 
     transductive = True
     wants_features = "cl2n"
