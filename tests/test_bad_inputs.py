@@ -230,7 +230,7 @@ ROWS = [
     ("hallucinator-setting-without-hallucinator", cli_args("protonet", *TINY, "--hallucinator-arg", "dropout=0.2"), 2,
      "No such option '--hallucinator-arg'"),
     ("recipe-unknown", cli_args("protonet", *TINY, "--recipe", "snel2017"), 2,
-     "--recipe snel2017: no such recipe (shipped: omniglot, simpleshot"),
+     "--recipe snel2017: no such recipe (shipped: omniglot, "),
     ("test-views-without-augmentation", cli_args("protonet", *TINY, "--test-views", "4"), 2,
      "--test-views draws its views from the training augmentation: give --augment omniglot or standard"),
     ("test-views-negative", cli_args("protonet", *TINY, "--augment", "omniglot", "--test-views", "-1"), 2,
