@@ -157,6 +157,25 @@ def test_a_recipe_sets_what_the_command_line_does_not_and_the_run_logs_its_name(
         TrainConfig_with(recipe.values).validate()
 
 
+def test_a_recipe_extends_its_base_and_a_circle_or_missing_base_is_named(tmp_path):
+    from fsl.errors import UsageError
+    from fsl.recipes import load_recipe
+
+    omniglot, variant = load_recipe("omniglot"), load_recipe("omniglot-pt-map")
+    assert omniglot is not None and variant is not None
+    assert variant.values == {**omniglot.values, "head": "pt-map"} and "head" not in omniglot.values
+    (tmp_path / "a.toml").write_text('base = "b.toml"\n[settings]\nshots = 5\n')
+    (tmp_path / "b.toml").write_text('base = "simpleshot"\n[settings]\nshots = 3\nways = 7\n')
+    mine = load_recipe(str(tmp_path / "a.toml"))  # its own settings win over its base's, theirs over simpleshot's
+    assert mine is not None and [mine.values[k] for k in ("shots", "ways", "pretrain_epochs")] == [5, 7, 10]
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    with pytest.raises(UsageError, match=r"in a circle \(a -> b -> a\)"):
+        load_recipe(str(tmp_path / "a.toml"))
+    (tmp_path / "b.toml").write_text('base = "omniglott"\n')
+    with pytest.raises(UsageError, match="its base omniglott: no such recipe"):
+        load_recipe(str(tmp_path / "b.toml"))
+
+
 def TrainConfig_with(values):
     from fsl.config import TrainConfig
 

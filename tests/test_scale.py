@@ -13,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from fsl.processes import Terminated, free_port, interruptible, stop_if_interrupted
-from tests.conftest import TINY
+from tests.conftest import TINY, tracking_store
 
 pytestmark = pytest.mark.slow  # every test here runs fsl in other processes
 
@@ -126,24 +126,33 @@ def interrupt(cache: Path, sig: int, budget: list[str] = KILL_BUDGET) -> tuple[s
     return process, last.parent.name
 
 
-def assert_resumes_to(uri: str, run_id: str, whole_id: str, explicit: bool = False) -> None:
+RESUMED_METRICS, RESUMED_HISTORIES = ("test_acc", "test_ci95", "best_val_acc"), ("test_episode_acc", "val_acc")
+
+
+def assert_resumes_to(uri: str, run_id: str, whole: dict, explicit: bool = False) -> None:
     resumed = fsl("protonet", *KILL_BUDGET, "--resume", *([run_id] if explicit else []))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming run {run_id}" in resumed.stdout
-    client = MlflowClient(uri)
-    second, first = client.get_run(run_id), client.get_run(whole_id)
+    second = MlflowClient(uri).get_run(run_id)
     assert second.info.status == "FINISHED"
-    for key in ("test_acc", "test_ci95", "best_val_acc"):
-        assert second.data.metrics[key] == first.data.metrics[key], key
-    for key in ("test_episode_acc", "val_acc"):
-        assert metric_history(uri, run_id, key) == metric_history(uri, whole_id, key), key
+    for key in RESUMED_METRICS:
+        assert second.data.metrics[key] == whole[key], key
+    for key in RESUMED_HISTORIES:
+        assert metric_history(uri, run_id, key) == whole[key], key
 
 
-@pytest.fixture
-def uninterrupted(tracking):
-    whole = fsl("protonet", *KILL_BUDGET)
-    assert whole.returncode == 0, whole.stderr[-2000:]
-    return runs(tracking)[-1].info.run_id
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, migrated_db, fsl_cache) -> dict:
+    """The metrics and histories of the run the resume tests are killed in, trained once for the
+    module in a store of its own (each test's `tracking` store starts empty)."""
+    with pytest.MonkeyPatch.context() as patch, tracking_store(tmp_path_factory.mktemp("whole"), migrated_db,
+                                                                 patch) as uri:
+        whole = fsl("protonet", *KILL_BUDGET)
+        assert whole.returncode == 0, whole.stderr[-2000:]
+        run_id = runs(uri)[-1].info.run_id
+        metrics = MlflowClient(uri).get_run(run_id).data.metrics
+        return {key: metrics[key] for key in RESUMED_METRICS} | \
+            {key: metric_history(uri, run_id, key) for key in RESUMED_HISTORIES}
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_metrics_of_an_uninterrupted_run(tracking, fsl_cache, uninterrupted):

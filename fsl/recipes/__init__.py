@@ -6,7 +6,10 @@ their dotted names (`"hallucinator.diversity_weight" = 0.3`). `fsl <command> --r
 starts from it, and options given on the command line override it; the run logs the recipe's
 name (param `recipe`) and, as always, every resolved setting. The shipped recipes are the files
 of this folder (`fsl recipes` lists them); a path to a file of your own works the same.
-benchmarks/recipes.sh and the README read the same files.
+A recipe may extend another (`base = "omniglot"`: a shipped name, or a path relative to the
+recipe's own folder): the base's settings come first and its own override them, so a variant
+(another head, another shot) states only what it changes, and a fix to the base reaches every
+variant. benchmarks/recipes.sh and the README read the same files.
 """
 
 from __future__ import annotations
@@ -56,16 +59,30 @@ def load_recipe(spec: str | None) -> Recipe | None:
     UsageError naming the recipes for an unknown name, and the problem for a bad file."""
     if spec is None or spec.strip().lower() in ("", "none"):
         return None
-    path = Path(spec) if spec.endswith(".toml") or "/" in spec else HERE / f"{spec}.toml"
+    return _load(spec, HERE, ())
+
+
+def _load(spec: str, folder: Path, chain: tuple[Path, ...]) -> Recipe:
+    """The recipe `spec` (a path relative to `folder`, or a shipped name) with its bases' settings
+    merged under its own; `chain` holds the recipes that extend it, to name a cycle."""
+    path = (folder / spec) if spec.endswith(".toml") or "/" in spec else HERE / f"{spec}.toml"
+    label = f"--recipe {chain[0].stem}: its base {spec}" if chain else f"--recipe {spec}"
     if not path.is_file():
-        raise UsageError(f"--recipe {spec}: no such recipe (shipped: {', '.join(shipped())}; or a path to a .toml "
+        raise UsageError(f"{label}: no such recipe (shipped: {', '.join(shipped())}; or a path to a .toml "
                          f"file)")
+    if path.resolve() in chain:
+        names = " -> ".join(p.stem for p in (*chain, path.resolve()))
+        raise UsageError(f"--recipe {chain[0].stem}: its bases extend each other in a circle ({names})")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--recipe {spec}: not a readable TOML file ({exc})") from None
-    values = data.get("settings")
-    if not isinstance(values, dict) or not values:
-        raise UsageError(f"--recipe {spec}: no [settings] table of options")
+        raise UsageError(f"{label}: not a readable TOML file ({exc})") from None
+    base = data.get("base")
+    if base is not None and not isinstance(base, str):
+        raise UsageError(f"{label}: base must be a recipe's name or path, not {base!r}")
+    own = data.get("settings", {} if base else None)
+    if not isinstance(own, dict) or not (own or base):
+        raise UsageError(f"{label}: no [settings] table of options")
+    values = _load(base, path.parent, (*chain, path.resolve())).values if base else {}
     name = path.stem if path.parent == HERE else str(path)
-    return Recipe(name, str(data.get("description", "")), str(data.get("evidence", "")), dict(values))
+    return Recipe(name, str(data.get("description", "")), str(data.get("evidence", "")), {**values, **own})
