@@ -66,13 +66,13 @@ def _load(spec: str, folder: Path, chain: tuple[Path, ...]) -> Recipe:
     """The recipe `spec` (a path relative to `folder`, or a shipped name) with its bases' settings
     merged under its own; `chain` holds the recipes that extend it, to name a cycle."""
     path = (folder / spec) if spec.endswith(".toml") or "/" in spec else HERE / f"{spec}.toml"
-    label = f"--recipe {chain[0].stem}: its base {spec}" if chain else f"--recipe {spec}"
+    label = f"--recipe {_name(chain[0])}: its base {spec}" if chain else f"--recipe {spec}"
     if not path.is_file():
         raise UsageError(f"{label}: no such recipe (shipped: {', '.join(shipped())}; or a path to a .toml "
                          f"file)")
     if path.resolve() in chain:
-        names = " -> ".join(p.stem for p in (*chain, path.resolve()))
-        raise UsageError(f"--recipe {chain[0].stem}: its bases extend each other in a circle ({names})")
+        names = " -> ".join(_name(p) for p in (*chain, path.resolve()))
+        raise UsageError(f"--recipe {_name(chain[0])}: its bases extend each other in a circle ({names})")
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -84,5 +84,9 @@ def _load(spec: str, folder: Path, chain: tuple[Path, ...]) -> Recipe:
     if not isinstance(own, dict) or not (own or base):
         raise UsageError(f"{label}: no [settings] table of options")
     values = _load(base, path.parent, (*chain, path.resolve())).values if base else {}
-    name = path.stem if path.parent == HERE else str(path)
-    return Recipe(name, str(data.get("description", "")), str(data.get("evidence", "")), {**values, **own})
+    return Recipe(_name(path), str(data.get("description", "")), str(data.get("evidence", "")), {**values, **own})
+
+
+def _name(path: Path) -> str:
+    """A shipped recipe by its name, another by its path."""
+    return path.stem if path.resolve().parent == HERE else str(path)
