@@ -157,7 +157,7 @@ def test_a_recipe_sets_what_the_command_line_does_not_and_the_run_logs_its_name(
         TrainConfig_with(recipe.values).validate()
 
 
-def test_a_recipe_extends_its_base_and_a_circle_or_missing_base_is_named(tmp_path):
+def test_a_recipe_extends_its_base_and_a_circle_or_missing_base_is_named(tmp_path, monkeypatch):
     from fsl.errors import UsageError
     from fsl.recipes import load_recipe
 
@@ -168,12 +168,20 @@ def test_a_recipe_extends_its_base_and_a_circle_or_missing_base_is_named(tmp_pat
     (tmp_path / "b.toml").write_text('base = "simpleshot"\n[settings]\nshots = 3\nways = 7\n')
     mine = load_recipe(str(tmp_path / "a.toml"))  # its own settings win over its base's, theirs over simpleshot's
     assert mine is not None and [mine.values[k] for k in ("shots", "ways", "pretrain_epochs")] == [5, 7, 10]
-    (tmp_path / "b.toml").write_text('base = "a.toml"\n')
+    (tmp_path / "b.toml").write_text('base = "a.toml"\n[settings]\n')
     with pytest.raises(UsageError, match=r"in a circle \(\S*/a.toml -> \S*/b.toml -> \S*/a.toml\)"):
         load_recipe(str(tmp_path / "a.toml"))
-    (tmp_path / "b.toml").write_text('base = "omniglott"\n')
+    (tmp_path / "b.toml").write_text('base = "omniglott"\n[settings]\n')
     with pytest.raises(UsageError, match="its base omniglott: no such recipe"):
         load_recipe(str(tmp_path / "b.toml"))
+    (tmp_path / "b.toml").write_text('base = "simpleshot"\nways = 3\n')  # [settings] forgotten: not ignored
+    with pytest.raises(UsageError, match=r"no \[settings\] table"):
+        load_recipe(str(tmp_path / "b.toml"))
+    monkeypatch.chdir(tmp_path)  # a relative path is the user's file, even under a shipped name
+    (tmp_path / "simpleshot.toml").write_text('base = "a.toml"\n[settings]\nways = 9\n')
+    (tmp_path / "a.toml").write_text('[settings]\nways = 2\n')
+    mine = load_recipe("simpleshot.toml")
+    assert mine is not None and mine.name == "simpleshot.toml" and mine.values == {"ways": 9}
 
 
 def TrainConfig_with(values):
