@@ -298,8 +298,7 @@ training_options = _options(
     click.option("--init", default=None, help="Start from a trained model (its encoder, and its hallucinator if "
                  "compatible): a checkpoint or an MLflow URI, e.g. the runs:/ID of an `fsl pretrain` run."),
     click.option("--distance", type=RegistryChoice(DISTANCES), default=DEFAULTS.distance,
-                 help="Query-to-prototype distance; l2 is squared Euclidean, as in the paper; euclidean is not "
-                 "squared."),
+                 help="Query-to-prototype distance (l2: squared, as in Snell et al.)."),
     click.option("--logit-scale", default=DEFAULTS.logit_scale,
                  help="Logits are -scale x distance (TADAM's alpha, Oreshkin et al. 2018); 1 is Snell et al.'s."),
     click.option("--learn-logit-scale/--fixed-logit-scale", default=DEFAULTS.learn_logit_scale,
@@ -522,7 +521,9 @@ def pretrain(register: bool, registered_model_name: str | None, system_metrics: 
     each epoch, keep the best, and test it as is. Fine-tune it with `fsl protonet --init runs:/ID`."""
     from fsl.commands.cmd_train import run_training
 
-    cfg = train_config(options, renames=PRETRAIN_OPTIONS, fixed={"epochs": 0})
+    # Snell's squared distance, as before 2026-12-07: no episode trains with it here, its nearest
+    # prototype is the euclidean one, and so a pre-training run keeps its identity across the change
+    cfg = train_config(options, renames=PRETRAIN_OPTIONS, fixed={"epochs": 0, "distance": "l2"})
     try:
         run_training(cfg, _run_options(register, registered_model_name, system_metrics, resume), _reporter())
     except UsageError as exc:  # name this command's options, not the training fields they fill

@@ -24,7 +24,7 @@ def test_help_lists_the_commands_and_every_option_shows_its_default():
         assert command in result.output
     help_text = invoke("protonet", "--help").output
     assert "--ways INTEGER" in help_text and "[default: 5]" in help_text
-    assert "[default: l2]" in help_text and "[default: synthetic]" in help_text
+    assert "[default: euclidean]" in help_text and "[default: synthetic]" in help_text
 
 
 def test_protonet_run_logs_params_metrics_and_artifacts(tracking):
@@ -163,7 +163,7 @@ def test_runs_have_descriptive_names_and_log_their_data_set(tracking):
     client = MlflowClient()
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               order_by=["attributes.start_time ASC"])
-    assert [r.info.run_name for r in runs] == ["hallucinate-wang-M3-5w1s", "protonet-5w1s-l2"]
+    assert [r.info.run_name for r in runs] == ["hallucinate-wang-M3-5w1s", "protonet-5w1s-euclidean"]
     [dataset] = runs[1].inputs.dataset_inputs
     assert dataset.dataset.name == "synthetic" and dataset.dataset.digest == runs[1].data.tags["fsl.data_fingerprint"]
     assert '"train_classes": 64' in dataset.dataset.profile and dataset.tags[0].value == "training"
@@ -206,7 +206,7 @@ def test_a_run_made_by_mlflow_run_gets_a_descriptive_name(tracking, monkeypatch)
     made = client.create_run(client.create_experiment("fsl"))  # what `mlflow run` does before the command
     monkeypatch.setenv("MLFLOW_RUN_ID", made.info.run_id)
     assert invoke("protonet", *TINY).exit_code == 0
-    assert client.get_run(made.info.run_id).info.run_name == "protonet-5w1s-l2"
+    assert client.get_run(made.info.run_id).info.run_name == "protonet-5w1s-euclidean"
 
 
 def test_evaluating_an_mlflow_uri_leaves_no_downloaded_checkpoint_behind(tracking, tmp_path, monkeypatch):

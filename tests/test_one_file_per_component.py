@@ -158,8 +158,10 @@ def test_a_hallucinator_and_a_reader_with_settings_are_one_file_and_one_line_eac
     original = (ROOT / "fsl" / "components.py").read_text()
     assert (copy / "fsl" / "components.py").read_text() == original + "".join(LINES)
 
+    from tests.fixtures.make_hashes import as_recorded
+
     hashes = json.loads((ROOT / "tests" / "fixtures" / "hashes-e9d6a4a.json").read_text())["runs"]
-    driver = DRIVER % {"tiny": TINY, "root": str(ROOT), "wang": hashes["wang"]["args"]}
+    driver = DRIVER % {"tiny": TINY, "root": str(ROOT), "wang": as_recorded(hashes["wang"]["args"])}
     shutil.copy(migrated_db, copy / "mlflow.db")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {
         "PYTHONPATH": str(copy), "MLFLOW_TRACKING_URI": f"sqlite:///{copy / 'mlflow.db'}"}

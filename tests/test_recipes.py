@@ -118,10 +118,11 @@ def test_params_at_their_pre_change_values_keep_the_config_hash_of_runs_made_bef
     extra = {"device_resolved": "cpu", "precision_resolved": "fp32", "image_size_resolved": 16, "feature_dim": 64,
              "world_size": 1}
 
-    def hashed(**kw):
-        return config_hash(TrainConfig(**kw).resolved().to_params() | extra)
+    def hashed(**kw):  # runs of 2572630 trained with the squared distance, the default until issue 32
+        return config_hash(TrainConfig(**{"distance": "l2"} | kw).resolved().to_params() | extra)
 
     assert hashed(image_size=16) == "01a3662f4cc59397"
+    assert hashed(image_size=16, distance="euclidean") != "01a3662f4cc59397"
     assert hashed(image_size=16, augment="omniglot", hallucinator="calibrated", M=10) == "eea18367dbe0b224"
     # any other value is another configuration
     assert hashed(image_size=16, encoder="resnet12") != "01a3662f4cc59397"
@@ -175,7 +176,7 @@ def test_test_views_average_each_image_with_fixed_views_in_eval_mode_only(tiny_d
 def test_cl2n_centres_on_the_base_mean_and_normalises_at_test_time_only(tiny_dataset):
     from fsl.models.classifier import FewShotClassifier
 
-    model = FewShotClassifier.for_data(tiny_dataset, feature_transform="cl2n")
+    model = FewShotClassifier.for_data(tiny_dataset, feature_transform="cl2n", distance="l2")
     d = model.feature_dim
     model.set_base_mean(torch.full((d,), 2.0))
     support = torch.full((1, 2, d), 2.0)
@@ -211,7 +212,7 @@ def test_a_narrow_resnet12_trains_evaluates_and_registers_through_the_cli(tracki
     invoke("protonet", *[a for a in TINY if a != "--no-register"], *RESNET)
     run = newest_run()
     assert run.data.params["encoder"] == "resnet12" and run.data.params["feature_dim"] == "160"
-    assert run.info.run_name == "protonet-5w1s-l2-resnet12x0.25"
+    assert run.info.run_name == "protonet-5w1s-euclidean-resnet12x0.25"
     out = invoke("evaluate", "--model", f"runs:/{run.info.run_id}", "--image-size", "16", "--test-episodes", "3")
     assert "test (5-way 1-shot 15-query)" in out.output
     import mlflow.pytorch

@@ -45,7 +45,7 @@ def test_the_best_checkpoint_loads_safely_and_scores_the_best_val_accuracy(tmp_p
     cfg = TrainConfig(ways=5, shots=1, queries=4, test_queries=4, epochs=2, episodes_per_epoch=3, val_episodes=4)
     result = train(new_model(data), data, cfg, torch.device("cpu"), checkpoint_dir=tmp_path)
     raw = torch.load(result.best_checkpoint, weights_only=True)  # plain dicts and tensors only
-    assert raw["schema_version"] == SCHEMA_VERSION and raw["config"]["distance"] == "l2"
+    assert raw["schema_version"] == SCHEMA_VERSION and raw["config"]["distance"] == "euclidean"
     reloaded = load_checkpoint(result.best_checkpoint)
     val = data.split("val")
     episodes = sample_episodes(val, cfg.test_shape, cfg.val_episodes, cfg.val_seed, "val")

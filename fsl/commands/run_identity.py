@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 def run_name(cfg: TrainConfig) -> str:
-    """A descriptive run name, e.g. `protonet-5w1s-l2`, `hallucinate-wang-M100-5w1s` or
+    """A descriptive run name, e.g. `protonet-5w1s-euclidean`, `hallucinate-wang-M100-5w1s` or
     `pretrain-resnet12-e20`; a backbone other than Conv-4 and pre-training are named too."""
     shape = f"{cfg.ways}w{cfg.shots}s"
     width = cfg.settings("encoder").get("width", 1)

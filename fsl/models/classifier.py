@@ -150,7 +150,7 @@ class FewShotClassifier(nn.Module):
     @classmethod
     def from_parts(cls, encoder: Any, *, image_size: int, channels: int = 3,
                    mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.25, 0.25, 0.25),
-                   distance: str = "l2", hallucinator: Hallucinator | None = None, M: int = 0,
+                   distance: str = "euclidean", hallucinator: Hallucinator | None = None, M: int = 0,
                    precision: str = "fp32") -> "FewShotClassifier":
         """A model around a research backbone you built yourself, registered or not (as easyfsl's
         `FewShotClassifier(backbone)`): `encoder` maps [B, channels, image_size, image_size] to
