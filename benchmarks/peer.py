@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -160,35 +161,78 @@ def one(library: str, seed: int, steps: int, settings: dict) -> dict:
             "total_seconds": round(time.perf_counter() - started, 1), "peak_rss_gib": round(rss, 3)} | accs
 
 
-def speed(steps: int = 20, repeats: int = 7) -> dict:
-    """Seconds per training episode of both libraries in one process, blocks interleaved."""
-    import statistics
+SPEED_WORKERS = ("fsl", "easyfsl", "easyfsl+kept")
 
+
+def _speed_worker(library: str, steps: int, conn) -> None:
+    """One library's training steps in this process, a block of `steps` per request: `fsl` as
+    `fsl protonet` trains (its model placed on the CPU, which keeps freed memory for reuse), easyfsl
+    as its users run it, and `easyfsl+kept` with fsl's allocator setting (where the gap comes from)."""
     from benchmarks.omniglot import load_omniglot
-    from benchmarks.timing import interleaved
+    from fsl.data.episodes import EpisodeSampler
     from fsl.models.classifier import build_model
+    from fsl.runtime import keep_freed_memory, make_generator
     from fsl.train import EpisodeTrainer
 
     torch.set_num_threads(2)
     background, _ = load_omniglot(None, reflections=False)
-    cfg = base_config(0, STEPS, {})
-    store = background.split("train")
-    trainer = EpisodeTrainer(build_model(cfg, background, "cpu", "fp32"), store, cfg, torch.device("cpu"))
-    peer = EasyFSL(background, 0)
-    from fsl.data.episodes import EpisodeSampler
-    from fsl.runtime import make_generator
+    cfg, store = base_config(0, STEPS, {}), background.split("train")
+    if library == "fsl":
+        trainer = EpisodeTrainer(build_model(cfg, background, "cpu", "fp32"), store, cfg, torch.device("cpu"))
 
-    sampler, rng = EpisodeSampler(store, cfg.train_shape, split="train"), make_generator(1)
+        def block() -> None:
+            float(trainer.run(steps)[0])
+    else:
+        if library == "easyfsl+kept":
+            keep_freed_memory()
+        peer = EasyFSL(background, 0)
+        sampler, rng = EpisodeSampler(store, cfg.train_shape, split="train"), make_generator(1)
 
-    def peer_block() -> None:
-        draws = sampler.sample(rng, steps)
-        for step in range(steps):
-            peer.step(store.images, draws.support[step], draws.query[step])
+        def block() -> None:
+            draws = sampler.sample(rng, steps)
+            for step in range(steps):
+                peer.step(store.images, draws.support[step], draws.query[step])
+    conn.send("ready")
+    while conn.recv() == "go":
+        block()
+        conn.send("done")
+    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
 
-    times = interleaved({"fsl": lambda: float(trainer.run(steps)[0]), "easyfsl": peer_block}, repeats=repeats)
+
+def speed(steps: int = 20, repeats: int = 7) -> dict:
+    """Seconds per training episode of each library, each in its own process (fsl's allocator
+    setting is process-wide), blocks interleaved one process at a time so that a slower spell of
+    the machine hits all of them; the peak RSS of each process."""
+    import multiprocessing
+    import statistics
+
+    from benchmarks.timing import interleaved
+
+    context = multiprocessing.get_context("spawn")
+    pipes, workers = {}, []
+    for library in SPEED_WORKERS:
+        parent, child = context.Pipe()
+        worker = context.Process(target=_speed_worker, args=(library, steps, child))
+        worker.start()
+        pipes[library] = parent
+        workers.append(worker)
+    for conn in pipes.values():
+        assert conn.recv() == "ready"
+
+    def request(conn) -> Callable[[], None]:
+        return lambda: (conn.send("go"), conn.recv())
+
+    times = interleaved({library: request(conn) for library, conn in pipes.items()}, repeats=repeats)
+    rss = {}
+    for library, conn in pipes.items():
+        conn.send("stop")
+        rss[library] = round(conn.recv(), 3)
+    for worker in workers:
+        worker.join()
     per = {k: statistics.median(v) / steps for k, v in times.items()}
-    return {"seconds_per_episode": per, "fsl_speedup": per["easyfsl"] / per["fsl"], "steps_per_block": steps,
-            "repeats": repeats, "threads": torch.get_num_threads(),
+    return {"seconds_per_episode": per, "fsl_speedup": per["easyfsl"] / per["fsl"],
+            "fsl_speedup_vs_easyfsl_kept": per["easyfsl+kept"] / per["fsl"], "peak_rss_gib": rss,
+            "steps_per_block": steps, "repeats": repeats, "threads": 2,
             "all_seconds": {k: [round(t, 4) for t in v] for k, v in times.items()}}
 
 

@@ -65,6 +65,34 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+# glibc malloc's settings (mallopt): freed blocks below the mmap threshold go back to the heap for
+# reuse; the heap's free top is returned to the system only above the trim threshold.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+LARGEST_MMAP_THRESHOLD = 32 * 2**20  # glibc's ceiling on 64-bit systems
+TRIM_THRESHOLD = 128 * 2**20
+_freed_memory_kept: bool | None = None
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc reuse freed blocks of up to 32 MiB instead of unmapping them, for the
+    rest of the process. A CPU training step frees and allocates the same activation buffers
+    (megabytes each) every step; by default glibc maps each afresh and the kernel faults every
+    page in again, which made a Conv-4 step 1.4-1.8x slower on CPU-4 (BENCHMARKS.md section 10)
+    and costs ~0.02 GiB of peak RSS. True where applied; False where the C library has no
+    mallopt (macOS, musl) or the user set MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ (theirs
+    stands). Idempotent."""
+    global _freed_memory_kept
+    if _freed_memory_kept is None:
+        import ctypes
+
+        _freed_memory_kept = False
+        if not any(f"MALLOC_{name}_THRESHOLD_" in os.environ for name in ("MMAP", "TRIM")):
+            libc = ctypes.CDLL(None)  # the C library the process runs on
+            settings = ((M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+            _freed_memory_kept = hasattr(libc, "mallopt") and all(libc.mallopt(*pair) == 1 for pair in settings)
+    return _freed_memory_kept
+
+
 def cpu_has_fast_bf16() -> bool:
     """True where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16).
 

@@ -26,7 +26,15 @@ from fsl.models.encoders import Encoder
 from fsl.models.hallucinator import Hallucinator, hallucinate
 from fsl.models.head_maths import power_transform
 from fsl.models.noise import episode_keys, label_ids
-from fsl.runtime import autocast, compute_dtype, default_dtype, make_generator, resolve_precision, seed_everything
+from fsl.runtime import (
+    autocast,
+    compute_dtype,
+    default_dtype,
+    keep_freed_memory,
+    make_generator,
+    resolve_precision,
+    seed_everything,
+)
 from fsl.settings import settings_of, specs
 
 if TYPE_CHECKING:
@@ -204,8 +212,11 @@ class FewShotClassifier(nn.Module):
 
     def place(self, device: torch.device | str) -> "FewShotClassifier":
         """Move to `device` in the fast memory format: channels-last (not on MPS, which lacks it),
-        in float64 for a `fp64` model."""
+        in float64 for a `fp64` model. On the CPU, the C library's malloc is told to keep freed
+        buffers for reuse (`fsl.runtime.keep_freed_memory`: a process-wide setting)."""
         device = torch.device(device)
+        if device.type == "cpu":
+            keep_freed_memory()
         self.to(device, self.dtype)
         return self if device.type == "mps" else self.to(memory_format=torch.channels_last)
 
