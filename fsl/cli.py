@@ -521,9 +521,7 @@ def pretrain(register: bool, registered_model_name: str | None, system_metrics: 
     each epoch, keep the best, and test it as is. Fine-tune it with `fsl protonet --init runs:/ID`."""
     from fsl.commands.cmd_train import run_training
 
-    # Snell's squared distance, as before 2026-12-07: no episode trains with it here, its nearest
-    # prototype is the euclidean one, and so a pre-training run keeps its identity across the change
-    cfg = train_config(options, renames=PRETRAIN_OPTIONS, fixed={"epochs": 0, "distance": "l2"})
+    cfg = train_config(options, renames=PRETRAIN_OPTIONS, fixed={"epochs": 0})
     try:
         run_training(cfg, _run_options(register, registered_model_name, system_metrics, resume), _reporter())
     except UsageError as exc:  # name this command's options, not the training fields they fill

@@ -47,6 +47,10 @@ def test_unit_inputs_are_not_normalised_and_the_options_default_to_euclidean_oth
     cfg = TrainConfig()
     assert (cfg.distance, cfg.logit_scale, cfg.learn_logit_scale, cfg.input_norm, cfg.batch_norm) == \
         ("euclidean", 1.0, False, "data", "episode")  # euclidean: issue 32 (BENCHMARKS.md section 10)
+    # pre-training alone trains no episode: it keeps the squared distance's name (and its runs' identity)
+    assert TrainConfig(epochs=0, pretrain_epochs=2).resolved().distance == "l2"
+    assert TrainConfig(epochs=0, distance="cosine").resolved().distance == "cosine"  # another rule: kept
+    assert TrainConfig(pretrain_epochs=2).resolved().distance == "euclidean"  # then episodes: trained with it
 
 
 def test_split_batch_norm_encodes_support_and_query_apart_in_training_only(tiny_dataset):
