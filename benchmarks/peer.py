@@ -43,9 +43,11 @@ def base_config(seed: int, steps: int, settings: dict):
     from fsl.config import TrainConfig
     from fsl.sweeps import parse_grid
 
+    # "fsl" is the squared distance, fsl's default until issue 32 (the results of benchmarks/results/peer_cpu4);
+    # today's default is the row fsl+distance=euclidean
     cfg = TrainConfig(ways=WAYS, shots=SHOTS, queries=QUERIES, test_ways=WAYS, test_shots=1, test_queries=5,
-                      epochs=EPOCHS, episodes_per_epoch=steps // EPOCHS, val_episodes=100, lr=1e-3, seed=seed,
-                      precision="fp32", device="cpu")
+                      distance="l2", epochs=EPOCHS, episodes_per_epoch=steps // EPOCHS, val_episodes=100, lr=1e-3,
+                      seed=seed, precision="fp32", device="cpu")
     typed = parse_grid(cfg, [f"{k}={v}" for k, v in settings.items()])  # read as the options' types
     return cfg.with_values({k: v[0] for k, v in typed.items()})
 
@@ -176,7 +178,7 @@ def _speed_worker(library: str, steps: int, conn) -> None:
 
     torch.set_num_threads(2)
     background, _ = load_omniglot(None, reflections=False)
-    cfg, store = base_config(0, STEPS, {}), background.split("train")
+    cfg, store = base_config(0, STEPS, {"distance": "euclidean"}), background.split("train")  # fsl's default
     if library == "fsl":
         trainer = EpisodeTrainer(build_model(cfg, background, "cpu", "fp32"), store, cfg, torch.device("cpu"))
 
@@ -214,10 +216,12 @@ def speed(steps: int = 20, repeats: int = 7) -> dict:
         parent, child = context.Pipe()
         worker = context.Process(target=_speed_worker, args=(library, steps, child))
         worker.start()
+        child.close()  # the worker's end: a worker that dies then ends the parent's recv (EOFError)
         pipes[library] = parent
         workers.append(worker)
-    for conn in pipes.values():
-        assert conn.recv() == "ready"
+    for library, conn in pipes.items():
+        if not conn.poll(600) or conn.recv() != "ready":
+            raise RuntimeError(f"the {library} worker did not start (easyfsl on PYTHONPATH?)")
 
     def request(conn) -> Callable[[], None]:
         return lambda: (conn.send("go"), conn.recv())

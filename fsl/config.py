@@ -472,10 +472,11 @@ class TrainConfig(RuntimeConfig, TestConfig, ScheduleConfig, ModelSpec, EpisodeC
     def resolved(self) -> "TrainConfig":
         """With `test_shots` decided and every component's settings filled in (checked)."""
         settings: dict[str, Any] = {f"{axis}_args": self.settings(axis) for axis in COMPONENT_AXES}
-        # Pre-training alone trains no episode, and the nearest prototype is the same under the
-        # Euclidean distance and its square: it keeps the square's name (the default before issue
-        # 32), and with it the identity of every pre-training run made before
-        distance = "l2" if self.method == "pretrain" and self.distance == "euclidean" else self.distance
+        # A run of no episodic epoch (pre-training alone, a test-time hallucinator on it) trains no
+        # episode, and the nearest prototype is the same under the Euclidean distance and its
+        # square: it keeps the square's name (the default before issue 32), and with it the
+        # identity of every such run made before
+        distance = "l2" if self.epochs == 0 and self.distance == "euclidean" else self.distance
         return replace(self, test_shots=self.test_shots or self.shots, distance=distance, **settings)
 
     def to_params(self) -> dict[str, Any]:

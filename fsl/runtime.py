@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import warnings
 from typing import Any, Callable, Generic, TypeVar, cast
 
@@ -77,19 +78,24 @@ def keep_freed_memory() -> bool:
     """Let glibc's malloc reuse freed blocks of up to 32 MiB instead of unmapping them, for the
     rest of the process. A CPU training step frees and allocates the same activation buffers
     (megabytes each) every step; by default glibc maps each afresh and the kernel faults every
-    page in again, which made a Conv-4 step 1.4-1.8x slower on CPU-4 (BENCHMARKS.md section 10)
-    and costs ~0.02 GiB of peak RSS. True where applied; False where the C library has no
-    mallopt (macOS, musl) or the user set MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_ (theirs
-    stands). Idempotent."""
+    page in again (BENCHMARKS.md section 10 has what it costs). True where applied; False off
+    Linux, where the C library has no mallopt (musl has a stub) or where the user set the
+    allocator (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES, LD_PRELOAD: theirs
+    stands). Never raises; idempotent."""
     global _freed_memory_kept
     if _freed_memory_kept is None:
-        import ctypes
-
         _freed_memory_kept = False
-        if not any(f"MALLOC_{name}_THRESHOLD_" in os.environ for name in ("MMAP", "TRIM")):
-            libc = ctypes.CDLL(None)  # the C library the process runs on
-            settings = ((M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-            _freed_memory_kept = hasattr(libc, "mallopt") and all(libc.mallopt(*pair) == 1 for pair in settings)
+        users = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "LD_PRELOAD")
+        if sys.platform.startswith("linux") and not any(name in os.environ for name in users):
+            try:
+                import ctypes
+
+                mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
+                # the trim threshold first: alone it changes nothing a failed second call would undo
+                _freed_memory_kept = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and \
+                    mallopt(M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD) == 1
+            except (OSError, AttributeError, TypeError):
+                pass
     return _freed_memory_kept
 
 

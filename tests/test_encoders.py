@@ -83,10 +83,13 @@ def test_a_model_placed_on_the_cpu_reuses_its_freed_buffers_instead_of_faulting_
     import subprocess
     import sys
 
-    if not hasattr(ctypes.CDLL(None), "mallopt"):
-        pytest.skip("this C library has no mallopt (not glibc): fsl leaves its allocator alone")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallopt"):
+        pytest.skip("not Linux with glibc's mallopt: fsl leaves the allocator alone")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
     faults = {mode: int(subprocess.run([sys.executable, "-c", STEP_FAULTS, mode], env=env, capture_output=True,
                                        text=True, check=True, timeout=300).stdout.split()[-1])
               for mode in ("unplaced", "placed")}
+    if faults["unplaced"] < 1000:  # huge pages always on, or another allocator: nothing to win here
+        pytest.skip(f"this machine's default allocator does not fault its buffers in again: {faults}")
     assert faults["placed"] * 4 < faults["unplaced"], faults

@@ -47,7 +47,7 @@ def golden_numbers(kind: str, precision: str) -> dict:
     cfg = TrainConfig(image_size=16, epochs=2, episodes_per_epoch=5, val_episodes=4, test_episodes=6, queries=3,
                       test_queries=3, precision=precision, device="cpu", deterministic=True,
                       hallucinator=hallucinator, M=0 if hallucinator is None else 4,
-                      **({} if kind == "euclidean" else {"distance": "l2"}))
+                      distance="euclidean" if kind == "euclidean" else "l2")
     setup = prepare_training(cfg)
     result = train(setup.model, setup.data, setup.cfg, setup.device)
     store = setup.data.split("test")

@@ -51,6 +51,7 @@ def test_unit_inputs_are_not_normalised_and_the_options_default_to_euclidean_oth
     assert TrainConfig(epochs=0, pretrain_epochs=2).resolved().distance == "l2"
     assert TrainConfig(epochs=0, distance="cosine").resolved().distance == "cosine"  # another rule: kept
     assert TrainConfig(pretrain_epochs=2).resolved().distance == "euclidean"  # then episodes: trained with it
+    assert TrainConfig(epochs=0, pretrain_epochs=2, hallucinator="calibrated", M=5).resolved().distance == "l2"
 
 
 def test_split_batch_norm_encodes_support_and_query_apart_in_training_only(tiny_dataset):
