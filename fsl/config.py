@@ -250,8 +250,9 @@ class ModelSpec:
 
     encoder: str = "conv4"                 # the network of Snell et al.: the baseline every result is paired with
     encoder_args: dict[str, Any] = field(default_factory=dict)
-    # Euclidean, not squared: Snell et al.'s squared one ("l2") saturates the softmax of 64-d
-    # features and learns 1.4 / 3.1 points less on Omniglot (BENCHMARKS.md section 10, 5 seeds)
+    # Euclidean, not squared: Snell et al.'s squared one ("l2") saturates the training softmax and
+    # learned 7.0 points less on the built-in data (3 seeds) and 1.4 / 3.1 less on Omniglot (5
+    # seeds; BENCHMARKS.md section 10)
     distance: str = "euclidean"
     logit_scale: float = 1.0               # logits = -scale x distance (TADAM's alpha); 1: Snell et al.'s
     learn_logit_scale: bool = False        # TADAM learns it, starting from logit_scale

@@ -91,7 +91,7 @@ def keep_freed_memory() -> bool:
                 import ctypes
 
                 mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
-                # the trim threshold first: alone it changes nothing a failed second call would undo
+                # trim first: should the second call fail, a raised trim threshold alone is harmless
                 _freed_memory_kept = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and \
                     mallopt(M_MMAP_THRESHOLD, LARGEST_MMAP_THRESHOLD) == 1
             except (OSError, AttributeError, TypeError):

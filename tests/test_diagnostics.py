@@ -80,7 +80,7 @@ def test_episode_prototypes_are_the_ones_the_classifier_scores_with(kind):
     queries = torch.rand(2, 7, model.feature_dim)
     real, final, (fake, _) = episode_prototypes(model, support, labels, 5, keys=noise_keys(3, 2))
     expected = model.logits_from_features(support, labels, queries, 5, keys=noise_keys(3, 2))
-    assert torch.allclose(logits(queries, final, "l2"), expected, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(logits(queries, final, model.config["distance"]), expected, rtol=1e-5, atol=1e-4)
     assert fake.shape == (2, 20, model.feature_dim) and not torch.allclose(real, final)
 
 
