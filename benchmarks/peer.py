@@ -37,6 +37,7 @@ import torch
 
 STEPS, WAYS, SHOTS, QUERIES, EPOCHS = 2000, 20, 1, 5, 10
 TEST_EPISODES = 1000
+THREADS = 2  # each library's process, in every measurement
 
 
 def base_config(seed: int, steps: int, settings: dict):
@@ -103,6 +104,13 @@ class EasyFSL:
         self.optimizer.step()
         return loss.item()
 
+    def steps(self, store, sampler, rng: torch.Generator, n: int) -> None:
+        """n training steps on the next n episodes `sampler` draws from `store` with `rng` (fsl's
+        sampler: the episodes fsl's trainer takes from the same generator)."""
+        draws = sampler.sample(rng, n)
+        for step in range(n):
+            self.step(store.images, draws.support[step], draws.query[step])
+
     @torch.no_grad()
     def accuracies(self, store, episodes) -> list[float]:
         self.model.eval()
@@ -131,9 +139,7 @@ def train_easyfsl(background, seed: int, steps: int) -> EasyFSL:
     val_store, val_episodes = validation_episodes(background, cfg, torch.device("cpu"))
     best, best_state = -1.0, None
     for _ in range(cfg.epochs):
-        draws = sampler.sample(rng, cfg.episodes_per_epoch)
-        for step in range(cfg.episodes_per_epoch):
-            peer.step(train_store.images, draws.support[step], draws.query[step])
+        peer.steps(train_store, sampler, rng, cfg.episodes_per_epoch)
         val = sum(peer.accuracies(val_store, val_episodes)) / cfg.val_episodes
         if val > best:
             best, best_state = val, copy.deepcopy(peer.model.state_dict())
@@ -145,7 +151,7 @@ def one(library: str, seed: int, steps: int, settings: dict) -> dict:
     """Train one model in this process and test it on both test sets; with this process's peak RSS."""
     from benchmarks.omniglot import load_omniglot
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     started = time.perf_counter()
     background, unseen = load_omniglot(None, reflections=False)
     store, sets = test_sets(unseen)
@@ -176,7 +182,7 @@ def _speed_worker(library: str, steps: int, conn) -> None:
     from fsl.runtime import keep_freed_memory, make_generator
     from fsl.train import EpisodeTrainer
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     background, _ = load_omniglot(None, reflections=False)
     cfg, store = base_config(0, STEPS, {"distance": "euclidean"}), background.split("train")  # fsl's default
     if library == "fsl":
@@ -191,9 +197,7 @@ def _speed_worker(library: str, steps: int, conn) -> None:
         sampler, rng = EpisodeSampler(store, cfg.train_shape, split="train"), make_generator(1)
 
         def block() -> None:
-            draws = sampler.sample(rng, steps)
-            for step in range(steps):
-                peer.step(store.images, draws.support[step], draws.query[step])
+            peer.steps(store, sampler, rng, steps)
     conn.send("ready")
     while conn.recv() == "go":
         block()
@@ -236,7 +240,7 @@ def speed(steps: int = 20, repeats: int = 7) -> dict:
     per = {k: statistics.median(v) / steps for k, v in times.items()}
     return {"seconds_per_episode": per, "fsl_speedup": per["easyfsl"] / per["fsl"],
             "fsl_speedup_vs_easyfsl_kept": per["easyfsl+kept"] / per["fsl"], "peak_rss_gib": rss,
-            "steps_per_block": steps, "repeats": repeats, "threads": 2,
+            "steps_per_block": steps, "repeats": repeats, "threads": THREADS,
             "all_seconds": {k: [round(t, 4) for t in v] for k, v in times.items()}}
 
 
