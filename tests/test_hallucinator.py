@@ -7,7 +7,7 @@ from fsl.cli import cli
 from fsl.components import HALLUCINATORS
 from fsl.config import ModelSpec
 from fsl.models.classifier import FewShotClassifier, model_config
-from fsl.models.distances import prototypes
+from fsl.models.distances import logits, prototypes
 from fsl.models.hallucinator import CalibratedHallucinator, WangHallucinator, hallucinate
 from tests.conftest import TINY, all_runs, noise_keys
 
@@ -49,8 +49,7 @@ def test_wang_prototypes_are_the_mean_of_real_and_hallucinated_features():
     fake, fake_labels = model.hallucinate_support(support, labels, 5, keys=noise_keys(1, 1))
     expected = prototypes(torch.cat([support, fake], 1), torch.cat([labels, fake_labels], 1), 5)
     got = model.logits_from_features(support, labels, queries, 5, keys=noise_keys(1, 1))
-    # the default distance: Euclidean, not squared (issue 32)
-    assert torch.allclose(got, -((queries[:, :, None] - expected[:, None]) ** 2).sum(-1).sqrt(), rtol=1e-4, atol=1e-3)
+    assert torch.allclose(got, logits(queries, expected, model.config["distance"]), rtol=1e-4, atol=1e-3)
 
 
 def test_the_improved_prototype_mixes_real_and_hallucinated_means_by_a_learned_weight():
@@ -254,7 +253,7 @@ def test_calibrated_acts_at_test_time_only_and_is_a_protonet_before_it_has_stati
     model = classifier("calibrated", m=10)
     support, labels = torch.rand(2, 10, model.feature_dim) + 1, torch.arange(5).repeat_interleave(2).expand(2, -1)
     queries = torch.rand(2, 7, model.feature_dim)
-    plain = -((queries[:, :, None] - prototypes(support, labels, 5)[:, None]) ** 2).sum(-1).sqrt()  # Euclidean
+    plain = logits(queries, prototypes(support, labels, 5), model.config["distance"])
     model.eval()
     # nothing observed: the prototypes are the plain ones
     assert torch.allclose(model.logits_from_features(support, labels, queries, 5, keys=noise_keys(0, 2)), plain)
